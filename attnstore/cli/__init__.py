@@ -1,0 +1,50 @@
+"""The `attnstore` command: one entry point, one module of subcommands per workflow.
+
+User mistakes (AttnstoreError) end as one line on stderr and exit code 1, never
+a traceback. Each `attnstore.cli.<module>` registers its commands on `app`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from attnstore.errors import AttnstoreError
+
+app = typer.Typer(
+    name="attnstore",
+    help="Store and explore the attention of vision-language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Importing registers the commands (kept after `app` exists).
+from attnstore.cli import extract as _extract  # noqa: E402,F401
+from attnstore.cli import inspect as _inspect  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except AttnstoreError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        return 1
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except typer.Exit as ex:
+        return ex.exit_code
+    except Exception as err:  # click usage errors come as ClickException
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            return err.exit_code
+        raise
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""`attnstore extract` and `attnstore demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnstore.cli import app
+from attnstore.errors import AttnstoreError
+from attnstore.pipeline import RunReport
+
+
+@app.command()
+def extract(
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files.")] = None,
+    image_dir: Annotated[Path | None, typer.Option("--image-dir", help="Folder of images (searched recursively).")] = None,
+    limit: Annotated[int, typer.Option(help="At most N images (0 = all).")] = 0,
+    prompt: Annotated[str, typer.Option(help="User prompt asked with every image.")] = "Can you describe this image?",
+    model: Annotated[str, typer.Option(help="Hub id (from the HF cache) or local folder.")] = "HuggingFaceTB/SmolVLM-256M-Instruct",
+    out: Annotated[str, typer.Option(help="Store path or fsspec URL (created or appended to).")] = "attention.zarr",
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length budget (greedy).")] = 32,
+    keep_bits: Annotated[int | None, typer.Option(help="fp16 mantissa bits kept, 0-10 (10 = lossless; default 10, or the store's own when appending).")] = None,
+    queries: Annotated[str, typer.Option(help="'text': prompt text + answer rows; 'all': every row (full square).")] = "text",
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Run a VLM over images and store every layer's and head's attention."""
+    from attnstore.images import collect_images
+    from attnstore.models import load_adapter
+    from attnstore.pipeline import run_extraction
+    from attnstore.quiet import quiet_transformers
+
+    if keep_bits is not None and not 0 <= keep_bits <= 10:
+        raise AttnstoreError(f"--keep-bits must be between 0 and 10, got {keep_bits}")
+    if not prompt.strip():
+        raise AttnstoreError("the prompt is empty: pass --prompt TEXT")
+    paths = collect_images([str(p) for p in images or []], str(image_dir) if image_dir else None, limit)
+    quiet_transformers()
+    adapter = load_adapter(model, device=device)
+    report = run_extraction(
+        adapter, paths, prompt, out,
+        image_dir=str(image_dir) if image_dir else None,
+        max_new_tokens=max_new_tokens, keep_bits=keep_bits, queries=queries, show_progress=progress,
+    )
+    _summarise(report, out)
+
+
+def _summarise(report: RunReport, out: str) -> None:
+    typer.echo(f"{out}: {len(report.written)} written, {len(report.skipped)} already complete, {len(report.failed)} failed")
+    for name, why in report.failed.items():
+        typer.secho(f"  failed {name}: {why}", fg="red", err=True)
+    if report.interrupted:
+        typer.echo("interrupted: rerun the same command to continue where it stopped")
+    if report.failed or report.interrupted:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Where to build the demo store.")] = "demo_store.zarr",
+    serve: Annotated[bool, typer.Option(help="Serve the explorer on the demo store afterwards.")] = True,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1 = this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the explorer.")] = 5001,
+) -> None:
+    """Build a demo store with a tiny random-weight model (offline), then explore it."""
+    from attnstore.cli.inspect import print_info
+    from attnstore.demo import RANDOM_WEIGHTS_NOTICE, build_demo_store
+    from attnstore.quiet import quiet_transformers
+
+    quiet_transformers()
+    typer.secho(RANDOM_WEIGHTS_NOTICE, fg="yellow")
+    report = build_demo_store(out)
+    _summarise(report, out)
+    print_info(out)
+    if serve:
+        from attnstore.cli.serve import serve_store
+
+        serve_store(out, host=host, port=port)

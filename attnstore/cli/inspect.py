@@ -1,0 +1,61 @@
+"""`attnstore info` and `attnstore validate`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import fsspec
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from attnstore.cli import app
+from attnstore.store import open_dataset
+
+MAX_ROWS = 50
+
+
+def store_size_bytes(path: str) -> int:
+    fs, root = fsspec.core.url_to_fs(path)
+    return int(fs.du(root))
+
+
+def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
+    ds = open_dataset(path)
+    console = Console()
+    a = ds.attrs
+    complete = ds["complete"].values.astype(bool)
+    sizes = ", ".join(f"{d}={n}" for d, n in ds["attention"].sizes.items())
+    console.print(f"[bold]{path}[/bold]  schema v{a['schema_version']}, attnstore {a['attnstore_version']}")
+    console.print(f"model: {a['model_id']} ({a.get('model_family', '?')}){' [yellow]RANDOM WEIGHTS[/yellow]' if a.get('random_weights') else ''}")
+    console.print(f"attention({sizes}) float16, keep_bits={a.get('keep_bits')}, queries={a.get('queries', 'text')}")
+    console.print(f"images: {complete.size} ({int(complete.sum())} complete); size on disk: {store_size_bytes(path) / 1e6:.1f} MB")
+    table = Table("#", "image", "tiles", "tokens", "answer", "ok")
+    names, answers = ds["image_name"].values, ds["answer"].values
+    rows, cols, nkey = ds["tile_rows"].values, ds["tile_cols"].values, ds["n_key"].values
+    for i in range(min(complete.size, max_rows)):
+        table.add_row(str(i), str(names[i]), f"{rows[i]}x{cols[i]}", str(nkey[i]), str(answers[i])[:60], "yes" if complete[i] else "[red]no[/red]")
+    console.print(table)
+    if complete.size > max_rows:
+        console.print(f"... {complete.size - max_rows} more images")
+
+
+@app.command()
+def info(store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")]) -> None:
+    """Summarise a store: images, dims, model, size on disk, answers."""
+    print_info(store)
+
+
+@app.command()
+def validate(store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")]) -> None:
+    """Check schema, shapes, completeness, geometry, row sums and causality; exit 1 on problems."""
+    from attnstore.validation import validate_store
+
+    report = validate_store(store)
+    for problem in report.problems:
+        typer.secho(f"problem: {problem}", fg="red")
+    status = "valid" if report.ok else f"{len(report.problems)} problem(s)"
+    typer.echo(f"{store}: {report.n_images} images, {report.n_complete} complete, {status}")
+    if not report.ok:
+        raise typer.Exit(1)

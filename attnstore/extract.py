@@ -1,0 +1,147 @@
+"""Run a VLM on (image, prompt), generate an answer, capture its attention.
+
+Generation runs without capture. Then one forward pass over prompt + answer
+gives every attention row of the answer (identical to per-step generate with
+`output_attentions`, DESIGN.md §3). Forward hooks on each layer's self-attention
+module keep only the query rows we store and cast them to fp16 at once, so the
+full fp32 `[layer, head, seq, seq]` tensor never exists.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attnstore.errors import AttnstoreError
+from attnstore.geometry import ImageLayout
+from attnstore.models.base import ModelAdapter
+from attnstore.schema import TEXT_KINDS, TokenKind, kind_mask
+
+QUERY_MODES = ("text", "all")
+
+
+@dataclass
+class Extraction:
+    """Everything the store keeps about one (image, prompt) run."""
+
+    attention: np.ndarray  # [layer, head, query, key] float16
+    query_position: np.ndarray  # [query] int32: sequence position of each row
+    token_id: np.ndarray  # [key] int32
+    token_text: list[str]  # [key]
+    layout: ImageLayout  # kinds + geometry per key position
+    prompt: str
+    answer: str
+
+    @property
+    def n_query(self) -> int:
+        return int(self.query_position.shape[0])
+
+    @property
+    def n_key(self) -> int:
+        return int(self.token_id.shape[0])
+
+
+def query_positions(kinds: np.ndarray, mode: str = "text") -> np.ndarray:
+    """Sequence positions whose attention rows are stored: text rows, or every row."""
+    if mode not in QUERY_MODES:
+        raise AttnstoreError(f"--queries must be one of {', '.join(QUERY_MODES)}, not '{mode}'")
+    if mode == "all":
+        return np.arange(kinds.shape[0], dtype=np.int32)
+    return np.flatnonzero(kind_mask(kinds, TEXT_KINDS)).astype(np.int32)
+
+
+@torch.inference_mode()
+def generate_answer(adapter: ModelAdapter, inputs: dict, max_new_tokens: int) -> torch.Tensor:
+    """Greedy generation; returns the full sequence (prompt + answer) as ids  # [seq]."""
+    output = adapter.model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        suppress_tokens=adapter.banned_token_ids() or None,
+        eos_token_id=adapter.eos_token_ids or None,
+    )
+    return output[0]
+
+
+@contextmanager
+def capture_rows(modules: list[torch.nn.Module], rows: torch.Tensor, out: np.ndarray):
+    """Fill `out[layer]` with the fp16 attention rows `rows` of each module's weights.
+
+    out: # [layer, head, query, key] float16, preallocated.
+    """
+
+    def hook_for(layer: int):
+        def hook(module, args, output):
+            weights = output[1]  # [batch, head, query, key]; None unless attention is eager
+            if weights is None:
+                raise RuntimeError("attention weights are None: the text model must use eager attention")
+            out[layer] = weights[0].index_select(1, rows).to(torch.float16).cpu().numpy()
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(i)) for i, m in enumerate(modules)]
+    try:
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.inference_mode()
+def capture_attention(adapter: ModelAdapter, inputs: dict, sequence: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+    """One forward pass over `sequence` with pixel inputs; returns # [layer, head, query, key] float16."""
+    out = np.zeros((adapter.n_layers, adapter.n_heads, rows.shape[0], sequence.shape[0]), np.float16)
+    model_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    with capture_rows(adapter.attention_modules(), torch.as_tensor(rows, dtype=torch.long), out):
+        adapter.model(
+            input_ids=sequence[None],
+            attention_mask=torch.ones_like(sequence)[None],
+            use_cache=False,
+            **model_inputs,
+        )
+    return out
+
+
+def extract(
+    adapter: ModelAdapter,
+    image: Image.Image,
+    prompt: str,
+    max_new_tokens: int = 32,
+    queries: str = "text",
+) -> Extraction:
+    """Generate an answer for (image, prompt) and capture every layer's and head's attention."""
+    if not prompt.strip():
+        raise AttnstoreError("the prompt is empty: pass --prompt TEXT")
+    inputs = adapter.prepare(image, prompt)
+    prompt_ids = inputs["input_ids"][0]
+    layout = adapter.layout(prompt_ids.numpy(), inputs)
+    sequence = generate_answer(adapter, inputs, max_new_tokens)
+    generated = sequence[prompt_ids.shape[0] :].numpy()
+    layout = extend_layout(layout, generated.shape[0])
+    rows = query_positions(layout.kind, queries)
+    attention = capture_attention(adapter, inputs, sequence, rows)
+    ids = sequence.numpy().astype(np.int32)
+    return Extraction(
+        attention=attention,
+        query_position=rows,
+        token_id=ids,
+        token_text=adapter.token_strings(ids),
+        layout=layout,
+        prompt=prompt,
+        answer=adapter.decode(generated),
+    )
+
+
+def extend_layout(layout: ImageLayout, n_generated: int) -> ImageLayout:
+    """Append `n_generated` answer positions (no geometry) to a prompt layout."""
+    pad = lambda a, v: np.concatenate([a, np.full((n_generated, *a.shape[1:]), v, a.dtype)])  # noqa: E731
+    layout.kind = pad(layout.kind, int(TokenKind.GENERATED))
+    layout.patch_tile = pad(layout.patch_tile, -1)
+    layout.patch_row = pad(layout.patch_row, -1)
+    layout.patch_col = pad(layout.patch_col, -1)
+    layout.patch_box = pad(layout.patch_box, np.nan)
+    return layout

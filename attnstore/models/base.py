@@ -1,0 +1,157 @@
+"""The model adapter interface: what extraction needs from a VLM family.
+
+A new model family is one module with one `ModelAdapter` subclass that says how
+to build inputs for (image, prompt), which modules produce the text decoder's
+attention, and where the image tokens of *this* processed image sit on the
+original picture (`layout`). Loading, generation, capture and storage are
+shared.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attnstore.errors import ModelLoadError
+from attnstore.geometry import ImageLayout
+
+# The seed scripts spell the hub id differently from the hub; both work.
+MODEL_ALIASES = {
+    "HuggingFaceTB/SmolVLM-Instruct-256M": "HuggingFaceTB/SmolVLM-256M-Instruct",
+}
+# Custom config key set by attnstore's own builders so every output can say so.
+RANDOM_WEIGHTS_KEY = "attnstore_random_weights"
+
+
+def canonical_model_id(model_id: str) -> str:
+    """Map known alternative spellings to the hub id."""
+    return MODEL_ALIASES.get(model_id, model_id)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def missing_weights_message(model_id: str) -> str:
+    return (
+        f"model '{model_id}' is neither a local directory nor in the Hugging Face cache. "
+        f"On a machine with internet run `hf download {model_id}` (then copy the cache or the folder here), "
+        "or pass --model PATH to a folder saved with save_pretrained. "
+        "`attnstore demo` uses a tiny random-weight model built offline."
+    )
+
+
+class ModelAdapter(ABC):
+    """One VLM family. Instances hold a loaded model and its processor."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter handles
+
+    def __init__(self, model: torch.nn.Module, processor, model_id: str, revision: str | None = None):
+        self.model = model.eval()
+        self.processor = processor
+        self.model_id = model_id
+        self.revision = revision
+
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_id: str, device: str = "cpu") -> "ModelAdapter":
+        """Load weights and processor from a local folder or the HF cache (HF_HUB_OFFLINE honoured)."""
+        model_id = canonical_model_id(model_id)
+        local = Path(model_id).expanduser()
+        source = str(local) if local.is_dir() else model_id
+        try:
+            model, processor = cls._from_pretrained(source, local_files_only=local.is_dir() or hub_offline())
+        except (OSError, ValueError) as err:
+            if local.is_dir():
+                raise ModelLoadError(f"cannot load model from '{local}': {err}") from err
+            raise ModelLoadError(missing_weights_message(model_id)) from err
+        revision = getattr(model.config, "_commit_hash", None)
+        return cls(model.to(device), processor, model_id=model_id, revision=revision)
+
+    @classmethod
+    @abstractmethod
+    def _from_pretrained(cls, source: str, local_files_only: bool):
+        """Return (model, processor), with eager attention in the text model."""
+
+    # -- what extraction asks -------------------------------------------------------------
+    @abstractmethod
+    def prepare(self, image: Image.Image, prompt: str) -> dict:
+        """Processor output (tensors) for one image and one user prompt, ready for generate."""
+
+    @abstractmethod
+    def attention_modules(self) -> list[torch.nn.Module]:
+        """The text decoder's self-attention modules, in layer order."""
+
+    @abstractmethod
+    def layout(self, input_ids: np.ndarray, inputs: dict) -> ImageLayout:
+        """Kinds and image geometry of the prompt positions, from what the processor produced."""
+
+    def banned_token_ids(self) -> list[int]:
+        """Token ids generation must never produce (image placeholders and markers)."""
+        return []
+
+    # -- shared behaviour -----------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(getattr(self.model.config, RANDOM_WEIGHTS_KEY, False))
+
+    @property
+    def text_config(self):
+        return self.model.config.get_text_config()
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.text_config.num_hidden_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.text_config.num_attention_heads)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return [eos] if isinstance(eos, int) else list(eos or [])
+
+    def token_strings(self, ids: np.ndarray) -> list[str]:
+        """Raw token text (BPE markers kept), one string per id."""
+        return [t if t is not None else "" for t in self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])]
+
+    def decode(self, ids: np.ndarray) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
+
+    def processor_settings(self) -> dict:
+        """Processor settings worth recording as provenance (JSON-serialisable)."""
+        ip = self.processor.image_processor
+        keys = ("size", "max_image_size", "do_image_splitting", "resample", "image_mean", "image_std")
+        out = {k: _jsonable(getattr(ip, k)) for k in keys if hasattr(ip, k)}
+        out["processor_class"] = type(self.processor).__name__
+        return out
+
+    def max_image_tokens(self) -> int:
+        """Upper bound of image-block length for any image (sizes the store's key axis)."""
+        return 0
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    if hasattr(value, "items"):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)

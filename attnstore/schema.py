@@ -1,0 +1,115 @@
+"""The store's schema: dimension names, variables, token kinds, attrs, and `validate`.
+
+Everything that defines what an attnstore store *is* lives here, so the writer
+(`store.py`), the readers (analysis, explorer) and the validator agree.
+A store is one zarr v3 group; `xarray.open_zarr(path)` opens it as a Dataset:
+
+    attention       (image, layer, head, query, key)  float16
+    n_query, n_key  (image,)                          int32   valid extent per image
+    query_position  (image, query)                    int32   sequence position of each query row
+    token_id        (image, key)                      int32   -1 = padding
+    token_text      (image, key)                      str     raw token text (BPE markers kept)
+    token_kind      (image, key)                      int8    TokenKind (CF flag_values/meanings)
+    patch_tile      (image, key)                      int16   tile index (row-major), -1 if none
+    patch_row/col   (image, key)                      int16   cell on the stitched tile grid
+                                                              (tile tokens) or the global grid
+    patch_box       (image, key, box)                 float32 x0, y0, x1, y1 on the original
+                                                              image, normalised to [0, 1]
+    tile_rows/cols, grid_rows/cols, global_rows/cols (image,) int16   grid shapes
+    pixels          (image, pixel_y, pixel_x, rgb)     uint8   display copy of the image
+    image_height/width (image,)                        int32   valid extent of `pixels`
+    original_height/width (image,)                     int32   size of the source image
+    image_name, image_source, prompt, answer (image,)  str
+    complete        (image,)                           uint8   written last: 1 = image done
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "attnstore"
+
+# Dimension names (the axis order of `attention` is part of the contract).
+IMAGE, LAYER, HEAD, QUERY, KEY = "image", "layer", "head", "query", "key"
+ATTENTION_DIMS = (IMAGE, LAYER, HEAD, QUERY, KEY)
+BOX_DIM, PIXEL_Y, PIXEL_X, RGB = "box", "pixel_y", "pixel_x", "rgb"
+BOX_CORNERS = ("x0", "y0", "x1", "y1")
+
+
+class TokenKind(IntEnum):
+    """What a sequence position holds. Stored as int8 in `token_kind`."""
+
+    PAD = 0
+    PROMPT_TEXT = 1
+    IMAGE_TILE = 2
+    IMAGE_GLOBAL = 3
+    IMAGE_SPECIAL = 4  # <fake_token_around_image>, <row_r_col_c>, <global-img>, ...
+    GENERATED = 5
+    SPECIAL = 6  # chat-template specials: <|im_start|>, <end_of_utterance>, ...
+
+
+IMAGE_PATCH_KINDS = (TokenKind.IMAGE_TILE, TokenKind.IMAGE_GLOBAL)
+TEXT_KINDS = (TokenKind.PROMPT_TEXT, TokenKind.GENERATED, TokenKind.SPECIAL)
+
+# name -> (dims, numpy dtype, fill value). Order matters only for readability.
+PER_IMAGE_SCALARS: dict[str, tuple[str, object]] = {
+    "n_query": ("int32", 0),
+    "n_key": ("int32", 0),
+    "tile_rows": ("int16", 0),
+    "tile_cols": ("int16", 0),
+    "grid_rows": ("int16", 0),
+    "grid_cols": ("int16", 0),
+    "global_rows": ("int16", 0),
+    "global_cols": ("int16", 0),
+    "image_height": ("int32", 0),
+    "image_width": ("int32", 0),
+    "original_height": ("int32", 0),
+    "original_width": ("int32", 0),
+    "complete": ("uint8", 0),
+}
+PER_IMAGE_STRINGS = ("image_name", "image_source", "prompt", "answer")
+PER_KEY: dict[str, tuple[str, object]] = {
+    "token_id": ("int32", -1),
+    "token_kind": ("int8", int(TokenKind.PAD)),
+    "patch_tile": ("int16", -1),
+    "patch_row": ("int16", -1),
+    "patch_col": ("int16", -1),
+}
+PER_KEY_STRINGS = ("token_text",)
+
+VARIABLE_ATTRS: dict[str, dict] = {
+    "attention": {
+        "long_name": "attention weight of a query token over a key position",
+        "note": "rows are softmax outputs; padding beyond n_query/n_key is 0",
+    },
+    "token_kind": {
+        "flag_values": [int(k) for k in TokenKind],
+        "flag_meanings": " ".join(k.name.lower() for k in TokenKind),
+    },
+    "patch_box": {"long_name": "patch box on the original image", "units": "fraction of width/height"},
+    "patch_row": {"long_name": "row on the stitched tile grid, or on the global grid for global tokens"},
+    "patch_col": {"long_name": "column on the stitched tile grid, or on the global grid for global tokens"},
+    "complete": {"long_name": "1 once every array of this image is written (written last)"},
+    "query_position": {"long_name": "sequence position (key index) of each query row; -1 = padding"},
+}
+
+# Group attrs every store carries; `validate` checks them.
+REQUIRED_ATTRS = (
+    "format",
+    "schema_version",
+    "attnstore_version",
+    "model_id",
+    "model_family",
+    "dtype",
+    "keep_bits",
+    "created",
+    "random_weights",
+)
+
+
+def kind_mask(kinds: np.ndarray, wanted: tuple[TokenKind, ...]) -> np.ndarray:
+    """Boolean mask of positions whose kind is one of `wanted`."""
+    return np.isin(kinds, np.asarray([int(k) for k in wanted], dtype=kinds.dtype))

@@ -1,0 +1,352 @@
+"""Create, append to and open attnstore stores (one zarr v3 group, schema in `schema.py`).
+
+Writes go through zarr-python directly (region writes into pre-sized arrays, so
+several writers can fill different images of one store); reads go through
+xarray. Per image: every array is written first, `complete[image] = 1` last, so
+a killed run never leaves a half-written image marked complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+from PIL import Image
+from zarr.codecs import BloscCodec
+
+from attnstore import __version__
+from attnstore.errors import StoreError
+from attnstore.extract import Extraction
+from attnstore.schema import (
+    ATTENTION_DIMS,
+    BOX_CORNERS,
+    BOX_DIM,
+    FORMAT_NAME,
+    HEAD,
+    IMAGE,
+    KEY,
+    LAYER,
+    PER_IMAGE_SCALARS,
+    PER_IMAGE_STRINGS,
+    PER_KEY,
+    PER_KEY_STRINGS,
+    PIXEL_X,
+    PIXEL_Y,
+    QUERY,
+    RGB,
+    SCHEMA_VERSION,
+    VARIABLE_ATTRS,
+)
+
+MAX_DISPLAY_SIDE = 1024  # the store keeps a display copy of each image, longest edge at most this
+DEFAULT_KEEP_BITS = 10  # lossless fp16; see README "Storage" for the measured trade-off
+FP16_MANTISSA_BITS = 10
+
+
+def _compressor(typesize: int) -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=typesize)
+
+
+def round_mantissa(values: np.ndarray, keep_bits: int) -> np.ndarray:
+    """Round fp16 values to `keep_bits` mantissa bits (round half to even).
+
+    Zeroed low bits compress far better; the relative error is at most 2**-(keep_bits+1).
+    """
+    if not 0 <= keep_bits <= FP16_MANTISSA_BITS:
+        raise ValueError(f"keep_bits must be in 0..{FP16_MANTISSA_BITS}, got {keep_bits}")
+    drop = FP16_MANTISSA_BITS - keep_bits
+    if drop == 0:
+        return values
+    bits = values.astype(np.float16, copy=False).view(np.uint16).astype(np.uint32)
+    half = (1 << (drop - 1)) - 1
+    bits = (bits + half + ((bits >> drop) & 1)) & ~((1 << drop) - 1)
+    return bits.astype(np.uint16).view(np.float16)
+
+
+def display_pixels(image: Image.Image) -> np.ndarray:
+    """RGB display copy with longest edge <= MAX_DISPLAY_SIDE.  # [y, x, rgb] uint8"""
+    image = image.convert("RGB")
+    scale = MAX_DISPLAY_SIDE / max(image.size)
+    if scale < 1:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(image, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class StoreShape:
+    """Array sizes fixed at creation (capacities grow on demand)."""
+
+    n_layers: int
+    n_heads: int
+    query_capacity: int
+    key_capacity: int
+
+
+def _is_url(path: str) -> bool:
+    return "://" in str(path)
+
+
+def _check_target(path: str) -> None:
+    if not _is_url(path) and Path(path).exists() and not Path(path).is_dir():
+        raise StoreError(f"'{path}' is a file, not a store directory")
+
+
+class AttnStore:
+    """A handle on one store for writing. Read with `open_dataset` (xarray)."""
+
+    def __init__(self, group: zarr.Group, path: str):
+        self.group = group
+        self.path = path
+
+    # -- creation / opening -----------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str, shape: StoreShape, attrs: dict, storage_options: dict | None = None) -> "AttnStore":
+        """Create an empty store (0 images). Fails if a store is already there."""
+        _check_target(path)
+        try:
+            group = zarr.open_group(store=path, mode="w-", zarr_format=3, storage_options=storage_options)
+        except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
+            raise StoreError(f"'{path}' already exists and is not an empty folder") from err
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        group.attrs.update(
+            {
+                "format": FORMAT_NAME,
+                "schema_version": SCHEMA_VERSION,
+                "attnstore_version": __version__,
+                "created": now,
+                "dtype": "float16",
+                "keep_bits": DEFAULT_KEEP_BITS,
+                "random_weights": False,
+                **attrs,
+            }
+        )
+        store = cls(group, path)
+        store._create_arrays(shape)
+        store.consolidate()
+        return store
+
+    @classmethod
+    def open(cls, path: str, mode: str = "r+", storage_options: dict | None = None) -> "AttnStore":
+        """Open an existing store for appending; checks it is an attnstore store of this schema."""
+        _check_target(path)
+        try:
+            group = zarr.open_group(store=path, mode=mode, zarr_format=3, storage_options=storage_options)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as err:
+            raise StoreError(f"no attnstore store at '{path}'") from err
+        check_attrs(dict(group.attrs), path)
+        return cls(group, path)
+
+    @classmethod
+    def open_or_create(cls, path: str, shape: StoreShape, attrs: dict, storage_options=None) -> "AttnStore":
+        if exists(path, storage_options):
+            store = cls.open(path, storage_options=storage_options)
+            store.check_compatible(shape, attrs)
+            store.ensure_capacity(shape.query_capacity, shape.key_capacity)
+            return store
+        return cls.create(path, shape, attrs, storage_options)
+
+    def _create_arrays(self, shape: StoreShape) -> None:
+        g, L, H, Q, K = self.group, shape.n_layers, shape.n_heads, shape.query_capacity, shape.key_capacity
+
+        def array(name, dims, dtype, fill, chunks, shards=None, compress=True):
+            arr = g.create_array(
+                name,
+                shape=(0, *chunks[1:]) if dims[0] == IMAGE else chunks,
+                chunks=chunks,
+                shards=shards,
+                dtype=dtype,
+                fill_value=fill,
+                dimension_names=dims,
+                compressors=_compressor(np.dtype(dtype).itemsize) if compress else "auto",
+                attributes=VARIABLE_ATTRS.get(name, {}),
+            )
+            return arr
+
+        # One clicked token = one inner chunk; one shard per image (DESIGN.md §4).
+        array("attention", ATTENTION_DIMS, "float16", 0.0, (1, L, H, 1, K), shards=(1, L, H, Q, K))
+        array("query_position", (IMAGE, QUERY), "int32", -1, (1, Q))
+        for name, (dtype, fill) in PER_KEY.items():
+            array(name, (IMAGE, KEY), dtype, fill, (1, K))
+        for name in PER_KEY_STRINGS:
+            array(name, (IMAGE, KEY), str, "", (1, K), compress=False)
+        array("patch_box", (IMAGE, KEY, BOX_DIM), "float32", np.nan, (1, K, 4))
+        for name, (dtype, fill) in PER_IMAGE_SCALARS.items():
+            array(name, (IMAGE,), dtype, fill, (1,))
+        for name in PER_IMAGE_STRINGS:
+            array(name, (IMAGE,), str, "", (1,), compress=False)
+        side = MAX_DISPLAY_SIDE
+        array("pixels", (IMAGE, PIXEL_Y, PIXEL_X, RGB), "uint8", 0, (1, side, side, 3))
+        # Small coordinate arrays so xarray users get labelled axes.
+        for name, values in (("layer", np.arange(L)), ("head", np.arange(H)), (BOX_DIM, np.arange(4))):
+            coord = g.create_array(name, shape=values.shape, dtype="int32", dimension_names=(name,), fill_value=0)
+            coord[:] = values
+        g[BOX_DIM].attrs["corners"] = list(BOX_CORNERS)
+
+    def consolidate(self) -> None:
+        # Consolidated metadata is how `xarray.open_zarr(path)` opens without a warning; zarr
+        # warns that it is not in the v3 spec yet (it is ignorable: must_understand=false).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(self.group.store, path=self.group.path or "")
+
+    # -- shape management -----------------------------------------------------------------
+    @property
+    def n_images(self) -> int:
+        return int(self.group["complete"].shape[0])
+
+    @property
+    def query_capacity(self) -> int:
+        return int(self.group["attention"].shape[3])
+
+    @property
+    def key_capacity(self) -> int:
+        return int(self.group["attention"].shape[4])
+
+    def check_compatible(self, shape: StoreShape, attrs: dict) -> None:
+        att = self.group["attention"]
+        if (att.shape[1], att.shape[2]) != (shape.n_layers, shape.n_heads):
+            raise StoreError(
+                f"store '{self.path}' has {att.shape[1]} layers x {att.shape[2]} heads; "
+                f"the model has {shape.n_layers} x {shape.n_heads}: use another --out"
+            )
+        for key in ("model_id", "keep_bits"):
+            if key in attrs and self.group.attrs.get(key) != attrs[key]:
+                raise StoreError(
+                    f"store '{self.path}' was made with {key}={self.group.attrs.get(key)!r}, "
+                    f"this run uses {attrs[key]!r}: use another --out"
+                )
+
+    def _resize_axis(self, dim: str, size: int) -> None:
+        for name in self.group.array_keys():
+            arr = self.group[name]
+            dims = arr.metadata.dimension_names or ()
+            if dim in dims and dims[0] == IMAGE:
+                new = tuple(size if d == dim else s for d, s in zip(dims, arr.shape))
+                arr.resize(new)
+
+    def ensure_capacity(self, n_query: int, n_key: int) -> None:
+        """Grow the query/key axes if a new image needs more (existing data is kept)."""
+        changed = False
+        if n_query > self.query_capacity:
+            self._resize_axis(QUERY, n_query)
+            changed = True
+        if n_key > self.key_capacity:
+            self._resize_axis(KEY, n_key)
+            changed = True
+        if changed:
+            self.consolidate()
+
+    def allocate(self, names: list[str], sources: list[str]) -> list[int]:
+        """Reserve image slots (one per name); returns their indices. Names are written at once
+        so a rerun after a crash finds and reuses the slot."""
+        start = self.n_images
+        self._resize_axis(IMAGE, start + len(names))
+        self.consolidate()
+        indices = list(range(start, start + len(names)))
+        for i, name, source in zip(indices, names, sources):
+            self.group["image_name"][i] = name
+            self.group["image_source"][i] = source
+        return indices
+
+    # -- per-image state ----------------------------------------------------------------------
+    def image_names(self) -> np.ndarray:
+        return np.asarray(self.group["image_name"][:], dtype=str) if self.n_images else np.array([], dtype=str)
+
+    def complete_flags(self) -> np.ndarray:
+        return np.asarray(self.group["complete"][:], dtype=bool) if self.n_images else np.array([], dtype=bool)
+
+    # -- writing one image -----------------------------------------------------------------
+    def write_image(self, index: int, result: Extraction, image: Image.Image, keep_bits: int | None = None) -> None:
+        """Write every array of image `index`, then mark it complete (last)."""
+        g = self.group
+        self.ensure_capacity(result.n_query, result.n_key)
+        g["complete"][index] = 0
+        Q, K = self.query_capacity, self.key_capacity
+        keep_bits = int(g.attrs["keep_bits"]) if keep_bits is None else keep_bits
+        # Whole shard in one write: zero padding chunks are not stored (write_empty_chunks=False).
+        full = np.zeros((result.attention.shape[0], result.attention.shape[1], Q, K), np.float16)
+        full[:, :, : result.n_query, : result.n_key] = round_mantissa(result.attention, keep_bits)
+        g["attention"][index] = full
+        g["query_position"][index] = _padded(result.query_position, Q, -1)
+        lay = result.layout
+        per_key = {
+            "token_id": result.token_id,
+            "token_kind": lay.kind,
+            "patch_tile": lay.patch_tile,
+            "patch_row": lay.patch_row,
+            "patch_col": lay.patch_col,
+        }
+        for name, values in per_key.items():
+            g[name][index] = _padded(values.astype(g[name].dtype), K, PER_KEY[name][1])
+        g["token_text"][index] = _padded(np.asarray(result.token_text, dtype=object), K, "")
+        g["patch_box"][index] = _padded(lay.patch_box, K, np.nan)
+        pixels = display_pixels(image)
+        canvas = np.zeros(g["pixels"].shape[1:], np.uint8)
+        canvas[: pixels.shape[0], : pixels.shape[1]] = pixels
+        g["pixels"][index] = canvas
+        scalars = {
+            "n_query": result.n_query,
+            "n_key": result.n_key,
+            "tile_rows": lay.tile_rows,
+            "tile_cols": lay.tile_cols,
+            "grid_rows": lay.grid_rows,
+            "grid_cols": lay.grid_cols,
+            "global_rows": lay.global_rows,
+            "global_cols": lay.global_cols,
+            "image_height": pixels.shape[0],
+            "image_width": pixels.shape[1],
+            "original_height": image.height,
+            "original_width": image.width,
+        }
+        for name, value in scalars.items():
+            g[name][index] = value
+        g["prompt"][index] = result.prompt
+        g["answer"][index] = result.answer
+        g["complete"][index] = 1  # last: the image is now visible as complete
+
+
+def _padded(values: np.ndarray, size: int, fill) -> np.ndarray:
+    out = np.full((size, *values.shape[1:]), fill, dtype=values.dtype)
+    out[: values.shape[0]] = values
+    return out
+
+
+def check_attrs(attrs: dict, path: str) -> None:
+    if attrs.get("format") != FORMAT_NAME:
+        raise StoreError(f"'{path}' is a zarr group but not an attnstore store")
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"store '{path}' has schema version {version}; this attnstore ({__version__}) reads version "
+            f"{SCHEMA_VERSION}"
+        )
+
+
+def exists(path: str, storage_options: dict | None = None) -> bool:
+    try:
+        zarr.open_group(store=path, mode="r", zarr_format=3, storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return False
+    return True
+
+
+def open_dataset(path: str, storage_options: dict | None = None, chunks=None) -> xr.Dataset:
+    """Open a store as an xarray Dataset, lazily, and check its schema.
+
+    `chunks=None` (the default) gives lazy numpy-backed arrays: basic slices read
+    only the chunks they touch, the fastest path for interactive use. Pass dask
+    chunks for out-of-core analysis.
+    """
+    _check_target(path)
+    try:
+        ds = xr.open_zarr(path, chunks=chunks, storage_options=storage_options, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
+        raise StoreError(f"no attnstore store at '{path}'") from err
+    check_attrs(ds.attrs, path)
+    return ds

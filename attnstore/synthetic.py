@@ -1,0 +1,99 @@
+"""Synthetic stores at any size, without a model: for tests and benchmarks.
+
+The token layout and geometry are real Idefics3 ones (built by the same parser
+the adapter uses); the attention is random but shaped like a real model's
+(causal softmax rows, a sink on the first token, heads that focus on a few
+image patches). Stores are labelled `model_id="synthetic"`, random_weights=True.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from attnstore.extract import Extraction, extend_layout, query_positions
+from attnstore.models.idefics3 import FAKE_TOKEN, GLOBAL_TOKEN, IMAGE_TOKEN, parse_idefics3_layout
+from attnstore.store import AttnStore, StoreShape
+
+PROMPT_WORDS = ["ĠCan", "Ġyou", "Ġdescribe", "Ġthis", "Ġimage", "?"]
+ANSWER_WORDS = "A Ġman Ġin Ġa Ġred Ġjacket Ġwalks Ġa Ġdog Ġon Ġthe Ġbeach Ġnear Ġthe Ġwater . ĠThe Ġdog Ġis Ġbrown".split()
+
+
+def idefics3_tokens(rows: int, cols: int, n_answer: int, seq: int = 64) -> tuple[list[str], int]:
+    """Token strings of a SmolVLM prompt with an R x C split image, plus an answer; returns
+    (tokens, number of prompt tokens)."""
+    block = []
+    for r in range(rows):
+        for c in range(cols):
+            block += [FAKE_TOKEN, f"<row_{r + 1}_col_{c + 1}>"] + [IMAGE_TOKEN] * seq
+        block.append("Ċ")
+    block += ["ĊĊ" if rows else "", FAKE_TOKEN, GLOBAL_TOKEN] + [IMAGE_TOKEN] * seq + [FAKE_TOKEN]
+    block = [t for t in block if t]
+    prompt = ["<|im_start|>", "User", ":"] + block + PROMPT_WORDS + ["<end_of_utterance>", "Ċ", "Assistant", ":"]
+    answer = [ANSWER_WORDS[i % len(ANSWER_WORDS)] for i in range(n_answer)]
+    return prompt + answer, len(prompt)
+
+
+def synthetic_attention(n_layers: int, n_heads: int, rows: np.ndarray, n_key: int, image_keys: np.ndarray, rng) -> np.ndarray:
+    """Causal softmax rows with a sink and per-head focus on a few image keys.
+
+    Returns # [layer, head, query, key] float16
+    """
+    logits = rng.standard_normal((n_layers, n_heads, rows.shape[0], n_key), dtype=np.float32)
+    logits[..., 0] += 4.0  # attention sink on the first token
+    focus = rng.choice(image_keys, size=(n_layers, n_heads, 3))  # each head looks at 3 patches
+    for k in range(3):
+        np.put_along_axis(logits, focus[..., k, None, None].repeat(rows.shape[0], axis=2), 5.0, axis=3)
+    logits[:, :, np.arange(n_key)[None, :] > rows[:, None]] = -np.inf  # causal
+    logits -= logits.max(-1, keepdims=True)
+    weights = np.exp(logits)
+    weights /= weights.sum(-1, keepdims=True)
+    return weights.astype(np.float16)
+
+
+def make_synthetic_store(
+    path: str,
+    n_images: int = 3,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    grids: list[tuple[int, int]] | None = None,
+    n_answer: int = 12,
+    image_size: tuple[int, int] = (640, 480),
+    keep_bits: int = 10,
+    seed: int = 0,
+) -> str:
+    """Write a complete synthetic store; `grids` cycles through tile grids (default 3x4, 4x3, 2x2)."""
+    rng = np.random.default_rng(seed)
+    grids = grids or [(3, 4), (4, 3), (2, 2)]
+    longest = max(idefics3_tokens(r, c, n_answer)[0].__len__() for r, c in grids)
+    n_text = len(PROMPT_WORDS) + 7 + n_answer
+    shape = StoreShape(n_layers, n_heads, query_capacity=n_text + 2, key_capacity=longest)
+    attrs = {"model_id": "synthetic", "model_family": "idefics3", "random_weights": True, "keep_bits": keep_bits, "queries": "text"}
+    store = AttnStore.create(path, shape, attrs)
+    names = [f"synthetic_{i:05d}.png" for i in range(n_images)]
+    for index in store.allocate(names, names):
+        rows, cols = grids[index % len(grids)]
+        tokens, n_prompt = idefics3_tokens(rows, cols, n_answer)
+        layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=64), len(tokens) - n_prompt)
+        qrows = query_positions(layout.kind)
+        image_keys = np.flatnonzero(layout.patch_tile >= 0)
+        attention = synthetic_attention(n_layers, n_heads, qrows, len(tokens), image_keys, rng)
+        result = Extraction(
+            attention=attention,
+            query_position=qrows,
+            token_id=np.array([abs(hash(t)) % 49000 for t in tokens], np.int32),
+            token_text=tokens,
+            layout=layout,
+            prompt="Can you describe this image?",
+            answer="".join(tokens[n_prompt:]).replace("Ġ", " ").strip(),
+        )
+        store.write_image(index, result, _gradient_image(*image_size, seed=index))
+    return path
+
+
+def _gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A picture whose colour encodes position (red = x, green = y): geometry errors show at once."""
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None].repeat(width, 1)
+    blue = np.full_like(x, (seed * 53) % 256)
+    return Image.fromarray(np.stack([x, y, blue], -1).astype(np.uint8))
