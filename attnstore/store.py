@@ -64,7 +64,8 @@ def round_mantissa(values: np.ndarray, keep_bits: int) -> np.ndarray:
         return values
     bits = values.astype(np.float16, copy=False).view(np.uint16).astype(np.uint32)
     half = (1 << (drop - 1)) - 1
-    bits = (bits + half + ((bits >> drop) & 1)) & ~((1 << drop) - 1)
+    mask = np.uint32(0xFFFF ^ ((1 << drop) - 1))
+    bits = (bits + np.uint32(half) + ((bits >> np.uint32(drop)) & np.uint32(1))) & mask
     return bits.astype(np.uint16).view(np.float16)
 
 
@@ -136,7 +137,10 @@ class AttnStore:
         """Open an existing store for appending; checks it is an attnstore store of this schema."""
         _check_target(path)
         try:
-            group = zarr.open_group(store=path, mode=mode, zarr_format=3, storage_options=storage_options)
+            # Writers read live array metadata: the consolidated copy goes stale as arrays grow.
+            group = zarr.open_group(
+                store=path, mode=mode, zarr_format=3, storage_options=storage_options, use_consolidated=False
+            )
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as err:
             raise StoreError(f"no attnstore store at '{path}'") from err
         check_attrs(dict(group.attrs), path)
@@ -157,7 +161,7 @@ class AttnStore:
         def array(name, dims, dtype, fill, chunks, shards=None, compress=True):
             arr = g.create_array(
                 name,
-                shape=(0, *chunks[1:]) if dims[0] == IMAGE else chunks,
+                shape=(0, *(shards or chunks)[1:]) if dims[0] == IMAGE else chunks,
                 chunks=chunks,
                 shards=shards,
                 dtype=dtype,
@@ -170,7 +174,7 @@ class AttnStore:
 
         # One clicked token = one inner chunk; one shard per image (DESIGN.md §4).
         array("attention", ATTENTION_DIMS, "float16", 0.0, (1, L, H, 1, K), shards=(1, L, H, Q, K))
-        array("query_position", (IMAGE, QUERY), "int32", -1, (1, Q))
+        array("query_position", (IMAGE, QUERY), "int32", -1, (1, Q))  # chunks = capacity: one chunk per image
         for name, (dtype, fill) in PER_KEY.items():
             array(name, (IMAGE, KEY), dtype, fill, (1, K))
         for name in PER_KEY_STRINGS:
@@ -223,12 +227,14 @@ class AttnStore:
                 )
 
     def _resize_axis(self, dim: str, size: int) -> None:
+        """Grow `dim` to `size` on every per-image array (never shrinks: data is kept)."""
         for name in self.group.array_keys():
             arr = self.group[name]
             dims = arr.metadata.dimension_names or ()
             if dim in dims and dims[0] == IMAGE:
-                new = tuple(size if d == dim else s for d, s in zip(dims, arr.shape))
-                arr.resize(new)
+                new = tuple(max(size, s) if d == dim else s for d, s in zip(dims, arr.shape))
+                if new != arr.shape:
+                    arr.resize(new)
 
     def ensure_capacity(self, n_query: int, n_key: int) -> None:
         """Grow the query/key axes if a new image needs more (existing data is kept)."""
@@ -255,8 +261,8 @@ class AttnStore:
         return indices
 
     # -- per-image state ----------------------------------------------------------------------
-    def image_names(self) -> np.ndarray:
-        return np.asarray(self.group["image_name"][:], dtype=str) if self.n_images else np.array([], dtype=str)
+    def image_names(self) -> list[str]:
+        return [str(n) for n in self.group["image_name"][:]] if self.n_images else []
 
     def complete_flags(self) -> np.ndarray:
         return np.asarray(self.group["complete"][:], dtype=bool) if self.n_images else np.array([], dtype=bool)
