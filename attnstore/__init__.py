@@ -1,7 +1,7 @@
 """attnstore: store and explore the attention of vision-language models.
 
-    import attnstore as at
-    ds = at.open_dataset("store.zarr")   # xarray.Dataset (image, layer, head, query, key)
+import attnstore as at
+ds = at.open_dataset("store.zarr")   # xarray.Dataset (image, layer, head, query, key)
 """
 
 __version__ = "0.1.0"

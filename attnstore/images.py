@@ -37,7 +37,9 @@ def collect_images(images: list[str] | None, image_dir: str | None, limit: int |
         raise InputImageError("no images given: pass image files or --image-dir DIR")
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise InputImageError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if missing[1:] else ""))
+        raise InputImageError(
+            f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if missing[1:] else "")
+        )
     return paths[:limit] if limit else paths
 
 

@@ -136,7 +136,9 @@ def _check_unique(names: list[str]) -> None:
     values, counts = np.unique(np.asarray(names, dtype=object).astype(str), return_counts=True)
     if (counts > 1).any():
         dup = values[counts > 1][0]
-        raise AttnstoreError(f"two images would share the name '{dup}' in the store: use --image-dir so names keep their folders")
+        raise AttnstoreError(
+            f"two images would share the name '{dup}' in the store: use --image-dir so names keep their folders"
+        )
 
 
 def _progress(enabled: bool) -> Progress:

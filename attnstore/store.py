@@ -27,10 +27,8 @@ from attnstore.schema import (
     BOX_CORNERS,
     BOX_DIM,
     FORMAT_NAME,
-    HEAD,
     IMAGE,
     KEY,
-    LAYER,
     PER_IMAGE_SCALARS,
     PER_IMAGE_STRINGS,
     PER_KEY,
@@ -107,14 +105,14 @@ class AttnStore:
 
     # -- creation / opening -----------------------------------------------------------------
     @classmethod
-    def create(cls, path: str, shape: StoreShape, attrs: dict, storage_options: dict | None = None) -> "AttnStore":
+    def create(cls, path: str, shape: StoreShape, attrs: dict, storage_options: dict | None = None) -> AttnStore:
         """Create an empty store (0 images). Fails if a store is already there."""
         _check_target(path)
         try:
             group = zarr.open_group(store=path, mode="w-", zarr_format=3, storage_options=storage_options)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
             raise StoreError(f"'{path}' already exists and is not an empty folder") from err
-        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         group.attrs.update(
             {
                 "format": FORMAT_NAME,
@@ -133,7 +131,7 @@ class AttnStore:
         return store
 
     @classmethod
-    def open(cls, path: str, mode: str = "r+", storage_options: dict | None = None) -> "AttnStore":
+    def open(cls, path: str, mode: str = "r+", storage_options: dict | None = None) -> AttnStore:
         """Open an existing store for appending; checks it is an attnstore store of this schema."""
         _check_target(path)
         try:
@@ -147,7 +145,7 @@ class AttnStore:
         return cls(group, path)
 
     @classmethod
-    def open_or_create(cls, path: str, shape: StoreShape, attrs: dict, storage_options=None) -> "AttnStore":
+    def open_or_create(cls, path: str, shape: StoreShape, attrs: dict, storage_options=None) -> AttnStore:
         if exists(path, storage_options):
             store = cls.open(path, storage_options=storage_options)
             store.check_compatible(shape, attrs)

@@ -16,7 +16,9 @@ from attnstore.models.idefics3 import FAKE_TOKEN, GLOBAL_TOKEN, IMAGE_TOKEN, par
 from attnstore.store import AttnStore, StoreShape
 
 PROMPT_WORDS = ["ĠCan", "Ġyou", "Ġdescribe", "Ġthis", "Ġimage", "?"]
-ANSWER_WORDS = "A Ġman Ġin Ġa Ġred Ġjacket Ġwalks Ġa Ġdog Ġon Ġthe Ġbeach Ġnear Ġthe Ġwater . ĠThe Ġdog Ġis Ġbrown".split()
+ANSWER_WORDS = (
+    "A Ġman Ġin Ġa Ġred Ġjacket Ġwalks Ġa Ġdog Ġon Ġthe Ġbeach Ġnear Ġthe Ġwater . ĠThe Ġdog Ġis Ġbrown".split()
+)
 
 
 def idefics3_tokens(rows: int, cols: int, n_answer: int, seq: int = 64) -> tuple[list[str], int]:
@@ -34,7 +36,9 @@ def idefics3_tokens(rows: int, cols: int, n_answer: int, seq: int = 64) -> tuple
     return prompt + answer, len(prompt)
 
 
-def synthetic_attention(n_layers: int, n_heads: int, rows: np.ndarray, n_key: int, image_keys: np.ndarray, rng) -> np.ndarray:
+def synthetic_attention(
+    n_layers: int, n_heads: int, rows: np.ndarray, n_key: int, image_keys: np.ndarray, rng
+) -> np.ndarray:
     """Causal softmax rows with a sink and per-head focus on a few image keys.
 
     Returns # [layer, head, query, key] float16
@@ -68,7 +72,13 @@ def make_synthetic_store(
     longest = max(idefics3_tokens(r, c, n_answer)[0].__len__() for r, c in grids)
     n_text = len(PROMPT_WORDS) + 7 + n_answer
     shape = StoreShape(n_layers, n_heads, query_capacity=n_text + 2, key_capacity=longest)
-    attrs = {"model_id": "synthetic", "model_family": "idefics3", "random_weights": True, "keep_bits": keep_bits, "queries": "text"}
+    attrs = {
+        "model_id": "synthetic",
+        "model_family": "idefics3",
+        "random_weights": True,
+        "keep_bits": keep_bits,
+        "queries": "text",
+    }
     store = AttnStore.create(path, shape, attrs)
     names = [f"synthetic_{i:05d}.png" for i in range(n_images)]
     for index in store.allocate(names, names):

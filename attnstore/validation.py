@@ -33,12 +33,16 @@ def row_sum_tolerance(keep_bits: int) -> float:
     return 5e-3 + 2.0 ** -(int(keep_bits) + 1)
 
 
-def validate_store(path: str, storage_options: dict | None = None, on_image: Callable[[], None] | None = None) -> ValidationReport:
+def validate_store(
+    path: str, storage_options: dict | None = None, on_image: Callable[[], None] | None = None
+) -> ValidationReport:
     ds = open_dataset(path, storage_options=storage_options)
     report = ValidationReport(n_images=int(ds.sizes["image"]))
     report.problems += [f"missing store attribute '{a}'" for a in REQUIRED_ATTRS if a not in ds.attrs]
     if ds["attention"].dims != ATTENTION_DIMS or ds["attention"].dtype != np.float16:
-        report.problems.append(f"attention has dims {ds['attention'].dims} {ds['attention'].dtype}, expected {ATTENTION_DIMS} float16")
+        report.problems.append(
+            f"attention has dims {ds['attention'].dims} {ds['attention'].dtype}, expected {ATTENTION_DIMS} float16"
+        )
         return report
     complete = ds["complete"].values.astype(bool)
     report.n_complete = int(complete.sum())
@@ -91,6 +95,12 @@ def _check_geometry(img: xr.Dataset, nk: int) -> list[str]:
         problems.append(f"{n_tile} tile / {n_global} global tokens but grids of {grid} / {glob} cells")
     patches = np.isin(kinds, [TokenKind.IMAGE_TILE, TokenKind.IMAGE_GLOBAL])
     boxes = img["patch_box"].values[:nk][patches]
-    if boxes.size and (np.isnan(boxes).any() or (boxes < 0).any() or (boxes > 1).any() or (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any()):
+    if boxes.size and (
+        np.isnan(boxes).any()
+        or (boxes < 0).any()
+        or (boxes > 1).any()
+        or (boxes[:, 2] <= boxes[:, 0]).any()
+        or (boxes[:, 3] <= boxes[:, 1]).any()
+    ):
         problems.append("patch boxes missing, outside [0, 1] or empty")
     return problems

@@ -27,7 +27,8 @@ from attnstore.cli import inspect as _inspect  # noqa: E402,F401
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of raising it.
+        code = app(args=argv, standalone_mode=False)
     except AttnstoreError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         return 1
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             err.show()
             return err.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:

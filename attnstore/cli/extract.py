@@ -15,14 +15,25 @@ from attnstore.pipeline import RunReport
 @app.command()
 def extract(
     images: Annotated[list[Path] | None, typer.Argument(help="Image files.")] = None,
-    image_dir: Annotated[Path | None, typer.Option("--image-dir", help="Folder of images (searched recursively).")] = None,
+    image_dir: Annotated[
+        Path | None, typer.Option("--image-dir", help="Folder of images (searched recursively).")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most N images (0 = all).")] = 0,
     prompt: Annotated[str, typer.Option(help="User prompt asked with every image.")] = "Can you describe this image?",
-    model: Annotated[str, typer.Option(help="Hub id (from the HF cache) or local folder.")] = "HuggingFaceTB/SmolVLM-256M-Instruct",
+    model: Annotated[
+        str, typer.Option(help="Hub id (from the HF cache) or local folder.")
+    ] = "HuggingFaceTB/SmolVLM-256M-Instruct",
     out: Annotated[str, typer.Option(help="Store path or fsspec URL (created or appended to).")] = "attention.zarr",
     max_new_tokens: Annotated[int, typer.Option(help="Answer length budget (greedy).")] = 32,
-    keep_bits: Annotated[int | None, typer.Option(help="fp16 mantissa bits kept, 0-10 (10 = lossless; default 10, or the store's own when appending).")] = None,
-    queries: Annotated[str, typer.Option(help="'text': prompt text + answer rows; 'all': every row (full square).")] = "text",
+    keep_bits: Annotated[
+        int | None,
+        typer.Option(
+            help="fp16 mantissa bits kept, 0-10 (10 = lossless; default 10, or the store's own when appending)."
+        ),
+    ] = None,
+    queries: Annotated[
+        str, typer.Option(help="'text': prompt text + answer rows; 'all': every row (full square).")
+    ] = "text",
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -40,15 +51,23 @@ def extract(
     quiet_transformers()
     adapter = load_adapter(model, device=device)
     report = run_extraction(
-        adapter, paths, prompt, out,
+        adapter,
+        paths,
+        prompt,
+        out,
         image_dir=str(image_dir) if image_dir else None,
-        max_new_tokens=max_new_tokens, keep_bits=keep_bits, queries=queries, show_progress=progress,
+        max_new_tokens=max_new_tokens,
+        keep_bits=keep_bits,
+        queries=queries,
+        show_progress=progress,
     )
     _summarise(report, out)
 
 
 def _summarise(report: RunReport, out: str) -> None:
-    typer.echo(f"{out}: {len(report.written)} written, {len(report.skipped)} already complete, {len(report.failed)} failed")
+    typer.echo(
+        f"{out}: {len(report.written)} written, {len(report.skipped)} already complete, {len(report.failed)} failed"
+    )
     for name, why in report.failed.items():
         typer.secho(f"  failed {name}: {why}", fg="red", err=True)
     if report.interrupted:

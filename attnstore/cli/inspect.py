@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import fsspec
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -28,14 +27,24 @@ def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     complete = ds["complete"].values.astype(bool)
     sizes = ", ".join(f"{d}={n}" for d, n in ds["attention"].sizes.items())
     console.print(f"[bold]{path}[/bold]  schema v{a['schema_version']}, attnstore {a['attnstore_version']}")
-    console.print(f"model: {a['model_id']} ({a.get('model_family', '?')}){' [yellow]RANDOM WEIGHTS[/yellow]' if a.get('random_weights') else ''}")
+    random = " [yellow]RANDOM WEIGHTS[/yellow]" if a.get("random_weights") else ""
+    console.print(f"model: {a['model_id']} ({a.get('model_family', '?')}){random}")
     console.print(f"attention({sizes}) float16, keep_bits={a.get('keep_bits')}, queries={a.get('queries', 'text')}")
-    console.print(f"images: {complete.size} ({int(complete.sum())} complete); size on disk: {store_size_bytes(path) / 1e6:.1f} MB")
+    console.print(
+        f"images: {complete.size} ({int(complete.sum())} complete); size on disk: {store_size_bytes(path) / 1e6:.1f} MB"
+    )
     table = Table("#", "image", "tiles", "tokens", "answer", "ok")
     names, answers = ds["image_name"].values, ds["answer"].values
     rows, cols, nkey = ds["tile_rows"].values, ds["tile_cols"].values, ds["n_key"].values
     for i in range(min(complete.size, max_rows)):
-        table.add_row(str(i), str(names[i]), f"{rows[i]}x{cols[i]}", str(nkey[i]), str(answers[i])[:60], "yes" if complete[i] else "[red]no[/red]")
+        table.add_row(
+            str(i),
+            str(names[i]),
+            f"{rows[i]}x{cols[i]}",
+            str(nkey[i]),
+            str(answers[i])[:60],
+            "yes" if complete[i] else "[red]no[/red]",
+        )
     console.print(table)
     if complete.size > max_rows:
         console.print(f"... {complete.size - max_rows} more images")

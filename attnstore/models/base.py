@@ -61,7 +61,7 @@ class ModelAdapter(ABC):
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_id: str, device: str = "cpu") -> "ModelAdapter":
+    def load(cls, model_id: str, device: str = "cpu") -> ModelAdapter:
         """Load weights and processor from a local folder or the HF cache (HF_HUB_OFFLINE honoured)."""
         model_id = canonical_model_id(model_id)
         local = Path(model_id).expanduser()

@@ -166,7 +166,11 @@ def build_random_idefics3(out_dir: str | Path, dims: dict | None = None, seed: i
     dims = {**TINY_DIMS, **(dims or {})}
     specials = [*CHAT_SPECIALS, FAKE_TOKEN, IMAGE_TOKEN, GLOBAL_TOKEN, *ROW_COL_TOKENS]
     tokenizer = build_bpe_tokenizer(
-        specials, bos_token="<|im_start|>", eos_token=END_OF_UTTERANCE, pad_token="<|endoftext|>", unk_token="<|endoftext|>"
+        specials,
+        bos_token="<|im_start|>",
+        eos_token=END_OF_UTTERANCE,
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
     )
     image_processor = Idefics3ImageProcessorPil(
         size={"longest_edge": 2048},

@@ -36,7 +36,9 @@ def test_captured_rows_equal_output_attentions(tiny_adapter, run):
     reference = reference_attention(tiny_adapter, image, result.prompt, result.token_id)
     assert result.attention.dtype == np.float16
     assert result.attention.shape == (tiny_adapter.n_layers, tiny_adapter.n_heads, result.n_query, result.n_key)
-    np.testing.assert_allclose(result.attention.astype(np.float32), reference[:, :, result.query_position], rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(
+        result.attention.astype(np.float32), reference[:, :, result.query_position], rtol=2e-3, atol=2e-4
+    )
 
 
 def test_rows_sum_to_one_and_are_causal(run):

@@ -51,7 +51,9 @@ def test_values_round_trip(tmp_path, tiny_adapter):
     from attnstore.extract import extract
 
     result = extract(tiny_adapter, image, "Describe.", max_new_tokens=3)
-    store = AttnStore.create(str(tmp_path / "s.zarr"), StoreShape(2, 4, result.n_query + 5, result.n_key + 5), {"model_id": "m"})
+    store = AttnStore.create(
+        str(tmp_path / "s.zarr"), StoreShape(2, 4, result.n_query + 5, result.n_key + 5), {"model_id": "m"}
+    )
     (index,) = store.allocate(["a.png"], ["/a.png"])
     store.write_image(index, result, image)
     ds = open_dataset(str(tmp_path / "s.zarr"))

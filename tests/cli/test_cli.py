@@ -1,0 +1,143 @@
+"""The CLI: the extract -> info -> validate workflow, and bad input that must end in one clear line."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from attnstore.cli import main
+from attnstore.store import open_dataset
+from attnstore.synthetic import _gradient_image
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, size in enumerate([(320, 240), (200, 300)]):
+        _gradient_image(*size, seed=i).save(folder / f"img{i}.png")
+    return folder
+
+
+def extract_args(tiny_model_path, out, *more):
+    return [
+        "extract",
+        *map(str, more),
+        "--model",
+        str(tiny_model_path),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "3",
+        "--no-progress",
+    ]
+
+
+def store_files(path):
+    return {p: p.stat().st_mtime_ns for p in Path(path).rglob("*") if p.is_file()}
+
+
+def test_extract_info_validate(tmp_path, images, tiny_model_path, capsys):
+    out = tmp_path / "s.zarr"
+    assert main(extract_args(tiny_model_path, out, "--image-dir", images)) == 0
+    assert "2 written" in capsys.readouterr().out
+    assert main(extract_args(tiny_model_path, out, "--image-dir", images)) == 0  # rerun skips
+    assert "0 written, 2 already complete" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "img0.png" in text and "RANDOM WEIGHTS" in text and "2 complete" in text
+    assert main(["validate", str(out)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_keep_bits_recorded_and_applied(tmp_path, images, tiny_model_path):
+    out = tmp_path / "s.zarr"
+    assert main(extract_args(tiny_model_path, out, images / "img0.png", "--keep-bits", "3")) == 0
+    ds = open_dataset(str(out))
+    assert ds.attrs["keep_bits"] == 3
+    low_bits = ds.attention.values.view(np.uint16) & 0b1111111
+    assert (low_bits == 0).all()
+    assert main(["validate", str(out)]) == 0
+
+
+def test_corrupt_image_is_reported_and_others_are_kept(tmp_path, images, tiny_model_path, capsys):
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    out = tmp_path / "s.zarr"
+    assert main(extract_args(tiny_model_path, out, "--image-dir", images)) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "cannot decode image" in err
+    ds = open_dataset(str(out))
+    assert sorted(map(str, ds.image_name.values)) == ["img0.png", "img1.png"] and ds.complete.values.all()
+
+
+def test_validate_finds_damaged_rows(tmp_path, synthetic_store, capsys):
+    path = tmp_path / "s.zarr"
+    shutil.copytree(synthetic_store, path)
+    att = zarr.open_group(str(path), mode="r+", use_consolidated=False)["attention"]
+    att[1, 0, 0, 2, :5] = 0.5  # a row that no longer sums to 1
+    assert main(["validate", str(path)]) == 1
+    assert "do not sum to 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_image", "image not found"),
+        ("empty_prompt", "prompt is empty"),
+        ("unknown_model", "neither a local directory nor in the Hugging Face cache"),
+        ("store_is_file", "is a file"),
+        ("other_schema", "schema version"),
+        ("bad_keep_bits", "--keep-bits"),
+    ],
+)
+def test_bad_input_one_line_and_store_untouched(
+    case, message, tmp_path, images, tiny_model_path, synthetic_store, capsys
+):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(synthetic_store, out)
+    model, prompt, extra = str(tiny_model_path), "Describe.", []
+    target = out
+    if case == "missing_image":
+        extra = [tmp_path / "nope.png"]
+    else:
+        extra = [images / "img0.png"]
+    if case == "empty_prompt":
+        prompt = "  "
+    if case == "unknown_model":
+        model = "someone/not-a-model"
+    if case == "store_is_file":
+        target = tmp_path / "file.zarr"
+        target.write_text("x")
+    if case == "other_schema":
+        meta = json.loads((out / "zarr.json").read_text())
+        meta["attributes"]["schema_version"] = 99
+        (out / "zarr.json").write_text(json.dumps(meta))
+    if case == "bad_keep_bits":
+        extra.append("--keep-bits=12")
+    before = store_files(out)
+    args = ["extract", *map(str, extra), "--model", model, "--prompt", prompt, "--out", str(target), "--no-progress"]
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert store_files(out) == before
+
+
+def test_real_entry_point_prints_no_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("attnstore")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(exe), "info", str(tmp_path / "missing.zarr")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: no attnstore store") and "Traceback" not in proc.stderr
+
+
+def test_demo_store_is_labelled_random_weights(demo_store):
+    ds = open_dataset(demo_store)
+    assert ds.attrs["random_weights"] is True
+    assert ds.sizes["image"] == 3 and ds.complete.values.all()
+    assert {(int(r), int(c)) for r, c in zip(ds.tile_rows.values, ds.tile_cols.values)} == {(3, 4), (4, 3), (4, 4)}
