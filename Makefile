@@ -12,7 +12,7 @@ demo: install
 
 # Set up everything the tests need (incl. Debian chromium for browser tests) and run the whole suite.
 test: install-test chromium
-	$(BIN)/ruff check attnstore explorer scripts tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 $(BIN)/python:
@@ -33,4 +33,4 @@ chromium:
 	@chromium --version
 
 lint:
-	$(BIN)/ruff check attnstore explorer scripts tests benchmarks
+	$(BIN)/ruff check .
