@@ -95,7 +95,7 @@ def capture_rows(modules: list[torch.nn.Module], rows: torch.Tensor, out: np.nda
 def capture_attention(adapter: ModelAdapter, inputs: dict, sequence: torch.Tensor, rows: np.ndarray) -> np.ndarray:
     """One forward pass over `sequence` with pixel inputs; returns # [layer, head, query, key] float16."""
     out = np.zeros((adapter.n_layers, adapter.n_heads, rows.shape[0], sequence.shape[0]), np.float16)
-    model_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    model_inputs = adapter.forward_inputs(inputs, sequence)
     with capture_rows(adapter.attention_modules(), torch.as_tensor(rows, dtype=torch.long), out):
         adapter.model(
             input_ids=sequence[None],

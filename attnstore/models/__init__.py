@@ -12,8 +12,10 @@ from pathlib import Path
 from attnstore.errors import ModelLoadError
 from attnstore.models.base import ModelAdapter, canonical_model_id, hub_offline, missing_weights_message
 from attnstore.models.idefics3 import Idefics3Adapter
+from attnstore.models.llava import LlavaAdapter
+from attnstore.models.qwen2_vl import Qwen2VLAdapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (Idefics3Adapter,)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (Idefics3Adapter, LlavaAdapter, Qwen2VLAdapter)
 
 
 def supported_model_types() -> list[str]:

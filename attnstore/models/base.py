@@ -9,6 +9,7 @@ shared.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -97,6 +98,14 @@ class ModelAdapter(ABC):
         """Token ids generation must never produce (image placeholders and markers)."""
         return []
 
+    def forward_inputs(self, inputs: dict, sequence: torch.Tensor) -> dict:
+        """Model kwargs besides input_ids / attention_mask for one forward pass over `sequence`.
+
+        `inputs` is `prepare`'s output (prompt only); `sequence` is prompt + answer ids  # [seq].
+        Adapters whose processor returns per-token inputs (Qwen2-VL's mm_token_type_ids) extend them here.
+        """
+        return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+
     # -- shared behaviour -----------------------------------------------------------------
     @property
     def tokenizer(self):
@@ -153,5 +162,7 @@ def _jsonable(value):
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     if hasattr(value, "items"):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v) for k, v in value.items() if v is not None}
+    if dataclasses.is_dataclass(value):  # transformers' SizeDict
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items() if v is not None}
     return str(value)

@@ -1,0 +1,272 @@
+"""Qwen2-VL adapter (`Qwen2VLForConditionalGeneration`) and its offline random-weight builder.
+
+Token layout of one image (Qwen2-VL chat template):
+    <|im_start|>system ... <|im_end|> <|im_start|>user
+    <|vision_start|> <|image_pad|> x (h/m)*(w/m) <|vision_end|> PROMPT <|im_end|> <|im_start|>assistant
+Dynamic resolution: the processor resizes the whole picture (no crop, no pad;
+`smart_resize`) to h x w patches, reported per image as `image_grid_thw`
+(t, h, w); the vision tower merges m x m patches into one token, row-major. So
+one tile covers the whole original image with an (h/m) x (w/m) grid, read from
+`image_grid_thw` for every image.
+
+The text model uses 3D rotary positions (M-RoPE) computed from
+`mm_token_type_ids`, a per-token input: the capture pass over prompt + answer
+needs it extended to the answer (`forward_inputs`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attnstore.geometry import ImageLayout, empty_layout, finish_grids, place_view, tile_views
+from attnstore.models.base import RANDOM_WEIGHTS_KEY, ModelAdapter
+from attnstore.models.tiny_tokenizer import build_bpe_tokenizer
+from attnstore.schema import TokenKind
+
+IMAGE_TOKEN = "<|image_pad|>"
+VIDEO_TOKEN = "<|video_pad|>"
+VISION_START, VISION_END, VISION_PAD = "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>"
+VISION_SPECIALS = (VISION_START, VISION_END, VISION_PAD, VIDEO_TOKEN)
+CHAT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+# Qwen/Qwen2-VL-*-Instruct chat template (default system prompt, images as vision_start/pad/end).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class Qwen2VLAdapter(ModelAdapter):
+    family = "qwen2_vl"
+    model_types = ("qwen2_vl",)
+
+    @classmethod
+    def _from_pretrained(cls, source: str, local_files_only: bool):
+        from transformers import AutoModelForImageTextToText
+
+        # Qwen2VLProcessor insists on a video processor, which needs torchvision (transformers#48558)
+        # and a video config; we only process images.
+        processor = images_only_processor_class().from_pretrained(source, local_files_only=local_files_only)
+        model = AutoModelForImageTextToText.from_pretrained(
+            source,
+            local_files_only=local_files_only,
+            # Attention weights exist only with eager attention; the vision tower may stay fast.
+            attn_implementation={"text_config": "eager", "vision_config": "sdpa"},
+            dtype=torch.float32,
+        )
+        return model, processor
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.model.config.vision_config.spatial_merge_size)
+
+    def prepare(self, image: Image.Image, prompt: str) -> dict:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return self.processor(text=text, images=[image], return_tensors="pt")
+
+    def forward_inputs(self, inputs: dict, sequence: torch.Tensor) -> dict:
+        """Model kwargs besides input_ids / attention_mask for one forward pass over `sequence`.
+
+        Parameters
+        ----------
+        inputs : the output of `prepare` (prompt only).
+        sequence : prompt + generated answer ids  # [seq]
+
+        Returns
+        -------
+        dict
+            pixel inputs as prepared; `mm_token_type_ids` (0 = text, 1 = image) extended with
+            text for the answer, since M-RoPE positions are computed from it over the whole sequence.
+        """
+        out = super().forward_inputs(inputs, sequence)
+        types = out.get("mm_token_type_ids")
+        if types is not None:
+            n_new = int(sequence.shape[-1]) - int(types.shape[-1])
+            out["mm_token_type_ids"] = torch.cat([types, types.new_zeros((types.shape[0], n_new))], dim=-1)
+        return out
+
+    def attention_modules(self) -> list[torch.nn.Module]:
+        return [layer.self_attn for layer in self.model.model.language_model.layers]
+
+    def banned_token_ids(self) -> list[int]:
+        ids = self.tokenizer.convert_tokens_to_ids([IMAGE_TOKEN, *VISION_SPECIALS])
+        unk = self.tokenizer.unk_token_id
+        return sorted({i for i in ids if i is not None and i != unk})
+
+    def layout(self, input_ids: np.ndarray, inputs: dict) -> ImageLayout:
+        tokens = self.token_strings(input_ids)
+        grids = np.asarray(inputs["image_grid_thw"]).reshape(-1, 3)  # [image, (t, h, w)] in patches
+        return parse_qwen2_vl_layout(tokens, grids, self.merge_size)
+
+    def processor_settings(self) -> dict:
+        """Base provenance plus the pixel budget and patch sizes that set the grid."""
+        ip = self.processor.image_processor
+        keys = ("patch_size", "merge_size", "temporal_patch_size")
+        return {
+            **super().processor_settings(),
+            **{k: int(getattr(ip, k)) for k in keys},
+            "min_pixels": int(ip.size["shortest_edge"]),
+            "max_pixels": int(ip.size["longest_edge"]),
+        }
+
+    def max_image_tokens(self) -> int:
+        ip = self.processor.image_processor
+        factor = int(ip.patch_size) * int(ip.merge_size)  # pixels per image token side
+        return int(ip.size["longest_edge"]) // factor**2 + 2  # + <|vision_start|>, <|vision_end|>
+
+
+@functools.cache
+def images_only_processor_class() -> type:
+    """`Qwen2VLProcessor` without its video processor (which needs torchvision; images are all we use).
+
+    It saves as, and loads from, a plain Qwen2VLProcessor folder.
+    """
+    from transformers import Qwen2VLProcessor
+
+    class Qwen2VLImagesProcessor(Qwen2VLProcessor):
+        # The sub-processors ProcessorMixin loads and checks come from this signature: no video_processor.
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+        def to_dict(self) -> dict:
+            return {**super().to_dict(), "processor_class": Qwen2VLProcessor.__name__}
+
+    return Qwen2VLImagesProcessor
+
+
+def parse_qwen2_vl_layout(tokens: list[str], grids: np.ndarray, merge_size: int) -> ImageLayout:
+    """Kinds and geometry of every position, from the tokens and `image_grid_thw` of each image.
+
+    Parameters
+    ----------
+    tokens : token strings of the prompt.
+    grids : # [image, 3] (t, h, w) in vision patches, as the processor returned them.
+    merge_size : patches merged per token side (the vision tower's spatial_merge_size).
+    """
+    kinds = np.array([_text_kind(t) for t in tokens], dtype=np.int8)
+    layout = empty_layout(kinds)
+    starts = [p + 1 for p in range(len(tokens) - 1) if tokens[p] == VISION_START and tokens[p + 1] == IMAGE_TOKEN]
+    if len(starts) != len(grids):
+        raise RuntimeError(f"processor produced {len(grids)} image grids but the prompt holds {len(starts)} images")
+    if len(grids) != 1:  # the store keeps one image per sequence
+        raise ValueError(f"exactly one image per prompt is supported, not {len(grids)}")
+    t, h, w = grids[0].tolist()
+    # smart_resize stretches the whole picture onto the patch grid: one tile over region (0, 0, 1, 1).
+    (view,) = tile_views(1, 1, h // merge_size, w // merge_size)
+    positions = np.arange(starts[0], starts[0] + t * view.n_patches)
+    if t != 1 or positions[-1] >= len(tokens) or any(tokens[p] != IMAGE_TOKEN for p in positions):
+        raise ValueError(f"image block does not hold {positions.size} image tokens: the prompt was truncated")
+    place_view(layout, view, positions)
+    return finish_grids(layout)
+
+
+def _text_kind(token: str) -> int:
+    if token in CHAT_SPECIALS:
+        return int(TokenKind.SPECIAL)
+    if token == IMAGE_TOKEN or token in VISION_SPECIALS:
+        return int(TokenKind.IMAGE_SPECIAL)
+    return int(TokenKind.PROMPT_TEXT)
+
+
+# -- offline random-weight builder ---------------------------------------------------------
+
+TINY_DIMS = dict(
+    hidden=64,
+    intermediate=128,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    vision_embed=32,
+    vision_layers=1,
+    min_pixels=56 * 56,
+    max_pixels=28 * 28 * 64,  # at most 64 image tokens (the real model allows 1280)
+)
+
+
+def build_random_qwen2_vl(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
+    """Save a random-weight Qwen2-VL + a real Qwen2VLProcessor to `out_dir`.
+
+    The processing policy is Qwen2-VL's (smart_resize to multiples of 28 px,
+    patch 14, 2 x 2 merge, temporal patch 2) with a smaller `max_pixels` so tests
+    stay fast; the token layout is the real one, the weights are random.
+    """
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    dims = {**TINY_DIMS, **(dims or {})}
+    tokenizer = build_bpe_tokenizer(
+        [*CHAT_SPECIALS, VISION_START, VISION_END, VISION_PAD, IMAGE_TOKEN, VIDEO_TOKEN],
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": dims["min_pixels"], "longest_edge": dims["max_pixels"]},
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    processor = images_only_processor_class()(image_processor, tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE)
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = dims["hidden"] // dims["heads"]
+    half = head_dim // 2  # rotary frequencies, split over (t, h, w) like Qwen2-VL's [16, 24, 24] of 64
+    mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=dims["hidden"],
+        intermediate_size=dims["intermediate"],
+        num_hidden_layers=dims["layers"],
+        num_attention_heads=dims["heads"],
+        num_key_value_heads=dims["kv_heads"],
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|im_end|>"),
+        pad_token_id=ids("<|endoftext|>"),
+    )
+    vision_config = dict(
+        depth=dims["vision_layers"],
+        embed_dim=dims["vision_embed"],
+        hidden_size=dims["hidden"],  # the merger projects straight to the text width
+        num_heads=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    config = Qwen2VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids(IMAGE_TOKEN),
+        video_token_id=ids(VIDEO_TOKEN),
+        vision_start_token_id=ids(VISION_START),
+        vision_end_token_id=ids(VISION_END),
+    )
+    setattr(config, RANDOM_WEIGHTS_KEY, True)
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
+    model.generation_config.pad_token_id = ids("<|endoftext|>")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
