@@ -77,14 +77,32 @@ class ModelAdapter(ABC):
         return cls(model.to(device), processor, model_id=model_id, revision=revision)
 
     @classmethod
-    @abstractmethod
     def _from_pretrained(cls, source: str, local_files_only: bool):
         """Return (model, processor), with eager attention in the text model."""
+        from transformers import AutoModelForImageTextToText
+
+        processor = cls._load_processor(source, local_files_only)
+        model = AutoModelForImageTextToText.from_pretrained(
+            source,
+            local_files_only=local_files_only,
+            # Attention weights exist only with eager attention; the vision tower may stay fast.
+            attn_implementation={"text_config": "eager", "vision_config": "sdpa"},
+            dtype=torch.float32,
+        )
+        return model, processor
+
+    @classmethod
+    def _load_processor(cls, source: str, local_files_only: bool):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source, local_files_only=local_files_only)
 
     # -- what extraction asks -------------------------------------------------------------
-    @abstractmethod
     def prepare(self, image: Image.Image, prompt: str) -> dict:
         """Processor output (tensors) for one image and one user prompt, ready for generate."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return self.processor(text=text, images=[image], return_tensors="pt")
 
     @abstractmethod
     def attention_modules(self) -> list[torch.nn.Module]:
@@ -97,6 +115,12 @@ class ModelAdapter(ABC):
     def banned_token_ids(self) -> list[int]:
         """Token ids generation must never produce (image placeholders and markers)."""
         return []
+
+    def known_token_ids(self, tokens: list[str]) -> list[int]:
+        """Ids of those `tokens` the tokenizer knows (unknown ones map to unk and are dropped)."""
+        ids = self.tokenizer.convert_tokens_to_ids(tokens)
+        unk = self.tokenizer.unk_token_id
+        return sorted({i for i in ids if i is not None and i != unk})
 
     def forward_inputs(self, inputs: dict, sequence: torch.Tensor) -> dict:
         """Model kwargs besides input_ids / attention_mask for one forward pass over `sequence`.

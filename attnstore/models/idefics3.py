@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from attnstore.geometry import ImageLayout, empty_layout, finish_grids, global_view, place_view, tile_views
 from attnstore.models.base import RANDOM_WEIGHTS_KEY, ModelAdapter
@@ -45,33 +44,11 @@ class Idefics3Adapter(ModelAdapter):
     family = "idefics3"
     model_types = ("idefics3", "smolvlm")
 
-    @classmethod
-    def _from_pretrained(cls, source: str, local_files_only: bool):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        processor = AutoProcessor.from_pretrained(source, local_files_only=local_files_only)
-        model = AutoModelForImageTextToText.from_pretrained(
-            source,
-            local_files_only=local_files_only,
-            # Attention weights exist only with eager attention; the vision tower may stay fast.
-            attn_implementation={"text_config": "eager", "vision_config": "sdpa"},
-            dtype=torch.float32,
-        )
-        return model, processor
-
-    def prepare(self, image: Image.Image, prompt: str) -> dict:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        return self.processor(text=text, images=[image], return_tensors="pt")
-
     def attention_modules(self) -> list[torch.nn.Module]:
         return [layer.self_attn for layer in self.model.model.text_model.layers]
 
     def banned_token_ids(self) -> list[int]:
-        tokens = [IMAGE_TOKEN, FAKE_TOKEN, GLOBAL_TOKEN, *ROW_COL_TOKENS]
-        ids = self.tokenizer.convert_tokens_to_ids(tokens)
-        unk = self.tokenizer.unk_token_id
-        return sorted({i for i in ids if i is not None and i != unk})
+        return self.known_token_ids([IMAGE_TOKEN, FAKE_TOKEN, GLOBAL_TOKEN, *ROW_COL_TOKENS])
 
     def layout(self, input_ids: np.ndarray, inputs: dict) -> ImageLayout:
         layout = parse_idefics3_layout(self.token_strings(input_ids), image_seq_len=self.processor.image_seq_len)

@@ -46,20 +46,6 @@ class LlavaAdapter(ModelAdapter):
     family = "llava"
     model_types = ("llava",)
 
-    @classmethod
-    def _from_pretrained(cls, source: str, local_files_only: bool):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        processor = AutoProcessor.from_pretrained(source, local_files_only=local_files_only)
-        model = AutoModelForImageTextToText.from_pretrained(
-            source,
-            local_files_only=local_files_only,
-            # Attention weights exist only with eager attention; the CLIP tower may stay fast.
-            attn_implementation={"text_config": "eager", "vision_config": "sdpa"},
-            dtype=torch.float32,
-        )
-        return model, processor
-
     @property
     def patch_size(self) -> int:
         return int(self.model.config.vision_config.patch_size)
@@ -69,9 +55,7 @@ class LlavaAdapter(ModelAdapter):
         return int(self.model.config.image_token_id)
 
     def prepare(self, image: Image.Image, prompt: str) -> dict:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(text=text, images=[image], return_tensors="pt")
+        inputs = super().prepare(image, prompt)
         # The crop/pad region depends on the original aspect ratio, which the processor output does not keep.
         setattr(inputs, ORIGINAL_SIZE_ATTR, image.size)
         return inputs

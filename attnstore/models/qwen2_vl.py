@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from attnstore.geometry import ImageLayout, empty_layout, finish_grids, place_view, tile_views
 from attnstore.models.base import RANDOM_WEIGHTS_KEY, ModelAdapter
@@ -60,29 +59,14 @@ class Qwen2VLAdapter(ModelAdapter):
     model_types = ("qwen2_vl",)
 
     @classmethod
-    def _from_pretrained(cls, source: str, local_files_only: bool):
-        from transformers import AutoModelForImageTextToText
-
+    def _load_processor(cls, source: str, local_files_only: bool):
         # Qwen2VLProcessor insists on a video processor, which needs torchvision (transformers#48558)
         # and a video config; we only process images.
-        processor = images_only_processor_class().from_pretrained(source, local_files_only=local_files_only)
-        model = AutoModelForImageTextToText.from_pretrained(
-            source,
-            local_files_only=local_files_only,
-            # Attention weights exist only with eager attention; the vision tower may stay fast.
-            attn_implementation={"text_config": "eager", "vision_config": "sdpa"},
-            dtype=torch.float32,
-        )
-        return model, processor
+        return images_only_processor_class().from_pretrained(source, local_files_only=local_files_only)
 
     @property
     def merge_size(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
-
-    def prepare(self, image: Image.Image, prompt: str) -> dict:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        return self.processor(text=text, images=[image], return_tensors="pt")
 
     def forward_inputs(self, inputs: dict, sequence: torch.Tensor) -> dict:
         """Model kwargs besides input_ids / attention_mask for one forward pass over `sequence`.
@@ -109,9 +93,7 @@ class Qwen2VLAdapter(ModelAdapter):
         return [layer.self_attn for layer in self.model.model.language_model.layers]
 
     def banned_token_ids(self) -> list[int]:
-        ids = self.tokenizer.convert_tokens_to_ids([IMAGE_TOKEN, *VISION_SPECIALS])
-        unk = self.tokenizer.unk_token_id
-        return sorted({i for i in ids if i is not None and i != unk})
+        return self.known_token_ids([IMAGE_TOKEN, *VISION_SPECIALS])
 
     def layout(self, input_ids: np.ndarray, inputs: dict) -> ImageLayout:
         tokens = self.token_strings(input_ids)
