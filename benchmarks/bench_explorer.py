@@ -1,0 +1,240 @@
+"""Explorer speed in a real browser: page load, click -> heatmap drawn, layer change, server callback time.
+
+Drives Debian chromium with playwright against `attnstore serve` (a subprocess) on a
+real-size synthetic store (30 layers, 9 heads, 3x4 tiles, 20 images, 80 answer tokens)
+and prints p50/p95 for each measure against the goals of issue 4.
+
+Timing: the page's own clock (`performance.now()`), from the click / key press (a
+capture-phase listener) to the first animation frame after plotly's `plotly_afterplot`
+of the heatmap figure (assets/explorer.js records it). Server time is the main
+callback's own time (reported in the view-state element) and the HTTP round trip of
+its request (Resource Timing).
+
+    .venv/bin/python benchmarks/bench_explorer.py [--store PATH] [--clicks 40] [--port 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+GOALS = {
+    "page load": (2000, None),
+    "click -> heatmap": (100, 200),
+    "layer change -> heatmap": (100, 200),
+    "server callback (function)": (15, None),
+}
+
+# Records the time of the user's action in page time, before any handler runs, and counts requests in flight.
+INIT_SCRIPT = """
+for (const type of ["click", "keydown"]) {
+  document.addEventListener(type, () => { window.__benchT0 = performance.now(); }, true);
+}
+window.__benchPending = 0;
+const _fetch = window.fetch;
+window.fetch = function () {
+  window.__benchPending++;
+  return _fetch.apply(this, arguments).finally(() => { window.__benchPending--; });
+};
+"""
+# The page is at rest: no request in flight, side panels updated (see SETTLE_MS in assets/explorer.js).
+SETTLED = (
+    "() => window.__benchPending === 0 && !window.__attnSettlePending"
+    " && Array.from(document.images).every(i => i.complete)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_store(path: str) -> str:
+    from attnstore.synthetic import make_synthetic_store
+
+    t = time.perf_counter()
+    make_synthetic_store(path, n_images=20, n_layers=30, n_heads=9, n_answer=80)
+    print(f"built real-size store {path} in {time.perf_counter() - t:.1f} s")
+    return path
+
+
+def start_server(store: str, port: int) -> subprocess.Popen:
+    code = f"from attnstore.cli.serve import serve_store; serve_store({store!r}, port={port})"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/initialize", timeout=5).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"server died: {proc.stderr.read().decode()}") from None
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not start in 60 s")
+
+
+def pct(values: list[float]) -> tuple[float, float]:
+    return float(np.percentile(values, 50)), float(np.percentile(values, 95))
+
+
+def renders(page) -> int:
+    return int(page.evaluate("window.__attnRenders || 0"))
+
+
+def wait_render(page, before: int, timeout_ms: int = 10_000) -> float:
+    """Milliseconds from the recorded action to the frame after the next heatmap render."""
+    page.wait_for_function(f"() => (window.__attnRenders || 0) > {before}", timeout=timeout_ms)
+    return float(page.evaluate("window.__attnLastRender.frame - window.__benchT0"))
+
+
+def settle(page) -> None:
+    """Wait until the page is at rest (a user looks at the result before the next click)."""
+    page.wait_for_function(SETTLED, timeout=10_000)
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def view_state(page) -> dict:
+    return json.loads(page.inner_text("#view-state"))
+
+
+def measure_loads(browser, url: str, n: int) -> list[float]:
+    """Navigation start -> first heatmap drawn, each in a fresh page (browser cache warm after the first)."""
+    times = []
+    for _ in range(n):
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.add_init_script(INIT_SCRIPT)
+        page.goto(url, wait_until="commit")
+        page.wait_for_function("() => (window.__attnRenders || 0) > 0", timeout=30_000)
+        times.append(float(page.evaluate("window.__attnLastRender.frame")))  # performance.now() counts from navigation
+        page.close()
+    return times
+
+
+def measure_clicks(page, n: int, rng: random.Random) -> tuple[list[float], list[float], list[float]]:
+    """Clicks on random text tokens (cache misses: a new row is read each time)."""
+    tokens = page.locator("#token-strip .tok.clickable")
+    count = tokens.count()
+    order = rng.sample(range(count), min(n, count))
+    latencies, server, rtt = [], [], []
+    page.evaluate("performance.clearResourceTimings()")
+    for i in order:
+        settle(page)
+        before = renders(page)
+        tokens.nth(i).click()
+        latencies.append(wait_render(page, before))
+        server.append(view_state(page)["server_ms"])
+        rtt.append(_last_main_request(page))
+    return latencies, server, rtt
+
+
+def _last_main_request(page) -> float:
+    """Duration of the slowest-to-finish main-callback request since the previous call (ms)."""
+    value = page.evaluate(
+        """() => { const e = performance.getEntriesByType('resource').filter(r => r.name.includes('_dash-update'));
+                   performance.clearResourceTimings(); return e.length ? Math.min(...e.map(r => r.duration)) : NaN; }"""
+    )
+    return float(value)
+
+
+def measure_layers(page, n: int, rest: bool = True) -> tuple[list[float], list[float]]:
+    """Arrow keys on the layer slider's thumb (the Radix slider commits on key press); with `rest`,
+    the page settles between presses, else the next press follows the previous heatmap at once."""
+    thumb = page.locator("#layer-slider [role=slider]").first
+    thumb.focus()
+    top = int(thumb.get_attribute("aria-valuemax"))
+    latencies, server = [], []
+    step = 1
+    for _ in range(n):
+        if rest:
+            settle(page)
+        layer = view_state(page)["layer"]
+        if not 0 <= layer + step <= top:  # bounce between the first and last layer
+            step = -step
+        before = renders(page)
+        page.keyboard.press("ArrowRight" if step > 0 else "ArrowLeft")
+        latencies.append(wait_render(page, before))
+        server.append(view_state(page)["server_ms"])
+    return latencies, server
+
+
+def report(name: str, values: list[float]) -> str:
+    p50, p95 = pct(values)
+    goal50, goal95 = GOALS.get(name, (None, None))
+    ok = (goal50 is None or p50 <= goal50) and (goal95 is None or p95 <= goal95)
+    goal = "" if goal50 is None else f"goal p50 <= {goal50}" + (f", p95 <= {goal95}" if goal95 else "")
+    flag = "" if not goal else ("  ok" if ok else "  MISSED")
+    return f"{name:<32} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   (n={len(values)})  {goal}{flag}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", help="existing store (default: build a real-size synthetic one in a temp dir)")
+    parser.add_argument("--clicks", type=int, default=40)
+    parser.add_argument("--loads", type=int, default=5)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = args.store or build_store(str(Path(tmp) / "real.zarr"))
+        port = args.port or free_port()
+        server = start_server(store, port)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                loads = measure_loads(browser, url, args.loads)
+                page = browser.new_page(viewport={"width": 1500, "height": 1000})
+                page.add_init_script(INIT_SCRIPT)
+                page.goto(url)
+                page.wait_for_function("() => (window.__attnRenders || 0) > 0", timeout=30_000)
+                rng = random.Random(0)
+                clicks, server_ms, rtt = measure_clicks(page, args.clicks, rng)
+                layers, layer_server = measure_layers(page, args.clicks)
+                rapid, _ = measure_layers(page, args.clicks, rest=False)
+                page.locator("#mode").get_by_text("entropy-weighted top-k").click()
+                page.locator("#over").get_by_text("all layers and heads").click()
+                page.wait_for_timeout(500)
+                agg, agg_server, _ = measure_clicks(page, min(20, args.clicks), rng)
+                browser.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    print(
+        f"\nexplorer benchmark: store {'(synthetic real-size)' if not args.store else args.store}, "
+        f"chromium headless, {os.cpu_count()} cores"
+    )
+    print(report("page load", loads) + f"   (first load, cold server: {loads[0]:.0f} ms)")
+    print(report("click -> heatmap", clicks))
+    print(report("layer change -> heatmap", layers))
+    print(report("layer change, back-to-back", rapid) + "   (next key press as soon as the heatmap is drawn)")
+    print(report("server callback (function)", server_ms + layer_server))
+    print(report("server callback (HTTP round trip)", rtt))
+    print(report("click, entropy top-k all L x H", agg) + f"   server p50 {pct(agg_server)[0]:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Component ids of the explorer, in one place (layout, callbacks, assets/explorer.js and tests share them)."""
+
+from __future__ import annotations
+
+# -- state (dcc.Store / dcc.Location) ---------------------------------------------------------
+URL = "url"
+IMAGE = "sel-image"  # data: int, the image index
+TOKEN = "sel-token"  # data: int | None, the selected token's sequence position (key index)
+REVERSE = "sel-reverse"  # data: {"image", "key"} | None, the image patch of the reverse view
+DRAWN_IMAGE = "drawn-image"  # data: int | None, the image the main figure was built for
+STRIP_DATA = "strip-data"  # data: token strip items (rendered by assets/explorer.js)
+REVERSE_DATA = "reverse-data"  # data: {"keys": [...], "values": [...]} highlights in the strip
+PICKER_PAGE = "picker-page"  # data: {"page": int, "image": int | None} the page shown and its current image
+PICKER_CLICK = "picker-click"  # data: {"image": int, "t": ms} set by assets/explorer.js
+JS_SINK = "js-sink"  # dummy output of clientside callbacks that only touch the DOM
+URL_SINK = "url-sink"
+SETTLED = "view-settled"  # data: the view-state JSON, set ~150 ms after the view stops changing (side panels)
+
+# -- visible components -------------------------------------------------------------------
+HEADER_BADGE = "random-badge"
+MESSAGE = "message"  # problems of the current view
+NOTICE = "notice"  # problems found in the permalink
+STATUS = "status"
+VIEW_STATE = "view-state"  # hidden <pre>: JSON of the current view (tests and benchmarks read it)
+RENDER_SIGNAL = "render-signal"  # hidden element the JS updates after each heatmap render
+
+PICKER_SEARCH = "picker-search"
+PICKER_LIST = "picker-list"
+PICKER_PREV = "picker-prev"
+PICKER_NEXT = "picker-next"
+PICKER_INFO = "picker-info"
+
+STRIP = "token-strip"
+FIGURE = "heatmap"
+
+LAYER = "layer-slider"
+HEAD = "head-slider"
+MODE = "mode"
+OVER = "over"
+NORM = "norm"
+OPACITY = "opacity"
+CMAP = "cmap"
+GRID = "grid-lines"
+PLAY = "play"
+PLAY_TIMER = "play-timer"
+
+SHARE = "share-chart"
+MATRIX = "matrix"
+MATRIX_METRIC = "matrix-metric"
+GALLERY = "gallery"
+GALLERY_SORT = "gallery-sort"
+REVERSE_CHART = "reverse-chart"
+REVERSE_INFO = "reverse-info"
+
+EXPORT_HEATMAP_PNG = "export-heatmap-png"
+EXPORT_OVERLAY_PNG = "export-overlay-png"
+EXPORT_CSV = "export-csv"
+EXPORT_SVG = "export-svg"
+DOWNLOAD = "download"
