@@ -1,0 +1,127 @@
+"""`attnstore heatmap` (one token -> PNG / overlay / CSV) and `attnstore aggregate` (one token across a store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from attnstore.cli import app
+from attnstore.errors import AttnstoreError
+
+METHOD_HELP = "mean | max | entropy_topk (the seed's: top-k per head, weighted by sum x (1 - entropy)) | rollout."
+NORMALISE_HELP = "raw (as stored) | image (renormalised over image patches) | no_sinks (sinks removed, then image)."
+LAYERS_HELP = "Layers, e.g. 0-29 or 0,3,5-7 (default: all)."
+HEADS_HELP = "Heads, e.g. 0-8 (default: all)."
+
+
+def _check_writable(path: Path | None, option: str) -> None:
+    if path is not None and not path.parent.is_dir():
+        raise AttnstoreError(f"{option} {path}: folder {path.parent} does not exist")
+
+
+@app.command()
+def heatmap(
+    store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")],
+    token: Annotated[str, typer.Option(help="Token text (BPE-aware: 'jacket' matches 'Ġjacket').")],
+    image: Annotated[str, typer.Option(help="Image index or image name.")] = "0",
+    occurrence: Annotated[int, typer.Option(help="Which occurrence of the token (0 = first, -1 = last).")] = 0,
+    layers: Annotated[str | None, typer.Option(help=LAYERS_HELP)] = None,
+    heads: Annotated[str | None, typer.Option(help=HEADS_HELP)] = None,
+    topk: Annotated[int, typer.Option(help="k of entropy_topk.")] = 10,
+    method: Annotated[str, typer.Option(help=METHOD_HELP)] = "entropy_topk",
+    normalise: Annotated[str, typer.Option(help=NORMALISE_HELP)] = "raw",
+    view: Annotated[str, typer.Option(help="tiles (stitched tile grid) | global (the thumbnail's grid).")] = "tiles",
+    image_keys: Annotated[
+        str, typer.Option(help="Keys ranked by entropy_topk: all | tiles (the seed's 24x32 grid) | global.")
+    ] = "all",
+    output: Annotated[Path, typer.Option(help="Heatmap PNG.")] = Path("token_heatmap.png"),
+    overlay: Annotated[Path | None, typer.Option(help="Overlay PNG on the image (nearest-neighbour cells).")] = None,
+    overlay_alpha: Annotated[float, typer.Option(help="Overlay opacity, 0-1.")] = 0.5,
+    csv: Annotated[Path | None, typer.Option(help="Also write the grid as CSV (NaN = no patch).")] = None,
+    cmap: Annotated[str, typer.Option(help="viridis | magma | inferno | plasma | cividis | turbo | ...")] = "viridis",
+    cell_px: Annotated[int, typer.Option(help="Pixels per grid cell in the heatmap PNG.")] = 16,
+) -> None:
+    """Heatmap of one token's attention over the image (the seed's compute_token_heatmap.py)."""
+    from attnstore import analysis as A
+    from attnstore import render
+    from attnstore.store import open_dataset
+
+    if not 0.0 <= overlay_alpha <= 1.0:
+        raise AttnstoreError(f"--overlay-alpha must be between 0 and 1, got {overlay_alpha}")
+    for path, option in ((output, "--output"), (overlay, "--overlay"), (csv, "--csv")):
+        _check_writable(path, option)
+    ds = open_dataset(store)
+    index = ds.attn.image_index(int(image) if image.lstrip("-").isdigit() else image)
+    lay = A.parse_range(layers, ds.sizes["layer"], "layers")
+    hea = A.parse_range(heads, ds.sizes["head"], "heads")
+    img = A.select_image(ds, index)
+    q = A.find_token(img, token, occurrence)
+    weights = A.normalise(A.token_weights(img, q), img, normalise)
+    combined = A.reduce_heads(weights, img, method, layers=lay, heads=hea, k=topk, keys=image_keys)  # [key]
+    grid = A.patch_grid(combined, img, view).values
+    if grid.size == 0:
+        raise AttnstoreError(f"image {index} has no {view} grid (0 tiles); try --view global")
+    render.heatmap_image(grid, cmap=cmap, cell_px=cell_px).save(output)
+    written = [output]
+    if overlay is not None:
+        boxes = A.grid_boxes(img, view).values
+        render.overlay(img["pixels"].values, grid, boxes, alpha=overlay_alpha, cmap=cmap).save(overlay)
+        written.append(overlay)
+    if csv is not None:
+        np.savetxt(csv, grid, delimiter=",", fmt="%.8g")
+        written.append(csv)
+    peak = tuple(int(i) for i in np.unravel_index(np.nanargmax(grid), grid.shape)) if np.isfinite(grid).any() else None
+    position = int(img["query_position"].values[q])
+    typer.echo(
+        f"{token!r}: row {q} (position {position}, {str(img['token_text'].values[position])!r}) of image {index} "
+        f"({ds['image_name'].values[index]}), {grid.shape[0]}x{grid.shape[1]} {view} grid, peak at (row, col) {peak}"
+    )
+    typer.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@app.command()
+def aggregate(
+    store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")],
+    token: Annotated[str, typer.Option(help="Token text; every image whose text contains it is used.")],
+    out: Annotated[Path, typer.Option(help="Table: .csv / .parquet (+ <stem>_mean_map beside it), .nc or .zarr.")],
+    method: Annotated[str, typer.Option(help=METHOD_HELP)] = "entropy_topk",
+    layers: Annotated[str | None, typer.Option(help=LAYERS_HELP)] = None,
+    heads: Annotated[str | None, typer.Option(help=HEADS_HELP)] = None,
+    topk: Annotated[int, typer.Option(help="k of entropy_topk.")] = 10,
+    normalise: Annotated[str, typer.Option(help=NORMALISE_HELP)] = "raw",
+    grid_size: Annotated[int, typer.Option(help="Side of the common normalised grid of the mean map.")] = 32,
+    workers: Annotated[int, typer.Option(help="Parallel dask threads.")] = 2,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """One row per (image, occurrence) of a token: image share, entropy, peak; plus the mean map.
+
+    Maps from images with different tile grids are resampled onto one grid_size x grid_size grid
+    over the normalised image, as densities (value / cell area; 1 = uniform), then averaged.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from attnstore import analysis as A
+    from attnstore.store import open_dataset
+
+    A.check_aggregate_output(out)  # before the work: a missing writer fails at once
+    if grid_size < 1 or workers < 1:
+        raise AttnstoreError("--grid-size and --workers must be at least 1")
+    ds = open_dataset(store)
+    lay = A.parse_range(layers, ds.sizes["layer"], "layers")
+    hea = A.parse_range(heads, ds.sizes["head"], "heads")
+    n = int(np.asarray(ds["complete"].values).astype(bool).sum())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"aggregating '{token}'", total=n)
+        result = A.aggregate_token(
+            ds, token, method=method, layers=lay, heads=hea, k=topk, normalise_mode=normalise,
+            grid_size=grid_size, num_workers=workers, on_image=lambda done: bar.advance(task, done),
+        )  # fmt: skip
+    written = A.save_aggregate(result, out)
+    n_images = len(np.unique(result["image"].values))
+    typer.echo(f"'{token}': {result.sizes['occurrence']} occurrence(s) in {n_images} of {n} images")
+    typer.echo("wrote " + ", ".join(str(p) for p in written))

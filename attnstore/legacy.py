@@ -1,0 +1,495 @@
+"""Read and write the seed prototypes' file formats.
+
+Seed 000 folder: `attention_array.npy` [layers, heads, seq, seq] (fp32, full square)
+                 + `decoded_tokens.npy` [seq] str + `image.png`.
+Seed 004 folder: `attentions_5/attention_fp16_rounded_layer_{i}.npz` (one array per layer,
+                 [heads, rows, seq]) + `decoded_tokens.npy` + the image.
+Batch root:      one such folder per image (seed 004's extract_smolvlm_batch.py output).
+
+Import checks every header before anything is written (shapes, layer files, image), loads
+arrays with `allow_pickle=False` only, and builds the store in a temporary folder that is
+renamed into place at the end, so a failed import leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from attnstore.errors import AttnstoreError, StoreError
+from attnstore.extract import Extraction, extend_layout, query_positions
+from attnstore.geometry import ImageLayout, finish_grids, global_view, place_view, tile_views
+from attnstore.images import IMAGE_SUFFIXES, load_image
+from attnstore.models.idefics3 import GLOBAL_TOKEN, IMAGE_TOKEN, parse_idefics3_layout
+from attnstore.schema import TokenKind
+from attnstore.store import AttnStore, StoreShape
+
+ARRAY_FILE = "attention_array.npy"
+TOKENS_FILE = "decoded_tokens.npy"
+NPZ_DIR = "attentions_5"
+NPZ_NAME = "attention_fp16_rounded_layer_{}.npz"
+NPZ_PATTERN = re.compile(r"^attention_fp16_rounded_layer_(\d+)\.npz$")
+NPZ_KEYS = ("attention", "attn", "attentions", "arr_0", "weights")  # preferred when an npz holds several
+DEFAULT_GRID = (3, 4)  # the seeds' fixed grid, used only when the tokens carry no tile markers
+DEFAULT_TILE_TOKENS = 64  # 8 x 8 patch tokens per 512 px tile (SmolVLM)
+_ROW_COL = re.compile(r"^<row_\d+_col_\d+>$")
+
+
+class LegacyFormatError(AttnstoreError):
+    """A seed-format file is missing, pickled, or has the wrong shape."""
+
+
+# -- reading arrays safely ---------------------------------------------------------------------
+
+
+def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    """np.load with allow_pickle=False; a pickled or non-npy file is a clear error, never loaded."""
+    if not path.is_file():
+        raise LegacyFormatError(f"missing file: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head != b"\x93NUMPY":  # numpy would call any other file "pickled data"
+        kind = "holds pickled data" if head[:1] == b"\x80" else "is not a NumPy .npy array"
+        raise LegacyFormatError(f"{path} {kind}; expected an .npy file written by np.save (pickles are never loaded)")
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise LegacyFormatError(
+                f"{path} holds pickled data (an object array or a pickle); attnstore never loads pickles. "
+                "Re-save it as a plain array, e.g. np.save(path, np.asarray(tokens, dtype=str))"
+            ) from err
+        raise LegacyFormatError(f"{path} is not a NumPy .npy array ({err})") from err
+    except (OSError, EOFError) as err:
+        raise LegacyFormatError(f"{path} is not a readable NumPy .npy array ({err})") from err
+    if not isinstance(arr, np.ndarray):
+        raise LegacyFormatError(f"{path} is not a single NumPy array (an .npz archive?)")
+    return arr
+
+
+def read_tokens(path: Path) -> list[str]:
+    """`decoded_tokens.npy`: a 1-D array of strings (unicode or utf-8 bytes)."""
+    arr = load_npy(path)
+    if arr.ndim != 1 or arr.dtype.kind not in "US":
+        raise LegacyFormatError(
+            f"{path} should be a 1-D array of token strings, got shape {arr.shape} dtype {arr.dtype}"
+        )
+    return [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in arr.tolist()]
+
+
+def npz_header(path: Path) -> tuple[str, tuple[int, ...], np.dtype]:
+    """(array key, shape, dtype) of a one-layer npz, read from its header (the data stays on disk)."""
+    if not path.is_file():
+        raise LegacyFormatError(f"missing layer file: {path}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            keys = [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+            key = _pick_npz_key(path, keys)
+            with zf.open(key + ".npy") as fh:
+                major, _ = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+    except (zipfile.BadZipFile, ValueError, OSError) as err:
+        raise LegacyFormatError(f"{path} is not a NumPy .npz archive ({err})") from err
+    if dtype.hasobject:
+        raise LegacyFormatError(f"{path}: array '{key}' is a pickled object array; attnstore never loads pickles")
+    return key, tuple(shape), dtype
+
+
+def _pick_npz_key(path: Path, keys: list[str]) -> str:
+    if len(keys) == 1:
+        return keys[0]
+    for key in NPZ_KEYS:
+        if key in keys:
+            return key
+    raise LegacyFormatError(f"{path} holds arrays {keys or 'none'}; expected one attention array")
+
+
+def load_npz(path: Path, key: str) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as z:
+        return z[key]
+
+
+# -- discovering folders ---------------------------------------------------------------------
+
+
+@dataclass
+class LegacySource:
+    """One seed-format folder, checked from headers (no attention loaded yet)."""
+
+    folder: Path
+    format: str  # "seed000" (attention_array.npy) or "seed004" (attentions_5/*.npz)
+    tokens: list[str]
+    n_layers: int
+    n_heads: int
+    first_row: int  # attention rows cover positions first_row .. seq-1
+    files: list[Path]
+    npz_key: str | None
+    image: Path
+
+    @property
+    def n_key(self) -> int:
+        return len(self.tokens)
+
+
+def is_legacy_folder(folder: Path) -> bool:
+    return (folder / ARRAY_FILE).is_file() or (folder / NPZ_DIR).is_dir()
+
+
+def find_sources(path: str | Path, image_dir: str | Path | None = None) -> list[LegacySource]:
+    """A seed folder, or a batch root whose sub-folders are seed folders (sorted by name)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise LegacyFormatError(f"{root} is not a folder")
+    if is_legacy_folder(root):
+        return [inspect_folder(root, image_dir)]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and is_legacy_folder(p))
+    if not folders:
+        raise LegacyFormatError(
+            f"{root} holds neither {ARRAY_FILE} nor {NPZ_DIR}/ (seed formats), nor sub-folders that do"
+        )
+    return [inspect_folder(f, image_dir) for f in folders]
+
+
+def inspect_folder(folder: Path, image_dir: str | Path | None = None) -> LegacySource:
+    """Check one folder's files and shapes from their headers."""
+    tokens = read_tokens(folder / TOKENS_FILE)
+    n = len(tokens)
+    if (folder / ARRAY_FILE).is_file():
+        path = folder / ARRAY_FILE
+        shape = _squeeze_batch(load_npy(path, mmap=True).shape, 4)
+        if len(shape) != 4 or shape[2] != n or shape[3] != n:
+            raise LegacyFormatError(
+                f"{path} has shape {shape}; expected [layers, heads, {n}, {n}] to match the {n} tokens of {TOKENS_FILE}"
+            )
+        image = find_image(folder, image_dir)
+        return LegacySource(folder, "seed000", tokens, shape[0], shape[1], 0, [path], None, image)
+    files, key, shape = _layer_files(folder / NPZ_DIR, n)
+    return LegacySource(
+        folder, "seed004", tokens, len(files), shape[0], n - shape[1], files, key, find_image(folder, image_dir)
+    )
+
+
+def _squeeze_batch(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    """Drop batch axes of size 1 beyond the expected rank ([1, heads, q, k] -> [heads, q, k])."""
+    shape = tuple(shape)
+    while len(shape) > ndim and 1 in shape[: len(shape) - 2]:
+        i = shape.index(1)
+        shape = shape[:i] + shape[i + 1 :]
+    return shape
+
+
+def _layer_files(npz_dir: Path, n: int) -> tuple[list[Path], str, tuple[int, int, int]]:
+    """Layer files 0..L-1 (no gaps), their array key and the common [heads, rows, seq] shape."""
+    found = {int(m[1]): p for p in npz_dir.iterdir() if (m := NPZ_PATTERN.match(p.name))}
+    if not found:
+        raise LegacyFormatError(f"{npz_dir} holds no {NPZ_NAME.format('{i}')} files")
+    n_layers = max(found) + 1
+    missing = [i for i in range(n_layers) if i not in found]
+    if missing:
+        raise LegacyFormatError(
+            f"missing layer file {npz_dir / NPZ_NAME.format(missing[0])} (layers 0-{n_layers - 1} expected, "
+            f"{len(missing)} missing)"
+        )
+    files = [found[i] for i in range(n_layers)]
+    key, first, _ = npz_header(files[0])
+    shape = _squeeze_batch(first, 3)
+    for path in files:
+        _, other, _ = npz_header(path)
+        other = _squeeze_batch(other, 3)
+        if len(other) != 3 or other[2] != n or not 0 < other[1] <= n or other != shape:
+            raise LegacyFormatError(
+                f"{path} has shape {other}; expected [heads, rows <= {n}, {n}] like layer 0 {shape}, "
+                f"to match the {n} tokens of {TOKENS_FILE}"
+            )
+    return files, key, shape
+
+
+def find_image(folder: Path, image_dir: str | Path | None = None) -> Path:
+    """image.png (or static/image.png, or the folder's only image), else <image_dir>/<folder name>.*"""
+    for candidate in (folder / "image.png", folder / "static" / "image.png"):
+        if candidate.is_file():
+            return candidate
+    images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if len(images) == 1:
+        return images[0]
+    if image_dir is not None:
+        matches = [p for p in Path(image_dir).glob(folder.name + ".*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        if matches:
+            return sorted(matches)[0]
+    where = f" or {Path(image_dir) / folder.name}.<png|jpg>" if image_dir else " (or pass --image-dir DIR)"
+    raise LegacyFormatError(f"no image for {folder}: expected {folder / 'image.png'}{where}")
+
+
+# -- tokens -> layout --------------------------------------------------------------------------
+
+
+def parse_grid(spec: str | None) -> tuple[int, int] | None:
+    """'3x4' -> (3, 4)."""
+    if spec is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", spec)
+    if not match or int(match[1]) < 1 or int(match[2]) < 1:
+        raise AttnstoreError(f"--grid '{spec}' should look like ROWSxCOLS, e.g. 3x4")
+    return int(match[1]), int(match[2])
+
+
+def clean(token: str) -> str:
+    return token.replace("Ġ", " ").replace("Ċ", "\n").replace("▁", " ")
+
+
+def prompt_length(tokens: list[str]) -> int | None:
+    """Number of prompt tokens: everything up to the last 'Assistant:' of the chat template."""
+    ends = np.cumsum([len(clean(t)) for t in tokens])
+    at = "".join(clean(t) for t in tokens).rfind("Assistant:")
+    if at < 0:
+        return None
+    return int(np.searchsorted(ends, at + len("Assistant:"))) + 1
+
+
+def legacy_layout(
+    tokens: list[str], grid: tuple[int, int] | None = None, tile_tokens: int = DEFAULT_TILE_TOKENS
+) -> ImageLayout:
+    """Kinds and geometry from the `<row_r_col_c>` / `<global-img>` markers, else from `grid`.
+
+    Without markers, the `<image>` tokens are taken in order: grid rows x cols tiles of
+    `tile_tokens` each (row-major), then one global view of `tile_tokens` if tokens remain.
+    """
+    has_markers = any(_ROW_COL.match(t) or t == GLOBAL_TOKEN for t in tokens)
+    if has_markers:
+        return parse_idefics3_layout(tokens, image_seq_len=_image_run(tokens))
+    layout = parse_idefics3_layout(tokens, image_seq_len=tile_tokens)  # kinds only: no markers, no views
+    rows, cols = grid or DEFAULT_GRID
+    positions = np.flatnonzero(np.array(tokens) == IMAGE_TOKEN)
+    n_tiles = rows * cols * tile_tokens
+    if positions.size not in (n_tiles, n_tiles + tile_tokens):
+        raise AttnstoreError(
+            f"the tokens hold {positions.size} {IMAGE_TOKEN} tokens and no tile markers; a {rows}x{cols} grid of "
+            f"{tile_tokens}-token tiles needs {n_tiles} (+{tile_tokens} global): pass the right --grid ROWSxCOLS"
+        )
+    side = int(np.sqrt(tile_tokens))
+    views = tile_views(rows, cols, side, side)
+    if positions.size > n_tiles:
+        views.append(global_view(side, side))
+    for i, view in enumerate(views):
+        place_view(layout, view, positions[i * tile_tokens : (i + 1) * tile_tokens])
+    return finish_grids(layout)
+
+
+def _image_run(tokens: list[str]) -> int:
+    """Length of the `<image>` run after the first view marker (the image_seq_len)."""
+    start = next(i for i, t in enumerate(tokens) if _ROW_COL.match(t) or t == GLOBAL_TOKEN) + 1
+    end = start
+    while end < len(tokens) and tokens[end] == IMAGE_TOKEN:
+        end += 1
+    return end - start
+
+
+# -- building the Extraction -----------------------------------------------------------------
+
+
+def read_rows(src: LegacySource, rows: np.ndarray) -> np.ndarray:
+    """Attention rows at sequence positions `rows`  # [layer, head, query, key] float16."""
+    if src.format == "seed000":
+        full = load_npy(src.files[0], mmap=True).reshape(src.n_layers, src.n_heads, src.n_key, src.n_key)
+        return np.asarray(full[:, :, rows, :], dtype=np.float16)  # memmap: reads only these rows
+    local = rows - src.first_row
+    return np.stack(
+        [load_npz(p, src.npz_key).reshape(src.n_heads, -1, src.n_key)[:, local, :] for p in src.files]
+    ).astype(np.float16)
+
+
+@dataclass
+class LegacyImage:
+    """One folder, planned: layout and rows known, attention not loaded yet."""
+
+    src: LegacySource
+    layout: ImageLayout
+    rows: np.ndarray  # [query] sequence positions to store
+    n_prompt: int
+
+
+def plan_image(
+    src: LegacySource,
+    grid: tuple[int, int] | None = None,
+    prompt_tokens: int | None = None,
+    queries: str = "text",
+    tile_tokens: int = DEFAULT_TILE_TOKENS,
+) -> LegacyImage:
+    """Token layout and the rows to store for one folder (cheap: tokens only)."""
+    tokens = src.tokens
+    n_prompt = prompt_tokens if prompt_tokens is not None else prompt_length(tokens)
+    n_prompt = len(tokens) if n_prompt is None else n_prompt
+    if not 0 < n_prompt <= len(tokens):
+        raise AttnstoreError(f"--prompt-tokens {n_prompt} is outside 1-{len(tokens)} ({src.folder / TOKENS_FILE})")
+    try:
+        layout = legacy_layout(tokens[:n_prompt], grid, tile_tokens)
+    except ValueError as err:
+        raise LegacyFormatError(f"{src.folder / TOKENS_FILE}: {err}") from err
+    layout = extend_layout(layout, len(tokens) - n_prompt)
+    rows = query_positions(layout.kind, queries)
+    rows = rows[rows >= src.first_row]  # npz files may hold only the last rows (the answer)
+    if rows.size == 0:
+        raise LegacyFormatError(f"{src.folder}: no stored attention rows for the text tokens")
+    return LegacyImage(src, layout, rows.astype(np.int32), n_prompt)
+
+
+def to_extraction(item: LegacyImage) -> Extraction:
+    """One planned folder as an `Extraction` (what `AttnStore.write_image` takes); reads the attention."""
+    tokens, n_prompt = item.src.tokens, item.n_prompt
+    return Extraction(
+        attention=read_rows(item.src, item.rows),
+        query_position=item.rows,
+        token_id=np.full(len(tokens), -1, np.int32),  # the seed formats keep no token ids
+        token_text=list(tokens),
+        layout=item.layout,
+        prompt=_prompt_text(tokens[:n_prompt], item.layout.kind[:n_prompt]),
+        answer="".join(clean(t) for t in tokens[n_prompt:]).strip(),
+    )
+
+
+def _prompt_text(tokens: list[str], kinds: np.ndarray) -> str:
+    """The user's prompt: text tokens after the image block, without the template's 'Assistant:'."""
+    image = np.flatnonzero(kinds == int(TokenKind.IMAGE_SPECIAL))
+    start = int(image[-1]) + 1 if image.size else 0
+    text = "".join(clean(t) for t, k in zip(tokens[start:], kinds[start:]) if k == TokenKind.PROMPT_TEXT)
+    return text.strip().removesuffix("Assistant:").strip()
+
+
+# -- import / export ----------------------------------------------------------------------------
+
+
+def import_legacy(
+    path: str | Path,
+    out: str | Path,
+    grid: tuple[int, int] | None = None,
+    prompt_tokens: int | None = None,
+    queries: str = "text",
+    model_id: str = "HuggingFaceTB/SmolVLM-256M-Instruct",
+    image_dir: str | Path | None = None,
+    tile_tokens: int = DEFAULT_TILE_TOKENS,
+    on_image: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Import seed folders into a new store at `out`; returns the image names written.
+
+    Every folder is checked from headers first; the store is written to a temporary folder
+    beside `out` and renamed to `out` only when every image is complete.
+    """
+    out = Path(out)
+    if "://" in str(out):
+        raise StoreError("import-legacy writes a local store; copy it to remote storage afterwards")
+    if out.exists():
+        raise StoreError(f"'{out}' already exists: import-legacy creates a new store (choose another --out)")
+    sources = find_sources(path, image_dir)
+    _check_same_model(sources)
+    items = [plan_image(src, grid, prompt_tokens, queries, tile_tokens) for src in sources]
+    names = _unique_names(sources)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        store = AttnStore.create(str(tmp), _shape(items), _attrs(sources, model_id, queries))
+        for index, item, name in zip(store.allocate(names, [str(s.folder) for s in sources]), items, names):
+            store.write_image(index, to_extraction(item), load_image(item.src.image))
+            if on_image:
+                on_image(name)
+        store.consolidate()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return names
+
+
+def _check_same_model(sources: list[LegacySource]) -> None:
+    first = sources[0]
+    for src in sources[1:]:
+        if (src.n_layers, src.n_heads) != (first.n_layers, first.n_heads):
+            raise LegacyFormatError(
+                f"{src.folder} has {src.n_layers} layers x {src.n_heads} heads but {first.folder} has "
+                f"{first.n_layers} x {first.n_heads}: one store holds one model"
+            )
+
+
+def _unique_names(sources: list[LegacySource]) -> list[str]:
+    names = [s.folder.name for s in sources]
+    return names if len(set(names)) == len(names) else [str(s.folder) for s in sources]
+
+
+def _shape(items: list[LegacyImage]) -> StoreShape:
+    return StoreShape(
+        items[0].src.n_layers,
+        items[0].src.n_heads,
+        query_capacity=max(int(i.rows.size) for i in items),
+        key_capacity=max(i.src.n_key for i in items),
+    )
+
+
+def _attrs(sources: list[LegacySource], model_id: str, queries: str) -> dict:
+    return {
+        "model_id": model_id,
+        "model_family": "idefics3",
+        "random_weights": False,
+        "queries": queries,
+        "imported_from": sorted({s.format for s in sources}),
+        "token_ids": "unknown (seed formats keep only token text; token_id = -1)",
+    }
+
+
+def export_legacy(
+    ds,
+    image: int,
+    out_dir: str | Path,
+    formats: tuple[str, ...] = ("array", "npz", "image"),
+    npz_key: str = "attention",
+) -> list[Path]:
+    """Write one image of a store in the seed formats; returns the files written.
+
+    "array": attention_array.npy, fp32 [layers, heads, seq, seq]: rows the store does not
+    hold (image tokens unless extracted with --queries all) are zeros. "npz": attentions_5/
+    attention_fp16_rounded_layer_{i}.npz, fp16 [heads, seq, seq] under `npz_key`, same zeros.
+    "image": image.png, the store's display copy (longest edge <= 1024 px). decoded_tokens.npy
+    (unicode array, token text with BPE markers) is always written.
+    """
+    from attnstore.analysis import select_image
+
+    unknown = set(formats) - {"array", "npz", "image"}
+    if unknown:
+        raise AttnstoreError(f"unknown export format(s) {sorted(unknown)}; use array, npz, image")
+    img = select_image(ds, image)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = img.sizes["key"]
+    positions = np.asarray(img["query_position"].values)
+    written = [out / TOKENS_FILE]
+    np.save(written[0], np.array([str(t) for t in img["token_text"].values], dtype=str), allow_pickle=False)
+    attention = img["attention"]  # [layer, head, query, key], read one layer at a time
+    n_layers, n_heads = attention.sizes["layer"], attention.sizes["head"]
+    if "array" in formats:
+        path = out / ARRAY_FILE
+        full = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_layers, n_heads, n, n))
+        for layer in range(n_layers):  # one layer in memory at a time (the fp32 square is ~1.4 GB)
+            full[layer][:, positions, :] = attention.isel(layer=layer).values
+        full.flush()
+        del full
+        written.append(path)
+    if "npz" in formats:
+        (out / NPZ_DIR).mkdir(exist_ok=True)
+        for layer in range(n_layers):
+            square = np.zeros((n_heads, n, n), np.float16)
+            square[:, positions, :] = attention.isel(layer=layer).values
+            path = out / NPZ_DIR / NPZ_NAME.format(layer)
+            np.savez_compressed(path, **{npz_key: square})
+            written.append(path)
+    if "image" in formats:
+        path = out / "image.png"
+        Image.fromarray(np.asarray(img["pixels"].values, np.uint8)).save(path)
+        written.append(path)
+    return written
