@@ -1,13 +1,17 @@
 """Extraction runs: many images, one prompt, one store; resumable and interruptible.
 
-The CLI, the seed-compatible scripts and the demo all call `run_extraction`.
-Images already complete in the store are skipped; a slot left incomplete by a
-killed run is reused, so every image ends up complete exactly once.
+The CLI, the seed-compatible scripts and the demo all call `run_extraction`
+(or `run_items` for one prompt per entry, e.g. POPE). Images already complete in
+the store are skipped; a slot left incomplete by a killed run is reused, so every
+image ends up complete exactly once. The planning pieces (`store_plan`,
+`open_run_store`, `plan_run`, `extract_item`) are shared with the distributed
+run (`attnstore.distributed`).
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnstore.errors import AttnstoreError, InputImageError
-from attnstore.extract import extract
+from attnstore.extract import Extraction, extract
 from attnstore.images import image_name, load_image
 from attnstore.models.base import ModelAdapter
 from attnstore.store import DEFAULT_KEEP_BITS, AttnStore, StoreShape
@@ -75,13 +79,115 @@ class _StopAfterCurrent:
         return False
 
 
-def plan_slots(store: AttnStore, names: list[str]) -> tuple[dict[str, int], list[str]]:
-    """Existing slot per name (incomplete ones are reused) and the names already complete."""
+@dataclass
+class WorkItem:
+    """One store entry to extract: its name, image file, prompt and extra per-image values."""
+
+    name: str
+    path: str
+    prompt: str
+    extra: dict = field(default_factory=dict)  # values of the store's extra variables (ensure_extras)
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """What every extraction of a run shares (picklable: distributed runs send it to workers)."""
+
+    max_new_tokens: int = 32
+    queries: str = "text"
+    # Extra values that depend on the answer (e.g. POPE's parsed answer); a module-level function.
+    annotate: Callable[[WorkItem, Extraction], dict] | None = None
+
+
+@dataclass
+class RunPlan:
+    """Where each entry goes: its existing slot by name, else an orphan slot (unnamed and
+    incomplete: left by a run killed while allocating), else a new one."""
+
+    slots: dict[str, int]
+    done: list[str]
+    todo: list[WorkItem]
+    orphans: list[int]
+
+    def reserve(self, store: AttnStore, items: list[WorkItem]) -> dict[str, int]:
+        """Slot index of every item, allocating the missing ones at once (names written)."""
+        new = [it for it in items if it.name not in self.slots]
+        for item in new[: len(self.orphans)]:
+            index = self.orphans.pop(0)
+            store.assign_slot(index, item.name, _source(item.path))
+            self.slots[item.name] = index
+        new = [it for it in new if it.name not in self.slots]
+        indices = store.allocate([it.name for it in new], [_source(it.path) for it in new])
+        self.slots.update({it.name: i for it, i in zip(new, indices)})
+        return {it.name: self.slots[it.name] for it in items}
+
+
+def _source(path: str) -> str:
+    return str(Path(path).resolve())
+
+
+def plan_run(store: AttnStore, items: list[WorkItem]) -> RunPlan:
+    """Existing slot per name (incomplete ones are reused), entries already complete, entries to do."""
+    names = [it.name for it in items]
+    _check_unique(names)
     existing = store.image_names()
     complete = store.complete_flags()
-    slots = {str(n): i for i, n in enumerate(existing)}
+    slots = {n: i for i, n in enumerate(existing) if n}
     done = [n for n in names if n in slots and complete[slots[n]]]
-    return slots, done
+    finished = set(done)
+    orphans = [i for i, n in enumerate(existing) if not n and not complete[i]]
+    return RunPlan(slots, done, [it for it in items if it.name not in finished], orphans)
+
+
+def store_plan(
+    adapter: ModelAdapter, prompts: list[str], settings: ExtractSettings, keep_bits: int | None
+) -> tuple[StoreShape, dict]:
+    """Capacities (fitting the longest prompt) and attrs of a store for this run."""
+    shapes = [store_shape_for(adapter, p, settings.max_new_tokens, settings.queries) for p in sorted(set(prompts))]
+    shape = StoreShape(
+        adapter.n_layers,
+        adapter.n_heads,
+        query_capacity=max(s.query_capacity for s in shapes),
+        key_capacity=max(s.key_capacity for s in shapes),
+    )
+    kept = DEFAULT_KEEP_BITS if keep_bits is None else keep_bits
+    attrs = store_attrs(adapter, kept, settings.queries, settings.max_new_tokens)
+    if keep_bits is None:
+        attrs.pop("keep_bits")  # appending: keep the store's own setting
+    return shape, attrs
+
+
+def open_run_store(
+    out: str, shape: StoreShape, attrs: dict, storage_options: dict | None, extras: dict | None = None
+) -> AttnStore:
+    """Open (checking compatibility, growing capacity) or create the store; add extra variables."""
+    store = AttnStore.open_or_create(out, shape, attrs, storage_options)
+    if extras:
+        store.ensure_extras(extras)
+    return store
+
+
+def extract_item(
+    adapter: ModelAdapter,
+    store: AttnStore,
+    index: int,
+    item: WorkItem,
+    image,
+    settings: ExtractSettings,
+    resize: bool = True,
+    mark_complete: bool = True,
+) -> None:
+    """Run the model on one entry and write it into slot `index` (complete flag last, see write_image)."""
+    result = extract(adapter, image, item.prompt, max_new_tokens=settings.max_new_tokens, queries=settings.queries)
+    extra = dict(item.extra)
+    if settings.annotate is not None:
+        extra.update(settings.annotate(item, result))
+    store.write_image(index, result, image, extra=extra or None, resize=resize, mark_complete=mark_complete)
+
+
+def image_items(image_paths: list[Path], prompt: str, image_dir: str | None = None) -> list[WorkItem]:
+    """One entry per image, all with the same prompt; names from `images.image_name`."""
+    return [WorkItem(image_name(Path(p), image_dir), str(p), prompt) for p in image_paths]
 
 
 def run_extraction(
@@ -100,34 +206,51 @@ def run_extraction(
     """Extract every image into the store at `out` (created if needed); skip complete ones."""
     if not prompt.strip():
         raise AttnstoreError("the prompt is empty: pass --prompt TEXT")
-    shape = store_shape_for(adapter, prompt, max_new_tokens, queries)
-    attrs = store_attrs(adapter, DEFAULT_KEEP_BITS if keep_bits is None else keep_bits, queries, max_new_tokens)
-    if keep_bits is None:
-        attrs.pop("keep_bits")  # appending: keep the store's own setting
-    store = AttnStore.open_or_create(out, shape, attrs, storage_options)
-    names = [image_name(p, image_dir) for p in image_paths]
-    _check_unique(names)
-    slots, done = plan_slots(store, names)
-    report = RunReport(skipped=done)
-    todo = [(p, n) for p, n in zip(image_paths, names) if n not in done]
+    return run_items(
+        adapter,
+        image_items(image_paths, prompt, image_dir),
+        out,
+        settings=ExtractSettings(max_new_tokens=max_new_tokens, queries=queries),
+        keep_bits=keep_bits,
+        storage_options=storage_options,
+        show_progress=show_progress,
+    )
+
+
+def run_items(
+    adapter: ModelAdapter,
+    items: list[WorkItem],
+    out: str,
+    *,
+    settings: ExtractSettings = ExtractSettings(),
+    keep_bits: int | None = None,
+    storage_options: dict | None = None,
+    extras: dict | None = None,
+    show_progress: bool = True,
+) -> RunReport:
+    """Extract every entry into the store at `out` in this process (created if needed); skip complete ones.
+
+    `extras` (name -> (kind, description)) adds extra per-image variables; see AttnStore.ensure_extras.
+    """
+    shape, attrs = store_plan(adapter, [it.prompt for it in items], settings, keep_bits)
+    store = open_run_store(out, shape, attrs, storage_options, extras)
+    plan = plan_run(store, items)
+    report = RunReport(skipped=plan.done)
     with _StopAfterCurrent() as stop, _progress(show_progress) as progress:
-        task = progress.add_task("extracting", total=len(todo))
-        for path, name in todo:
+        task = progress.add_task("extracting", total=len(plan.todo))
+        for item in plan.todo:
             if stop.requested:
                 report.interrupted = True
                 break
             try:
-                image = load_image(path)
+                image = load_image(item.path)
             except InputImageError as err:
-                report.failed[name] = str(err)
+                report.failed[item.name] = str(err)
                 progress.advance(task)
                 continue
-            index = slots.get(name)
-            if index is None:
-                index = store.allocate([name], [str(Path(path).resolve())])[0]
-            result = extract(adapter, image, prompt, max_new_tokens=max_new_tokens, queries=queries)
-            store.write_image(index, result, image)
-            report.written.append(name)
+            index = plan.reserve(store, [item])[item.name]
+            extract_item(adapter, store, index, item, image, settings)
+            report.written.append(item.name)
             progress.advance(task)
     return report
 

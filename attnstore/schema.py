@@ -21,6 +21,7 @@ A store is one zarr v3 group; `xarray.open_zarr(path)` opens it as a Dataset:
     original_height/width (image,)                     int32   size of the source image
     image_name, image_source, prompt, answer (image,)  str
     complete        (image,)                           uint8   written last: 1 = image done
+    <extra>         (image,)                           str | int32  optional, see EXTRA_ATTR
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ PER_KEY: dict[str, tuple[str, object]] = {
     "patch_col": ("int16", -1),
 }
 PER_KEY_STRINGS = ("token_text",)
+
+# Extra per-image variables (optional; schema v1 stays v1): a workflow may add (image,) arrays of a kind
+# below, e.g. `attnstore pope` adds pope_label, pope_answer, pope_correct ... so aggregates can be split
+# by them. The group attr EXTRA_ATTR maps each name to its kind; extras are written before `complete`;
+# readers and `validate` ignore variables they do not know.
+EXTRA_ATTR = "extra_per_image"
+EXTRA_KINDS: dict[str, tuple[object, object]] = {"str": (str, ""), "int32": ("int32", -1)}  # kind -> dtype, fill
 
 VARIABLE_ATTRS: dict[str, dict] = {
     "attention": {

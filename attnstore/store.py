@@ -22,10 +22,13 @@ from zarr.codecs import BloscCodec
 from attnstore import __version__
 from attnstore.errors import StoreError
 from attnstore.extract import Extraction
+from attnstore.remote import is_zip, store_like
 from attnstore.schema import (
     ATTENTION_DIMS,
     BOX_CORNERS,
     BOX_DIM,
+    EXTRA_ATTR,
+    EXTRA_KINDS,
     FORMAT_NAME,
     IMAGE,
     KEY,
@@ -44,6 +47,11 @@ from attnstore.schema import (
 MAX_DISPLAY_SIDE = 1024  # the store keeps a display copy of each image, longest edge at most this
 DEFAULT_KEEP_BITS = 10  # lossless fp16; see README "Storage" for the measured trade-off
 FP16_MANTISSA_BITS = 10
+# Per-image variables with one writer only (the serial run, or a distributed run's coordinator; workers
+# never write them): many images per chunk, so listing names or counting complete images at 10k+ images
+# reads a few objects instead of one per image (atomic chunk writes keep this crash-safe).
+SINGLE_WRITER_VARIABLES = ("complete", "image_name", "image_source")
+SINGLE_WRITER_CHUNK = 4096
 
 
 def _compressor(typesize: int) -> BloscCodec:
@@ -92,8 +100,17 @@ def _is_url(path: str) -> bool:
 
 
 def _check_target(path: str) -> None:
-    if not _is_url(path) and Path(path).exists() and not Path(path).is_dir():
+    if not _is_url(path) and not is_zip(path) and Path(path).exists() and not Path(path).is_dir():
         raise StoreError(f"'{path}' is a file, not a store directory")
+
+
+class CapacityError(StoreError):
+    """An image needs more query/key rows than the store has, and this writer may not resize
+    (a distributed worker: only the coordinator resizes)."""
+
+    def __init__(self, message: str, needed: tuple[int, int]):
+        super().__init__(message)
+        self.needed = needed  # (n_query, n_key)
 
 
 class AttnStore:
@@ -108,8 +125,9 @@ class AttnStore:
     def create(cls, path: str, shape: StoreShape, attrs: dict, storage_options: dict | None = None) -> AttnStore:
         """Create an empty store (0 images). Fails if a store is already there."""
         _check_target(path)
+        target, storage_options = store_like(path, storage_options, mode="w-")
         try:
-            group = zarr.open_group(store=path, mode="w-", zarr_format=3, storage_options=storage_options)
+            group = zarr.open_group(store=target, mode="w-", zarr_format=3, storage_options=storage_options)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
             raise StoreError(f"'{path}' already exists and is not an empty folder") from err
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -134,10 +152,11 @@ class AttnStore:
     def open(cls, path: str, mode: str = "r+", storage_options: dict | None = None) -> AttnStore:
         """Open an existing store for appending; checks it is an attnstore store of this schema."""
         _check_target(path)
+        target, storage_options = store_like(path, storage_options, mode)
         try:
             # Writers read live array metadata: the consolidated copy goes stale as arrays grow.
             group = zarr.open_group(
-                store=path, mode=mode, zarr_format=3, storage_options=storage_options, use_consolidated=False
+                store=target, mode=mode, zarr_format=3, storage_options=storage_options, use_consolidated=False
             )
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as err:
             raise StoreError(f"no attnstore store at '{path}'") from err
@@ -178,10 +197,11 @@ class AttnStore:
         for name in PER_KEY_STRINGS:
             array(name, (IMAGE, KEY), str, "", (1, K), compress=False)
         array("patch_box", (IMAGE, KEY, BOX_DIM), "float32", np.nan, (1, K, 4))
+        per_image = lambda name: (SINGLE_WRITER_CHUNK if name in SINGLE_WRITER_VARIABLES else 1,)  # noqa: E731
         for name, (dtype, fill) in PER_IMAGE_SCALARS.items():
-            array(name, (IMAGE,), dtype, fill, (1,))
+            array(name, (IMAGE,), dtype, fill, per_image(name))
         for name in PER_IMAGE_STRINGS:
-            array(name, (IMAGE,), str, "", (1,), compress=False)
+            array(name, (IMAGE,), str, "", per_image(name), compress=False)
         side = MAX_DISPLAY_SIDE
         array("pixels", (IMAGE, PIXEL_Y, PIXEL_X, RGB), "uint8", 0, (1, side, side, 3))
         # Small coordinate arrays so xarray users get labelled axes.
@@ -253,10 +273,45 @@ class AttnStore:
         self._resize_axis(IMAGE, start + len(names))
         self.consolidate()
         indices = list(range(start, start + len(names)))
-        for i, name, source in zip(indices, names, sources):
-            self.group["image_name"][i] = name
-            self.group["image_source"][i] = source
+        if names:  # one slice write per array: zarr writes the per-image chunks concurrently
+            self.group["image_name"][start : start + len(names)] = np.asarray(names, dtype=object)
+            self.group["image_source"][start : start + len(names)] = np.asarray(sources, dtype=object)
         return indices
+
+    def assign_slot(self, index: int, name: str, source: str) -> None:
+        """Name an existing incomplete slot (one left unnamed by a run killed while allocating)."""
+        self.group["image_name"][index] = name
+        self.group["image_source"][index] = source
+
+    # -- extra per-image variables (schema.EXTRA_ATTR) ------------------------------------------
+    def extra_kinds(self) -> dict[str, str]:
+        return dict(self.group.attrs.get(EXTRA_ATTR, {}))
+
+    def ensure_extras(self, spec: dict[str, tuple[str, str]]) -> None:
+        """Add the extra (image,) variables of `spec` (name -> (kind, description)) that are missing."""
+        known = self.extra_kinds()
+        for name, (kind, description) in spec.items():
+            if known.get(name, kind) != kind:
+                raise StoreError(f"store '{self.path}' has extra variable '{name}' of kind {known[name]}, not {kind}")
+            if name in known:
+                continue
+            if kind not in EXTRA_KINDS or name in self.group:
+                raise StoreError(f"cannot add extra variable '{name}' ({kind}): name taken or kind unknown")
+            dtype, fill = EXTRA_KINDS[kind]
+            self.group.create_array(
+                name,
+                shape=(self.n_images,),
+                chunks=(1,),  # one chunk per image, like every per-image variable: writers never share one
+                dtype=dtype,
+                fill_value=fill,
+                dimension_names=(IMAGE,),
+                compressors="auto" if kind == "str" else _compressor(np.dtype(dtype).itemsize),
+                attributes={"long_name": description},
+            )
+            known[name] = kind
+        if known != self.extra_kinds():
+            self.group.attrs[EXTRA_ATTR] = known
+            self.consolidate()
 
     # -- per-image state ----------------------------------------------------------------------
     def image_names(self) -> list[str]:
@@ -266,11 +321,37 @@ class AttnStore:
         return np.asarray(self.group["complete"][:], dtype=bool) if self.n_images else np.array([], dtype=bool)
 
     # -- writing one image -----------------------------------------------------------------
-    def write_image(self, index: int, result: Extraction, image: Image.Image, keep_bits: int | None = None) -> None:
-        """Write every array of image `index`, then mark it complete (last)."""
+    def write_image(
+        self,
+        index: int,
+        result: Extraction,
+        image: Image.Image,
+        keep_bits: int | None = None,
+        extra: dict | None = None,
+        resize: bool = True,
+        mark_complete: bool = True,
+    ) -> None:
+        """Write every array of image `index` (and its `extra` variables), then mark it complete (last).
+
+        With `resize=False` (concurrent writers) an image that does not fit raises CapacityError
+        before anything is written, instead of resizing arrays other writers are using. With
+        `mark_complete=False` the `complete` flag is not touched: a distributed worker leaves it to
+        the coordinator (`mark_complete`), so only one process ever writes `complete`.
+        """
         g = self.group
-        self.ensure_capacity(result.n_query, result.n_key)
-        g["complete"][index] = 0
+        unknown = set(extra or {}) - set(self.extra_kinds())
+        if unknown:
+            raise StoreError(f"unknown extra variable(s) {sorted(unknown)}: add them with ensure_extras first")
+        if resize:
+            self.ensure_capacity(result.n_query, result.n_key)
+        elif result.n_query > self.query_capacity or result.n_key > self.key_capacity:
+            raise CapacityError(
+                f"needs {result.n_query} x {result.n_key} query x key rows, the store has "
+                f"{self.query_capacity} x {self.key_capacity}",
+                (result.n_query, result.n_key),
+            )
+        if mark_complete:
+            g["complete"][index] = 0
         Q, K = self.query_capacity, self.key_capacity
         keep_bits = int(g.attrs["keep_bits"]) if keep_bits is None else keep_bits
         # Whole shard in one write: zero padding chunks are not stored (write_empty_chunks=False).
@@ -312,7 +393,14 @@ class AttnStore:
             g[name][index] = value
         g["prompt"][index] = result.prompt
         g["answer"][index] = result.answer
-        g["complete"][index] = 1  # last: the image is now visible as complete
+        for name, value in (extra or {}).items():
+            g[name][index] = value
+        if mark_complete:
+            self.mark_complete(index)
+
+    def mark_complete(self, index: int) -> None:
+        """Flag image `index` complete: only once every one of its arrays is written."""
+        self.group["complete"][index] = 1  # last: the image is now visible as complete
 
 
 def _padded(values: np.ndarray, size: int, fill) -> np.ndarray:
@@ -334,8 +422,9 @@ def check_attrs(attrs: dict, path: str) -> None:
 
 def exists(path: str, storage_options: dict | None = None) -> bool:
     try:
-        zarr.open_group(store=path, mode="r", zarr_format=3, storage_options=storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        target, storage_options = store_like(path, storage_options)
+        zarr.open_group(store=target, mode="r", zarr_format=3, storage_options=storage_options)
+    except (StoreError, FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return False
     return True
 
@@ -348,8 +437,9 @@ def open_dataset(path: str, storage_options: dict | None = None, chunks=None) ->
     chunks for out-of-core analysis.
     """
     _check_target(path)
+    target, storage_options = store_like(path, storage_options)
     try:
-        ds = xr.open_zarr(path, chunks=chunks, storage_options=storage_options, zarr_format=3)
+        ds = xr.open_zarr(target, chunks=chunks, storage_options=storage_options, zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
         raise StoreError(f"no attnstore store at '{path}'") from err
     check_attrs(ds.attrs, path)

@@ -21,8 +21,13 @@ app = typer.Typer(
 )
 
 # Importing registers the commands (kept after `app` exists).
+from attnstore.cli import analyze as _analyze  # noqa: E402,F401
 from attnstore.cli import extract as _extract  # noqa: E402,F401
 from attnstore.cli import inspect as _inspect  # noqa: E402,F401
+from attnstore.cli import legacy as _legacy  # noqa: E402,F401
+from attnstore.cli import pack as _pack  # noqa: E402,F401
+from attnstore.cli import pope as _pope  # noqa: E402,F401
+from attnstore.cli import serve as _serve  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,18 +36,48 @@ def extract(
     ] = "text",
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    workers: Annotated[
+        int, typer.Option(help="Run on a local dask cluster of N worker processes (0 = in this process).")
+    ] = 0,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Run on an existing dask cluster (scheduler address, e.g. tcp://host:8786).")
+    ] = None,
+    storage_options: Annotated[
+        str | None,
+        typer.Option(help='fsspec options for a remote --out as JSON, e.g. \'{"endpoint_url": "http://..."}\'.'),
+    ] = None,
 ) -> None:
     """Run a VLM over images and store every layer's and head's attention."""
     from attnstore.images import collect_images
     from attnstore.models import load_adapter
     from attnstore.pipeline import run_extraction
     from attnstore.quiet import quiet_transformers
+    from attnstore.remote import parse_storage_options
 
     if keep_bits is not None and not 0 <= keep_bits <= 10:
         raise AttnstoreError(f"--keep-bits must be between 0 and 10, got {keep_bits}")
     if not prompt.strip():
         raise AttnstoreError("the prompt is empty: pass --prompt TEXT")
     paths = collect_images([str(p) for p in images or []], str(image_dir) if image_dir else None, limit)
+    options = parse_storage_options(storage_options)
+    if workers or scheduler:
+        from attnstore.distributed import run_distributed
+        from attnstore.pipeline import ExtractSettings, image_items
+
+        report = run_distributed(
+            model,
+            image_items(paths, prompt, str(image_dir) if image_dir else None),
+            out,
+            settings=ExtractSettings(max_new_tokens=max_new_tokens, queries=queries),
+            keep_bits=keep_bits,
+            storage_options=options,
+            device=device,
+            workers=workers,
+            scheduler=scheduler,
+            show_progress=progress,
+        )
+        _summarise(report, out)
+        return
     quiet_transformers()
     adapter = load_adapter(model, device=device)
     report = run_extraction(
@@ -59,6 +89,7 @@ def extract(
         max_new_tokens=max_new_tokens,
         keep_bits=keep_bits,
         queries=queries,
+        storage_options=options,
         show_progress=progress,
     )
     _summarise(report, out)

@@ -1,0 +1,89 @@
+"""`attnstore pope`: the POPE benchmark with every question's attention stored (seed `benchmark.py`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from attnstore.cli import app
+from attnstore.errors import AttnstoreError
+
+
+@app.command()
+def pope(
+    questions: Annotated[
+        list[Path],
+        typer.Option("--questions", "--question-file", help="POPE .jsonl file; repeat for several splits."),
+    ],
+    image_dir: Annotated[
+        Path, typer.Option("--image-dir", "--image-folder", help="Folder the questions' `image` names are in.")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "--model-id", help="Hub id (from the HF cache) or local folder.")
+    ] = "HuggingFaceTB/SmolVLM-256M-Instruct",
+    out: Annotated[str, typer.Option(help="Store path or fsspec URL (created or appended to).")] = "pope.zarr",
+    limit: Annotated[int, typer.Option(help="At most N questions per file (0 = all).")] = 0,
+    report: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
+    prompt_template: Annotated[
+        str, typer.Option(help="Prompt asked with each image; {question} is the question text.")
+    ] = "{question}",
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length budget (greedy).")] = 8,
+    keep_bits: Annotated[int | None, typer.Option(help="fp16 mantissa bits kept, 0-10 (default 10).")] = None,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    workers: Annotated[int, typer.Option(help="Local dask cluster of N worker processes (0 = here).")] = 0,
+    scheduler: Annotated[str | None, typer.Option(help="Address of an existing dask scheduler.")] = None,
+    storage_options: Annotated[str | None, typer.Option(help="fsspec options for a remote --out (JSON).")] = None,
+) -> None:
+    """Ask every POPE question with its image; report accuracy, precision, recall, F1, yes-ratio per split."""
+    from attnstore import pope as bench
+    from attnstore.cli.extract import _summarise
+    from attnstore.pipeline import ExtractSettings
+    from attnstore.remote import parse_storage_options
+    from attnstore.store import open_dataset
+
+    if keep_bits is not None and not 0 <= keep_bits <= 10:
+        raise AttnstoreError(f"--keep-bits must be between 0 and 10, got {keep_bits}")
+    if not image_dir.is_dir():
+        raise AttnstoreError(f"--image-dir {image_dir} is not a folder")
+    items = bench.question_items(bench.read_questions(questions, limit), image_dir, prompt_template)
+    options = parse_storage_options(storage_options)
+    settings = ExtractSettings(max_new_tokens=max_new_tokens, queries="text", annotate=bench.annotate)
+    common = dict(settings=settings, keep_bits=keep_bits, storage_options=options, extras=bench.EXTRAS)
+    run = _run(model, items, out, common, device, workers, scheduler, progress)
+    ds = open_dataset(out, storage_options=options)
+    metrics = bench.metrics_by_split(*bench.results_from_store(ds, [it.name for it in items]))
+    print_metrics(metrics)
+    if report is not None:
+        report.write_text(json.dumps(bench.report_json(metrics, store=out, model=model), indent=2) + "\n")
+    _summarise(run, out)
+
+
+def _run(model, items, out, common, device, workers, scheduler, progress):
+    if workers or scheduler:
+        from attnstore.distributed import run_distributed
+
+        return run_distributed(
+            model, items, out, device=device, workers=workers, scheduler=scheduler, show_progress=progress, **common
+        )
+    from attnstore.models import load_adapter
+    from attnstore.pipeline import run_items
+    from attnstore.quiet import quiet_transformers
+
+    quiet_transformers()
+    return run_items(load_adapter(model, device=device), items, out, show_progress=progress, **common)
+
+
+def print_metrics(metrics: dict) -> None:
+    """The POPE metrics as a rich table, one row per split and one for all."""
+    table = Table("split", "n", "accuracy", "precision", "recall", "F1", "yes-ratio", "other", title="POPE")
+    for split, m in metrics.items():
+        style = "bold" if split == "all" else None
+        cells = (m.accuracy, m.precision, m.recall, m.f1, m.yes_ratio)
+        table.add_row(split, str(m.n), *(f"{v:.3f}" for v in cells), str(m.n_other), style=style)
+    Console().print(table)
