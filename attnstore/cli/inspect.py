@@ -15,8 +15,13 @@ from attnstore.store import open_dataset
 MAX_ROWS = 50
 
 
-def store_size_bytes(path: str) -> int:
-    fs, root = fsspec.core.url_to_fs(path)
+def store_size_bytes(path: str, storage_options: dict | None = None) -> int | None:
+    """Total bytes of the store's files; None over http(s), which cannot list files."""
+    from attnstore.remote import protocol, resolve_storage_options
+
+    if protocol(path) in ("http", "https"):
+        return None
+    fs, root = fsspec.core.url_to_fs(path, **(resolve_storage_options(path, storage_options) or {}))
     return int(fs.du(root))
 
 
@@ -30,12 +35,14 @@ def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     random = " [yellow]RANDOM WEIGHTS[/yellow]" if a.get("random_weights") else ""
     console.print(f"model: {a['model_id']} ({a.get('model_family', '?')}){random}")
     console.print(f"attention({sizes}) float16, keep_bits={a.get('keep_bits')}, queries={a.get('queries', 'text')}")
-    console.print(
-        f"images: {complete.size} ({int(complete.sum())} complete); size on disk: {store_size_bytes(path) / 1e6:.1f} MB"
-    )
+    size = store_size_bytes(path)
+    on_disk = "unknown (http)" if size is None else f"{size / 1e6:.1f} MB"
+    console.print(f"images: {complete.size} ({int(complete.sum())} complete); size on disk: {on_disk}")
     table = Table("#", "image", "tiles", "tokens", "answer", "ok")
-    names, answers = ds["image_name"].values, ds["answer"].values
-    rows, cols, nkey = ds["tile_rows"].values, ds["tile_cols"].values, ds["n_key"].values
+    # Only the rows shown are read: at 10,000 images reading every answer chunk takes seconds.
+    head = ds[["image_name", "answer", "tile_rows", "tile_cols", "n_key"]].isel(image=slice(0, max_rows))
+    names, answers = head["image_name"].values, head["answer"].values
+    rows, cols, nkey = head["tile_rows"].values, head["tile_cols"].values, head["n_key"].values
     for i in range(min(complete.size, max_rows)):
         table.add_row(
             str(i),
