@@ -61,7 +61,9 @@ def _compressor(typesize: int) -> BloscCodec:
 def round_mantissa(values: np.ndarray, keep_bits: int) -> np.ndarray:
     """Round fp16 values to `keep_bits` mantissa bits (round half to even).
 
-    Zeroed low bits compress far better; the relative error is at most 2**-(keep_bits+1).
+    Zeroed low bits compress far better; the relative error is at most 2**-(keep_bits+1) for
+    normal fp16 values (>= 2**-14); subnormals have fewer mantissa bits, so their relative
+    error is larger while their absolute error stays below 2**-25.
     """
     if not 0 <= keep_bits <= FP16_MANTISSA_BITS:
         raise ValueError(f"keep_bits must be in 0..{FP16_MANTISSA_BITS}, got {keep_bits}")

@@ -77,6 +77,7 @@ class StoreRun:
     click_ms: list[float] = field(default_factory=list)
     click_int_ms: list[float] = field(default_factory=list)
     read_gbs: float = float("nan")
+    tiles: tuple[int, int] = (0, 0)  # tile grid as the store recorded it
 
 
 # -- attention sources -----------------------------------------------------------------------
@@ -207,6 +208,7 @@ def measure_reads(path: Path, run: StoreRun, original: np.ndarray, image_keys, c
     """Click latency (basic slice vs integer-array key index), full-image decode speed, errors."""
     ds = open_dataset(str(path))
     n_images = ds.sizes["image"]
+    run.tiles = (int(ds["tile_rows"][0]), int(ds["tile_cols"][0]))
     n_query, n_key = original.shape[2], original.shape[3]
     att = ds["attention"]
     for _ in range(clicks):
@@ -257,7 +259,7 @@ def report(src: Source, seeds: dict, runs: list[StoreRun]) -> None:
     npy = seeds["npy_bytes"]
     head = (
         f"{src.name}: {n_layers} layers x {n_heads} heads, seq {full.n_key} "
-        f"({text.n_query} text query rows), tiles {full.layout.tile_rows}x{full.layout.tile_cols}"
+        f"({text.n_query} text query rows), store tile_rows x tile_cols {runs[0].tiles[0]}x{runs[0].tiles[1]}"
     )
     rows = [
         ["seed 000 attention_array.npy (fp32, full square)", mb(npy), "1.00", "-", "0", _s(seeds["npy_s"])],
