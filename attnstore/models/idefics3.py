@@ -18,7 +18,7 @@ import torch
 
 from attnstore.geometry import ImageLayout, empty_layout, finish_grids, global_view, place_view, tile_views
 from attnstore.models.base import RANDOM_WEIGHTS_KEY, ModelAdapter
-from attnstore.models.tiny_tokenizer import build_bpe_tokenizer
+from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<image>"
@@ -159,16 +159,7 @@ def build_random_idefics3(out_dir: str | Path, dims: dict | None = None, seed: i
     processor = Idefics3Processor(image_processor, tokenizer, image_seq_len=64, chat_template=SMOLVLM_CHAT_TEMPLATE)
     ids = tokenizer.convert_tokens_to_ids
     text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=dims["hidden"],
-        intermediate_size=dims["intermediate"],
-        num_hidden_layers=dims["layers"],
-        num_attention_heads=dims["heads"],
-        num_key_value_heads=dims["kv_heads"],
-        max_position_embeddings=8192,
-        bos_token_id=ids("<|im_start|>"),
-        eos_token_id=ids(END_OF_UTTERANCE),
-        pad_token_id=ids("<|endoftext|>"),
+        **text_config_kwargs(dims, tokenizer, "<|im_start|>", END_OF_UTTERANCE, "<|endoftext|>", max_positions=8192)
     )
     vision_config = Idefics3VisionConfig(
         hidden_size=dims["vision_hidden"],

@@ -21,7 +21,7 @@ from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, place_view
 from attnstore.models.base import RANDOM_WEIGHTS_KEY, ModelAdapter
-from attnstore.models.tiny_tokenizer import build_bpe_tokenizer
+from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<image>"
@@ -218,18 +218,7 @@ def build_random_llava(out_dir: str | Path, dims: dict | None = None, seed: int 
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
     ids = tokenizer.convert_tokens_to_ids
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=dims["hidden"],
-        intermediate_size=dims["intermediate"],
-        num_hidden_layers=dims["layers"],
-        num_attention_heads=dims["heads"],
-        num_key_value_heads=dims["kv_heads"],
-        max_position_embeddings=4096,
-        bos_token_id=ids("<s>"),
-        eos_token_id=ids("</s>"),
-        pad_token_id=ids("<pad>"),
-    )
+    text_config = LlamaConfig(**text_config_kwargs(dims, tokenizer, "<s>", "</s>", "<pad>"))
     vision_config = CLIPVisionConfig(
         hidden_size=dims["vision_hidden"],
         intermediate_size=2 * dims["vision_hidden"],

@@ -24,7 +24,7 @@ import torch
 
 from attnstore.geometry import ImageLayout, empty_layout, finish_grids, place_view, tile_views
 from attnstore.models.base import RANDOM_WEIGHTS_KEY, ModelAdapter
-from attnstore.models.tiny_tokenizer import build_bpe_tokenizer
+from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -213,17 +213,8 @@ def build_random_qwen2_vl(out_dir: str | Path, dims: dict | None = None, seed: i
     half = head_dim // 2  # rotary frequencies, split over (t, h, w) like Qwen2-VL's [16, 24, 24] of 64
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
     text_config = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=dims["hidden"],
-        intermediate_size=dims["intermediate"],
-        num_hidden_layers=dims["layers"],
-        num_attention_heads=dims["heads"],
-        num_key_value_heads=dims["kv_heads"],
-        max_position_embeddings=4096,
+        **text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>"),
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
-        bos_token_id=ids("<|endoftext|>"),
-        eos_token_id=ids("<|im_end|>"),
-        pad_token_id=ids("<|endoftext|>"),
     )
     vision_config = dict(
         depth=dims["vision_layers"],

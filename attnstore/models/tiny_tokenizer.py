@@ -45,3 +45,20 @@ def build_bpe_tokenizer(special_tokens: list[str], vocab_size: int = 700, **name
     named = set(named_specials.values())
     extra = [t for t in special_tokens if t not in named]
     return PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=extra, **named_specials)
+
+
+def text_config_kwargs(dims: dict, tokenizer, bos: str, eos: str, pad: str, max_positions: int = 4096) -> dict:
+    """Keyword arguments of a random-weight builder's text config: sizes from `dims`, specials by name."""
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=dims["hidden"],
+        intermediate_size=dims["intermediate"],
+        num_hidden_layers=dims["layers"],
+        num_attention_heads=dims["heads"],
+        num_key_value_heads=dims["kv_heads"],
+        max_position_embeddings=max_positions,
+        bos_token_id=ids(bos),
+        eos_token_id=ids(eos),
+        pad_token_id=ids(pad),
+    )
