@@ -29,16 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from explorer.screenshot import CHROMIUM, CHROMIUM_ARGS
+
 GOALS = {
     "page load": (2000, None),
     "click -> heatmap": (100, 200),

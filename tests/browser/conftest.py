@@ -10,16 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from explorer.screenshot import CHROMIUM, CHROMIUM_ARGS
 
 
 @pytest.fixture(scope="module")
