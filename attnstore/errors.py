@@ -1,12 +1,45 @@
-"""User-facing errors: every one of these is shown as a single line, never a traceback."""
+"""Typed user-facing errors: each is shown as one line, never a traceback.
+
+Library messages never name a front end's spelling of a parameter: an error about a
+parameter carries its name (`param`, the library's keyword), and each front end maps it
+(the CLI to its flag, the REST API to its JSON field and a status code, the explorer to
+its notice).
+"""
+
+from __future__ import annotations
 
 
 class AttnstoreError(Exception):
-    """A problem caused by the user's input (files, arguments, stores), explained in one line."""
+    """A problem caused by the user's input (files, arguments, stores), explained in one line.
+
+    `param` names the library parameter at fault (None when no single one is).
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class InvalidArgument(AttnstoreError, ValueError):
+    """A parameter has a value the library cannot use (wrong type, out of range, unknown choice).
+
+    str(err) reads "<param> <detail>", e.g. "layers 40 is outside 0-29".
+    """
+
+    def __init__(self, param: str, detail: str):
+        super().__init__(f"{param} {detail}", param=param)
+        self.detail = detail
+
+
+class NotFound(AttnstoreError, LookupError):
+    """Something named by a parameter does not exist (a token, an image, a file)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message, param=param)
 
 
 class StoreError(AttnstoreError):
-    """The store is missing, of another schema, or not a store at all."""
+    """The store is missing, of another schema, damaged, or not a store at all."""
 
 
 class InputImageError(AttnstoreError):

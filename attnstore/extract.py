@@ -10,48 +10,14 @@ full fp32 `[layer, head, seq, seq]` tensor never exists.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
 from attnstore.errors import AttnstoreError
-from attnstore.geometry import ImageLayout
 from attnstore.models.base import ModelAdapter
-from attnstore.schema import TEXT_KINDS, TokenKind, kind_mask
-
-QUERY_MODES = ("text", "all")
-
-
-@dataclass
-class Extraction:
-    """Everything the store keeps about one (image, prompt) run."""
-
-    attention: np.ndarray  # [layer, head, query, key] float16
-    query_position: np.ndarray  # [query] int32: sequence position of each row
-    token_id: np.ndarray  # [key] int32
-    token_text: list[str]  # [key]
-    layout: ImageLayout  # kinds + geometry per key position
-    prompt: str
-    answer: str
-
-    @property
-    def n_query(self) -> int:
-        return int(self.query_position.shape[0])
-
-    @property
-    def n_key(self) -> int:
-        return int(self.token_id.shape[0])
-
-
-def query_positions(kinds: np.ndarray, mode: str = "text") -> np.ndarray:
-    """Sequence positions whose attention rows are stored: text rows, or every row."""
-    if mode not in QUERY_MODES:
-        raise AttnstoreError(f"--queries must be one of {', '.join(QUERY_MODES)}, not '{mode}'")
-    if mode == "all":
-        return np.arange(kinds.shape[0], dtype=np.int32)
-    return np.flatnonzero(kind_mask(kinds, TEXT_KINDS)).astype(np.int32)
+from attnstore.records import Extraction, extend_layout, query_positions
 
 
 @torch.inference_mode()
@@ -134,14 +100,3 @@ def extract(
         prompt=prompt,
         answer=adapter.decode(generated),
     )
-
-
-def extend_layout(layout: ImageLayout, n_generated: int) -> ImageLayout:
-    """Append `n_generated` answer positions (no geometry) to a prompt layout."""
-    pad = lambda a, v: np.concatenate([a, np.full((n_generated, *a.shape[1:]), v, a.dtype)])  # noqa: E731
-    layout.kind = pad(layout.kind, int(TokenKind.GENERATED))
-    layout.patch_tile = pad(layout.patch_tile, -1)
-    layout.patch_row = pad(layout.patch_row, -1)
-    layout.patch_col = pad(layout.patch_col, -1)
-    layout.patch_box = pad(layout.patch_box, np.nan)
-    return layout

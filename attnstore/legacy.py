@@ -25,10 +25,10 @@ import numpy as np
 from PIL import Image
 
 from attnstore.errors import AttnstoreError, StoreError
-from attnstore.extract import Extraction, extend_layout, query_positions
 from attnstore.geometry import ImageLayout, finish_grids, global_view, place_view, tile_views
 from attnstore.images import IMAGE_SUFFIXES, load_image
 from attnstore.models.idefics3 import GLOBAL_TOKEN, IMAGE_TOKEN, parse_idefics3_layout
+from attnstore.records import Extraction, extend_layout, query_positions
 from attnstore.schema import TokenKind
 from attnstore.store import AttnStore, StoreShape
 

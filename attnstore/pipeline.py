@@ -19,9 +19,10 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnstore.errors import AttnstoreError, InputImageError
-from attnstore.extract import Extraction, extract
+from attnstore.extract import extract
 from attnstore.images import image_name, load_image
 from attnstore.models.base import ModelAdapter
+from attnstore.records import Extraction
 from attnstore.store import DEFAULT_KEEP_BITS, AttnStore, StoreShape
 
 QUERY_MARGIN = 8  # spare query/key rows so most appends never resize

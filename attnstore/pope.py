@@ -23,8 +23,8 @@ import numpy as np
 import xarray as xr
 
 from attnstore.errors import AttnstoreError
-from attnstore.extract import Extraction
 from attnstore.pipeline import WorkItem
+from attnstore.records import Extraction
 
 YES, NO, OTHER = "yes", "no", "other"
 ALL = "all"  # the row of the metrics over every split

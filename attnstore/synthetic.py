@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from attnstore.extract import Extraction, extend_layout, query_positions
 from attnstore.models.idefics3 import FAKE_TOKEN, GLOBAL_TOKEN, IMAGE_TOKEN, parse_idefics3_layout
+from attnstore.records import Extraction, extend_layout, query_positions
 from attnstore.store import AttnStore, StoreShape
 
 PROMPT_WORDS = ["ĠCan", "Ġyou", "Ġdescribe", "Ġthis", "Ġimage", "?"]

@@ -52,7 +52,7 @@ def extract(
     from attnstore.models import load_adapter
     from attnstore.pipeline import run_extraction
     from attnstore.quiet import quiet_transformers
-    from attnstore.remote import parse_storage_options
+    from attnstore.store.remote import parse_storage_options
 
     if keep_bits is not None and not 0 <= keep_bits <= 10:
         raise AttnstoreError(f"--keep-bits must be between 0 and 10, got {keep_bits}")

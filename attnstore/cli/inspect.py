@@ -17,7 +17,7 @@ MAX_ROWS = 50
 
 def store_size_bytes(path: str, storage_options: dict | None = None) -> int | None:
     """Total bytes of the store's files; None over http(s), which cannot list files."""
-    from attnstore.remote import protocol, resolve_storage_options
+    from attnstore.store.remote import protocol, resolve_storage_options
 
     if protocol(path) in ("http", "https"):
         return None

@@ -40,9 +40,9 @@ def import_legacy(
     from rich.console import Console
     from rich.progress import Progress
 
-    from attnstore.extract import QUERY_MODES
     from attnstore.legacy import find_sources, parse_grid
     from attnstore.legacy import import_legacy as run_import
+    from attnstore.records import QUERY_MODES
 
     if queries not in QUERY_MODES:
         raise AttnstoreError(f"--queries must be one of {', '.join(QUERY_MODES)}, not '{queries}'")

@@ -18,7 +18,8 @@ def pack(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Copy a store into one uncompressed zip that attnstore and xarray open directly (read-only)."""
-    from attnstore.remote import pack_store, parse_storage_options
+    from attnstore.store.pack import pack_store
+    from attnstore.store.remote import parse_storage_options
 
     report = pack_store(store, out, parse_storage_options(storage_options), allow_incomplete, overwrite)
     typer.echo(f"{out}: {report.files} files, {report.bytes / 1e6:.1f} MB")

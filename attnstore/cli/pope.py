@@ -44,8 +44,8 @@ def pope(
     from attnstore import pope as bench
     from attnstore.cli.extract import _summarise
     from attnstore.pipeline import ExtractSettings
-    from attnstore.remote import parse_storage_options
     from attnstore.store import open_dataset
+    from attnstore.store.remote import parse_storage_options
 
     if keep_bits is not None and not 0 <= keep_bits <= 10:
         raise AttnstoreError(f"--keep-bits must be between 0 and 10, got {keep_bits}")

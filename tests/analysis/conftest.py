@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from attnstore.extract import extend_layout, query_positions
 from attnstore.models.idefics3 import parse_idefics3_layout
+from attnstore.records import extend_layout, query_positions
 from attnstore.synthetic import idefics3_tokens
 
 

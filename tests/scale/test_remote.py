@@ -13,8 +13,8 @@ import zarr
 from attnstore.cli import main
 from attnstore.errors import AttnstoreError, StoreError
 from attnstore.pipeline import ExtractSettings, image_items, run_extraction
-from attnstore.remote import STORAGE_OPTIONS_ENV, parse_storage_options, resolve_storage_options
 from attnstore.store import AttnStore, open_dataset
+from attnstore.store.remote import STORAGE_OPTIONS_ENV, parse_storage_options, resolve_storage_options
 
 BUCKET = "attnstore-test"
 

@@ -111,7 +111,7 @@ def test_capacity_growth_keeps_data(synthetic_store, tmp_path):
 
 
 def test_crash_mid_write_is_not_complete_and_rerun_finishes_once(tmp_path, tiny_adapter, monkeypatch):
-    import attnstore.store as store_module
+    import attnstore.store.writer as store_module
 
     path = tmp_path / "a.png"
     _gradient_image(320, 240).save(path)

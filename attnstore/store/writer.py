@@ -1,4 +1,4 @@
-"""Create, append to and open attnstore stores (one zarr v3 group, schema in `schema.py`).
+"""Create and append to attnstore stores (one zarr v3 group, schema in `attnstore.schema`).
 
 Writes go through zarr-python directly (region writes into pre-sized arrays, so
 several writers can fill different images of one store); reads go through
@@ -11,18 +11,15 @@ from __future__ import annotations
 import datetime as _dt
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import xarray as xr
 import zarr
 from PIL import Image
 from zarr.codecs import BloscCodec
 
 from attnstore import __version__
 from attnstore.errors import StoreError
-from attnstore.extract import Extraction
-from attnstore.remote import is_zip, store_like
+from attnstore.records import Extraction
 from attnstore.schema import (
     ATTENTION_DIMS,
     BOX_CORNERS,
@@ -43,6 +40,8 @@ from attnstore.schema import (
     SCHEMA_VERSION,
     VARIABLE_ATTRS,
 )
+from attnstore.store.reader import check_attrs, check_target, exists
+from attnstore.store.remote import store_like
 
 MAX_DISPLAY_SIDE = 1024  # the store keeps a display copy of each image, longest edge at most this
 DEFAULT_KEEP_BITS = 10  # lossless fp16; see README "Storage" for the measured trade-off
@@ -97,15 +96,6 @@ class StoreShape:
     key_capacity: int
 
 
-def _is_url(path: str) -> bool:
-    return "://" in str(path)
-
-
-def _check_target(path: str) -> None:
-    if not _is_url(path) and not is_zip(path) and Path(path).exists() and not Path(path).is_dir():
-        raise StoreError(f"'{path}' is a file, not a store directory")
-
-
 class CapacityError(StoreError):
     """An image needs more query/key rows than the store has, and this writer may not resize
     (a distributed worker: only the coordinator resizes)."""
@@ -126,7 +116,7 @@ class AttnStore:
     @classmethod
     def create(cls, path: str, shape: StoreShape, attrs: dict, storage_options: dict | None = None) -> AttnStore:
         """Create an empty store (0 images). Fails if a store is already there."""
-        _check_target(path)
+        check_target(path)
         target, storage_options = store_like(path, storage_options, mode="w-")
         try:
             group = zarr.open_group(store=target, mode="w-", zarr_format=3, storage_options=storage_options)
@@ -153,7 +143,7 @@ class AttnStore:
     @classmethod
     def open(cls, path: str, mode: str = "r+", storage_options: dict | None = None) -> AttnStore:
         """Open an existing store for appending; checks it is an attnstore store of this schema."""
-        _check_target(path)
+        check_target(path)
         target, storage_options = store_like(path, storage_options, mode)
         try:
             # Writers read live array metadata: the consolidated copy goes stale as arrays grow.
@@ -409,40 +399,3 @@ def _padded(values: np.ndarray, size: int, fill) -> np.ndarray:
     out = np.full((size, *values.shape[1:]), fill, dtype=values.dtype)
     out[: values.shape[0]] = values
     return out
-
-
-def check_attrs(attrs: dict, path: str) -> None:
-    if attrs.get("format") != FORMAT_NAME:
-        raise StoreError(f"'{path}' is a zarr group but not an attnstore store")
-    version = attrs.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise StoreError(
-            f"store '{path}' has schema version {version}; this attnstore ({__version__}) reads version "
-            f"{SCHEMA_VERSION}"
-        )
-
-
-def exists(path: str, storage_options: dict | None = None) -> bool:
-    try:
-        target, storage_options = store_like(path, storage_options)
-        zarr.open_group(store=target, mode="r", zarr_format=3, storage_options=storage_options)
-    except (StoreError, FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        return False
-    return True
-
-
-def open_dataset(path: str, storage_options: dict | None = None, chunks=None) -> xr.Dataset:
-    """Open a store as an xarray Dataset, lazily, and check its schema.
-
-    `chunks=None` (the default) gives lazy numpy-backed arrays: basic slices read
-    only the chunks they touch, the fastest path for interactive use. Pass dask
-    chunks for out-of-core analysis.
-    """
-    _check_target(path)
-    target, storage_options = store_like(path, storage_options)
-    try:
-        ds = xr.open_zarr(target, chunks=chunks, storage_options=storage_options, zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
-        raise StoreError(f"no attnstore store at '{path}'") from err
-    check_attrs(ds.attrs, path)
-    return ds
