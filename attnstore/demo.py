@@ -22,11 +22,7 @@ def cache_dir() -> Path:
 
 def tiny_model_dir(family: str = "idefics3") -> Path:
     """Path of the tiny random-weight model of `family`, built on first use."""
-    from attnstore.models.idefics3 import build_random_idefics3
-    from attnstore.models.llava import build_random_llava
-    from attnstore.models.qwen2_vl import build_random_qwen2_vl
-
-    builders = {"idefics3": build_random_idefics3, "llava": build_random_llava, "qwen2_vl": build_random_qwen2_vl}
+    from attnstore.models.tiny import BUILDERS as builders
     path = cache_dir() / f"tiny-{family}-v{TINY_MODEL_VERSION}"
     if not (path / "config.json").is_file() or not (path / "processor_config.json").is_file():
         tmp = path.with_name(path.name + ".partial")

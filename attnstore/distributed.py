@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from attnstore.errors import AttnstoreError, InputImageError
+from attnstore.errors import AttnstoreError, InputImageError, InvalidArgument
 from attnstore.images import load_image
 from attnstore.models.base import ModelAdapter
 from attnstore.pipeline import (
@@ -246,7 +246,7 @@ def dask_client(workers: int, scheduler: str | None = None, client=None) -> Iter
             yield connected, None
         return
     if workers < 1:
-        raise AttnstoreError(f"--workers must be at least 1, got {workers}")
+        raise InvalidArgument("workers", f"must be at least 1, got {workers}")
     threads = max(1, (os.cpu_count() or 1) // workers)
     # dask spawns workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive mmap
     # threshold: every torch tensor > 128 KB is then mmap'ed and unmapped again; measured 2x slower

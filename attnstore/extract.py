@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attnstore.errors import AttnstoreError
+from attnstore.errors import InvalidArgument
 from attnstore.models.base import ModelAdapter
 from attnstore.records import Extraction, extend_layout, query_positions
 
@@ -81,7 +81,7 @@ def extract(
 ) -> Extraction:
     """Generate an answer for (image, prompt) and capture every layer's and head's attention."""
     if not prompt.strip():
-        raise AttnstoreError("the prompt is empty: pass --prompt TEXT")
+        raise InvalidArgument("prompt", "is empty")
     inputs = adapter.prepare(image, prompt)
     prompt_ids = inputs["input_ids"][0]
     layout = adapter.layout(prompt_ids.numpy(), inputs)

@@ -31,10 +31,10 @@ def collect_images(images: list[str] | None, image_dir: str | None, limit: int |
     if image_dir:
         root = Path(image_dir)
         if not root.is_dir():
-            raise InputImageError(f"--image-dir {root} is not a folder")
+            raise InputImageError(f"image folder {root} is not a folder", param="image_dir")
         paths += sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
-        raise InputImageError("no images given: pass image files or --image-dir DIR")
+        raise InputImageError("no images given: give image files or a folder of images", param="images")
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise InputImageError(

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from attnstore.errors import AttnstoreError, StoreError
+from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 from attnstore.geometry import ImageLayout, finish_grids, global_view, place_view, tile_views
 from attnstore.images import IMAGE_SUFFIXES, load_image
-from attnstore.models.idefics3 import GLOBAL_TOKEN, IMAGE_TOKEN, parse_idefics3_layout
+from attnstore.models.idefics3_layout import GLOBAL_TOKEN, IMAGE_TOKEN, parse_idefics3_layout
 from attnstore.records import Extraction, extend_layout, query_positions
 from attnstore.schema import TokenKind
 from attnstore.store import AttnStore, StoreShape
@@ -238,7 +238,7 @@ def parse_grid(spec: str | None) -> tuple[int, int] | None:
         return None
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", spec)
     if not match or int(match[1]) < 1 or int(match[2]) < 1:
-        raise AttnstoreError(f"--grid '{spec}' should look like ROWSxCOLS, e.g. 3x4")
+        raise InvalidArgument("grid", f"'{spec}' should look like ROWSxCOLS, e.g. 3x4")
     return int(match[1]), int(match[2])
 
 
@@ -329,7 +329,7 @@ def plan_image(
     n_prompt = prompt_tokens if prompt_tokens is not None else prompt_length(tokens)
     n_prompt = len(tokens) if n_prompt is None else n_prompt
     if not 0 < n_prompt <= len(tokens):
-        raise AttnstoreError(f"--prompt-tokens {n_prompt} is outside 1-{len(tokens)} ({src.folder / TOKENS_FILE})")
+        raise InvalidArgument("prompt_tokens", f"{n_prompt} is outside 1-{len(tokens)} ({src.folder / TOKENS_FILE})")
     try:
         layout = legacy_layout(tokens[:n_prompt], grid, tile_tokens)
     except ValueError as err:
@@ -387,7 +387,7 @@ def import_legacy(
     if "://" in str(out):
         raise StoreError("import-legacy writes a local store; copy it to remote storage afterwards")
     if out.exists():
-        raise StoreError(f"'{out}' already exists: import-legacy creates a new store (choose another --out)")
+        raise StoreError(f"'{out}' already exists: the import creates a new store", param="out")
     sources = find_sources(path, image_dir)
     _check_same_model(sources)
     items = [plan_image(src, grid, prompt_tokens, queries, tile_tokens) for src in sources]

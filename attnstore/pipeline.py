@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from attnstore.errors import AttnstoreError, InputImageError
+from attnstore.errors import AttnstoreError, InputImageError, InvalidArgument
 from attnstore.extract import extract
 from attnstore.images import image_name, load_image
 from attnstore.models.base import ModelAdapter
@@ -206,7 +206,7 @@ def run_extraction(
 ) -> RunReport:
     """Extract every image into the store at `out` (created if needed); skip complete ones."""
     if not prompt.strip():
-        raise AttnstoreError("the prompt is empty: pass --prompt TEXT")
+        raise InvalidArgument("prompt", "is empty")
     return run_items(
         adapter,
         image_items(image_paths, prompt, image_dir),

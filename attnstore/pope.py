@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from attnstore.errors import AttnstoreError
+from attnstore.errors import AttnstoreError, InvalidArgument
 from attnstore.pipeline import WorkItem
 from attnstore.records import Extraction
 
@@ -58,7 +58,7 @@ class Question:
 def read_questions(files: list[Path], limit: int = 0) -> list[Question]:
     """Questions of every file (a split each, named after the file stem); at most `limit` per file (0 = all)."""
     if not files:
-        raise AttnstoreError("no question file given: pass --questions FILE.jsonl")
+        raise InvalidArgument("questions", "is missing: give a POPE question file (.jsonl)")
     splits = [Path(f).stem for f in files]
     if len(set(splits)) < len(splits):
         raise AttnstoreError(f"question files must have different names (they name the splits): {splits}")
@@ -155,7 +155,7 @@ def metrics_by_split(splits: list[str], labels: list[str], answers: list[str]) -
 def question_items(questions: list[Question], image_dir: Path, template: str = DEFAULT_TEMPLATE) -> list[WorkItem]:
     """One extraction entry per question: its image, the prompt from `template`, and the POPE extras."""
     if "{question}" not in template:
-        raise AttnstoreError("--prompt-template must contain {question}")
+        raise InvalidArgument("prompt_template", "must contain {question}")
     return [
         WorkItem(
             name=q.name,

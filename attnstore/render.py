@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from attnstore.analysis import lattice_cells
-from attnstore.errors import AttnstoreError
+from attnstore.errors import AttnstoreError, InvalidArgument
 
 CMAPS = ("viridis", "magma", "inferno", "plasma", "cividis", "turbo", "hot", "jet", "greys")
 
@@ -127,7 +127,7 @@ def overlay(
     alpha : opacity of the heatmap, 0..1.
     """
     if not 0.0 <= alpha <= 1.0:
-        raise AttnstoreError(f"--overlay-alpha must be between 0 and 1, got {alpha}")
+        raise InvalidArgument("overlay_alpha", f"must be between 0 and 1, got {alpha}")
     pixels = np.asarray(pixels, np.uint8)
     grid = np.asarray(grid)
     height, width = pixels.shape[:2]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from attnstore.models.idefics3 import FAKE_TOKEN, GLOBAL_TOKEN, IMAGE_TOKEN, parse_idefics3_layout
+from attnstore.models.idefics3_layout import FAKE_TOKEN, GLOBAL_TOKEN, IMAGE_TOKEN, parse_idefics3_layout
 from attnstore.records import Extraction, extend_layout, query_positions
 from attnstore.store import AttnStore, StoreShape
 

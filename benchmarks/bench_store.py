@@ -44,7 +44,7 @@ from PIL import Image
 
 from attnstore.extract import Extraction, extend_layout, extract, query_positions
 from attnstore.models import load_adapter
-from attnstore.models.idefics3 import parse_idefics3_layout
+from attnstore.models.idefics3_layout import parse_idefics3_layout
 from attnstore.pipeline import store_attrs, store_shape_for
 from attnstore.schema import IMAGE_PATCH_KINDS, kind_mask
 from attnstore.store import AttnStore, open_dataset

@@ -45,7 +45,8 @@ def model_dir(kind: str) -> Path:
     real-vision : the same plus a SmolVLM-size vision tower (hidden 768, 12 layers).
     """
     from attnstore.demo import cache_dir, tiny_model_dir
-    from attnstore.models.idefics3 import REAL_DIMS, build_random_idefics3
+    from attnstore.models.tiny import IDEFICS3_REAL_DIMS as REAL_DIMS
+    from attnstore.models.tiny import build_random_idefics3
     from attnstore.quiet import quiet_transformers
 
     quiet_transformers()

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from attnstore.errors import AttnstoreError
+from attnstore.errors import AttnstoreError, InvalidArgument
 
 app = typer.Typer(
     name="attnstore",
@@ -29,13 +29,28 @@ from attnstore.cli import pack as _pack  # noqa: E402,F401
 from attnstore.cli import pope as _pope  # noqa: E402,F401
 from attnstore.cli import serve as _serve  # noqa: E402,F401
 
+# Library parameter -> this CLI's flag, where the flag is not simply --param-with-dashes.
+FLAG_OF_PARAM = {"normalise_mode": "--normalise", "images": "IMAGES", "keys": "--image-keys"}
+
+
+def flag(param: str) -> str:
+    """How the CLI spells a library parameter."""
+    return FLAG_OF_PARAM.get(param, "--" + param.replace("_", "-"))
+
+
+def error_line(err: AttnstoreError) -> str:
+    """One line for a user mistake: invalid arguments name the flag the user typed."""
+    if isinstance(err, InvalidArgument):
+        return f"{flag(err.param)} {err.detail}"
+    return str(err)
+
 
 def main(argv: list[str] | None = None) -> int:
     try:
         # Without standalone mode click returns typer.Exit's code instead of raising it.
         code = app(args=argv, standalone_mode=False)
     except AttnstoreError as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
+        typer.secho(f"error: {error_line(err)}", fg="red", err=True)
         return 1
     except typer.Abort:
         typer.echo("aborted", err=True)

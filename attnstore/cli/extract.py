@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from attnstore.cli import app
 from attnstore.errors import AttnstoreError
-from attnstore.pipeline import RunReport
+
+if TYPE_CHECKING:
+    from attnstore.pipeline import RunReport
 
 
 @app.command()

@@ -1,52 +1,54 @@
-"""Model adapters: one module per VLM family, picked from the model's config.
+"""Model adapters: one module per VLM family, found through a lazy registry.
 
-To add a family, write a `ModelAdapter` subclass (see `base.py` and
-`idefics3.py`) and list it in `ADAPTERS`.
+`FAMILIES` maps a family name to its adapter ("module:Class") and the config `model_type`s it
+handles, so nothing here imports torch or transformers until a model is loaded (like xarray's
+backend entrypoints). To add a family, write a `ModelAdapter` subclass (see `base.py`,
+`idefics3.py`, docs/adding-a-model.md) and add one line to `FAMILIES`.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING, NamedTuple
 
 from attnstore.errors import ModelLoadError
-from attnstore.models.base import ModelAdapter, canonical_model_id, hub_offline, missing_weights_message
-from attnstore.models.idefics3 import Idefics3Adapter
-from attnstore.models.llava import LlavaAdapter
-from attnstore.models.qwen2_vl import Qwen2VLAdapter
+from attnstore.models.hub import read_model_type
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (Idefics3Adapter, LlavaAdapter, Qwen2VLAdapter)
+if TYPE_CHECKING:
+    from attnstore.models.base import ModelAdapter
+
+
+class Family(NamedTuple):
+    adapter: str  # "module:Class"
+    model_types: tuple[str, ...]  # config.model_type values this adapter handles
+
+
+FAMILIES: dict[str, Family] = {
+    "idefics3": Family("attnstore.models.idefics3:Idefics3Adapter", ("idefics3", "smolvlm")),
+    "llava": Family("attnstore.models.llava:LlavaAdapter", ("llava",)),
+    "qwen2_vl": Family("attnstore.models.qwen2_vl:Qwen2VLAdapter", ("qwen2_vl",)),
+}
 
 
 def supported_model_types() -> list[str]:
-    return sorted(t for a in ADAPTERS for t in a.model_types)
+    return sorted(t for family in FAMILIES.values() for t in family.model_types)
+
+
+def adapter_class(family: str) -> type[ModelAdapter]:
+    """Import the adapter class of `family` (this is where torch and transformers get imported)."""
+    module, _, name = FAMILIES[family].adapter.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def adapter_for_model_type(model_type: str) -> type[ModelAdapter]:
-    for adapter in ADAPTERS:
-        if model_type in adapter.model_types:
-            return adapter
+    for name, family in FAMILIES.items():
+        if model_type in family.model_types:
+            return adapter_class(name)
     raise ModelLoadError(
         f"unsupported model type '{model_type}'; supported: {', '.join(supported_model_types())}. "
-        "A new family is one ModelAdapter subclass in attnstore/models/ (see README, 'Adding a model')."
+        "A new family is one ModelAdapter subclass in attnstore/models/ (see docs/adding-a-model.md).",
+        param="model",
     )
-
-
-def read_model_type(model_id: str) -> str:
-    """The config's model_type, from a local folder or the HF cache (never downloads when offline)."""
-    model_id = canonical_model_id(model_id)
-    local = Path(model_id).expanduser()
-    if local.is_dir():
-        config_file = local / "config.json"
-        if not config_file.is_file():
-            raise ModelLoadError(f"'{local}' has no config.json: not a saved model folder")
-        return json.loads(config_file.read_text()).get("model_type", "")
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(model_id, local_files_only=hub_offline()).model_type
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(missing_weights_message(model_id)) from err
 
 
 def load_adapter(model_id: str, device: str = "cpu") -> ModelAdapter:
@@ -54,4 +56,4 @@ def load_adapter(model_id: str, device: str = "cpu") -> ModelAdapter:
     return adapter_for_model_type(read_model_type(model_id)).load(model_id, device=device)
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "load_adapter", "adapter_for_model_type", "supported_model_types"]
+__all__ = ["FAMILIES", "adapter_class", "adapter_for_model_type", "load_adapter", "supported_model_types"]

@@ -10,7 +10,6 @@ shared.
 from __future__ import annotations
 
 import dataclasses
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
@@ -21,38 +20,13 @@ from PIL import Image
 
 from attnstore.errors import ModelLoadError
 from attnstore.geometry import ImageLayout
-
-# The seed scripts spell the hub id differently from the hub; both work.
-MODEL_ALIASES = {
-    "HuggingFaceTB/SmolVLM-Instruct-256M": "HuggingFaceTB/SmolVLM-256M-Instruct",
-}
-# Custom config key set by attnstore's own builders so every output can say so.
-RANDOM_WEIGHTS_KEY = "attnstore_random_weights"
-
-
-def canonical_model_id(model_id: str) -> str:
-    """Map known alternative spellings to the hub id."""
-    return MODEL_ALIASES.get(model_id, model_id)
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def missing_weights_message(model_id: str) -> str:
-    return (
-        f"model '{model_id}' is neither a local directory nor in the Hugging Face cache. "
-        f"On a machine with internet run `hf download {model_id}` (then copy the cache or the folder here), "
-        "or pass --model PATH to a folder saved with save_pretrained. "
-        "`attnstore demo` uses a tiny random-weight model built offline."
-    )
+from attnstore.models.hub import RANDOM_WEIGHTS_KEY, canonical_model_id, hub_offline, missing_weights_message  # noqa: F401
 
 
 class ModelAdapter(ABC):
     """One VLM family. Instances hold a loaded model and its processor."""
 
     family: ClassVar[str]
-    model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter handles
 
     def __init__(self, model: torch.nn.Module, processor, model_id: str, revision: str | None = None):
         self.model = model.eval()

@@ -1,4 +1,4 @@
-"""LLaVA-1.5 adapter (`LlavaForConditionalGeneration`) and its offline random-weight builder.
+"""LLaVA-1.5 adapter (`LlavaForConditionalGeneration`).
 
 Token layout of one image (llava-hf chat template):
     <s> USER: <image> x N*N "\\n" PROMPT " " ASSISTANT:
@@ -13,15 +13,12 @@ comes from those pixels and the vision tower's patch size, never from constants.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, place_view
-from attnstore.models.base import RANDOM_WEIGHTS_KEY, ModelAdapter
-from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
+from attnstore.models.base import ModelAdapter
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<image>"
@@ -44,7 +41,6 @@ LLAVA_CHAT_TEMPLATE = (
 
 class LlavaAdapter(ModelAdapter):
     family = "llava"
-    model_types = ("llava",)
 
     @property
     def patch_size(self) -> int:
@@ -176,73 +172,3 @@ def _resized_hw(size, height: int, width: int) -> tuple[int, int]:
     if size.max_height and size.max_width:
         return tuple(get_image_size_for_max_height_width((height, width), size.max_height, size.max_width))
     return int(size.height), int(size.width)
-
-
-# -- offline random-weight builder ---------------------------------------------------------
-
-TINY_DIMS = dict(
-    hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vision_hidden=32, vision_layers=2, image_size=112
-)
-
-
-def build_random_llava(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
-    """Save a random-weight LLaVA-1.5 + a real LlavaProcessor (CLIP resize + centre crop) to `out_dir`.
-
-    The processing policy is LLaVA-1.5's (shortest edge to `image_size`, central
-    `image_size` square, patch 14, CLS dropped) at a small `image_size` (112 ->
-    8 x 8 tokens instead of 336 -> 24 x 24), so tests stay fast; weights are random.
-    """
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    dims = {**TINY_DIMS, **(dims or {})}
-    tokenizer = build_bpe_tokenizer(
-        [*CHAT_SPECIALS, IMAGE_TOKEN], bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
-    tokenizer.add_bos_token = True  # Llama's tokenizer starts every text with <s>
-    tokenizer.update_post_processor()
-    side = dims["image_size"]
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
-    processor = LlavaProcessor(
-        image_processor,
-        tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
-    ids = tokenizer.convert_tokens_to_ids
-    text_config = LlamaConfig(**text_config_kwargs(dims, tokenizer, "<s>", "</s>", "<pad>"))
-    vision_config = CLIPVisionConfig(
-        hidden_size=dims["vision_hidden"],
-        intermediate_size=2 * dims["vision_hidden"],
-        num_hidden_layers=dims["vision_layers"],
-        num_attention_heads=2,
-        patch_size=14,
-        image_size=side,
-        projection_dim=dims["vision_hidden"],
-    )
-    config = LlavaConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_index=ids(IMAGE_TOKEN),
-        image_seq_length=(side // 14) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
-    setattr(config, RANDOM_WEIGHTS_KEY, True)
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids("</s>")
-    model.generation_config.pad_token_id = ids("<pad>")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out

@@ -1,4 +1,4 @@
-"""Qwen2-VL adapter (`Qwen2VLForConditionalGeneration`) and its offline random-weight builder.
+"""Qwen2-VL adapter (`Qwen2VLForConditionalGeneration`).
 
 Token layout of one image (Qwen2-VL chat template):
     <|im_start|>system ... <|im_end|> <|im_start|>user
@@ -17,14 +17,12 @@ needs it extended to the answer (`forward_inputs`).
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from attnstore.geometry import ImageLayout, empty_layout, finish_grids, place_view, tile_views
-from attnstore.models.base import RANDOM_WEIGHTS_KEY, ModelAdapter
-from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
+from attnstore.models.base import ModelAdapter
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -56,7 +54,6 @@ QWEN2_VL_CHAT_TEMPLATE = (
 
 class Qwen2VLAdapter(ModelAdapter):
     family = "qwen2_vl"
-    model_types = ("qwen2_vl",)
 
     @classmethod
     def _load_processor(cls, source: str, local_files_only: bool):
@@ -168,78 +165,3 @@ def _text_kind(token: str) -> int:
     if token == IMAGE_TOKEN or token in VISION_SPECIALS:
         return int(TokenKind.IMAGE_SPECIAL)
     return int(TokenKind.PROMPT_TEXT)
-
-
-# -- offline random-weight builder ---------------------------------------------------------
-
-TINY_DIMS = dict(
-    hidden=64,
-    intermediate=128,
-    layers=2,
-    heads=4,
-    kv_heads=2,
-    vision_embed=32,
-    vision_layers=1,
-    min_pixels=56 * 56,
-    max_pixels=28 * 28 * 64,  # at most 64 image tokens (the real model allows 1280)
-)
-
-
-def build_random_qwen2_vl(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
-    """Save a random-weight Qwen2-VL + a real Qwen2VLProcessor to `out_dir`.
-
-    The processing policy is Qwen2-VL's (smart_resize to multiples of 28 px,
-    patch 14, 2 x 2 merge, temporal patch 2) with a smaller `max_pixels` so tests
-    stay fast; the token layout is the real one, the weights are random.
-    """
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
-
-    dims = {**TINY_DIMS, **(dims or {})}
-    tokenizer = build_bpe_tokenizer(
-        [*CHAT_SPECIALS, VISION_START, VISION_END, VISION_PAD, IMAGE_TOKEN, VIDEO_TOKEN],
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": dims["min_pixels"], "longest_edge": dims["max_pixels"]},
-        patch_size=14,
-        temporal_patch_size=2,
-        merge_size=2,
-    )
-    processor = images_only_processor_class()(image_processor, tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    ids = tokenizer.convert_tokens_to_ids
-    head_dim = dims["hidden"] // dims["heads"]
-    half = head_dim // 2  # rotary frequencies, split over (t, h, w) like Qwen2-VL's [16, 24, 24] of 64
-    mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    text_config = dict(
-        **text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>"),
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
-    )
-    vision_config = dict(
-        depth=dims["vision_layers"],
-        embed_dim=dims["vision_embed"],
-        hidden_size=dims["hidden"],  # the merger projects straight to the text width
-        num_heads=2,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-    )
-    config = Qwen2VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids(IMAGE_TOKEN),
-        video_token_id=ids(VIDEO_TOKEN),
-        vision_start_token_id=ids(VISION_START),
-        vision_end_token_id=ids(VISION_END),
-    )
-    setattr(config, RANDOM_WEIGHTS_KEY, True)
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
-    model.generation_config.pad_token_id = ids("<|endoftext|>")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out

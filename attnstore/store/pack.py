@@ -9,7 +9,7 @@ from pathlib import Path
 
 import fsspec
 
-from attnstore.errors import AttnstoreError, StoreError
+from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 from attnstore.store.reader import open_dataset
 from attnstore.store.remote import is_zip, resolve_storage_options
 
@@ -41,7 +41,7 @@ def pack_store(
     if not is_zip(out):
         raise AttnstoreError(f"the output must end in .zip, got '{out}'")
     if Path(out).exists() and not overwrite:
-        raise AttnstoreError(f"'{out}' exists: pass --overwrite to replace it")
+        raise InvalidArgument("overwrite", f"is off and '{out}' exists: turn it on to replace it")
     ds = open_dataset(path, storage_options=storage_options)
     incomplete = int((ds["complete"].values == 0).sum())
     if incomplete and not allow_incomplete:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import fsspec
 
-from attnstore.errors import AttnstoreError, StoreError
+from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 
 STORAGE_OPTIONS_ENV = "ATTNSTORE_STORAGE_OPTIONS"
 READ_ONLY_PROTOCOLS = ("http", "https")
@@ -42,9 +42,9 @@ def parse_storage_options(text: str | None) -> dict | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise AttnstoreError(f"--storage-options is not valid JSON ({err.msg}): {text[:80]}") from err
+        raise InvalidArgument("storage_options", f"is not valid JSON ({err.msg}): {text[:80]}") from err
     if not isinstance(value, dict):
-        raise AttnstoreError('--storage-options must be a JSON object, e.g. \'{"endpoint_url": "http://..."}\'')
+        raise InvalidArgument("storage_options", 'must be a JSON object, e.g. \'{"endpoint_url": "http://..."}\'')
     return value
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from attnstore.models.idefics3 import parse_idefics3_layout
+from attnstore.models.idefics3_layout import parse_idefics3_layout
 from attnstore.records import extend_layout, query_positions
 from attnstore.synthetic import idefics3_tokens
 

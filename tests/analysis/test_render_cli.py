@@ -72,7 +72,7 @@ def test_overlay_blends_only_where_cells_are(synthetic_store):
     half = np.asarray(render.overlay(pixels, grid, boxes, alpha=0.5, vmin=0.0, vmax=1.0))
     expected = (pixels[ys[0], xs[0]].astype(int) + render.colormap_lut()[-1].astype(int)) / 2
     np.testing.assert_allclose(half[ys[0], xs[0]], expected, atol=1)
-    with pytest.raises(AttnstoreError, match="overlay-alpha"):
+    with pytest.raises(AttnstoreError, match="overlay_alpha"):
         render.overlay(pixels, grid, boxes, alpha=1.5)
 
 

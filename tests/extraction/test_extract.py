@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnstore.errors import AttnstoreError
+from attnstore.errors import InvalidArgument
 from attnstore.extract import extract, query_positions
 from attnstore.schema import TEXT_KINDS, TokenKind, kind_mask
 from attnstore.synthetic import _gradient_image
@@ -72,7 +72,7 @@ def test_queries_all_keeps_every_row(tiny_adapter):
 
 
 def test_query_mode_and_prompt_errors(tiny_adapter):
-    with pytest.raises(AttnstoreError, match="--queries"):
+    with pytest.raises(InvalidArgument, match="queries"):
         query_positions(np.zeros(3, np.int8), "images")
-    with pytest.raises(AttnstoreError, match="prompt is empty"):
+    with pytest.raises(InvalidArgument, match="prompt is empty"):
         extract(tiny_adapter, _gradient_image(64, 64), "   ")

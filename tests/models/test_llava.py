@@ -10,7 +10,8 @@ from attnstore.errors import ModelLoadError
 from attnstore.extract import extract
 from attnstore.geometry import View, view_boxes
 from attnstore.models import load_adapter
-from attnstore.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter, build_random_llava
+from attnstore.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
+from attnstore.models.tiny import build_random_llava
 from attnstore.schema import TokenKind
 from attnstore.synthetic import _gradient_image
 

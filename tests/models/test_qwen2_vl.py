@@ -12,9 +12,9 @@ from attnstore.models.qwen2_vl import (
     IMAGE_TOKEN,
     QWEN2_VL_CHAT_TEMPLATE,
     Qwen2VLAdapter,
-    build_random_qwen2_vl,
     images_only_processor_class,
 )
+from attnstore.models.tiny import build_random_qwen2_vl
 from attnstore.schema import TokenKind
 from attnstore.synthetic import _gradient_image
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from attnstore.geometry import View, box_to_pixels, tile_views, view_boxes
-from attnstore.models.idefics3 import parse_idefics3_layout
+from attnstore.models.idefics3_layout import parse_idefics3_layout
 from attnstore.schema import TokenKind
 from attnstore.synthetic import _gradient_image, idefics3_tokens
 

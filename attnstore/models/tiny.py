@@ -1,0 +1,259 @@
+"""Tiny random-weight models built offline, one per family (tests, the geometry demo, benchmarks).
+
+Each builder saves a random-weight model and a *real* processor of its family to a folder that
+`attnstore.models.load_adapter` and plain transformers load: the token layout and image geometry
+are the family's real ones; only the weights (and the dims) are not. Every config carries
+RANDOM_WEIGHTS_KEY, so stores made from them say so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from attnstore.models import llava, qwen2_vl
+from attnstore.models.base import RANDOM_WEIGHTS_KEY
+from attnstore.models.idefics3_layout import (
+    CHAT_SPECIALS as IDEFICS3_SPECIALS,
+)
+from attnstore.models.idefics3_layout import (
+    END_OF_UTTERANCE,
+    FAKE_TOKEN,
+    GLOBAL_TOKEN,
+    ROW_COL_TOKENS,
+    SMOLVLM_CHAT_TEMPLATE,
+)
+from attnstore.models.idefics3_layout import IMAGE_TOKEN as IDEFICS3_IMAGE_TOKEN
+from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
+
+# -- Idefics3 / SmolVLM ----------------------------------------------------------------------
+
+
+IDEFICS3_TINY_DIMS = dict(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vision_hidden=32, vision_layers=1)
+# SmolVLM-256M's text dims; the vision tower stays small (it does not change the store).
+IDEFICS3_REAL_DIMS = dict(
+    hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, vision_hidden=64, vision_layers=1
+)
+
+
+def build_random_idefics3(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
+    """Save a random-weight Idefics3 + a real Idefics3Processor (SmolVLM geometry) to `out_dir`.
+
+    The token layout and tile geometry are the real ones (512 px tiles, 8 x 8
+    patches each, images upscaled to longest edge 2048); only the weights are random.
+    """
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        LlamaConfig,
+    )
+    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+
+    dims = {**IDEFICS3_TINY_DIMS, **(dims or {})}
+    specials = [*IDEFICS3_SPECIALS, FAKE_TOKEN, IDEFICS3_IMAGE_TOKEN, GLOBAL_TOKEN, *ROW_COL_TOKENS]
+    tokenizer = build_bpe_tokenizer(
+        specials,
+        bos_token="<|im_start|>",
+        eos_token=END_OF_UTTERANCE,
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": 2048},
+        max_image_size={"longest_edge": 512},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        resample=1,  # LANCZOS, as SmolVLM
+    )
+    processor = Idefics3Processor(image_processor, tokenizer, image_seq_len=64, chat_template=SMOLVLM_CHAT_TEMPLATE)
+    ids = tokenizer.convert_tokens_to_ids
+    text_config = LlamaConfig(
+        **text_config_kwargs(dims, tokenizer, "<|im_start|>", END_OF_UTTERANCE, "<|endoftext|>", max_positions=8192)
+    )
+    vision_config = Idefics3VisionConfig(
+        hidden_size=dims["vision_hidden"],
+        intermediate_size=2 * dims["vision_hidden"],
+        num_hidden_layers=dims["vision_layers"],
+        num_attention_heads=2,
+        patch_size=16,
+        image_size=512,
+    )
+    config = Idefics3Config(
+        text_config=text_config, vision_config=vision_config, scale_factor=4, image_token_id=ids(IDEFICS3_IMAGE_TOKEN)
+    )
+    setattr(config, RANDOM_WEIGHTS_KEY, True)
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids(END_OF_UTTERANCE)
+    model.generation_config.pad_token_id = ids("<|endoftext|>")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+# -- LLaVA-1.5 -------------------------------------------------------------------------------
+
+
+LLAVA_TINY_DIMS = dict(
+    hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vision_hidden=32, vision_layers=2, image_size=112
+)
+
+
+def build_random_llava(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
+    """Save a random-weight LLaVA-1.5 + a real LlavaProcessor (CLIP resize + centre crop) to `out_dir`.
+
+    The processing policy is LLaVA-1.5's (shortest edge to `image_size`, central
+    `image_size` square, patch 14, CLS dropped) at a small `image_size` (112 ->
+    8 x 8 tokens instead of 336 -> 24 x 24), so tests stay fast; weights are random.
+    """
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    dims = {**LLAVA_TINY_DIMS, **(dims or {})}
+    tokenizer = build_bpe_tokenizer(
+        [*llava.CHAT_SPECIALS, llava.IMAGE_TOKEN],
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+    tokenizer.add_bos_token = True  # Llama's tokenizer starts every text with <s>
+    tokenizer.update_post_processor()
+    side = dims["image_size"]
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    processor = LlavaProcessor(
+        image_processor,
+        tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+        chat_template=llava.LLAVA_CHAT_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    text_config = LlamaConfig(**text_config_kwargs(dims, tokenizer, "<s>", "</s>", "<pad>"))
+    vision_config = CLIPVisionConfig(
+        hidden_size=dims["vision_hidden"],
+        intermediate_size=2 * dims["vision_hidden"],
+        num_hidden_layers=dims["vision_layers"],
+        num_attention_heads=2,
+        patch_size=14,
+        image_size=side,
+        projection_dim=dims["vision_hidden"],
+    )
+    config = LlavaConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=ids(llava.IMAGE_TOKEN),
+        image_seq_length=(side // 14) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    setattr(config, RANDOM_WEIGHTS_KEY, True)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids("</s>")
+    model.generation_config.pad_token_id = ids("<pad>")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+# -- Qwen2-VL --------------------------------------------------------------------------------
+
+
+QWEN2_VL_TINY_DIMS = dict(
+    hidden=64,
+    intermediate=128,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    vision_embed=32,
+    vision_layers=1,
+    min_pixels=56 * 56,
+    max_pixels=28 * 28 * 64,  # at most 64 image tokens (the real model allows 1280)
+)
+
+
+def build_random_qwen2_vl(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
+    """Save a random-weight Qwen2-VL + a real Qwen2VLProcessor to `out_dir`.
+
+    The processing policy is Qwen2-VL's (smart_resize to multiples of 28 px,
+    patch 14, 2 x 2 merge, temporal patch 2) with a smaller `max_pixels` so tests
+    stay fast; the token layout is the real one, the weights are random.
+    """
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    dims = {**QWEN2_VL_TINY_DIMS, **(dims or {})}
+    tokenizer = build_bpe_tokenizer(
+        [
+            *qwen2_vl.CHAT_SPECIALS,
+            qwen2_vl.VISION_START,
+            qwen2_vl.VISION_END,
+            qwen2_vl.VISION_PAD,
+            qwen2_vl.IMAGE_TOKEN,
+            qwen2_vl.VIDEO_TOKEN,
+        ],
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": dims["min_pixels"], "longest_edge": dims["max_pixels"]},
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    processor = qwen2_vl.images_only_processor_class()(
+        image_processor, tokenizer, chat_template=qwen2_vl.QWEN2_VL_CHAT_TEMPLATE
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = dims["hidden"] // dims["heads"]
+    half = head_dim // 2  # rotary frequencies, split over (t, h, w) like Qwen2-VL's [16, 24, 24] of 64
+    mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    text_config = dict(
+        **text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>"),
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
+    )
+    vision_config = dict(
+        depth=dims["vision_layers"],
+        embed_dim=dims["vision_embed"],
+        hidden_size=dims["hidden"],  # the merger projects straight to the text width
+        num_heads=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    config = Qwen2VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids(qwen2_vl.IMAGE_TOKEN),
+        video_token_id=ids(qwen2_vl.VIDEO_TOKEN),
+        vision_start_token_id=ids(qwen2_vl.VISION_START),
+        vision_end_token_id=ids(qwen2_vl.VISION_END),
+    )
+    setattr(config, RANDOM_WEIGHTS_KEY, True)
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
+    model.generation_config.pad_token_id = ids("<|endoftext|>")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+BUILDERS = {"idefics3": build_random_idefics3, "llava": build_random_llava, "qwen2_vl": build_random_qwen2_vl}
