@@ -1,12 +1,18 @@
 """attnstore: store and explore the attention of vision-language models.
 
-import attnstore as at
-ds = at.open_dataset("store.zarr")   # xarray.Dataset (image, layer, head, query, key)
+    import attnstore as at
+    ds = at.open_dataset("store.zarr")          # xarray.Dataset (image, layer, head, query, key)
+    grid = ds.attn.heatmap(token="dog", image=0) # the `ds.attn` accessor is registered on import
+
+Importing attnstore loads the store, the analysis and the accessor; never torch or
+transformers (only running a model needs them: `attnstore.models`, `attnstore.extract`).
 """
 
 __version__ = "0.1.0"
 
+from attnstore import analysis  # noqa: E402,F401  (registers the `ds.attn` accessor)
+from attnstore.analysis import MapSpec, compute_map  # noqa: E402
 from attnstore.errors import AttnstoreError  # noqa: E402
 from attnstore.store import open_dataset  # noqa: E402
 
-__all__ = ["AttnstoreError", "open_dataset", "__version__"]
+__all__ = ["AttnstoreError", "MapSpec", "analysis", "compute_map", "open_dataset", "__version__"]

@@ -11,15 +11,15 @@ import typer
 from attnstore.cli import app
 from attnstore.errors import AttnstoreError
 
-METHOD_HELP = "mean | max | entropy_topk (the seed's: top-k per head, weighted by sum x (1 - entropy)) | rollout."
-NORMALISE_HELP = "raw (as stored) | image (renormalised over image patches) | no_sinks (sinks removed, then image)."
+METHOD_HELP = "How layers and heads combine: see `attnstore methods` for every registered method."
+NORMALISE_HELP = "Row normalisation before combining: see `attnstore methods`."
 LAYERS_HELP = "Layers, e.g. 0-29 or 0,3,5-7 (default: all)."
 HEADS_HELP = "Heads, e.g. 0-8 (default: all)."
 
 
-def _check_writable(path: Path | None, option: str) -> None:
-    if path is not None and not path.parent.is_dir():
-        raise AttnstoreError(f"{option} {path}: folder {path.parent} does not exist")
+def _check_writable(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise AttnstoreError(f"cannot write {path}: folder {path.parent} does not exist")
 
 
 @app.command()
@@ -31,7 +31,9 @@ def heatmap(
     layers: Annotated[str | None, typer.Option(help=LAYERS_HELP)] = None,
     heads: Annotated[str | None, typer.Option(help=HEADS_HELP)] = None,
     topk: Annotated[int, typer.Option(help="k of entropy_topk.")] = 10,
-    method: Annotated[str, typer.Option(help=METHOD_HELP)] = "entropy_topk",
+    method: Annotated[
+        str, typer.Option(help=METHOD_HELP)
+    ] = "entropy_topk",
     normalise: Annotated[str, typer.Option(help=NORMALISE_HELP)] = "raw",
     view: Annotated[str, typer.Option(help="tiles (stitched tile grid) | global (the thumbnail's grid).")] = "tiles",
     image_keys: Annotated[
@@ -40,46 +42,51 @@ def heatmap(
     output: Annotated[Path, typer.Option(help="Heatmap PNG.")] = Path("token_heatmap.png"),
     overlay: Annotated[Path | None, typer.Option(help="Overlay PNG on the image (nearest-neighbour cells).")] = None,
     overlay_alpha: Annotated[float, typer.Option(help="Overlay opacity, 0-1.")] = 0.5,
-    csv: Annotated[Path | None, typer.Option(help="Also write the grid as CSV (NaN = no patch).")] = None,
+    csv: Annotated[Path | None, typer.Option(help="Also write the map as CSV, one row per patch token.")] = None,
+    svg: Annotated[Path | None, typer.Option(help="Also write the overlay as standalone SVG.")] = None,
+    json: Annotated[Path | None, typer.Option(help="Also write the map (spec + grids) as JSON.")] = None,
     cmap: Annotated[str, typer.Option(help="viridis | magma | inferno | plasma | cividis | turbo | ...")] = "viridis",
     cell_px: Annotated[int, typer.Option(help="Pixels per grid cell in the heatmap PNG.")] = 16,
 ) -> None:
     """Heatmap of one token's attention over the image (the seed's compute_token_heatmap.py)."""
-    from attnstore import analysis as A
-    from attnstore import render
+    from attnstore.analysis import MapSpec, compute_map
+    from attnstore.render import Style, export_map
     from attnstore.store import open_dataset
 
-    if not 0.0 <= overlay_alpha <= 1.0:
-        raise AttnstoreError(f"--overlay-alpha must be between 0 and 1, got {overlay_alpha}")
-    for path, option in ((output, "--output"), (overlay, "--overlay"), (csv, "--csv")):
-        _check_writable(path, option)
+    files = {"png": output, "overlay": overlay, "csv": csv, "svg": svg, "json": json}
+    files = {fmt: path for fmt, path in files.items() if path is not None}
+    for path in files.values():
+        _check_writable(path)
+    style = Style(cmap=cmap, opacity=overlay_alpha, cell_px=cell_px).checked()
     ds = open_dataset(store)
-    index = ds.attn.image_index(int(image) if image.lstrip("-").isdigit() else image)
-    lay = A.parse_range(layers, ds.sizes["layer"], "layers")
-    hea = A.parse_range(heads, ds.sizes["head"], "heads")
-    img = A.select_image(ds, index)
-    q = A.find_token(img, token, occurrence)
-    weights = A.normalise(A.token_weights(img, q), img, normalise)
-    combined = A.reduce_heads(weights, img, method, layers=lay, heads=hea, k=topk, keys=image_keys)  # [key]
-    grid = A.patch_grid(combined, img, view).values
+    spec = MapSpec.from_cli(
+        ds, image=image, layers=layers, heads=heads, token=token, occurrence=occurrence, method=method, k=topk,
+        normalise=normalise, keys=image_keys, view=view,
+    )  # fmt: skip
+    result = compute_map(ds, spec)
+    grid = result.grid().values
     if grid.size == 0:
-        raise AttnstoreError(f"image {index} has no {view} grid (0 tiles); try --view global")
-    render.heatmap_image(grid, cmap=cmap, cell_px=cell_px).save(output)
-    written = [output]
-    if overlay is not None:
-        boxes = A.grid_boxes(img, view).values
-        render.overlay(img["pixels"].values, grid, boxes, alpha=overlay_alpha, cmap=cmap).save(overlay)
-        written.append(overlay)
-    if csv is not None:
-        np.savetxt(csv, grid, delimiter=",", fmt="%.8g")
-        written.append(csv)
+        raise AttnstoreError(f"image {spec.image} has no {view} grid (0 tiles); try --view global")
+    for fmt, path in files.items():
+        path.write_bytes(export_map(result, fmt, style))
     peak = tuple(int(i) for i in np.unravel_index(np.nanargmax(grid), grid.shape)) if np.isfinite(grid).any() else None
-    position = int(img["query_position"].values[q])
     typer.echo(
-        f"{token!r}: row {q} (position {position}, {str(img['token_text'].values[position])!r}) of image {index} "
-        f"({ds['image_name'].values[index]}), {grid.shape[0]}x{grid.shape[1]} {view} grid, peak at (row, col) {peak}"
+        f"{token!r}: row {result.row} (position {result.position}, {result.token!r}) of image {spec.image} "
+        f"({ds['image_name'].values[spec.image]}), {grid.shape[0]}x{grid.shape[1]} {view} grid, peak at (row, col) "
+        f"{peak}; {spec.describe()}"
     )
-    typer.echo("wrote " + ", ".join(str(p) for p in written))
+    typer.echo("wrote " + ", ".join(str(p) for p in files.values()))
+
+
+@app.command()
+def methods() -> None:
+    """The registered map methods and normalisations (what --method and --normalise accept)."""
+    from attnstore.analysis import METHODS, NORMALISATIONS
+
+    for title, registry in (("methods (--method)", METHODS), ("normalisations (--normalise)", NORMALISATIONS)):
+        typer.echo(title)
+        for entry in registry.values():
+            typer.echo(f"  {entry.name:<14} {entry.summary}")
 
 
 @app.command()
@@ -87,7 +94,9 @@ def aggregate(
     store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")],
     token: Annotated[str, typer.Option(help="Token text; every image whose text contains it is used.")],
     out: Annotated[Path, typer.Option(help="Table: .csv / .parquet (+ <stem>_mean_map beside it), .nc or .zarr.")],
-    method: Annotated[str, typer.Option(help=METHOD_HELP)] = "entropy_topk",
+    method: Annotated[
+        str, typer.Option(help=METHOD_HELP)
+    ] = "entropy_topk",
     layers: Annotated[str | None, typer.Option(help=LAYERS_HELP)] = None,
     heads: Annotated[str | None, typer.Option(help=HEADS_HELP)] = None,
     topk: Annotated[int, typer.Option(help="k of entropy_topk.")] = 10,

@@ -54,3 +54,15 @@ def open_dataset(path: str, storage_options: dict | None = None, chunks=None) ->
         raise StoreError(f"no attnstore store at '{path}'") from err
     check_attrs(ds.attrs, path)
     return ds
+
+
+def read_concurrently(read, items) -> list:
+    """`[read(item) for item in items]`, the reads issued at once on a few threads (each only waits
+    on storage: several small variables or rows of one image). Threads live for this call only."""
+    items = list(items)
+    if len(items) <= 1:
+        return [read(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, len(items)), thread_name_prefix="attnstore-read") as pool:
+        return list(pool.map(read, items))

@@ -141,7 +141,7 @@ def test_normalise_image_mode_and_zero_rows(image_factory, rng):
         a = w.values[layer, head, idx]
         np.testing.assert_allclose(out[layer, head, idx], a / a.sum(), rtol=1e-5)
     assert A.normalise(w, img, "raw") is w
-    with pytest.raises(AttnstoreError, match="normalisation must be one of"):
+    with pytest.raises(AttnstoreError, match="normalise must be one of"):
         A.normalise(w, img, "weird")
 
 

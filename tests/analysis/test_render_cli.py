@@ -34,7 +34,7 @@ def test_colormap_matches_plotly_endpoints_and_nan_is_transparent():
     rgba = render.colorize(np.array([[0.0, np.nan], [0.5, 1.0]]))
     assert rgba[0, 1, 3] == 0 and (rgba[[0, 1, 1], [0, 0, 1], 3] == 255).all()
     assert tuple(rgba[1, 1, :3]) == tuple(lut[-1])
-    with pytest.raises(AttnstoreError, match="unknown colormap"):
+    with pytest.raises(AttnstoreError, match="cmap 'nope' is unknown"):
         render.colormap_lut("nope")
 
 
@@ -93,7 +93,12 @@ def test_heatmap_cli_outputs_match_library(synthetic_store, tmp_path, capsys):
     assert main(args) == 0  # fmt: skip
     ds = open_dataset(synthetic_store)
     expected = ds.attn.heatmap(token="jacket", image=1, layers=[0, 1], k=5).values
-    np.testing.assert_allclose(np.loadtxt(csv, delimiter=","), expected, rtol=1e-6)
+    table = pd.read_csv(csv)  # long format: one row per patch token of both grids
+    tiles = table[table["view"] == "tiles"]
+    got = np.full(expected.shape, np.nan)
+    got[tiles["grid_row"], tiles["grid_col"]] = tiles["value"]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert (table["view"] == "global").sum() == int(ds.global_rows[1] * ds.global_cols[1])
     assert Image.open(out).size == (expected.shape[1] * 16, expected.shape[0] * 16)
     assert Image.open(ov).size == (int(ds.image_width[1]), int(ds.image_height[1]))
     assert "wrote" in capsys.readouterr().out

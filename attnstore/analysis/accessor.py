@@ -1,0 +1,125 @@
+"""`ds.attn`: the Dataset accessor (registered by `import attnstore`) and the home of every cache.
+
+xarray keeps one accessor object per Dataset object, so caches here live exactly as long as the
+opened store and never leak across stores (no module-level state).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from attnstore.analysis.cache import LRU
+from attnstore.analysis.keys import normalise
+from attnstore.analysis.maps import MapResult, MapSpec, compute_map
+from attnstore.analysis.reduce import entropy, image_share
+from attnstore.analysis.select import select_image, token_weights
+from attnstore.analysis.tokens import find_token
+from attnstore.errors import NotFound
+
+CACHE_SIZES = {"image": 8, "weights": 64}  # images kept selected; token rows kept (float32, ~1 MB each)
+
+
+@xr.register_dataset_accessor("attn")
+class AttnAccessor:
+    """`ds.attn`: token maps, per-head statistics and cached reads on an attnstore Dataset."""
+
+    def __init__(self, ds: xr.Dataset):
+        self._ds = ds
+        self._caches: dict[str, LRU] = {}
+
+    # -- caches ---------------------------------------------------------------------------------
+    def cached(self, kind: str, make: Callable[[], Any], key: Hashable = None, maxsize: int | None = None) -> Any:
+        """`make()` computed once per (`kind`, `key`) for this Dataset (LRU of `maxsize`)."""
+        cache = self._caches.setdefault(kind, LRU(maxsize or CACHE_SIZES.get(kind, 16)))
+        return cache.get(key, make)
+
+    def refresh(self) -> None:
+        """Forget everything cached (e.g. after images were added to the store by a writer)."""
+        for cache in self._caches.values():
+            cache.clear()
+
+    # -- images and rows ---------------------------------------------------------------------------
+    def image(self, image: int | str = 0) -> xr.Dataset:
+        """One image by index or by `image_name` (`select_image`; cached)."""
+        index = self.image_index(image)
+        return self.cached("image", lambda: select_image(self._ds, index), key=index)
+
+    def image_index(self, image: int | str) -> int:
+        if isinstance(image, (int, np.integer)):
+            return int(image)
+        names = self.cached("names", lambda: [str(n) for n in self._ds["image_name"].values])
+        if image in names:
+            return names.index(image)
+        if str(image).lstrip("-").isdigit():
+            return int(image)
+        close = difflib.get_close_matches(str(image), names, n=3)
+        raise NotFound(f"no image named '{image}' in the store" + (f"; close: {close}" if close else ""), "image")
+
+    def weights(self, image: int, row: int, normalise_mode: str = "raw") -> xr.DataArray:
+        """One token's attention  # [layer, head, key] float32, normalised; reads one chunk, cached."""
+        img = self.image(image)
+        raw = self.cached("weights", lambda: token_weights(img, row), key=(image, row, "raw"))
+        if normalise_mode == "raw":
+            return raw
+        return self.cached("weights", lambda: normalise(raw, img, normalise_mode), key=(image, row, normalise_mode))
+
+    def token(self, token: str | int, image: int | str = 0, occurrence: int = 0) -> xr.DataArray:
+        """Weights of one token  # [layer, head, key]; `token` is text or a query row index."""
+        index = self.image_index(image)
+        img = self.image(index)
+        row = token if isinstance(token, (int, np.integer)) else find_token(img, token, occurrence)
+        return self.weights(index, int(row))
+
+    # -- maps ------------------------------------------------------------------------------------
+    def map(self, spec: MapSpec | None = None, **fields) -> MapResult:
+        """`compute_map` for `spec` (or a MapSpec built from `fields`)."""
+        return compute_map(self._ds, spec if spec is not None else MapSpec(**fields))
+
+    def heatmap(
+        self,
+        token: str | int,
+        image: int | str = 0,
+        occurrence: int = 0,
+        layers=None,
+        heads=None,
+        method: str = "entropy_topk",
+        k: int = 10,
+        view: str = "tiles",
+        normalise: str = "raw",
+        keys: str = "all",
+    ) -> xr.DataArray:
+        """A token's map on an image grid (see `patch_grid`), NaN where no patch token.
+
+        `token` is text (BPE-aware) or a stored query row; `layers`/`heads` an int, slice, list or
+        None (= all). Returns a labelled DataArray (attrs: method, k, normalise, query, token, ...).
+        """
+        which = {"row": int(token)} if isinstance(token, (int, np.integer)) else {"token": token}
+        spec = MapSpec(
+            image=self.image_index(image), occurrence=occurrence, layers=self._indices("layer", layers),
+            heads=self._indices("head", heads), method=method, k=k, normalise=normalise, keys=keys, view=view, **which,
+        )  # fmt: skip
+        return self.map(spec).grid()
+
+    def _indices(self, dim: str, sel) -> tuple[int, ...] | None:
+        if sel is None:
+            return None
+        every = range(self._ds.sizes[dim])
+        if isinstance(sel, slice):
+            return tuple(every[sel])
+        if isinstance(sel, (int, np.integer)):
+            return (int(sel),)
+        return tuple(int(i) for i in sel)
+
+    # -- per-head statistics --------------------------------------------------------------------------
+    def image_share(self, token: str | int, image: int | str = 0, occurrence: int = 0) -> xr.DataArray:
+        """Fraction of the token's attention on image patches  # [layer, head]."""
+        return image_share(self.token(token, image, occurrence), self.image(image))
+
+    def entropy(self, token: str | int, image: int | str = 0, occurrence: int = 0) -> xr.DataArray:
+        """Normalised entropy of the token's image attention  # [layer, head]."""
+        return entropy(self.token(token, image, occurrence), self.image(image))

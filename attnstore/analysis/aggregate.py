@@ -1,0 +1,261 @@
+"""Dataset-level aggregates: every occurrence of a token across a store, summarised per occurrence,
+plus the mean map on a common normalised grid; streamed as dask tasks, bounded memory."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from attnstore.analysis.grid import patch_grid, resample_density
+from attnstore.analysis.kernels import entropy_np, entropy_topk_np, fp16_to_fp32, scatter_np
+from attnstore.analysis.keys import image_key_mask, normalise
+from attnstore.analysis.reduce import METHODS, reduce_heads, rollout
+from attnstore.analysis.select import read_rows_fp16, select_image, select_layers_heads
+from attnstore.analysis.tokens import TokenNotFoundError, token_occurrences
+from attnstore.errors import InvalidArgument
+from attnstore.schema import BOX_CORNERS, KEY, QUERY, TokenKind
+from attnstore.store.reader import read_concurrently
+
+AGGREGATE_GRID = 32  # side of the common normalised grid the per-occurrence maps are averaged on
+
+
+AGGREGATE_FORMATS = (".csv", ".parquet", ".nc", ".zarr")
+
+
+def summarise_rows(
+    img: xr.Dataset,
+    rows: list[int],
+    method: str = "entropy_topk",
+    layers=None,
+    heads=None,
+    k: int = 10,
+    normalise_mode: str = "raw",
+    grid_size: int = AGGREGATE_GRID,
+) -> xr.Dataset:
+    """Per-occurrence summaries of some query rows of one image.
+
+    Returns a Dataset over `occurrence` (one per row): image_share and entropy (means over
+    the selected layers/heads of the raw rows), map_entropy (of the combined map), the
+    peak of the map (key, view, grid row/col, box), and `density` [occurrence, y, x]: the
+    map's tile grid resampled onto a grid_size x grid_size normalised grid (`resample_density`).
+    """
+    columns = _summarise(img, rows, method, layers, heads, k, normalise_mode, grid_size)
+    density = columns.pop("density")
+    return xr.Dataset({name: ("occurrence", v) for name, v in columns.items()}).assign(
+        density=(("occurrence", "y", "x"), density)
+    )
+
+
+def _summarise(img, rows, method, layers, heads, k, normalise_mode, grid_size) -> dict[str, np.ndarray]:
+    """`summarise_rows` as plain columns (cheap to concatenate across thousands of images)."""
+    att = img["attention"]
+    w16 = xr.DataArray(read_rows_fp16(img, rows), dims=("occurrence", *(d for d in att.dims if d != QUERY)))
+    w16 = select_layers_heads(w16, layers, heads).values  # [occ, layer, head, key] float16
+    mask = image_key_mask(img).values
+    idx = np.flatnonzero(mask)
+    # Gather the image keys on the 2-byte values, then convert only those (shared by every summary).
+    a = fp16_to_fp32(np.take(w16, idx, axis=-1))  # [occ, layer, head, n]
+    attn_sum = a.sum(-1)  # [occ, layer, head]
+    row_sum = attn_sum + fp16_to_fp32(np.take(w16, np.flatnonzero(~mask), axis=-1)).sum(-1)
+    heads_ent = entropy_np(a, attn_sum)
+    if method == "entropy_topk" and normalise_mode in ("raw", "image"):
+        # Same kernel as reduce_heads, reusing the sums and entropies: "image" renormalisation
+        # only changes attn_sum (top-k renormalisation and entropy are scale-free).
+        sums = attn_sum if normalise_mode == "raw" else (attn_sum > 0).astype(np.float32)
+        maps = scatter_np(entropy_topk_np(a, k, attn_sum=sums, ent=heads_ent), idx, mask.shape[0])  # [occ, key]
+    elif method == "rollout":
+        maps = np.stack([rollout(img, r, layers=layers, heads=heads).values for r in rows])
+    else:
+        w = xr.DataArray(fp16_to_fp32(w16), dims=("occurrence", "layer", "head", KEY))
+        maps = reduce_heads(normalise(w, img, normalise_mode), img, method=method, k=k).values
+    on_image = np.where(mask, maps, -np.inf)  # [occ, key]
+    peak, best = on_image.argmax(-1), on_image.max(-1)  # [occ]
+    has_peak = np.isfinite(best) & (best > 0)
+    kind = np.asarray(img["token_kind"].values)[peak]
+    box = np.where(has_peak[:, None], np.asarray(img["patch_box"].values)[peak], np.nan)  # [occ, 4]
+    # The maps and the patch boxes (what `grid_boxes` places) onto the tile grid in one call: ~0.3 ms less per image.
+    boxes_t = np.asarray(img["patch_box"].transpose("box", KEY).values, np.float32)  # [box, key]
+    placed = patch_grid(xr.DataArray(np.concatenate([maps, boxes_t]), dims=("occurrence", KEY)), img, "tiles").values
+    grid, cell_boxes = placed[: len(rows)], np.moveaxis(placed[len(rows) :], 0, -1)  # [occ, r, c], [r, c, box]
+    positions = np.asarray(img["query_position"].values)[rows]
+    texts = np.asarray(img["token_text"].values)
+    return {
+        "query": np.asarray(rows, np.int32),
+        "position": positions.astype(np.int32),
+        "token": np.array([str(texts[p]) for p in positions], dtype=object),
+        "image_share": np.where(row_sum > 0, attn_sum / np.where(row_sum > 0, row_sum, 1), 0).mean((1, 2)),
+        "entropy": heads_ent.mean((1, 2)).astype(np.float32),
+        "map_entropy": entropy_np(np.take(maps, idx, axis=-1)),
+        "peak_key": np.where(has_peak, peak, -1).astype(np.int32),
+        "peak_view": np.array([_view_name(k) if p else "" for k, p in zip(kind, has_peak)], dtype=object),
+        "peak_row": np.where(has_peak, np.asarray(img["patch_row"].values)[peak], -1).astype(np.int16),
+        "peak_col": np.where(has_peak, np.asarray(img["patch_col"].values)[peak], -1).astype(np.int16),
+        **{f"peak_{c}": box[:, i].astype(np.float32) for i, c in enumerate(BOX_CORNERS)},
+        "peak_value": np.where(has_peak, best, np.nan).astype(np.float32),
+        "density": resample_density(grid, cell_boxes, grid_size),  # [occ, y, x]
+    }
+
+
+def _view_name(kind: int) -> str:
+    return "global" if kind == TokenKind.IMAGE_GLOBAL else "tile"
+
+
+def _image_summary(ds: xr.Dataset, image: int, token: str, opts: dict) -> dict[str, np.ndarray] | None:
+    """Columns for every occurrence of `token` in one image (None if it does not occur)."""
+    img = select_image(ds, image)
+    rows = token_occurrences(img, token)
+    if not rows:
+        return None
+    n = len(rows)
+    return {
+        "image": np.full(n, image, np.int32),
+        "image_name": np.array([str(img["image_name"].values)] * n, dtype=object),
+        "occurrence_index": np.arange(n, dtype=np.int32),
+        "tile_rows": np.full(n, int(img["tile_rows"]), np.int16),
+        "tile_cols": np.full(n, int(img["tile_cols"]), np.int16),
+        **_summarise(img, rows, **opts),
+    }
+
+
+_PRELOAD_VARS = (
+    "query_position",
+    "token_text",
+    "token_kind",
+    "patch_row",
+    "patch_col",
+    "patch_box",
+    "n_query",
+    "n_key",
+    "image_name",
+    "tile_rows",
+    "tile_cols",
+    "grid_rows",
+    "grid_cols",
+)
+
+
+def _preload(ds: xr.Dataset, images: list[int]) -> tuple[int, xr.Dataset]:
+    """The images lo..hi of a batch with the small variables loaded: one multi-chunk read per
+    variable (zarr fetches the chunks concurrently) instead of one read per image and variable."""
+    lo, hi = int(min(images)), int(max(images)) + 1
+    sub = ds[["attention", *(v for v in _PRELOAD_VARS if v in ds)]].isel(image=slice(lo, hi))
+    read_concurrently(lambda name: sub[name].variable.load(), [v for v in _PRELOAD_VARS if v in sub])
+    return lo, sub
+
+
+def aggregate_token(
+    ds: xr.Dataset,
+    token: str,
+    method: str = "entropy_topk",
+    layers=None,
+    heads=None,
+    k: int = 10,
+    normalise_mode: str = "raw",
+    grid_size: int = AGGREGATE_GRID,
+    images: list[int] | None = None,
+    num_workers: int = 2,
+    batch_size: int = 32,
+    on_image=None,
+) -> xr.Dataset:
+    """Every occurrence of a token across a store: one row per (image, occurrence) + the mean map.
+
+    Streams: images are processed as dask tasks (threads, `num_workers`) in batches of
+    `batch_size`, each task reading only its image's token rows (one chunk per row), so
+    memory stays bounded whatever the store size. Only complete images are used.
+
+    Returns
+    -------
+    xr.Dataset with per-occurrence variables over `occurrence` (image, image_name,
+    occurrence_index, query, position, token, image_share, entropy, map_entropy, peak_*,
+    tile_rows, tile_cols) and `mean_map` / `count` [y, x]: the mean of the per-occurrence
+    density maps on a common grid_size x grid_size grid over the normalised image (tile
+    views only; 1 = uniform attention over the image, see `resample_density`).
+    """
+    import dask
+
+    METHODS.check(method)
+    opts = dict(method=method, layers=layers, heads=heads, k=k, normalise_mode=normalise_mode, grid_size=grid_size)
+    todo = list(np.flatnonzero(np.asarray(ds["complete"].values).astype(bool))) if images is None else images
+    parts, total, count = [], np.zeros((grid_size, grid_size)), np.zeros((grid_size, grid_size))
+    task = dask.delayed(_image_summary, name="attnstore-aggregate", pure=False)  # named: ds is never hashed
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        lo, sub = _preload(ds, batch)
+        calls = [task(sub, int(i) - lo, token, opts, dask_key_name=f"aggregate-image-{i}") for i in batch]
+        for result in dask.compute(*calls, scheduler="threads", num_workers=num_workers):
+            if result is not None:
+                result["image"] += lo
+                dens = result.pop("density")
+                total += np.nansum(dens, axis=0)
+                count += np.isfinite(dens).sum(0)
+                parts.append(result)
+        if on_image:
+            on_image(len(batch))
+    if not parts:
+        raise TokenNotFoundError(f"token '{token}' occurs in none of the {len(todo)} complete images")
+    table = xr.Dataset({name: ("occurrence", np.concatenate([p[name] for p in parts])) for name in parts[0]})
+    mean = np.where(count > 0, total / np.where(count > 0, count, 1), np.nan).astype(np.float32)
+    centres = (np.arange(grid_size) + 0.5) / grid_size
+    return (
+        table.assign(
+            mean_map=(("y", "x"), mean, {"long_name": "mean attention density (1 = uniform over the image)"}),
+            count=(("y", "x"), count.astype(np.int32)),
+        )
+        .assign_coords(y=centres, x=centres)
+        .assign_attrs(
+            token=token,
+            method=method,
+            k=k,
+            normalise=normalise_mode,
+            layers=str(layers),
+            heads=str(heads),
+            grid=f"{grid_size}x{grid_size} normalised image grid; tile maps resampled by patch_box, / cell area",
+        )
+    )
+
+
+def save_aggregate(result: xr.Dataset, path: str | Path) -> list[Path]:
+    """Write an `aggregate_token` result: .csv / .parquet (table + `<stem>_mean_map` beside it),
+    .nc or .zarr (one Dataset). Returns the files written."""
+    path = Path(path)
+    suffix = check_aggregate_output(path)
+    if suffix == ".nc":
+        result.to_netcdf(path)
+        return [path]
+    if suffix == ".zarr":
+        with warnings.catch_warnings():  # zarr notes that consolidated metadata is not in the v3 spec yet
+            warnings.simplefilter("ignore")
+            result.to_zarr(path, mode="w", zarr_format=3, consolidated=True)
+        return [path]
+    table = result.drop_vars(["mean_map", "count", "x", "y"]).to_dataframe()
+    mean = result["mean_map"].to_pandas()  # rows = y, columns = x
+    mean_path = path.with_name(f"{path.stem}_mean_map{suffix}")
+    if suffix == ".csv":
+        table.to_csv(path)
+        mean.to_csv(mean_path)
+    else:
+        table.to_parquet(path)
+        mean.columns = [f"{c:.6g}" for c in mean.columns]
+        mean.to_parquet(mean_path)
+    return [path, mean_path]
+
+
+def check_aggregate_output(path: str | Path) -> str:
+    """The output's format (suffix), after checking it can be written here (before any work is done)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in AGGREGATE_FORMATS:
+        raise InvalidArgument("out", f"must end in {', '.join(AGGREGATE_FORMATS)}, not '{path.name}'")
+    if not path.parent.is_dir():
+        raise InvalidArgument("out", f"{path}: folder {path.parent} does not exist")
+    if suffix == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise InvalidArgument(
+            "out", "ends in .parquet, which needs pyarrow (pip install pyarrow); or use .csv/.nc/.zarr"
+        )
+    if suffix == ".nc" and not any(importlib.util.find_spec(m) for m in ("netCDF4", "h5netcdf", "scipy")):
+        raise InvalidArgument("out", "ends in .nc, which needs netCDF4, h5netcdf or scipy (pip install h5netcdf)")
+    return suffix

@@ -1,0 +1,86 @@
+"""Which keys count: image-patch masks, attention sinks, and row normalisations (a registry)."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from attnstore.analysis.registry import Registry
+from attnstore.errors import InvalidArgument
+from attnstore.schema import IMAGE_PATCH_KINDS, KEY, TokenKind, kind_mask
+
+NORMALISATIONS = Registry("normalise")  # name -> fn(weights [..., key], img, sink_factor) -> [..., key]
+
+
+IMAGE_KEY_SETS = ("all", "tiles", "global")  # which image-patch keys count as "the image"
+
+
+def image_key_mask(img: xr.Dataset, keys: str = "all") -> xr.DataArray:
+    """Boolean mask of image-patch keys  # [key]: "all" (tiles + global), "tiles" or "global"."""
+    kinds = {"all": IMAGE_PATCH_KINDS, "tiles": (TokenKind.IMAGE_TILE,), "global": (TokenKind.IMAGE_GLOBAL,)}
+    if keys not in kinds:
+        raise InvalidArgument("keys", f"must be one of {', '.join(IMAGE_KEY_SETS)}, not {keys!r}")
+    kind = img["token_kind"]
+    return xr.DataArray(kind_mask(np.asarray(kind.values), kinds[keys]), dims=kind.dims)
+
+
+def sink_keys(
+    weights: xr.DataArray,
+    img: xr.Dataset,
+    factor: float = 20.0,
+    bos: bool = True,
+    first_image: bool = True,
+) -> xr.DataArray:
+    """Attention-sink keys  # [key] bool.
+
+    Sinks are keys that soak up attention whatever the query (DESIGN.md §4): the first
+    sequence position (BOS), the first image-patch token, and any image key whose median
+    weight across the non-key dims (layers, heads, ...) exceeds `factor` x the median over
+    image keys. The median (not the mean) makes a head that legitimately focuses on one
+    patch not count: a sink is large in most heads.
+    """
+    image = image_key_mask(img).values
+    sink = np.zeros(image.shape, bool)
+    if bos and sink.size:
+        sink[0] = True
+    if first_image and image.any():
+        sink[np.argmax(image)] = True
+    vals = np.asarray(weights.transpose(..., KEY).values)  # [..., key]
+    rows = np.ascontiguousarray(vals.reshape(-1, vals.shape[-1]).T)  # [key, row]
+    mid = rows.shape[1] // 2
+    typical = np.partition(rows, mid, axis=1)[:, mid]  # [key] (upper) median; partition is the fast path
+    if image.any():
+        baseline = np.median(typical[image])
+        sink |= image & (typical > factor * max(baseline, 1e-12))
+    return xr.DataArray(sink, dims=(KEY,))
+
+
+def _renormalise(weights: xr.DataArray, keep: xr.DataArray) -> xr.DataArray:
+    """Zero the keys outside `keep`, rescale each row to sum 1 (all-zero rows stay 0)."""
+    kept = weights.where(keep, 0.0)
+    total = kept.sum(KEY)
+    return (kept / total.where(total > 0, 1.0)).astype(weights.dtype)
+
+
+@NORMALISATIONS.register("raw", "as stored: rows sum to 1 over every key, text included")
+def _raw(weights: xr.DataArray, img: xr.Dataset, sink_factor: float) -> xr.DataArray:
+    return weights
+
+
+@NORMALISATIONS.register("image", "image-patch keys only, each row rescaled to sum 1", label="image keys")
+def _image(weights: xr.DataArray, img: xr.Dataset, sink_factor: float) -> xr.DataArray:
+    return _renormalise(weights, image_key_mask(img))
+
+
+@NORMALISATIONS.register("no_sinks", "as image, after zeroing the attention sinks", label="image keys, no sinks")
+def _no_sinks(weights: xr.DataArray, img: xr.Dataset, sink_factor: float) -> xr.DataArray:
+    return _renormalise(weights, image_key_mask(img) & ~sink_keys(weights, img, factor=sink_factor))
+
+
+def normalise(weights: xr.DataArray, img: xr.Dataset, mode: str = "raw", sink_factor: float = 20.0) -> xr.DataArray:
+    """Renormalise attention rows  # [..., key] -> [..., key], by a registered mode (`NORMALISATIONS`).
+
+    raw : as stored; image : image-patch keys only, rescaled to sum 1 per row (other keys 0);
+    no_sinks : as "image", after setting the sink keys (`sink_keys`) to 0.
+    """
+    return NORMALISATIONS[mode].func(weights, img, sink_factor)

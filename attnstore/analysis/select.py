@@ -1,0 +1,154 @@
+"""Selecting what to read: one image at its valid extents, one token's rows, layers and heads.
+
+Every read here uses basic slices on a lazily opened Dataset, so a clicked token reads one
+stored chunk (a list index on `query` or `key` would make zarr decode whole shards).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from attnstore.analysis.kernels import fp16_to_fp32
+from attnstore.errors import InvalidArgument
+from attnstore.schema import KEY, QUERY
+from attnstore.store.reader import read_concurrently
+
+_SMALL_VARS = (
+    "query_position",
+    "token_id",
+    "token_text",
+    "token_kind",
+    "patch_tile",
+    "patch_row",
+    "patch_col",
+    "patch_box",
+)
+
+
+_EXTENT_VARS = ("n_query", "n_key", "image_height", "image_width")
+
+
+def image_extents(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """Per-image valid extents (n_query, n_key, image_height, image_width)  # each [image].
+
+    Read once per opened Dataset and kept in its accessor's cache (a few bytes per image), so
+    selecting an image costs no extra reads. `ds.attn.refresh()` forgets them (new images).
+    """
+    return ds.attn.cached("extents", lambda: {name: np.asarray(ds[name].values) for name in _EXTENT_VARS if name in ds})
+
+
+def select_image(ds: xr.Dataset, image: int) -> xr.Dataset:
+    """One image, sliced to its valid extents.
+
+    Parameters
+    ----------
+    ds : the store's Dataset (from `attnstore.store.open_dataset`, lazily opened or not).
+    image : image index.
+
+    Returns
+    -------
+    xr.Dataset without the image dim: `query[:n_query]`, `key[:n_key]`, `pixels` cropped to
+    `image_height x image_width`. Attention and pixels stay lazy (basic slices only, so a
+    later one-row read touches one chunk); the small per-key variables are loaded.
+    """
+    n_images = ds.sizes["image"]
+    if not -n_images <= image < n_images:
+        raise InvalidArgument("image", f"{image} is out of range: the store has {n_images} images")
+    ext = image_extents(ds)
+    sel = {"image": image, QUERY: slice(0, int(ext["n_query"][image])), KEY: slice(0, int(ext["n_key"][image]))}
+    if "pixels" in ds and "image_height" in ext:
+        sel.update(pixel_y=slice(0, int(ext["image_height"][image])), pixel_x=slice(0, int(ext["image_width"][image])))
+    img = ds.isel(sel)
+    lazy = [img[name].variable for name in _SMALL_VARS if name in img and not img[name].variable._in_memory]
+    # In place (a DataArray shares its Dataset's Variable); the reads run concurrently in zarr's event loop.
+    read_concurrently(lambda var: var.load(), lazy)
+    return img
+
+
+def token_weights(img: xr.Dataset, query: int) -> xr.DataArray:
+    """Attention of one query row over every key, every layer and head.
+
+    Reads one stored chunk (`attention[layer, head, query, :n_key]`).
+
+    Returns
+    -------
+    xr.DataArray  # [layer, head, key] float32, with a scalar `query` coord (the row index)
+    """
+    n = img.sizes[QUERY]
+    if not -n <= query < n:
+        raise InvalidArgument("row", f"{query} is out of range: this image has {n} stored rows")
+    row = img["attention"].isel({QUERY: query})
+    if is_dask(row):
+        return row.astype(np.float32).assign_coords({QUERY: query % n})
+    return row.copy(data=fp16_to_fp32(row.values)).assign_coords({QUERY: query % n})  # reads one chunk
+
+
+def as_indexer(sel) -> slice | list[int]:
+    """int / slice / list / None -> an isel indexer that keeps the dim."""
+    if sel is None:
+        return slice(None)
+    if isinstance(sel, slice):
+        return sel
+    if isinstance(sel, (int, np.integer)):
+        return [int(sel)]
+    return [int(s) for s in sel]
+
+
+def select_layers_heads(weights: xr.DataArray, layers=None, heads=None) -> xr.DataArray:
+    """Subset of layers/heads (int, slice, list or None = all); errors name what exists."""
+    out = weights
+    for dim, sel in (("layer", layers), ("head", heads)):
+        if dim not in out.dims:
+            continue
+        idx = as_indexer(sel)
+        n = out.sizes[dim]
+        if isinstance(idx, list) and any(not -n <= i < n for i in idx):
+            raise InvalidArgument(f"{dim}s", f"{idx} out of range: the store has {n} {dim}s (0-{n - 1})")
+        out = out.isel({dim: idx})
+        if out.sizes[dim] == 0:
+            raise InvalidArgument(f"{dim}s", f"selection {sel} is empty: the store has {n} {dim}s (0-{n - 1})")
+    return out
+
+
+def read_rows_fp16(img: xr.Dataset, rows: list[int]) -> np.ndarray:
+    """Several query rows as stored  # -> [occurrence, layer, head, key] float16.
+
+    One basic-slice read per row (a list index on `query` makes zarr decode whole shards),
+    issued concurrently: each row is its own chunk.
+    """
+    att = img["attention"]
+    return np.stack(read_concurrently(lambda r: np.asarray(att.isel({QUERY: r}).values), rows))
+
+
+def read_rows(img: xr.Dataset, rows: list[int]) -> xr.DataArray:
+    """Several query rows  # -> [occurrence, layer, head, key] float32 (see `read_rows_fp16`)."""
+    att = img["attention"]
+    dims = ("occurrence", *(d for d in att.dims if d != QUERY))
+    coords = {d: att[d] for d in ("layer", "head") if d in att.coords}
+    return xr.DataArray(fp16_to_fp32(read_rows_fp16(img, rows)), dims=dims, coords=coords)
+
+
+def is_dask(da: xr.DataArray) -> bool:
+    return da.chunks is not None
+
+
+def parse_range(spec: str | None, n: int, what: str = "layers") -> list[int] | None:
+    """'0-29', '3', '0,2,5-7' -> sorted list of indices (None for '' / 'all'); checked against n.
+
+    Bounds are checked before a range is expanded, so '0-99999999999' fails at once.
+    """
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return None
+    picked: set[int] = set()
+    for part in spec.split(","):
+        lo_text, dash, hi_text = part.strip().partition("-")
+        try:
+            lo = int(lo_text)
+            hi = int(hi_text) if dash else lo
+        except ValueError:
+            raise InvalidArgument(what, f"'{spec}' is not a list of numbers or ranges like 0-29 or 0,3,5-7") from None
+        if not 0 <= lo <= hi < n:
+            raise InvalidArgument(what, f"'{spec}' is outside 0-{n - 1} (the store has {n} {what})")
+        picked.update(range(lo, hi + 1))
+    return sorted(picked)

@@ -1,0 +1,73 @@
+"""Tokens of one image: find a query row by its text (BPE-aware), list the stored rows' tokens."""
+
+from __future__ import annotations
+
+import difflib
+
+import numpy as np
+import xarray as xr
+
+from attnstore.errors import NotFound
+
+BPE_MARKERS = "ĠĊ▁"  # GPT-2 byte-level space/newline, SentencePiece space
+
+
+class TokenNotFoundError(NotFound):
+    """The requested token text does not occur among the stored query rows."""
+
+    def __init__(self, message: str):
+        super().__init__(message, param="token")
+
+
+def query_tokens(img: xr.Dataset) -> np.ndarray:
+    """Raw token text of each stored query row  # [query] str."""
+    positions = img["query_position"].values
+    texts = np.asarray(img["token_text"].values)[positions]
+    return np.array([str(t) for t in texts], dtype=str)  # StringDType -> fixed width (numpy 2 needs the loop)
+
+
+def strip_bpe(token: str) -> str:
+    """Token text without BPE space/newline markers or surrounding whitespace."""
+    return token.strip(BPE_MARKERS).strip()
+
+
+def token_occurrences(img: xr.Dataset, text: str) -> list[int]:
+    """Query rows whose token matches `text`: BPE-aware exact match, else case-insensitive."""
+    tokens = query_tokens(img)
+    wanted = strip_bpe(text)
+    stripped = np.array([strip_bpe(t) for t in tokens], dtype=str)
+    rows = np.flatnonzero((stripped == wanted) | (tokens == text))
+    if rows.size == 0:
+        rows = np.flatnonzero(np.char.lower(stripped) == wanted.lower())
+    return [int(r) for r in rows]
+
+
+def find_token(img: xr.Dataset, text: str, occurrence: int = 0) -> int:
+    """Query row index of a token given by its text.
+
+    Parameters
+    ----------
+    img : one image (`select_image`).
+    text : e.g. "jacket"; matches "Ġjacket" / "▁jacket"; case-insensitive if no exact match.
+    occurrence : which match (0 = first, -1 = last).
+
+    Raises
+    ------
+    TokenNotFoundError : with the closest token texts when there is no match.
+    """
+    rows = token_occurrences(img, text)
+    if not rows:
+        raise TokenNotFoundError(_not_found_message(img, text))
+    if not -len(rows) <= occurrence < len(rows):
+        raise TokenNotFoundError(
+            f"token '{text}' occurs {len(rows)} time(s) (rows {rows[:10]}); occurrence {occurrence} does not exist"
+        )
+    return rows[occurrence]
+
+
+def _not_found_message(img: xr.Dataset, text: str) -> str:
+    words = sorted({strip_bpe(t) for t in query_tokens(img)} - {""})
+    lowered = {w.lower(): w for w in words}
+    close = [lowered[w] for w in difflib.get_close_matches(strip_bpe(text).lower(), list(lowered), n=5, cutoff=0.5)]
+    hint = f"; close matches: {', '.join(repr(c) for c in close)}" if close else ""
+    return f"token '{text}' not found among the {len(words)} distinct text tokens of this image{hint}"
