@@ -31,9 +31,7 @@ def heatmap(
     layers: Annotated[str | None, typer.Option(help=LAYERS_HELP)] = None,
     heads: Annotated[str | None, typer.Option(help=HEADS_HELP)] = None,
     topk: Annotated[int, typer.Option(help="k of entropy_topk.")] = 10,
-    method: Annotated[
-        str, typer.Option(help=METHOD_HELP)
-    ] = "entropy_topk",
+    method: Annotated[str, typer.Option(help=METHOD_HELP)] = "entropy_topk",
     normalise: Annotated[str, typer.Option(help=NORMALISE_HELP)] = "raw",
     view: Annotated[str, typer.Option(help="tiles (stitched tile grid) | global (the thumbnail's grid).")] = "tiles",
     image_keys: Annotated[
@@ -94,9 +92,7 @@ def aggregate(
     store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")],
     token: Annotated[str, typer.Option(help="Token text; every image whose text contains it is used.")],
     out: Annotated[Path, typer.Option(help="Table: .csv / .parquet (+ <stem>_mean_map beside it), .nc or .zarr.")],
-    method: Annotated[
-        str, typer.Option(help=METHOD_HELP)
-    ] = "entropy_topk",
+    method: Annotated[str, typer.Option(help=METHOD_HELP)] = "entropy_topk",
     layers: Annotated[str | None, typer.Option(help=LAYERS_HELP)] = None,
     heads: Annotated[str | None, typer.Option(help=HEADS_HELP)] = None,
     topk: Annotated[int, typer.Option(help="k of entropy_topk.")] = 10,
