@@ -1,0 +1,53 @@
+"""The light core: reading, analysing and serving a store never imports torch or transformers.
+
+Checked in a fresh interpreter (a test process has torch loaded already by other tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("torch", "transformers", "tokenizers", "safetensors")
+
+SCRIPT = """
+import json, sys
+HEAVY = ("torch", "transformers", "tokenizers", "safetensors")
+import attnstore
+from attnstore.analysis import MapSpec, compute_map, aggregate_token
+from attnstore.render import Style, export_map
+from explorer import create_app
+
+ds = attnstore.open_dataset(sys.argv[1])
+grid = ds.attn.heatmap(token="jacket", image=0, method="entropy_topk", k=5)      # the README's accessor
+result = compute_map(ds, MapSpec(image=1, token="dog", normalise="no_sinks"))
+png = export_map(result, "png", Style())
+table = aggregate_token(ds, "dog", num_workers=1)
+client = create_app(sys.argv[1]).server.test_client()
+answer = client.post("/api/generate_attention_map", json={"word": "dog", "layer": 0, "head": 0})
+print(json.dumps({
+    "heavy": [m for m in HEAVY if m in sys.modules],
+    "grid": list(grid.shape), "png": png[:4].decode("latin1"), "rows": int(table.sizes["occurrence"]),
+    "status": answer.status_code,
+}))
+"""
+
+
+def test_reading_analysing_and_serving_leave_torch_out(synthetic_store):
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, synthetic_store], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["heavy"] == [], f"imported by the light core: {seen['heavy']}"
+    assert seen["grid"][0] > 0 and seen["png"] == "\x89PNG" and seen["rows"] == 3 and seen["status"] == 200
+
+
+def test_cli_commands_that_read_a_store_leave_torch_out(synthetic_store):
+    """`attnstore info` etc. start without loading a model stack (checked inside the process)."""
+    probe = (
+        "import sys, runpy; sys.argv = ['attnstore', 'info', sys.argv[1]];\n"
+        "from attnstore.cli import main; code = main(sys.argv[1:]);\n"
+        f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules]); sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe, synthetic_store], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
