@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from support.servers import BUCKET, free_port, serve_folder, stop  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,3 +54,42 @@ def demo_store(tmp_path_factory, tiny_model_path):
     path = str(tmp_path_factory.mktemp("stores") / "demo.zarr")
     build_demo_store(path, show_progress=False)
     return path
+
+
+# -- local servers (loopback only) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 with one bucket; AWS_* variables point s3fs (and subprocesses) at it."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_ENDPOINT_URL=endpoint)
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    import s3fs
+
+    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir(BUCKET)
+    yield endpoint
+    server.stop()
+    for key, value in saved.items():
+        os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture
+def http_server():
+    """Factory: serve a folder on 127.0.0.1 (with or without Range support); returns the base URL."""
+    servers = []
+
+    def serve(root: Path, ranges: bool = True) -> str:
+        servers.append(serve_folder(root, ranges))
+        return f"http://127.0.0.1:{servers[-1].server_address[1]}"
+
+    yield serve
+    for server in servers:
+        stop(server)

@@ -88,8 +88,26 @@ def test_heatmap_image_and_png_bytes():
 
 def test_heatmap_cli_outputs_match_library(synthetic_store, tmp_path, capsys):
     out, ov, csv = tmp_path / "h.png", tmp_path / "o.png", tmp_path / "g.csv"
-    args = ["heatmap", synthetic_store, "--token", "jacket", "--image", "synthetic_00001.png", "--layers", "0-1",
-            "--topk", "5", "--output", str(out), "--overlay", str(ov), "--overlay-alpha", "0.4", "--csv", str(csv)]
+    args = [
+        "heatmap",
+        synthetic_store,
+        "--token",
+        "jacket",
+        "--image",
+        "synthetic_00001.png",
+        "--layers",
+        "0-1",
+        "--topk",
+        "5",
+        "--output",
+        str(out),
+        "--overlay",
+        str(ov),
+        "--overlay-alpha",
+        "0.4",
+        "--csv",
+        str(csv),
+    ]
     assert main(args) == 0  # fmt: skip
     ds = open_dataset(synthetic_store)
     expected = ds.attn.heatmap(token="jacket", image=1, layers=[0, 1], k=5).values

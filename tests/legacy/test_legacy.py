@@ -89,7 +89,11 @@ def test_import_seed004_discovers_key_layers_and_answer_rows(tmp_path, rng):
     folder = write_seed004(tmp_path / "seed", tokens, att, key="weights_fp16", rows=8)  # answer rows only
     src = L.inspect_folder(folder)
     assert (src.format, src.n_layers, src.n_heads, src.npz_key, src.first_row) == (
-        "seed004", 4, N_HEADS, "weights_fp16", len(tokens) - 8
+        "seed004",
+        4,
+        N_HEADS,
+        "weights_fp16",
+        len(tokens) - 8,
     )
     out = tmp_path / "s.zarr"
     L.import_legacy(folder, out)

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from support.servers import BUCKET
 
 from attnstore.cli import main
 from attnstore.errors import AttnstoreError, StoreError
 from attnstore.pipeline import ExtractSettings, image_items, run_extraction
 from attnstore.store import AttnStore, open_dataset
 from attnstore.store.remote import STORAGE_OPTIONS_ENV, parse_storage_options, resolve_storage_options
-
-BUCKET = "attnstore-test"
 
 
 def assert_same(a: xr.Dataset, b: xr.Dataset) -> None:
