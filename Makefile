@@ -20,10 +20,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e ".[extract,s3]"
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[extract,s3,test]"
 
 # Debian's chromium, driven by playwright from PyPI (never `playwright install`: no browser downloads).
 chromium:

@@ -29,6 +29,8 @@ from attnstore.cli import pack as _pack  # noqa: E402,F401
 from attnstore.cli import pope as _pope  # noqa: E402,F401
 from attnstore.cli import serve as _serve  # noqa: E402,F401
 
+MODEL_SIDE = {"torch", "transformers", "tokenizers", "safetensors", "distributed"}
+
 # Library parameter -> this CLI's flag, where the flag is not simply --param-with-dashes.
 FLAG_OF_PARAM = {"normalise_mode": "--normalise", "images": "IMAGES", "keys": "--image-keys"}
 
@@ -51,6 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         code = app(args=argv, standalone_mode=False)
     except AttnstoreError as err:
         typer.secho(f"error: {error_line(err)}", fg="red", err=True)
+        return 1
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in MODEL_SIDE:
+            raise
+        typer.secho(
+            f"error: this command runs a model, which needs the model side ({err.name} is not installed): "
+            "pip install 'attnstore[extract]'",
+            fg="red",
+            err=True,
+        )
         return 1
     except typer.Abort:
         typer.echo("aborted", err=True)

@@ -51,3 +51,28 @@ def test_cli_commands_that_read_a_store_leave_torch_out(synthetic_store):
     proc = subprocess.run([sys.executable, "-c", probe, synthetic_store], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
+
+
+def test_model_commands_without_the_model_side_say_what_to_install(tmp_path):
+    """A light install (no torch) gets one line naming the extra, not a traceback."""
+    probe = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from attnstore.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, "extract", str(image), "--out", str(tmp_path / "s.zarr")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "attnstore[extract]" in proc.stderr, proc.stderr
+    assert not (tmp_path / "s.zarr").exists()
