@@ -32,6 +32,7 @@ from attnstore.cli import serve as _serve  # noqa: E402,F401
 MODEL_SIDE = {"torch", "transformers", "tokenizers", "safetensors", "distributed"}
 
 # Library parameter -> this CLI's flag, where the flag is not simply --param-with-dashes.
+FLAGLESS_PARAMS = {"token", "image", "position", "row"}  # named in the message itself
 FLAG_OF_PARAM = {"normalise_mode": "--normalise", "images": "IMAGES", "keys": "--image-keys"}
 
 
@@ -44,6 +45,8 @@ def error_line(err: AttnstoreError) -> str:
     """One line for a user mistake: invalid arguments name the flag the user typed."""
     if isinstance(err, InvalidArgument):
         return f"{flag(err.param)} {err.detail}"
+    if err.param and err.param not in FLAGLESS_PARAMS:
+        return f"{err} ({flag(err.param)})"
     return str(err)
 
 

@@ -46,8 +46,9 @@ def pack_store(
     incomplete = int((ds["complete"].values == 0).sum())
     if incomplete and not allow_incomplete:
         raise StoreError(
-            f"{incomplete} image(s) of '{path}' are incomplete: finish the run (rerun extract) or pass "
-            "--allow-incomplete"
+            f"{incomplete} image(s) of '{path}' are incomplete: finish the run (rerun extract) or allow incomplete "
+            "images",
+            param="allow_incomplete",
         )
     fs, root = fsspec.core.url_to_fs(path, **(resolve_storage_options(path, storage_options) or {}))
     try:

@@ -227,13 +227,15 @@ class AttnStore:
         if (att.shape[1], att.shape[2]) != (shape.n_layers, shape.n_heads):
             raise StoreError(
                 f"store '{self.path}' has {att.shape[1]} layers x {att.shape[2]} heads; "
-                f"the model has {shape.n_layers} x {shape.n_heads}: use another --out"
+                f"the model has {shape.n_layers} x {shape.n_heads}: write to another store",
+                param="out",
             )
         for key in ("model_id", "keep_bits"):
             if key in attrs and self.group.attrs.get(key) != attrs[key]:
                 raise StoreError(
                     f"store '{self.path}' was made with {key}={self.group.attrs.get(key)!r}, "
-                    f"this run uses {attrs[key]!r}: use another --out"
+                    f"this run uses {attrs[key]!r}: write to another store",
+                    param="out",
                 )
 
     def _resize_axis(self, dim: str, size: int) -> None:
