@@ -18,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain click help: no '<bool>' metavars on flags, no box drawing in pipes
 )
 
 # Importing registers the commands (kept after `app` exists).
