@@ -27,6 +27,21 @@ from attnstore.models.idefics3_layout import (
 from attnstore.models.idefics3_layout import IMAGE_TOKEN as IDEFICS3_IMAGE_TOKEN
 from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
 
+
+def save_random_model(model_class, config, processor, out_dir: str | Path, seed: int, eos, pad) -> Path:
+    """Instantiate `model_class(config)` with seeded random weights, mark it random, save it with its processor."""
+    setattr(config, RANDOM_WEIGHTS_KEY, True)
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = pad
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 # -- Idefics3 / SmolVLM ----------------------------------------------------------------------
 
 
@@ -84,16 +99,15 @@ def build_random_idefics3(out_dir: str | Path, dims: dict | None = None, seed: i
     config = Idefics3Config(
         text_config=text_config, vision_config=vision_config, scale_factor=4, image_token_id=ids(IDEFICS3_IMAGE_TOKEN)
     )
-    setattr(config, RANDOM_WEIGHTS_KEY, True)
-    torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids(END_OF_UTTERANCE)
-    model.generation_config.pad_token_id = ids("<|endoftext|>")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_random_model(
+        Idefics3ForConditionalGeneration,
+        config,
+        processor,
+        out_dir,
+        seed,
+        eos=ids(END_OF_UTTERANCE),
+        pad=ids("<|endoftext|>"),
+    )
 
 
 # -- LLaVA-1.5 -------------------------------------------------------------------------------
@@ -159,16 +173,9 @@ def build_random_llava(out_dir: str | Path, dims: dict | None = None, seed: int 
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
-    setattr(config, RANDOM_WEIGHTS_KEY, True)
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids("</s>")
-    model.generation_config.pad_token_id = ids("<pad>")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_random_model(
+        LlavaForConditionalGeneration, config, processor, out_dir, seed, eos=ids("</s>"), pad=ids("<pad>")
+    )
 
 
 # -- Qwen2-VL --------------------------------------------------------------------------------
@@ -244,16 +251,15 @@ def build_random_qwen2_vl(out_dir: str | Path, dims: dict | None = None, seed: i
         vision_start_token_id=ids(qwen2_vl.VISION_START),
         vision_end_token_id=ids(qwen2_vl.VISION_END),
     )
-    setattr(config, RANDOM_WEIGHTS_KEY, True)
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
-    model.generation_config.pad_token_id = ids("<|endoftext|>")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_random_model(
+        Qwen2VLForConditionalGeneration,
+        config,
+        processor,
+        out_dir,
+        seed,
+        eos=[ids("<|im_end|>"), ids("<|endoftext|>")],
+        pad=ids("<|endoftext|>"),
+    )
 
 
 BUILDERS = {"idefics3": build_random_idefics3, "llava": build_random_llava, "qwen2_vl": build_random_qwen2_vl}
