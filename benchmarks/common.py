@@ -40,7 +40,7 @@ CHILD_MARKER = "BENCH-RESULT "
 def model_dir(kind: str) -> Path:
     """Path of a cached random-weight Idefics3 of `kind` (built offline on first use).
 
-    tiny        : the demo/test model (DESIGN.md §3).
+    tiny        : the demo/test model (attnstore.models.tiny).
     real-text   : SmolVLM-256M's text model (30 layers, 9 heads, hidden 576), small vision tower.
     real-vision : the same plus a SmolVLM-size vision tower (hidden 768, 12 layers).
     """

@@ -9,7 +9,7 @@ import numpy as np
 
 
 def fp16_to_fp32(a: np.ndarray) -> np.ndarray:
-    """Exact float16 -> float32, ~10x faster than numpy's `astype` (DESIGN.md §4: astype is slow).
+    """Exact float16 -> float32, ~10x faster than numpy's `astype` (measured: astype dominated aggregates).
 
     Moves the exponent/mantissa bits into place and rescales by 2**112, which also maps
     subnormals exactly. Arrays holding negative values, inf or NaN take numpy's path.

@@ -33,7 +33,7 @@ def sink_keys(
 ) -> xr.DataArray:
     """Attention-sink keys  # [key] bool.
 
-    Sinks are keys that soak up attention whatever the query (DESIGN.md §4): the first
+    Sinks are keys that soak up attention whatever the query (they dominate raw maps): the first
     sequence position (BOS), the first image-patch token, and any image key whose median
     weight across the non-key dims (layers, heads, ...) exceeds `factor` x the median over
     image keys. The median (not the mean) makes a head that legitimately focuses on one

@@ -2,7 +2,7 @@
 
 A store path is a local folder, a `.zip` copy made by `attnstore pack` (read-only), or an fsspec
 URL: `s3://bucket/path` (s3fs; read and write) or `https://host/path` (read-only; the server must
-answer HTTP Range requests, DESIGN.md §4). Storage options (endpoint, credentials, anonymous
+answer HTTP Range requests: shards are read by byte range). Storage options (endpoint, credentials, anonymous
 access, headers ...) come from the caller, else from the ATTNSTORE_STORAGE_OPTIONS environment
 variable (a JSON object), so every command and the explorer accept them without a flag of their
 own. s3fs also reads the usual AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).

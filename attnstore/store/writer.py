@@ -181,7 +181,7 @@ class AttnStore:
             )
             return arr
 
-        # One clicked token = one inner chunk; one shard per image (DESIGN.md §4).
+        # One clicked token = one inner chunk (one row read per click); one shard per image (one object per image).
         array("attention", ATTENTION_DIMS, "float16", 0.0, (1, L, H, 1, K), shards=(1, L, H, Q, K))
         array("query_position", (IMAGE, QUERY), "int32", -1, (1, Q))  # chunks = capacity: one chunk per image
         for name, (dtype, fill) in PER_KEY.items():
