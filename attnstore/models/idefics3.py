@@ -1,11 +1,4 @@
-"""Idefics3 / SmolVLM adapter.
-
-Token layout of one image split into R x C tiles:
-    <fake_token_around_image><row_r_col_c> + S x <image>   for each tile, rows ended by "\\n"
-    "\\n" <fake_token_around_image><global-img> + S x <image> <fake_token_around_image>
-with S = image_seq_len (a square grid of patches per view). R and C are read from
-the <row_r_col_c> markers the processor wrote for *this* image.
-"""
+"""Idefics3 / SmolVLM adapter; the token layout is parsed (without torch) in `idefics3_layout`."""
 
 from __future__ import annotations
 
