@@ -2,18 +2,26 @@
 
 Seed 000 folder: `attention_array.npy` [layers, heads, seq, seq] (fp32, full square)
                  + `decoded_tokens.npy` [seq] str + `image.png`.
-Seed 004 folder: `attentions_5/attention_fp16_rounded_layer_{i}.npz` (one array per layer,
-                 [heads, rows, seq]) + `decoded_tokens.npy` + the image.
+Seed 004 folder: `attentions_5/` (or `attentions/`, or any folder) of
+                 `attention_fp16_rounded_layer_{i}.npz` (one array per layer, [heads, rows, seq])
+                 + `decoded_tokens.npy` + the image.
 Batch root:      one such folder per image (seed 004's extract_smolvlm_batch.py output).
 
+`decoded_tokens.npy` may hold one token more than the attention has keys (the seeds never fed
+the last generated token back): that token keeps its text and gets no attention row or column.
+
 Import checks every header before anything is written (shapes, layer files, image), loads
-arrays with `allow_pickle=False` only, and builds the store in a temporary folder that is
-renamed into place at the end, so a failed import leaves nothing behind.
+arrays with `allow_pickle=False` only (the one exception: a token file saved as an object
+array is read by a restricted unpickler that can build nothing but an array of strings), and
+builds the store in a temporary folder that is renamed into place at the end, so a failed
+import leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import re
 import shutil
 import zipfile
@@ -34,7 +42,8 @@ from attnstore.store import AttnStore, StoreShape
 
 ARRAY_FILE = "attention_array.npy"
 TOKENS_FILE = "decoded_tokens.npy"
-NPZ_DIR = "attentions_5"
+NPZ_DIR = "attentions_5"  # what the seed viewer reads
+NPZ_DIRS = (NPZ_DIR, "attentions")  # preferred, in order, when a folder holds several layer folders
 NPZ_NAME = "attention_fp16_rounded_layer_{}.npz"
 NPZ_PATTERN = re.compile(r"^attention_fp16_rounded_layer_(\d+)\.npz$")
 NPZ_KEYS = ("attention", "attn", "attentions", "arr_0", "weights")  # preferred when an npz holds several
@@ -52,21 +61,16 @@ class LegacyFormatError(AttnstoreError):
 
 def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     """np.load with allow_pickle=False; a pickled or non-npy file is a clear error, never loaded."""
-    if not path.is_file():
-        raise LegacyFormatError(f"missing file: {path}")
-    with open(path, "rb") as fh:
-        head = fh.read(6)
-    if head != b"\x93NUMPY":  # numpy would call any other file "pickled data"
-        kind = "holds pickled data" if head[:1] == b"\x80" else "is not a NumPy .npy array"
-        raise LegacyFormatError(f"{path} {kind}; expected an .npy file written by np.save (pickles are never loaded)")
+    _check_npy_magic(path)
     try:
+        with open(path, "rb") as fh:
+            if _read_npy_header(fh)[1].hasobject:
+                raise LegacyFormatError(
+                    f"{path} holds pickled data (an object array); attnstore never loads pickles. "
+                    "Re-save it as a plain array, e.g. np.save(path, np.asarray(values))"
+                )
         arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise LegacyFormatError(
-                f"{path} holds pickled data (an object array or a pickle); attnstore never loads pickles. "
-                "Re-save it as a plain array, e.g. np.save(path, np.asarray(tokens, dtype=str))"
-            ) from err
         raise LegacyFormatError(f"{path} is not a NumPy .npy array ({err})") from err
     except (OSError, EOFError) as err:
         raise LegacyFormatError(f"{path} is not a readable NumPy .npy array ({err})") from err
@@ -75,14 +79,110 @@ def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     return arr
 
 
+def _check_npy_magic(path: Path) -> None:
+    if not path.is_file():
+        raise LegacyFormatError(f"missing file: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head != b"\x93NUMPY":  # numpy would call any other file "pickled data"
+        kind = "holds pickled data" if head[:1] == b"\x80" else "is not a NumPy .npy array"
+        raise LegacyFormatError(f"{path} {kind}; expected an .npy file written by np.save (pickles are never loaded)")
+
+
+def _read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an open .npy file, leaving `fh` at the start of the data."""
+    major, _ = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(fh)
+    return tuple(shape), dtype
+
+
 def read_tokens(path: Path) -> list[str]:
-    """`decoded_tokens.npy`: a 1-D array of strings (unicode or utf-8 bytes)."""
-    arr = load_npy(path)
-    if arr.ndim != 1 or arr.dtype.kind not in "US":
+    """`decoded_tokens.npy`: a 1-D array of strings (unicode, utf-8 bytes, or an object array of str)."""
+    _check_npy_magic(path)
+    try:
+        with open(path, "rb") as fh:
+            shape, dtype = _read_npy_header(fh)
+            arr = load_pickled_tokens(fh, path, shape) if dtype.hasobject else None
+    except ValueError as err:
+        raise LegacyFormatError(f"{path} is not a NumPy .npy array ({err})") from err
+    if arr is None:
+        arr = load_npy(path)
+    if arr.ndim != 1 or arr.dtype.kind not in "USO":
         raise LegacyFormatError(
             f"{path} should be a 1-D array of token strings, got shape {arr.shape} dtype {arr.dtype}"
         )
     return [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in arr.tolist()]
+
+
+# -- the one pickle attnstore reads: np.save(path, np.array(tokens, dtype=object)) ----------------
+
+_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's array-unpickling entry point
+_ARRAY_MODULES = ("numpy._core.multiarray", "numpy.core.multiarray")  # numpy 2 / numpy 1 spelling
+
+
+class _NdarrayName:
+    """Stands for `numpy.ndarray` in the stream: usable only as _reconstruct's first argument, not callable."""
+
+
+_NDARRAY = _NdarrayName()
+
+
+def _empty_array(cls, shape, typecode) -> np.ndarray:
+    """The only array construction allowed: the empty shell that numpy then fills from plain data."""
+    if cls is not _NDARRAY or shape != (0,) or typecode != b"b":
+        raise pickle.UnpicklingError("an array built with unexpected arguments")
+    return _RECONSTRUCT(np.ndarray, (0,), b"b")
+
+
+def _object_dtype(spec, align=False, copy=True) -> np.dtype:
+    """The only dtype allowed: numpy's object dtype ('O8')."""
+    if spec != "O8" or not isinstance(align, bool) or not isinstance(copy, bool):
+        raise pickle.UnpicklingError(f"a dtype other than object ({spec!r})")
+    return np.dtype("O8", align, copy)
+
+
+class TokenUnpickler(pickle.Unpickler):
+    """Builds nothing but a numpy object array of plain values: every other global is refused.
+
+    An object-array .npy holds, after its header, a pickle that calls numpy's `_reconstruct`
+    and `dtype` and fills the array from plain strings. Those two names map to checked
+    wrappers; any other class or callable (`os.system`, `builtins.open`, ...) is refused
+    before it is looked up, so nothing named in the file is ever imported or called.
+    """
+
+    def find_class(self, module: str, name: str):
+        if module in _ARRAY_MODULES and name == "_reconstruct":
+            return _empty_array
+        if module == "numpy" and name == "ndarray":
+            return _NDARRAY
+        if module == "numpy" and name == "dtype":
+            return _object_dtype
+        raise pickle.UnpicklingError(f"refused {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refused a persistent id")
+
+
+def load_pickled_tokens(fh: io.BufferedIOBase, path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The object array of token strings after an .npy header; anything else is a LegacyFormatError."""
+    try:
+        arr = TokenUnpickler(fh).load()
+    except Exception as err:  # a hostile or broken stream may fail in any way: all mean "refused"
+        raise _refused(path, str(err) or type(err).__name__) from err
+    if type(arr) is not np.ndarray or arr.dtype != object or arr.shape != shape or arr.ndim != 1:
+        raise _refused(path, f"not a 1-D object array of shape {shape}")
+    kinds = {type(t).__name__ for t in arr.tolist() if type(t) is not str}
+    if kinds:
+        raise _refused(path, f"elements of type {', '.join(sorted(kinds))}")
+    return arr
+
+
+def _refused(path: Path, what: str) -> LegacyFormatError:
+    return LegacyFormatError(
+        f"{path} holds pickled data other than an array of token strings ({what}); attnstore builds nothing "
+        "else from a pickle. Re-save the tokens as a plain array, e.g. np.save(path, np.asarray(tokens, dtype=str))"
+    )
 
 
 def npz_header(path: Path) -> tuple[str, tuple[int, ...], np.dtype]:
@@ -94,9 +194,7 @@ def npz_header(path: Path) -> tuple[str, tuple[int, ...], np.dtype]:
             keys = [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
             key = _pick_npz_key(path, keys)
             with zf.open(key + ".npy") as fh:
-                major, _ = np.lib.format.read_magic(fh)
-                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                shape, _, dtype = read(fh)
+                shape, dtype = _read_npy_header(fh)
     except (zipfile.BadZipFile, ValueError, OSError) as err:
         raise LegacyFormatError(f"{path} is not a NumPy .npz archive ({err})") from err
     if dtype.hasobject:
@@ -126,11 +224,12 @@ class LegacySource:
     """One seed-format folder, checked from headers (no attention loaded yet)."""
 
     folder: Path
-    format: str  # "seed000" (attention_array.npy) or "seed004" (attentions_5/*.npz)
+    format: str  # "seed000" (attention_array.npy) or "seed004" (a folder of per-layer .npz)
     tokens: list[str]
     n_layers: int
     n_heads: int
-    first_row: int  # attention rows cover positions first_row .. seq-1
+    first_row: int  # attention rows cover positions first_row .. n_att-1
+    n_att: int  # keys in the files: len(tokens), or one less when the last token was never fed back
     files: list[Path]
     npz_key: str | None
     image: Path
@@ -140,42 +239,95 @@ class LegacySource:
         return len(self.tokens)
 
 
-def is_legacy_folder(folder: Path) -> bool:
-    return (folder / ARRAY_FILE).is_file() or (folder / NPZ_DIR).is_dir()
+def layer_dir(folder: Path, attn_dir: str | Path | None = None) -> Path | None:
+    """The folder of per-layer .npz files inside `folder`, or None.
+
+    `attn_dir` names it (relative to `folder`); otherwise `attentions_5/`, then `attentions/`
+    (the seed's current and older names), then the one sub-folder (or `folder` itself) that
+    holds files named like `attention_fp16_rounded_layer_0.npz`.
+    """
+    if attn_dir is not None:
+        chosen = folder / attn_dir
+        if not chosen.is_dir():
+            raise LegacyFormatError(f"{folder} has no folder '{attn_dir}' of layer files", param="attn_dir")
+        return chosen
+    for name in NPZ_DIRS:
+        if (folder / name).is_dir():
+            return folder / name
+    found = [d for d in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())) if _holds_layer_files(d)]
+    if len(found) > 1:
+        names = ", ".join(f"'{d.relative_to(folder)}'" for d in found)
+        raise LegacyFormatError(
+            f"{folder} has layer files in several folders ({names}); name the one to read (attn_dir)", param="attn_dir"
+        )
+    return found[0] if found else None
 
 
-def find_sources(path: str | Path, image_dir: str | Path | None = None) -> list[LegacySource]:
-    """A seed folder, or a batch root whose sub-folders are seed folders (sorted by name)."""
+def _holds_layer_files(folder: Path) -> bool:
+    return any(NPZ_PATTERN.match(p.name) for p in folder.iterdir())
+
+
+def is_legacy_folder(folder: Path, attn_dir: str | Path | None = None) -> bool:
+    """Whether `folder` holds a seed 000 array or a folder of per-layer .npz files."""
+    if not folder.is_dir():
+        return False
+    if (folder / ARRAY_FILE).is_file():
+        return True
+    if attn_dir is not None:
+        return (folder / attn_dir).is_dir()
+    try:
+        return layer_dir(folder) is not None
+    except LegacyFormatError:
+        return True  # ambiguous, but seed-shaped: inspect_folder reports it
+
+
+def find_sources(
+    path: str | Path, image_dir: str | Path | None = None, attn_dir: str | Path | None = None
+) -> list[LegacySource]:
+    """A seed folder, or a batch root whose sub-folders are seed folders (sorted by name).
+
+    `attn_dir` names the folder of per-layer .npz files inside each seed folder (default: found).
+    """
     root = Path(path)
     if not root.is_dir():
         raise LegacyFormatError(f"{root} is not a folder")
-    if is_legacy_folder(root):
-        return [inspect_folder(root, image_dir)]
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and is_legacy_folder(p))
+    if is_legacy_folder(root, attn_dir):
+        return [inspect_folder(root, image_dir, attn_dir)]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and is_legacy_folder(p, attn_dir))
     if not folders:
+        where = f"'{attn_dir}'" if attn_dir is not None else f"a folder of {NPZ_NAME.format('{i}')} files"
         raise LegacyFormatError(
-            f"{root} holds neither {ARRAY_FILE} nor {NPZ_DIR}/ (seed formats), nor sub-folders that do"
+            f"{root} holds neither {ARRAY_FILE} nor {where} (seed formats), nor sub-folders that do"
         )
-    return [inspect_folder(f, image_dir) for f in folders]
+    return [inspect_folder(f, image_dir, attn_dir) for f in folders]
 
 
-def inspect_folder(folder: Path, image_dir: str | Path | None = None) -> LegacySource:
+def inspect_folder(
+    folder: Path, image_dir: str | Path | None = None, attn_dir: str | Path | None = None
+) -> LegacySource:
     """Check one folder's files and shapes from their headers."""
     tokens = read_tokens(folder / TOKENS_FILE)
     n = len(tokens)
-    if (folder / ARRAY_FILE).is_file():
+    if (folder / ARRAY_FILE).is_file() and attn_dir is None:
         path = folder / ARRAY_FILE
         shape = _squeeze_batch(load_npy(path, mmap=True).shape, 4)
-        if len(shape) != 4 or shape[2] != n or shape[3] != n:
+        if len(shape) != 4 or shape[2] != shape[3] or not _keys_fit(shape[3], n):
             raise LegacyFormatError(
-                f"{path} has shape {shape}; expected [layers, heads, {n}, {n}] to match the {n} tokens of {TOKENS_FILE}"
+                f"{path} has shape {shape}; expected [layers, heads, {n}, {n}] (or {n - 1}, {n - 1}: the last "
+                f"token without attention) to match the {n} tokens of {TOKENS_FILE}"
             )
         image = find_image(folder, image_dir)
-        return LegacySource(folder, "seed000", tokens, shape[0], shape[1], 0, [path], None, image)
-    files, key, shape = _layer_files(folder / NPZ_DIR, n)
+        return LegacySource(folder, "seed000", tokens, shape[0], shape[1], 0, shape[3], [path], None, image)
+    files, key, shape = _layer_files(layer_dir(folder, attn_dir), n)
+    image = find_image(folder, image_dir)
     return LegacySource(
-        folder, "seed004", tokens, len(files), shape[0], n - shape[1], files, key, find_image(folder, image_dir)
+        folder, "seed004", tokens, len(files), shape[0], shape[2] - shape[1], shape[2], files, key, image
     )
+
+
+def _keys_fit(n_att: int, n_tokens: int) -> bool:
+    """The attention covers every token, or all but the last (generated, never fed back)."""
+    return n_att in (n_tokens, n_tokens - 1) and n_att > 0
 
 
 def _squeeze_batch(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
@@ -205,10 +357,10 @@ def _layer_files(npz_dir: Path, n: int) -> tuple[list[Path], str, tuple[int, int
     for path in files:
         _, other, _ = npz_header(path)
         other = _squeeze_batch(other, 3)
-        if len(other) != 3 or other[2] != n or not 0 < other[1] <= n or other != shape:
+        if len(other) != 3 or not _keys_fit(other[2], n) or not 0 < other[1] <= other[2] or other != shape:
             raise LegacyFormatError(
-                f"{path} has shape {other}; expected [heads, rows <= {n}, {n}] like layer 0 {shape}, "
-                f"to match the {n} tokens of {TOKENS_FILE}"
+                f"{path} has shape {other}; expected [heads, rows <= {n}, {n}] (or {n - 1} keys: the last token "
+                f"without attention) like layer 0 {shape}, to match the {n} tokens of {TOKENS_FILE}"
             )
     return files, key, shape
 
@@ -297,14 +449,20 @@ def _image_run(tokens: list[str]) -> int:
 
 
 def read_rows(src: LegacySource, rows: np.ndarray) -> np.ndarray:
-    """Attention rows at sequence positions `rows`  # [layer, head, query, key] float16."""
+    """Attention rows at sequence positions `rows`  # [layer, head, query, key] float16.
+
+    A token the files hold no key for (the last, never fed back) gets a zero column.
+    """
+    n = src.n_att
     if src.format == "seed000":
-        full = load_npy(src.files[0], mmap=True).reshape(src.n_layers, src.n_heads, src.n_key, src.n_key)
-        return np.asarray(full[:, :, rows, :], dtype=np.float16)  # memmap: reads only these rows
-    local = rows - src.first_row
-    return np.stack(
-        [load_npz(p, src.npz_key).reshape(src.n_heads, -1, src.n_key)[:, local, :] for p in src.files]
-    ).astype(np.float16)
+        full = load_npy(src.files[0], mmap=True).reshape(src.n_layers, src.n_heads, n, n)
+        att = np.asarray(full[:, :, rows, :], dtype=np.float16)  # memmap: reads only these rows
+    else:
+        local = rows - src.first_row
+        att = np.stack([load_npz(p, src.npz_key).reshape(src.n_heads, -1, n)[:, local, :] for p in src.files])
+    out = np.zeros((*att.shape[:3], src.n_key), np.float16)
+    out[..., :n] = att
+    return out
 
 
 @dataclass
@@ -336,7 +494,8 @@ def plan_image(
         raise LegacyFormatError(f"{src.folder / TOKENS_FILE}: {err}") from err
     layout = extend_layout(layout, len(tokens) - n_prompt)
     rows = query_positions(layout.kind, queries)
-    rows = rows[rows >= src.first_row]  # npz files may hold only the last rows (the answer)
+    # npz files may hold only the last rows (the answer); the last token may have no row at all
+    rows = rows[(rows >= src.first_row) & (rows < src.n_att)]
     if rows.size == 0:
         raise LegacyFormatError(f"{src.folder}: no stored attention rows for the text tokens")
     return LegacyImage(src, layout, rows.astype(np.int32), n_prompt)
@@ -377,18 +536,33 @@ def import_legacy(
     image_dir: str | Path | None = None,
     tile_tokens: int = DEFAULT_TILE_TOKENS,
     on_image: Callable[[str], None] | None = None,
+    attn_dir: str | Path | None = None,
 ) -> list[str]:
     """Import seed folders into a new store at `out`; returns the image names written.
 
     Every folder is checked from headers first; the store is written to a temporary folder
     beside `out` and renamed to `out` only when every image is complete.
+
+    Parameters
+    ----------
+    path : a seed folder, or a batch root with one seed folder per image.
+    out : the new store (must not exist).
+    grid : (rows, cols) tile grid for token files without `<row_r_col_c>` markers.
+    prompt_tokens : number of prompt tokens (default: up to the last 'Assistant:').
+    queries : "text" (prompt + answer rows) or "all" (every stored row).
+    model_id : recorded as the store's model.
+    image_dir : where `<folder name>.<png|jpg>` is found when a folder holds no image.
+    tile_tokens : patch tokens per tile, with `grid`.
+    on_image : called with each image name once it is written.
+    attn_dir : the folder of per-layer .npz files inside each seed folder (default: found,
+        see `layer_dir`).
     """
     out = Path(out)
     if "://" in str(out):
         raise StoreError("import-legacy writes a local store; copy it to remote storage afterwards")
     if out.exists():
         raise StoreError(f"'{out}' already exists: the import creates a new store", param="out")
-    sources = find_sources(path, image_dir)
+    sources = find_sources(path, image_dir, attn_dir)
     _check_same_model(sources)
     items = [plan_image(src, grid, prompt_tokens, queries, tile_tokens) for src in sources]
     names = _unique_names(sources)

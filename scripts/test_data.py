@@ -20,7 +20,7 @@ if not (is_legacy_folder(path) or (path.is_dir() and any(map(is_legacy_folder, p
 try:
     for src in find_sources(path):
         print(f"{src.folder}: {src.format}, {src.n_key} tokens, {src.n_layers} layers x {src.n_heads} heads, "
-              f"rows {src.first_row}-{src.n_key - 1}, image {src.image.name}: ok")  # fmt: skip
+              f"rows {src.first_row}-{src.n_att - 1}, image {src.image.name}: ok")  # fmt: skip
 except AttnstoreError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(1)

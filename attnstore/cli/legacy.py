@@ -26,6 +26,13 @@ def import_legacy(
     image_dir: Annotated[
         Path | None, typer.Option(help="Where to find <folder name>.png/.jpg when a folder has no image.png.")
     ] = None,
+    attn_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder of attention_fp16_rounded_layer_{i}.npz files inside each seed folder "
+            "(default: attentions_5/, then attentions/, then the one folder holding such files)."
+        ),
+    ] = None,
     model_id: Annotated[str, typer.Option(help="Model the files came from (recorded).")] = (
         "HuggingFaceTB/SmolVLM-256M-Instruct"
     ),
@@ -34,7 +41,8 @@ def import_legacy(
 ) -> None:
     """Import seed 000 (attention_array.npy) / seed 004 (attentions_5/*.npz) folders into a new store.
 
-    Every file is checked first; pickled .npy files are refused, never loaded. The store is
+    Every file is checked first. Pickles are never loaded, except a decoded_tokens.npy saved as
+    an object array of strings, read by an unpickler that can build nothing else. The store is
     built in a temporary folder and renamed to --out only when complete.
     """
     from rich.console import Console
@@ -46,12 +54,12 @@ def import_legacy(
 
     if queries not in QUERY_MODES:
         raise AttnstoreError(f"--queries must be one of {', '.join(QUERY_MODES)}, not '{queries}'")
-    n = len(find_sources(path, image_dir))
+    n = len(find_sources(path, image_dir, attn_dir))
     with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task("importing", total=n)
         names = run_import(
             path, out, grid=parse_grid(grid), prompt_tokens=prompt_tokens, queries=queries, model_id=model_id,
-            image_dir=image_dir, tile_tokens=tile_tokens, on_image=lambda name: bar.advance(task),
+            image_dir=image_dir, attn_dir=attn_dir, tile_tokens=tile_tokens, on_image=lambda name: bar.advance(task),
         )  # fmt: skip
     typer.echo(f"{out}: {len(names)} image(s) imported ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
 
