@@ -1,20 +1,28 @@
-"""`attnstore validate`: schema, shapes, completeness, geometry and attention sanity.
+"""`attnstore validate`: schema, shapes, completeness, geometry, attention sanity and chunk integrity.
 
 The seed's `test_data.py` checked that the npy files load and have matching
 shapes; this checks everything a reader relies on, image by image, and
-returns a list of human-readable problems (empty = valid).
+returns a list of human-readable problems (empty = valid). The deep check
+also reads every stored chunk of every array, so a chunk that fails its
+crc32c checksum (a flipped byte on disk) is found and its image named.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
+import zarr
 
-from attnstore.schema import ATTENTION_DIMS, REQUIRED_ATTRS, TokenKind
-from attnstore.store import open_dataset
+from attnstore.errors import StoreError
+from attnstore.schema import ATTENTION_DIMS, IMAGE, QUERY, REQUIRED_ATTRS, TokenKind
+from attnstore.store import AttnStore, open_dataset
+
+CHECKSUM_MISMATCH = "checksum do not match"  # zarr's crc32c codec: "Stored and computed checksum do not match"
+DEEP_QUERY_BLOCK = 32  # attention rows decoded per read in the deep check (bounds memory at real size)
 
 
 @dataclass
@@ -22,6 +30,7 @@ class ValidationReport:
     n_images: int = 0
     n_complete: int = 0
     problems: list[str] = field(default_factory=list)
+    damaged: dict[int, str] = field(default_factory=dict)  # image index -> name, for unreadable chunks
 
     @property
     def ok(self) -> bool:
@@ -34,27 +43,205 @@ def row_sum_tolerance(keep_bits: int) -> float:
 
 
 def validate_store(
-    path: str, storage_options: dict | None = None, on_image: Callable[[], None] | None = None
+    path: str,
+    storage_options: dict | None = None,
+    on_image: Callable[[], None] | None = None,
+    deep: bool = False,
 ) -> ValidationReport:
-    ds = open_dataset(path, storage_options=storage_options)
-    report = ValidationReport(n_images=int(ds.sizes["image"]))
+    """Check a store; the report lists every problem found (empty: valid).
+
+    Parameters
+    ----------
+    path : store path or fsspec URL.
+    storage_options : fsspec options for remote stores.
+    on_image : called after each complete image is checked.
+    deep : also read every stored chunk of every array (incomplete images and padding included),
+        naming each image whose data fails its checksum or cannot be decoded.
+    """
+    report = ValidationReport()
+    if deep:
+        _scan_chunks(path, storage_options, report)
+    try:
+        ds = open_dataset(path, storage_options=storage_options)
+    except ValueError as err:
+        if is_checksum_error(err):
+            raise StoreError(f"store '{path}' is damaged: a coordinate array fails its checksum") from err
+        raise
+    report.n_images = int(ds.sizes["image"])
     report.problems += [f"missing store attribute '{a}'" for a in REQUIRED_ATTRS if a not in ds.attrs]
     if ds["attention"].dims != ATTENTION_DIMS or ds["attention"].dtype != np.float16:
         report.problems.append(
             f"attention has dims {ds['attention'].dims} {ds['attention'].dtype}, expected {ATTENTION_DIMS} float16"
         )
         return report
-    complete = ds["complete"].values.astype(bool)
+    try:
+        complete = ds["complete"].values.astype(bool)
+        names = ds["image_name"].values
+    except Exception as err:  # damaged: listed by the deep scan, or said here
+        report.problems.append(f"the image list cannot be read ({_first_line(err)})")
+        return report
     report.n_complete = int(complete.sum())
-    names = ds["image_name"].values
     for i in np.flatnonzero(~complete):
         report.problems.append(f"image {i} ({names[i]}): incomplete (interrupted write); rerun extract to finish it")
     tol = row_sum_tolerance(ds.attrs.get("keep_bits", 10))
     for i in np.flatnonzero(complete):
-        report.problems += [f"image {i} ({names[i]}): {p}" for p in check_image(ds.isel(image=i), tol)]
+        if i in report.damaged:
+            continue  # already named by the deep scan
+        try:
+            report.problems += [f"image {i} ({names[i]}): {p}" for p in check_image(ds.isel(image=i), tol)]
+        except Exception as err:  # a damaged chunk: name the image instead of failing the whole check
+            report.damaged[int(i)] = str(names[i])
+            report.problems.append(f"image {i} ({names[i]}): damaged, {_describe_read_error(err)}")
         if on_image:
             on_image()
     return report
+
+
+# -- chunk integrity ---------------------------------------------------------------------------
+
+
+def is_checksum_error(err: BaseException) -> bool:
+    """Whether `err` (or an exception it was raised from) is a chunk failing its crc32c checksum."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ValueError) and CHECKSUM_MISMATCH in str(err):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def damaged_image_error(ds: xr.Dataset, image: int) -> StoreError:
+    """The error to show when image `image` of `ds` has a chunk that fails its checksum."""
+    return StoreError(
+        f"image {image} ({_image_name(ds, image)}) is damaged: a chunk of its data fails its checksum "
+        "(changed on disk since it was written), so it cannot be shown; the other images are unaffected"
+    )
+
+
+@contextmanager
+def checksum_guard(ds: xr.Dataset, image: int) -> Iterator[None]:
+    """Turn a checksum failure while reading image `image` into a StoreError naming it.
+
+    Parameters
+    ----------
+    ds : the open store.
+    image : index of the image being read.
+
+    Examples
+    --------
+    >>> with checksum_guard(ds, 3):                          # doctest: +SKIP
+    ...     grid = ds.attn.heatmap(token="dog", image=3)
+    """
+    try:
+        yield
+    except ValueError as err:
+        if is_checksum_error(err):
+            raise damaged_image_error(ds, image) from err
+        raise
+
+
+def _image_name(ds: xr.Dataset, image: int) -> str:
+    try:
+        return str(ds["image_name"].values[image])
+    except Exception:  # the name's own chunk may be the damaged one
+        return "name unreadable"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _describe_read_error(err: BaseException) -> str:
+    if is_checksum_error(err):
+        return "a chunk fails its crc32c checksum (changed on disk since it was written)"
+    return f"a chunk cannot be decoded ({_first_line(err)})"
+
+
+def _scan_chunks(path: str, storage_options: dict | None, report: ValidationReport) -> None:
+    """Read every chunk of every array; record each image whose data cannot be read."""
+    group = AttnStore.open(path, mode="r", storage_options=storage_options).group
+    damage: dict[int, list[str]] = {}
+    for name in sorted(group.array_keys()):
+        arr = group[name]
+        dims = tuple(arr.metadata.dimension_names or ())
+        if not dims or dims[0] != IMAGE:
+            try:
+                arr[...]
+            except Exception as err:
+                report.problems.append(f"array '{name}' is damaged: {_describe_read_error(err)}")
+            continue
+        for images, what in _damaged_blocks(arr, name, dims):
+            for i in images:
+                damage.setdefault(i, []).append(what)
+    names = _names_or_indices(group, report.n_images or group["complete"].shape[0])
+    for i in sorted(damage):
+        report.damaged[i] = names[i]
+        report.problems.append(f"image {i} ({names[i]}): damaged, {'; '.join(damage[i])}")
+
+
+def _damaged_blocks(arr: zarr.Array, name: str, dims: tuple[str, ...]) -> Iterator[tuple[range, str]]:
+    """(images, description) for each unreadable block of an array whose first axis is `image`."""
+    step = arr.chunks[0]  # images per (inner) chunk: 1, or many for the single-writer arrays
+    for start in range(0, arr.shape[0], step):
+        images = range(start, min(start + step, arr.shape[0]))
+        if QUERY in dims and arr.shards is not None:  # one inner chunk per query row: say which rows
+            rows = _damaged_rows(arr, start, dims.index(QUERY))
+            if rows:
+                yield images, f"'{name}' query row(s) {_compact(rows)}: {rows[min(rows)]}"
+            continue
+        try:
+            arr[images.start : images.stop]
+        except Exception as err:
+            yield images, f"'{name}': {_describe_read_error(err)}"
+
+
+def _damaged_rows(arr: zarr.Array, image: int, axis: int) -> dict[int, str]:
+    """Unreadable query rows of one image -> why, reading DEEP_QUERY_BLOCK rows at a time."""
+    bad: dict[int, str] = {}
+    n = arr.shape[axis]
+    for lo in range(0, n, DEEP_QUERY_BLOCK):
+        rows = range(lo, min(lo + DEEP_QUERY_BLOCK, n))
+        try:
+            _read_rows(arr, image, axis, rows)
+        except Exception:
+            for row in rows:  # find the rows at fault
+                try:
+                    _read_rows(arr, image, axis, range(row, row + 1))
+                except Exception as err:
+                    bad[row] = _describe_read_error(err)
+    return bad
+
+
+def _read_rows(arr: zarr.Array, image: int, axis: int, rows: range) -> None:
+    index = [slice(None)] * arr.ndim
+    index[0], index[axis] = image, slice(rows.start, rows.stop)
+    arr[tuple(index)]
+
+
+def _compact(rows: dict[int, str]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9'."""
+    keys, parts, start = sorted(rows), [], None
+    for a, b in zip(keys, [*keys[1:], None]):
+        start = a if start is None else start
+        if b != a + 1:
+            parts.append(str(start) if start == a else f"{start}-{a}")
+            start = None
+    return ", ".join(parts)
+
+
+def _names_or_indices(group: zarr.Group, n: int) -> list[str]:
+    """Image names, or 'name unreadable' for those whose chunk is damaged."""
+    names = ["name unreadable"] * n
+    arr = group["image_name"]
+    for start in range(0, n, arr.chunks[0]):
+        stop = min(start + arr.chunks[0], n)
+        try:
+            names[start:stop] = [str(v) for v in arr[start:stop]]
+        except Exception:
+            continue
+    return names
 
 
 def check_image(img: xr.Dataset, tol: float) -> list[str]:

@@ -64,14 +64,26 @@ def info(store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")]
 
 
 @app.command()
-def validate(store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")]) -> None:
+def validate(
+    store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")],
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also read every stored chunk of every array (checksums included) and name the damaged images.",
+        ),
+    ] = False,
+) -> None:
     """Check schema, shapes, completeness, geometry, row sums and causality; exit 1 on problems."""
     from attnstore.validation import validate_store
 
-    report = validate_store(store)
+    report = validate_store(store, deep=deep)
     for problem in report.problems:
         typer.secho(f"problem: {problem}", fg="red")
     status = "valid" if report.ok else f"{len(report.problems)} problem(s)"
     typer.echo(f"{store}: {report.n_images} images, {report.n_complete} complete, {status}")
+    if report.damaged:
+        listed = ", ".join(f"{i} ({name})" for i, name in sorted(report.damaged.items()))
+        typer.secho(f"damaged image(s): {listed}", fg="red")
     if not report.ok:
         raise typer.Exit(1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 from PIL import Image
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from attnstore import __version__
 from attnstore.errors import StoreError
@@ -53,8 +53,19 @@ SINGLE_WRITER_VARIABLES = ("complete", "image_name", "image_source")
 SINGLE_WRITER_CHUNK = 4096
 
 
-def _compressor(typesize: int) -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=typesize)
+# Every chunk ends with a crc32c of its compressed bytes (the standard zarr v3 `crc32c` codec), so a
+# flipped byte on disk is an error on read instead of a silently wrong heatmap. Stores written
+# without it keep opening: each array's codecs are in its own metadata.
+CHUNK_CHECKSUM = True
+
+
+def _compressors(dtype) -> tuple:
+    """Bytes-to-bytes codecs of one array: blosc for numbers, zstd for strings, then crc32c."""
+    if np.dtype(dtype).kind in "OUT":
+        compress = ZstdCodec(level=0)  # zarr's own default for variable-length strings
+    else:
+        compress = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=np.dtype(dtype).itemsize)
+    return (compress, Crc32cCodec()) if CHUNK_CHECKSUM else (compress,)
 
 
 def round_mantissa(values: np.ndarray, keep_bits: int) -> np.ndarray:
@@ -167,7 +178,7 @@ class AttnStore:
     def _create_arrays(self, shape: StoreShape) -> None:
         g, L, H, Q, K = self.group, shape.n_layers, shape.n_heads, shape.query_capacity, shape.key_capacity
 
-        def array(name, dims, dtype, fill, chunks, shards=None, compress=True):
+        def array(name, dims, dtype, fill, chunks, shards=None):
             arr = g.create_array(
                 name,
                 shape=(0, *(shards or chunks)[1:]) if dims[0] == IMAGE else chunks,
@@ -176,7 +187,7 @@ class AttnStore:
                 dtype=dtype,
                 fill_value=fill,
                 dimension_names=dims,
-                compressors=_compressor(np.dtype(dtype).itemsize) if compress else "auto",
+                compressors=_compressors(dtype),
                 attributes=VARIABLE_ATTRS.get(name, {}),
             )
             return arr
@@ -187,18 +198,25 @@ class AttnStore:
         for name, (dtype, fill) in PER_KEY.items():
             array(name, (IMAGE, KEY), dtype, fill, (1, K))
         for name in PER_KEY_STRINGS:
-            array(name, (IMAGE, KEY), str, "", (1, K), compress=False)
+            array(name, (IMAGE, KEY), str, "", (1, K))
         array("patch_box", (IMAGE, KEY, BOX_DIM), "float32", np.nan, (1, K, 4))
         per_image = lambda name: (SINGLE_WRITER_CHUNK if name in SINGLE_WRITER_VARIABLES else 1,)  # noqa: E731
         for name, (dtype, fill) in PER_IMAGE_SCALARS.items():
             array(name, (IMAGE,), dtype, fill, per_image(name))
         for name in PER_IMAGE_STRINGS:
-            array(name, (IMAGE,), str, "", per_image(name), compress=False)
+            array(name, (IMAGE,), str, "", per_image(name))
         side = MAX_DISPLAY_SIDE
         array("pixels", (IMAGE, PIXEL_Y, PIXEL_X, RGB), "uint8", 0, (1, side, side, 3))
         # Small coordinate arrays so xarray users get labelled axes.
         for name, values in (("layer", np.arange(L)), ("head", np.arange(H)), (BOX_DIM, np.arange(4))):
-            coord = g.create_array(name, shape=values.shape, dtype="int32", dimension_names=(name,), fill_value=0)
+            coord = g.create_array(
+                name,
+                shape=values.shape,
+                dtype="int32",
+                dimension_names=(name,),
+                fill_value=0,
+                compressors=_compressors("int32"),
+            )
             coord[:] = values
         g[BOX_DIM].attrs["corners"] = list(BOX_CORNERS)
 
@@ -299,7 +317,7 @@ class AttnStore:
                 dtype=dtype,
                 fill_value=fill,
                 dimension_names=(IMAGE,),
-                compressors="auto" if kind == "str" else _compressor(np.dtype(dtype).itemsize),
+                compressors=_compressors(dtype),
                 attributes={"long_name": description},
             )
             known[name] = kind

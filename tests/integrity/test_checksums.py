@@ -1,0 +1,117 @@
+"""Chunk checksums: a flipped byte is found, named, and never shown as a map; older stores keep opening."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import Crc32cCodec
+
+import attnstore.analysis  # noqa: F401  (registers ds.attn)
+import attnstore.store.writer as writer
+from attnstore.cli import main
+from attnstore.errors import StoreError
+from attnstore.store import open_dataset
+from attnstore.synthetic import make_synthetic_store
+from attnstore.validation import checksum_guard, is_checksum_error, validate_store
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root`, by relative path."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def codecs_of(arr: zarr.Array) -> tuple:
+    """The codecs that encode each stored chunk (the inner ones for a sharded array)."""
+    codecs = arr.metadata.codecs
+    return codecs[0].codecs if arr.shards is not None else codecs
+
+
+def row(ds, image: int, query: int) -> np.ndarray:
+    """One stored query row, read as the explorer reads a click  # [layer, head, key]."""
+    return ds["attention"].isel(image=image, query=query).values
+
+
+def flip_attention_row(store: Path, image: int, row: int) -> None:
+    """Flip one byte inside the stored chunk of query row `row` of image `image`."""
+    shard = store / "attention" / "c" / str(image) / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    n_rows = zarr.open_array(store / "attention", mode="r").shape[3]
+    index = np.frombuffer(bytes(data[-(16 * n_rows + 4) : -4]), "<u8").reshape(n_rows, 2)  # (offset, nbytes)
+    offset, nbytes = (int(v) for v in index[row])
+    assert nbytes > 0, "the row must be stored"
+    data[offset + nbytes // 2] ^= 0x10
+    shard.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def store(tmp_path, synthetic_store) -> Path:
+    """A private copy of the synthetic store (3 images) to damage."""
+    return Path(shutil.copytree(synthetic_store, tmp_path / "s.zarr"))
+
+
+def test_every_array_carries_a_crc32c(synthetic_store):
+    group = zarr.open_group(synthetic_store, mode="r")
+    for name in group.array_keys():
+        assert isinstance(codecs_of(group[name])[-1], Crc32cCodec), name
+
+
+def test_flipped_byte_is_an_error_not_a_wrong_map(store):
+    ds = open_dataset(str(store))
+    before = row(ds, 0, 2)  # image 0, query row 2, read while intact
+    flip_attention_row(store, image=1, row=2)
+    ds = open_dataset(str(store))
+    np.testing.assert_array_equal(row(ds, 0, 2), before)  # other images read as before
+    with pytest.raises(ValueError) as err:
+        row(ds, 1, 2)
+    assert is_checksum_error(err.value)
+    with pytest.raises(StoreError, match=r"image 1 \(synthetic_00001.png\) is damaged"):
+        with checksum_guard(ds, 1):
+            row(ds, 1, 2)
+    with checksum_guard(ds, 1):
+        row(ds, 1, 3)  # an intact row of the same image still reads
+    with pytest.raises(ZeroDivisionError), checksum_guard(ds, 1):
+        1 / 0  # other errors pass through unchanged
+
+
+def test_validate_deep_names_the_damaged_image_and_row(store, capsys):
+    flip_attention_row(store, image=1, row=5)
+    (store / "token_text" / "c" / "2" / "0").write_bytes(b"\x00" * 40)  # another image, another array
+    hashes = tree_hashes(store)
+    assert main(["validate", str(store), "--deep"]) == 1
+    out = capsys.readouterr().out
+    assert "image 1 (synthetic_00001.png): damaged, 'attention' query row(s) 5: a chunk fails its crc32c" in out
+    assert "image 2 (synthetic_00002.png): damaged, 'token_text'" in out
+    assert "damaged image(s): 1 (synthetic_00001.png), 2 (synthetic_00002.png)" in out
+    assert "image 0" not in out
+    assert tree_hashes(store) == hashes  # a failing validate leaves the store byte-identical
+
+
+def test_plain_validate_reports_damage_without_a_traceback(store, capsys):
+    flip_attention_row(store, image=2, row=0)
+    hashes = tree_hashes(store)
+    assert main(["validate", str(store)]) == 1
+    out = capsys.readouterr().out
+    assert "image 2 (synthetic_00002.png): damaged, a chunk fails its crc32c checksum" in out
+    assert tree_hashes(store) == hashes
+
+
+def test_deep_validate_of_an_intact_store_is_valid(synthetic_store):
+    report = validate_store(synthetic_store, deep=True)
+    assert report.ok and report.damaged == {} and report.n_complete == 3
+
+
+def test_stores_written_without_checksums_keep_opening(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(writer, "CHUNK_CHECKSUM", False)  # the codec pipeline before checksums
+    old = make_synthetic_store(str(tmp_path / "old.zarr"), n_images=2)
+    monkeypatch.undo()
+    group = zarr.open_group(old, mode="r")
+    assert not any(isinstance(c, Crc32cCodec) for n in group.array_keys() for c in codecs_of(group[n]))
+    ds = open_dataset(old)
+    assert ds.attn.heatmap(token="jacket", image=1).shape  # reads as before
+    assert main(["validate", old, "--deep"]) == 0
+    assert "2 complete, valid" in capsys.readouterr().out
