@@ -249,7 +249,7 @@ def layer_dir(folder: Path, attn_dir: str | Path | None = None) -> Path | None:
     if attn_dir is not None:
         chosen = folder / attn_dir
         if not chosen.is_dir():
-            raise LegacyFormatError(f"{folder} has no folder '{attn_dir}' of layer files", param="attn_dir")
+            raise InvalidArgument("attn_dir", f"'{attn_dir}' is not a folder inside {folder}")
         return chosen
     for name in NPZ_DIRS:
         if (folder / name).is_dir():
@@ -257,9 +257,7 @@ def layer_dir(folder: Path, attn_dir: str | Path | None = None) -> Path | None:
     found = [d for d in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())) if _holds_layer_files(d)]
     if len(found) > 1:
         names = ", ".join(f"'{d.relative_to(folder)}'" for d in found)
-        raise LegacyFormatError(
-            f"{folder} has layer files in several folders ({names}); name the one to read (attn_dir)", param="attn_dir"
-        )
+        raise InvalidArgument("attn_dir", f"names the layer folder to read: {folder} has several ({names})")
     return found[0] if found else None
 
 
@@ -277,7 +275,7 @@ def is_legacy_folder(folder: Path, attn_dir: str | Path | None = None) -> bool:
         return (folder / attn_dir).is_dir()
     try:
         return layer_dir(folder) is not None
-    except LegacyFormatError:
+    except InvalidArgument:
         return True  # ambiguous, but seed-shaped: inspect_folder reports it
 
 

@@ -13,6 +13,7 @@ import pytest
 import attnstore.analysis as A
 import attnstore.legacy as L
 from attnstore.cli import main
+from attnstore.errors import InvalidArgument
 from attnstore.store import open_dataset
 from attnstore.synthetic import _gradient_image, idefics3_tokens, synthetic_attention
 from attnstore.validation import validate_store
@@ -133,9 +134,12 @@ def test_several_unknown_layer_folders_need_a_name(tmp_path, rng, tokens, capsys
     other = causal_square(rng, 3, N_HEADS, n - 1)
     write_layers(folder / "run_b", other)
     out = tmp_path / "s.zarr"
-    with pytest.raises(L.LegacyFormatError, match=r"several folders \('run_a', 'run_b'\)") as err:
+    several = r"attn_dir names the layer folder to read: .* \('run_a', 'run_b'\)"
+    with pytest.raises(InvalidArgument, match=several) as err:
         L.import_legacy(folder, out)
     assert err.value.param == "attn_dir"
+    assert main(["import-legacy", str(folder), "--out", str(out), "--no-progress"]) == 1
+    assert "error: --attn-dir names the layer folder to read" in capsys.readouterr().err
     assert_nothing_written(tmp_path, out)
     assert main(["import-legacy", str(folder), "--out", str(out), "--attn-dir", "nope", "--no-progress"]) == 1
     assert "holds neither attention_array.npy nor 'nope'" in capsys.readouterr().err
