@@ -52,7 +52,7 @@ def extract(
     """Run a VLM over images and store every layer's and head's attention."""
     from attnstore.images import collect_images
     from attnstore.models import load_adapter
-    from attnstore.pipeline import run_extraction
+    from attnstore.models.hub import read_model_type
     from attnstore.quiet import quiet_transformers
     from attnstore.store.remote import parse_storage_options
 
@@ -80,8 +80,11 @@ def extract(
         )
         _summarise(report, out)
         return
+    read_model_type(model)  # a missing model fails here, before transformers or torch are imported
     quiet_transformers()
     adapter = load_adapter(model, device=device)
+    from attnstore.pipeline import run_extraction
+
     report = run_extraction(
         adapter,
         paths,

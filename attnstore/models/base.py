@@ -20,7 +20,13 @@ from PIL import Image
 
 from attnstore.errors import ModelLoadError
 from attnstore.geometry import ImageLayout
-from attnstore.models.hub import RANDOM_WEIGHTS_KEY, canonical_model_id, hub_offline, missing_weights_message  # noqa: F401
+from attnstore.models.hub import (  # noqa: F401  (hub_offline: re-exported for older imports)
+    RANDOM_WEIGHTS_KEY,
+    canonical_model_id,
+    hub_offline,
+    hub_unavailable,
+    missing_weights_message,
+)
 
 
 class ModelAdapter(ABC):
@@ -37,16 +43,25 @@ class ModelAdapter(ABC):
     # -- loading ---------------------------------------------------------------------------
     @classmethod
     def load(cls, model_id: str, device: str = "cpu") -> ModelAdapter:
-        """Load weights and processor from a local folder or the HF cache (HF_HUB_OFFLINE honoured)."""
+        """Load weights and processor from a local folder or the HF cache, then the hub if it can be reached.
+
+        The cache comes first, so a cached model never waits on the network (HF_HUB_OFFLINE honoured).
+        """
         model_id = canonical_model_id(model_id)
         local = Path(model_id).expanduser()
         source = str(local) if local.is_dir() else model_id
         try:
-            model, processor = cls._from_pretrained(source, local_files_only=local.is_dir() or hub_offline())
+            model, processor = cls._from_pretrained(source, local_files_only=True)
         except (OSError, ValueError) as err:
             if local.is_dir():
                 raise ModelLoadError(f"cannot load model from '{local}': {err}") from err
-            raise ModelLoadError(missing_weights_message(model_id)) from err
+            reason = hub_unavailable()
+            if reason is not None:
+                raise ModelLoadError(missing_weights_message(model_id, reason), param="model") from err
+            try:
+                model, processor = cls._from_pretrained(source, local_files_only=False)
+            except (OSError, ValueError) as err:
+                raise ModelLoadError(missing_weights_message(model_id), param="model") from err
         revision = getattr(model.config, "_commit_hash", None)
         return cls(model.to(device), processor, model_id=model_id, revision=revision)
 
