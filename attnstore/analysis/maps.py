@@ -15,6 +15,7 @@ from attnstore.analysis.grid import VIEWS, patch_grid
 from attnstore.analysis.keys import IMAGE_KEY_SETS, NORMALISATIONS
 from attnstore.analysis.reduce import METHODS, reduce_heads
 from attnstore.analysis.select import parse_range
+from attnstore.analysis.select import short_repr as _short
 from attnstore.analysis.tokens import find_token
 from attnstore.errors import InvalidArgument
 from attnstore.schema import TokenKind
@@ -242,8 +243,3 @@ def _index_list(value, dim: str, n: int) -> tuple[int, ...]:
     if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
         raise InvalidArgument(dim, f"must be a non-empty list of integers or a range like '0-3', got {_short(value)}")
     return tuple(value)
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -6,6 +6,8 @@ stored chunk (a list index on `query` or `key` would make zarr decode whole shar
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import xarray as xr
 
@@ -133,22 +135,38 @@ def is_dask(da: xr.DataArray) -> bool:
     return da.chunks is not None
 
 
+# One comma-separated part of a layer/head selection: an ASCII number or lo-hi, spaces allowed around them.
+# int() alone would also read "1_0" (10), "+3", and non-ASCII digits ("٣"), which the grammar does not promise.
+_RANGE_PART = re.compile(r"[ \t]*([0-9]+)[ \t]*(?:-[ \t]*([0-9]+)[ \t]*)?")
+_MAX_DIGITS = 18  # far above any layer or head count; longer numbers are out of range without int()
+
+
 def parse_range(spec: str | None, n: int, what: str = "layers") -> list[int] | None:
     """'0-29', '3', '0,2,5-7' -> sorted list of indices (None for '' / 'all'); checked against n.
 
-    Bounds are checked before a range is expanded, so '0-99999999999' fails at once.
+    Bounds are checked before a range is expanded, so '0-99999999999' fails at once; anything
+    but ASCII numbers, ranges lo-hi with lo <= hi, commas, spaces and tabs is refused.
     """
-    if spec is None or spec.strip().lower() in ("", "all"):
+    if spec is None or spec.strip(" \t").lower() in ("", "all"):
         return None
     picked: set[int] = set()
     for part in spec.split(","):
-        lo_text, dash, hi_text = part.strip().partition("-")
-        try:
-            lo = int(lo_text)
-            hi = int(hi_text) if dash else lo
-        except ValueError:
-            raise InvalidArgument(what, f"'{spec}' is not a list of numbers or ranges like 0-29 or 0,3,5-7") from None
+        match = _RANGE_PART.fullmatch(part)
+        if not match:
+            raise InvalidArgument(what, f"{short_repr(spec)} is not a list of numbers or ranges like 0-29 or 0,3,5-7")
+        lo, hi = _bounded_int(match[1]), _bounded_int(match[2] or match[1])
         if not 0 <= lo <= hi < n:
-            raise InvalidArgument(what, f"'{spec}' is outside 0-{n - 1} (the store has {n} {what})")
+            raise InvalidArgument(what, f"{short_repr(spec)} is outside 0-{n - 1} (the store has {n} {what})")
         picked.update(range(lo, hi + 1))
     return sorted(picked)
+
+
+def _bounded_int(digits: str) -> int:
+    """An ASCII number; one too long to be any index reads as -1 (out of range) without converting it."""
+    return int(digits) if len(digits.lstrip("0")) <= _MAX_DIGITS else -1
+
+
+def short_repr(value, limit: int = 40) -> str:
+    """repr() cut to `limit` characters: one printable line for a message, whatever the value holds."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
