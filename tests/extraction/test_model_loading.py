@@ -3,6 +3,7 @@
 No test touches the network: "no network" is a hub endpoint on a closed loopback port.
 """
 
+import hashlib
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import pytest
 from attnstore.errors import ModelLoadError
 from attnstore.models import adapter_for_model_type, hub, load_adapter
 from attnstore.models.base import canonical_model_id
+from attnstore.synthetic import _gradient_image
 
 REAL_ID = "HuggingFaceTB/SmolVLM-256M-Instruct"
 
@@ -77,12 +79,19 @@ def no_network_env(cache: Path) -> dict:
     return {**env, "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}", "HF_HUB_CACHE": str(cache)}
 
 
-def test_default_model_without_weights_or_network_is_one_line_before_torch(tmp_path):
-    image = tmp_path / "photo.png"
-    from attnstore.synthetic import _gradient_image
+def tree_hashes(root: Path) -> dict[str, str]:
+    files = (p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-store", "existing-store"])
+def test_default_model_without_weights_or_network_is_one_line_before_torch(tmp_path, synthetic_store, existing):
+    image = tmp_path / "photo.png"
     _gradient_image(64, 48).save(image)
     out = tmp_path / "out.zarr"
+    if existing:
+        shutil.copytree(synthetic_store, out)
+    before = tree_hashes(out) if existing else None
     code = (
         "import sys; from attnstore.cli import main; "
         f"code = main(['extract', {str(image)!r}, '--out', {str(out)!r}]); "
@@ -96,7 +105,7 @@ def test_default_model_without_weights_or_network_is_one_line_before_torch(tmp_p
     assert lines[0].startswith("error: model 'HuggingFaceTB/SmolVLM-256M-Instruct' is neither")
     assert f"the Hugging Face hub ({env['HF_ENDPOINT']}) cannot be reached" in lines[0]
     assert "imported: []" in proc.stdout  # failed before loading torch or transformers
-    assert not out.exists()
+    assert (tree_hashes(out) == before) if existing else not out.exists()  # the store is byte-identical
 
 
 def test_cached_model_loads_without_asking_the_hub(tmp_path, tiny_model_path):
