@@ -173,8 +173,10 @@ def _scan_chunks(path: str, storage_options: dict | None, report: ValidationRepo
                 report.problems.append(f"array '{name}' is damaged: {_describe_read_error(err)}")
             continue
         for images, what in _damaged_blocks(arr, name, dims):
-            for i in images:
-                damage.setdefault(i, []).append(what)
+            if len(images) == 1:
+                damage.setdefault(images[0], []).append(what)
+            else:  # a chunk shared by many images (the image list): one problem, not thousands
+                report.problems.append(f"images {images[0]}-{images[-1]}: damaged, {what}")
     names = _names_or_indices(group, report.n_images or group["complete"].shape[0])
     for i in sorted(damage):
         report.damaged[i] = names[i]

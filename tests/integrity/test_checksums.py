@@ -92,6 +92,16 @@ def test_validate_deep_names_the_damaged_image_and_row(store, capsys):
     assert tree_hashes(store) == hashes  # a failing validate leaves the store byte-identical
 
 
+def test_damaged_image_list_is_one_problem(store, capsys):
+    (store / "complete" / "c" / "0").write_bytes(b"\x01" * 16)  # one chunk holds the flags of 4096 images
+    hashes = tree_hashes(store)
+    assert main(["validate", str(store), "--deep"]) == 1
+    out = capsys.readouterr().out
+    assert "images 0-2: damaged, 'complete':" in out
+    assert "the image list cannot be read" in out
+    assert tree_hashes(store) == hashes
+
+
 def test_plain_validate_reports_damage_without_a_traceback(store, capsys):
     flip_attention_row(store, image=2, row=0)
     hashes = tree_hashes(store)
