@@ -174,6 +174,25 @@ def test_object_array_of_tokens_imports(tmp_path, rng, tokens):
     assert [str(t) for t in img["token_text"].values[: len(tokens)]] == tokens
 
 
+def test_batch_output_as_the_seed_wrote_it(tmp_path, rng, tokens):
+    """Object-array tokens, one token more than keys, per-image folders: all at once."""
+    n = len(tokens)
+    root = tmp_path / "smol_outputs"
+    attention = {}
+    for name in ("COCO_val2014_000000000042", "COCO_val2014_000000000073"):
+        attention[name] = causal_square(rng, 2, N_HEADS, n - 1)
+        folder = seed_repo(root / name, tokens, attention[name])
+        np.save(folder / "decoded_tokens.npy", np.array(tokens, dtype=object), allow_pickle=True)
+    out = tmp_path / "s.zarr"
+    assert main(["import-legacy", str(root), "--out", str(out), "--no-progress"]) == 0
+    ds = open_dataset(str(out))
+    assert validate_store(str(out), deep=True).ok
+    for i, name in enumerate(ds["image_name"].values):
+        img = A.select_image(ds, i)
+        qpos = img["query_position"].values
+        np.testing.assert_array_equal(img["attention"].values[..., : n - 1], attention[str(name)][:, :, qpos])
+
+
 class CreatesFile:
     """Unpickling this would create `path` (what a hostile file could do)."""
 
