@@ -152,7 +152,8 @@ def main() -> None:
                 "validate --deep s",
             ],  # fmt: skip
             rows,
-            caption=f"{args.clicks} clicks per store, alternating; full read = median of {args.images}; deep validate: best of 2; "
+            caption=f"{args.clicks} clicks per store, alternating; full read = median of {args.images}; "
+            "deep validate: best of 2; "
             f"google_crc32c alone: {crc_throughput(paths['crc32c (default)']):.1f} GB/s over the attention shards.",
         )
         crc = "crc32c (default)"
