@@ -44,8 +44,8 @@ def missing_weights_message(model_id: str, reason: str = "") -> str:
     return (
         f"model '{model_id}' is neither a local directory nor in the Hugging Face cache{reason}. "
         f"On a machine with internet run `hf download {model_id}` (then copy the cache or the folder here), "
-        "or pass --model PATH to a folder saved with save_pretrained. "
-        "`attnstore demo` uses a tiny random-weight model built offline."
+        "or give the path of a folder saved with save_pretrained. "
+        "`attnstore demo` runs offline with its own small model."
     )
 
 
