@@ -10,7 +10,6 @@ crc32c checksum (a flipped byte on disk) is found and its image named.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +19,8 @@ import zarr
 from attnstore.errors import StoreError
 from attnstore.schema import ATTENTION_DIMS, IMAGE, QUERY, REQUIRED_ATTRS, TokenKind
 from attnstore.store import AttnStore, open_dataset
+from attnstore.store.integrity import is_checksum_error
 
-CHECKSUM_MISMATCH = "checksum do not match"  # zarr's crc32c codec: "Stored and computed checksum do not match"
 DEEP_QUERY_BLOCK = 32  # attention rows decoded per read in the deep check (bounds memory at real size)
 
 
@@ -98,54 +97,6 @@ def validate_store(
 
 
 # -- chunk integrity ---------------------------------------------------------------------------
-
-
-def is_checksum_error(err: BaseException) -> bool:
-    """Whether `err` (or an exception it was raised from) is a chunk failing its crc32c checksum."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, ValueError) and CHECKSUM_MISMATCH in str(err):
-            return True
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return False
-
-
-def damaged_image_error(ds: xr.Dataset, image: int) -> StoreError:
-    """The error to show when image `image` of `ds` has a chunk that fails its checksum."""
-    return StoreError(
-        f"image {image} ({_image_name(ds, image)}) is damaged: a chunk of its data fails its checksum "
-        "(changed on disk since it was written), so it cannot be shown; the other images are unaffected"
-    )
-
-
-@contextmanager
-def checksum_guard(ds: xr.Dataset, image: int) -> Iterator[None]:
-    """Turn a checksum failure while reading image `image` into a StoreError naming it.
-
-    Parameters
-    ----------
-    ds : the open store.
-    image : index of the image being read.
-
-    Examples
-    --------
-    >>> with checksum_guard(ds, 3):                          # doctest: +SKIP
-    ...     grid = ds.attn.heatmap(token="dog", image=3)
-    """
-    try:
-        yield
-    except ValueError as err:
-        if is_checksum_error(err):
-            raise damaged_image_error(ds, image) from err
-        raise
-
-
-def _image_name(ds: xr.Dataset, image: int) -> str:
-    try:
-        return str(ds["image_name"].values[image])
-    except Exception:  # the name's own chunk may be the damaged one
-        return "name unreadable"
 
 
 def _first_line(err: BaseException) -> str:

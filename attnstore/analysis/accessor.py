@@ -20,6 +20,7 @@ from attnstore.analysis.reduce import entropy, image_share
 from attnstore.analysis.select import select_image, token_weights
 from attnstore.analysis.tokens import find_token
 from attnstore.errors import NotFound
+from attnstore.store.integrity import checksum_guard
 
 CACHE_SIZES = {"image": 8, "weights": 64}  # images kept selected; token rows kept (float32, ~1 MB each)
 
@@ -47,7 +48,12 @@ class AttnAccessor:
     def image(self, image: int | str = 0) -> xr.Dataset:
         """One image by index or by `image_name` (`select_image`; cached)."""
         index = self.image_index(image)
-        return self.cached("image", lambda: select_image(self._ds, index), key=index)
+        return self.cached("image", lambda: self._read(index, select_image, self._ds, index), key=index)
+
+    def _read(self, image: int, read: Callable, *args):
+        """`read(*args)`, a chunk failing its checksum reported as a StoreError naming `image`."""
+        with checksum_guard(self._ds, image):
+            return read(*args)
 
     def image_index(self, image: int | str) -> int:
         if isinstance(image, (int, np.integer)):
@@ -63,7 +69,7 @@ class AttnAccessor:
     def weights(self, image: int, row: int, normalise_mode: str = "raw") -> xr.DataArray:
         """One token's attention  # [layer, head, key] float32, normalised; reads one chunk, cached."""
         img = self.image(image)
-        raw = self.cached("weights", lambda: token_weights(img, row), key=(image, row, "raw"))
+        raw = self.cached("weights", lambda: self._read(image, token_weights, img, row), key=(image, row, "raw"))
         if normalise_mode == "raw":
             return raw
         return self.cached("weights", lambda: normalise(raw, img, normalise_mode), key=(image, row, normalise_mode))

@@ -16,8 +16,9 @@ import attnstore.store.writer as writer
 from attnstore.cli import main
 from attnstore.errors import StoreError
 from attnstore.store import open_dataset
+from attnstore.store.integrity import checksum_guard, is_checksum_error
 from attnstore.synthetic import make_synthetic_store
-from attnstore.validation import checksum_guard, is_checksum_error, validate_store
+from attnstore.validation import validate_store
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -126,3 +127,21 @@ def test_stores_written_without_checksums_keep_opening(tmp_path, monkeypatch, ca
     assert ds.attn.heatmap(token="jacket", image=1).shape  # reads as before
     assert main(["validate", old, "--deep"]) == 0
     assert "2 complete, valid" in capsys.readouterr().out
+
+
+def test_map_pipeline_names_the_damaged_image_instead_of_drawing(store, capsys):
+    """What the explorer, the REST API and `attnstore heatmap` read goes through ds.attn: a damaged row
+    is a one-line StoreError naming the image, and other rows of that image still draw."""
+    from attnstore.analysis import MapSpec, compute_map
+    from attnstore.cli import main
+
+    ds = open_dataset(str(store))
+    row_of_dog = compute_map(ds, MapSpec(image=1, token="dog")).row
+    flip_attention_row(store, image=1, row=row_of_dog)
+    ds = open_dataset(str(store))
+    with pytest.raises(StoreError, match=r"image 1 \(synthetic_00001.png\) is damaged"):
+        compute_map(ds, MapSpec(image=1, token="dog"))
+    assert np.isfinite(compute_map(ds, MapSpec(image=1, token="jacket")).grid().values).any()
+    assert main(["heatmap", str(store), "--token", "dog", "--image", "1", "--output", str(store.parent / "h.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is damaged" in err and not (store.parent / "h.png").exists()
