@@ -1,24 +1,35 @@
-"""REST endpoints, compatible with the seed viewer's API, plus the pictures the page loads.
+"""REST endpoints, compatible with the seed viewer's API and its shipped frontend, plus the
+pictures the page loads.
 
-    GET  /api/initialize[?image=i]          -> {"success", "tokens", "num_layers", "num_heads", "image_url", ...}
-    POST /api/generate_attention_map        {"word", "layer", "head"} (+ "image", "token_index", "occurrence",
-                                            "mode", "over", "norm", "cmap")
-                                            -> {"success", "image" (base64 PNG), "word_index", "layer", "head", ...}
+    GET  /api/initialize[?image=i]          -> {"success", "tokens", "num_layers", "num_heads", "image_url",
+                                                "prompt", ...}
+    POST /api/generate_attention_map        {"word" | "word_index" | "token_index", "layer", "head"}
+                                            (+ "image", "occurrence", "threshold", "mode", "over", "norm", "cmap")
+                                            -> {"success", "image" (base64 PNG), "word_index", "layer", "head",
+                                                "heatmap", "heatmap_width", "heatmap_height", "stats", ...}
     GET  /api/image/<i>.png                 the display copy of image i
     GET  /api/thumbnail/<i>.png             a small copy (built on first request)
 
-Errors are JSON `{"success": false, "error": "..."}` with a 4xx status; the seed's
-exact message "Word not found in tokens" is kept for unknown words (the close
-matches go to "detail").
+Every /api path answers JSON: errors are `{"success": false, "error": "..."}` with a 4xx
+status (404 for an unknown path, 405 with an Allow header for a wrong method); the seed's
+exact message "Word not found in tokens" is kept for unknown words (the close matches go to
+"detail"). An unexpected failure is a JSON 500 without a traceback (the log has it).
 """
 
 from __future__ import annotations
 
 import base64
+import math
+import re
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import dash
 import flask
+import numpy as np
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
 
 from attnstore import render
 from attnstore.analysis import TokenNotFoundError, find_token
@@ -28,31 +39,112 @@ from explorer.state import StoreState
 from explorer.views import ViewParams
 
 WORD_NOT_FOUND = "Word not found in tokens"
+MAX_BODY_BYTES = 64 * 1024  # a request is a handful of fields; more is a mistake, not a query
+MAX_WORD_CHARS = 200  # close-match suggestions cost O(len(word)) per token: bound them
+_INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: int() would also take '٣' or '1_000'
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class ApiError(Exception):
     """An error answered as JSON with an HTTP status."""
 
-    def __init__(self, message: str, status: int = 400, **extra: Any):
+    def __init__(self, message: str, status: int = 400, headers: dict | None = None, **extra: Any):
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
         self.extra = extra
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
     """Add the REST routes to the Dash app's Flask server (under the app's route prefix)."""
-    server: flask.Flask = app.server
-    prefix = app.config.routes_pathname_prefix.rstrip("/")
+    add_routes(app.server, state, app.config.routes_pathname_prefix.rstrip("/"), app.get_relative_path)
 
-    def route(rule: str, endpoint: str, view, methods=("GET",)) -> None:
-        server.add_url_rule(
-            f"{prefix}{rule}", endpoint=f"attnstore_{endpoint}", view_func=_json_errors(view), methods=list(methods)
+
+def add_routes(
+    server: flask.Flask,
+    state: StoreState,
+    prefix: str = "",
+    relative_path: Callable[[str], str] | None = None,
+    token_objects: bool = False,
+) -> None:
+    """Add the REST routes to any Flask app.
+
+    Parameters
+    ----------
+    server : the Flask app.
+    state : the store the routes read.
+    prefix : URL prefix of the routes ("" or e.g. "/attn").
+    relative_path : maps a route path to the URL a browser should load (default: prefix + path).
+    token_objects : `/api/initialize` returns `tokens` as `{text, index, is_selectable}` objects
+        (what the seed's shipped frontend reads) instead of raw token strings.
+    """
+    relative_path = relative_path or (lambda path: prefix + path)
+    routes = {
+        "/api/initialize": (("GET",), lambda: initialize(state, flask.request.args, relative_path, token_objects)),
+        "/api/generate_attention_map": (("POST",), lambda: generate(state, _json_body())),
+        "/api/image/<int:index>.png": (("GET",), lambda index: _png(state.picture_png(state.check_image(index)))),
+        "/api/thumbnail/<int:index>.png": (("GET",), lambda index: _png(state.thumbnail_png(index))),
+    }
+    endpoints = set()
+    for rule, (methods, view) in routes.items():
+        endpoint = "attnstore_" + rule.split("/")[2].split("<")[0].strip("/")
+        server.add_url_rule(prefix + rule, endpoint=endpoint, view_func=_json_errors(view), methods=list(methods))
+        endpoints.add(endpoint)
+    # Only the API's own rules decide between 404 and 405 (the page's catch-all would answer any GET).
+    api_map = Map([Rule(prefix + rule, methods=list(methods)) for rule, (methods, _) in routes.items()])
+
+    def api_only() -> flask.Response | None:
+        """Runs after routing: an /api path that no API route took (or a routing error) answers JSON."""
+        rule = flask.request.url_rule
+        if _api_path(prefix) and (rule is None or rule.endpoint not in endpoints):
+            return _error_response(_api_miss(api_map, prefix))
+        return None
+
+    server.before_request(api_only)
+    server.register_error_handler(HTTPException, lambda err: _http_error(err, api_map, prefix))
+
+
+def _api_path(prefix: str) -> bool:
+    path = flask.request.path
+    return path == prefix + "/api" or path.startswith(prefix + "/api/")
+
+
+def _api_miss(api_map: Map, prefix: str) -> ApiError:
+    """404 or 405 (with Allow) for a request no API route served."""
+    request = flask.request
+    try:
+        api_map.bind("").match(request.path, method=request.method)
+    except MethodNotAllowed as err:
+        methods = sorted(set(err.valid_methods or ()) - {"HEAD", "OPTIONS"})
+        allow = methods + (["HEAD"] if "GET" in methods else []) + ["OPTIONS"]  # as Flask answers them
+        return ApiError(
+            f"method {request.method} is not allowed on {_show(request.path, 80)}: use {' or '.join(methods)}",
+            405,
+            headers={"Allow": ", ".join(allow)},
         )
+    except NotFound:
+        pass
+    paths = ", ".join(str(rule).replace("<int:index>", "<i>") for rule in api_map.iter_rules())
+    return ApiError(f"no API endpoint at {_show(request.path, 80)}; the API has {paths}", 404)
 
-    route("/api/initialize", "initialize", lambda: initialize(app, state, flask.request.args))
-    route("/api/generate_attention_map", "generate", lambda: generate(state, _json_body()), methods=("POST",))
-    route("/api/image/<int:index>.png", "image", lambda index: _png(state.picture_png(state.check_image(index))))
-    route("/api/thumbnail/<int:index>.png", "thumbnail", lambda index: _png(state.thumbnail_png(index)))
+
+def _http_error(err: HTTPException, api_map: Map, prefix: str):
+    """JSON for errors raised outside the API views (unknown method, body too large, crash) on /api paths."""
+    if not _api_path(prefix):
+        return err  # the page's own errors keep Flask's rendering
+    if err.code in (404, 405):
+        return _error_response(_api_miss(api_map, prefix))
+    if err.code == 500:
+        return _error_response(ApiError("internal error while answering this request (see the server log)", 500))
+    return _error_response(ApiError(err.description or err.name, err.code or 500))
+
+
+def _error_response(err: ApiError) -> flask.Response:
+    extra = {k: _one_line(v) if isinstance(v, str) else v for k, v in err.extra.items()}
+    response = flask.jsonify({"success": False, "error": _one_line(str(err)), **extra})
+    response.status_code = err.status
+    response.headers.update(err.headers)
+    return response
 
 
 def _json_errors(view):
@@ -60,9 +152,9 @@ def _json_errors(view):
         try:
             return view(*args, **kwargs)
         except ApiError as err:
-            return flask.jsonify({"success": False, "error": str(err), **err.extra}), err.status
+            return _error_response(err)
         except AttnstoreError as err:
-            return flask.jsonify({"success": False, "error": str(err)}), 404 if "does not exist" in str(err) else 400
+            return _error_response(ApiError(str(err), 404 if "does not exist" in str(err) else 400))
 
     wrapped.__name__ = view.__name__
     return wrapped
@@ -74,41 +166,86 @@ def _png(data: bytes) -> flask.Response:
     return response
 
 
+def _one_line(text: str) -> str:
+    """Control characters (a client's newline in a path or a word) escaped: an error stays one line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """repr of a client's value, clipped: an error line stays one short line whatever was sent."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _json_body() -> dict:
-    body = flask.request.get_json(silent=True, force=True)
+    request = flask.request
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(f"request body too large ({request.content_length} bytes; at most {MAX_BODY_BYTES})", 413)
+    try:
+        body = request.get_json(silent=True, force=True)
+    except RecursionError:  # json nested deeper than Python's recursion limit
+        body = None
     if not isinstance(body, dict):
         raise ApiError('Malformed JSON body: send an object like {"word": "dog", "layer": 0, "head": 0}', 400)
     return body
 
 
 def _int_field(body: dict, name: str, limit: int, what: str, default: int | None = None) -> int:
+    """An integer field in 0..limit-1 (JSON integer, or a string of ASCII digits, as query strings send)."""
     value = body.get(name, default)
     if value is None:
         raise ApiError(f"Missing field '{name}'", 400)
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
-        raise ApiError(f"Field '{name}' must be an integer, got {value!r}", 400)
-    value = int(value)
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(f"Field '{name}' must be an integer, got {_show(value)}", 400)
     if not 0 <= value < limit:
-        raise ApiError(f"{what} {value} out of range (0-{limit - 1})", 400)
+        raise ApiError(f"{what} {_show(value)} out of range (0-{limit - 1})", 400)
     return value
 
 
-def initialize(app: dash.Dash, state: StoreState, args) -> flask.Response:
+def _choice_field(body: dict, name: str, allowed, default: str) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str) or value not in allowed:
+        raise ApiError(f"Field '{name}' must be one of {', '.join(allowed)}, got {_show(value)}", 400)
+    return value
+
+
+def _number_field(body: dict, name: str) -> float | None:
+    """An optional finite number (JSON number; `NaN`/`Infinity` literals are refused)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise ApiError(f"Field '{name}' must be a finite number, got {_show(value)}", 400)
+    return float(value)
+
+
+def initialize(
+    state: StoreState, args, relative_path: Callable[[str], str], token_objects: bool = False
+) -> flask.Response:
     """The seed's /api/initialize for one image (default: the first complete one)."""
     first = state.first_image()
     if first is None:
         raise ApiError("the store has no complete image yet", 404)
     image = _int_field(dict(args), "image", state.n_images, "Image", default=first)
     meta = state.image(image)
+    if token_objects:  # the seed frontend's form: display text, sequence position, clickable or not
+        tokens = [
+            {"text": text, "index": key, "is_selectable": bool(meta.key_query[key] >= 0)}
+            for key, text in enumerate(meta.display)
+        ]
+    else:
+        tokens = meta.token_text  # raw text of every sequence position (BPE markers kept, like the seed)
     return flask.jsonify(
         {
             "success": True,
-            "tokens": meta.token_text,  # raw text of every sequence position (BPE markers kept, like the seed)
+            "tokens": tokens,
             "display_tokens": meta.display,
             "query_positions": [int(p) for p in meta.query_position],
             "num_layers": state.n_layers,
             "num_heads": state.n_heads,
-            "image_url": app.get_relative_path(f"/api/image/{image}.png"),
+            "image_url": relative_path(f"/api/image/{image}.png"),
             "image": image,
             "num_images": state.n_images,
             "image_name": meta.name,
@@ -127,34 +264,36 @@ def generate(state: StoreState, body: dict) -> flask.Response:
     image = _int_field(body, "image", state.n_images, "Image", default=first)
     layer = _int_field(body, "layer", state.n_layers, "Layer")
     head = _int_field(body, "head", state.n_heads, "Head")
-    meta = state.image(image)
-    key = _token_key(meta, body)
     params = ViewParams(
         image=image,
-        token=key,
         layer=layer,
         head=head,
-        mode=str(body.get("mode", "head")),
-        over=str(body.get("over", "heads")),
-        norm=str(body.get("norm", "raw")),
+        mode=_choice_field(body, "mode", views.MODES, "head"),
+        over=_choice_field(body, "over", views.OVERS, "heads"),
+        norm=_choice_field(body, "norm", views.NORMS, "raw"),
     )
-    data = views.heatmap(state, params)
+    cmap = _choice_field(body, "cmap", render.CMAPS, "viridis")
+    threshold = _number_field(body, "threshold")
+    meta = state.image(image)
+    key = _token_key(meta, body)
+    data = views.heatmap(state, replace(params, token=key))
+    tiles = data.tiles  # [grid_row, grid_col], NaN where no token
+    if threshold is not None:  # the seed frontend's slider: weaker cells drawn as 0 (NaN stays transparent)
+        tiles = np.where(tiles < threshold, 0.0, tiles)
     geom = views.geometry(state, image)
-    cmap = str(body.get("cmap", "viridis"))
-    if cmap not in render.CMAPS:
-        raise ApiError(f"cmap must be one of {', '.join(render.CMAPS)}", 400)
     picture = render.heatmap_image(
-        data.tiles,
+        tiles,
         cmap=cmap,
         vmin=0.0,
         vmax=data.vmax or None,
         boxes=geom.tiles.boxes if geom.tiles else None,
         size=(meta.width, meta.height),
     )
+    png = base64.b64encode(render.png_bytes(picture)).decode()
     return flask.jsonify(
         {
             "success": True,
-            "image": base64.b64encode(render.png_bytes(picture)).decode(),
+            "image": png,
             "word_index": key,
             "layer": layer,
             "head": head,
@@ -162,22 +301,39 @@ def generate(state: StoreState, body: dict) -> flask.Response:
             "query_row": data.query,
             "image_index": image,
             "max_value": data.vmax,
+            "heatmap": png,  # the seed frontend's names for the same picture
+            "heatmap_width": picture.width,
+            "heatmap_height": picture.height,
+            "stats": _value_range(data),
         }
     )
 
 
+def _value_range(data: views.HeatmapData) -> dict[str, float]:
+    """min and max of the map's values (before any threshold); 0 and 0 when it has none."""
+    parts = [np.asarray(a, np.float64).ravel() for a in (data.tiles, data.glob) if a is not None]
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return {"min": 0.0, "max": 0.0}
+    return {"min": float(values.min()), "max": float(values.max())}
+
+
 def _token_key(meta, body: dict) -> int:
-    """Sequence position of the requested token: `token_index` if given, else the `word` lookup."""
-    if body.get("token_index") is not None:
-        key = _int_field(body, "token_index", meta.n_key, "Token index")
-        meta.query_of(key)  # explains a token without a stored row
-        return key
+    """Sequence position of the requested token: `token_index` or `word_index` if given, else the `word` lookup."""
+    for name in ("token_index", "word_index"):
+        if body.get(name) is not None:
+            key = _int_field(body, name, meta.n_key, "Token index")
+            meta.query_of(key)  # explains a token without a stored row
+            return key
     word = body.get("word")
     if not isinstance(word, str) or not word.strip():
-        raise ApiError("Missing field 'word' (or 'token_index')", 400)
+        raise ApiError("Missing field 'word' (or 'word_index')", 400)
+    if len(word) > MAX_WORD_CHARS:
+        raise ApiError(f"Field 'word' is too long ({len(word)} characters; at most {MAX_WORD_CHARS})", 400)
     occurrence = body.get("occurrence", 0)
     if not isinstance(occurrence, int) or isinstance(occurrence, bool):
-        raise ApiError(f"Field 'occurrence' must be an integer, got {occurrence!r}", 400)
+        raise ApiError(f"Field 'occurrence' must be an integer, got {_show(occurrence)}", 400)
     try:
         row = find_token(meta.img, word, occurrence)
     except TokenNotFoundError as err:

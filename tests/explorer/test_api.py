@@ -68,7 +68,7 @@ def test_generate_by_token_index_and_image(client, state):
         ({"layer": 0, "head": 0}, 400, "Missing field 'word'"),
         ({"word": "dog", "layer": 0, "head": 0, "image": 7}, 400, "Image 7 out of range (0-2)"),
         ({"word": "x", "token_index": 10, "layer": 0, "head": 0}, 400, "no stored attention row"),
-        ({"word": "dog", "layer": 0, "head": 0, "norm": "zscore"}, 400, "normalisation must be one of"),
+        ({"word": "dog", "layer": 0, "head": 0, "norm": "zscore"}, 400, "Field 'norm' must be one of raw, image"),
         ([1, 2, 3], 400, "Malformed JSON body"),
     ],
 )
