@@ -32,11 +32,11 @@ def place_grid(grid_rgba: np.ndarray, boxes: np.ndarray, width: int, height: int
         stitched Idefics3 tiles and the global grid are.
     Returns # [height, width, 4] uint8, transparent outside the grid.
     """
-    canvas = np.zeros((height, width, 4), np.uint8)
     row, col = lattice_cells(boxes, width, height)  # [height], [width]
-    inside = (row[:, None] >= 0) & (col[None, :] >= 0)  # [height, width]
-    if inside.any():
-        canvas[inside] = grid_rgba[np.maximum(row, 0)[:, None], np.maximum(col, 0)[None, :]][inside]
+    # Rows then columns with `take` (contiguous copies): ~50x faster than one 2-D fancy index.
+    canvas = grid_rgba.take(np.maximum(row, 0), axis=0).take(np.maximum(col, 0), axis=1)  # [height, width, 4]
+    canvas[row < 0] = 0
+    canvas[:, col < 0] = 0
     return canvas
 
 
@@ -92,10 +92,10 @@ def overlay(
     return Image.fromarray(np.round(blended).astype(np.uint8), "RGB")
 
 
-def png_bytes(image: Image.Image | np.ndarray) -> bytes:
-    """Encode an image (PIL or uint8 array) as PNG."""
+def png_bytes(image: Image.Image | np.ndarray, compress_level: int = 6) -> bytes:
+    """Encode an image (PIL or uint8 array) as PNG (`compress_level` 1 = fastest, 9 = smallest)."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
