@@ -12,7 +12,9 @@ over the heads, the layers, or everything). Clients wait `--think` seconds betwe
 at most `--max-requests` requests); the server is stopped with Ctrl+C (SIGINT).
 
 Prints per variant: requests, errors (non-200 answer, `"success": true` missing, timeout or
-connection error), throughput, latency p50/p95/p99/max, against the goal (0 errors, p95 <= 250 ms).
+connection error), throughput, latency p50/p95/p99/max, the server's CPU time per request (its
+processes' user + system time: the figure that does not depend on what else runs on the machine),
+against the goal (0 errors, p95 <= 250 ms).
 
     .venv/bin/python benchmarks/bench_load.py [--store PATH] [--workers 0 2] [--clients 16] [--duration 60]
     .venv/bin/python benchmarks/bench_load.py --quick        # 10 s per variant
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import signal
 import socket
@@ -117,6 +120,20 @@ def click_script(seed: int, rows: dict[int, list[int]], n_layers: int, n_heads: 
     return clicks
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by the server process and its live children (gunicorn workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 @dataclass
 class Tally:
     latencies_ms: list[float] = field(default_factory=list)
@@ -193,24 +210,27 @@ def main() -> None:
                 ]
                 run_load(port, scripts, args.warmup, args.think, args.max_requests)
                 load_before = host_load()
+                cpu_before = server_cpu_seconds(server.pid)
                 tally = run_load(port, scripts, args.duration, args.think, args.max_requests)
+                cpu = server_cpu_seconds(server.pid) - cpu_before
             finally:
                 stop_server(server)
-            rows_table.append(summary(workers, tally, args.duration))
+            rows_table.append(summary(workers, tally, args.duration, cpu))
             print(f"  {rows_table[-1][0]}: done ({load_before} before the run)", flush=True)
         print_table(
             f"{args.clients} clients, {args.duration:.0f} s per variant, think {args.think} s, "
             f"{info['num_layers']} layers x {info['num_heads']} heads, {info['num_images']} images",
-            ["server", "requests", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "goal"],
+            ["server", "requests", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "CPU ms/req", "goal"],
             rows_table,
-            caption=f"goal: 0 errors, p95 <= {GOAL_P95_MS:.0f} ms; {host_load()}",
+            caption=f"goal: 0 errors, p95 <= {GOAL_P95_MS:.0f} ms; CPU ms/req: the server's processes' CPU time per "
+            f"request (does not depend on other load); {host_load()}",
         )
 
 
-def summary(workers: int, tally: Tally, seconds: float) -> list:
+def summary(workers: int, tally: Tally, seconds: float, cpu_seconds: float) -> list:
     name = "threads (1 process)" if workers == 0 else f"gunicorn --workers {workers}"
     if not tally.latencies_ms:
-        return [name, 0, len(tally.errors), 0, "-", "-", "-", "-", "MISSED"]
+        return [name, 0, len(tally.errors), 0, "-", "-", "-", "-", "-", "MISSED"]
     p50, p95, p99 = percentiles(tally.latencies_ms, (50, 95, 99))
     ok = not tally.errors and p95 <= GOAL_P95_MS
     errors = f"{len(tally.errors)}" + (f" ({sorted(set(tally.errors))[0]}...)" if tally.errors else "")
@@ -223,6 +243,7 @@ def summary(workers: int, tally: Tally, seconds: float) -> list:
         f"{p95:.0f}",
         f"{p99:.0f}",
         f"{max(tally.latencies_ms):.0f}",
+        f"{cpu_seconds * 1000 / len(tally.latencies_ms):.1f}",
         "ok" if ok else "MISSED",
     ]
 

@@ -28,6 +28,7 @@ from typing import Any
 import dash
 import flask
 import numpy as np
+from PIL import Image
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
@@ -281,15 +282,9 @@ def generate(state: StoreState, body: dict) -> flask.Response:
     if threshold is not None:  # the seed frontend's slider: weaker cells drawn as 0 (NaN stays transparent)
         tiles = np.where(tiles < threshold, 0.0, tiles)
     geom = views.geometry(state, image)
-    picture = render.heatmap_image(
-        tiles,
-        cmap=cmap,
-        vmin=0.0,
-        vmax=data.vmax or None,
-        boxes=geom.tiles.boxes if geom.tiles else None,
-        size=(meta.width, meta.height),
-    )
-    png = base64.b64encode(render.png_bytes(picture, compress_level=1)).decode()  # per click: speed over size
+    boxes = geom.tiles.boxes if geom.tiles else None
+    png, (width, height) = _overlay_png(tiles, cmap, data.vmax or None, boxes, (meta.width, meta.height))
+    png = base64.b64encode(png).decode()
     return flask.jsonify(
         {
             "success": True,
@@ -302,11 +297,34 @@ def generate(state: StoreState, body: dict) -> flask.Response:
             "image_index": image,
             "max_value": data.vmax,
             "heatmap": png,  # the seed frontend's names for the same picture
-            "heatmap_width": picture.width,
-            "heatmap_height": picture.height,
+            "heatmap_width": width,
+            "heatmap_height": height,
             "stats": _value_range(data),
         }
     )
+
+
+def _overlay_png(
+    tiles: np.ndarray, cmap: str, vmax: float | None, boxes: np.ndarray | None, size: tuple[int, int]
+) -> tuple[bytes, tuple[int, int]]:
+    """The transparent heatmap, cells placed by geometry on an image-size canvas, as PNG bytes and its size.
+
+    A map has at most 256 colours plus transparent, so it is written as a palette PNG: the
+    same pixels as `render.heatmap_image`'s RGBA, a quarter of the bytes to compress (this
+    runs on every click).
+    """
+    rgba = render.colorize(tiles, cmap, 0.0, vmax)  # [grid_row, grid_col, 4]
+    flat = np.concatenate([np.zeros((1, 4), np.uint8), rgba.reshape(-1, 4)])  # transparent first: sorts to 0
+    colours, inverse = np.unique(flat, axis=0, return_inverse=True)  # [n_colours, 4], [1 + cells]
+    if boxes is None or len(colours) > 256:
+        picture = render.heatmap_image(tiles, cmap=cmap, vmin=0.0, vmax=vmax, boxes=boxes, size=size)
+        return render.png_bytes(picture, compress_level=1), picture.size
+    index = inverse.reshape(-1)[1:].reshape(rgba.shape[:2]).astype(np.uint8)  # [grid_row, grid_col]
+    canvas = render.place_grid(index[..., None], boxes, *size)[..., 0]  # [height, width]; 0 outside the grid
+    picture = Image.fromarray(canvas, "P")
+    picture.putpalette(colours[:, :3].ravel().tolist())
+    picture.info["transparency"] = bytes(colours[:, 3].tolist())
+    return render.png_bytes(picture, compress_level=1), size
 
 
 def _value_range(data: views.HeatmapData) -> dict[str, float]:

@@ -70,7 +70,7 @@ def test_the_seed_contract_client_draws_a_heatmap(page, seed_url):
     page.fill("#threshold", str(stats["max"] * 2))  # above every value: the whole map is drawn as 0
     thresholded = _generate(page, dog, 1)["response"]
     assert thresholded["stats"] == stats
-    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(thresholded["heatmap"]))))
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(thresholded["heatmap"]))).convert("RGBA"))
     opaque = pixels[..., 3] > 0
     assert opaque.any() and (pixels[opaque][:, :3] == render.colormap_lut("viridis")[0]).all()
     assert page.inner_text("#error") == ""

@@ -26,7 +26,7 @@ def seed(state):
 
 
 def _png(b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGBA"))
 
 
 def test_generate_returns_the_seed_frontend_fields(client, state):
@@ -102,3 +102,17 @@ def test_seed_folder_must_have_an_index(tmp_path, state):
     with pytest.raises(InvalidArgument, match="has no templates/index.html") as err:
         create_seed_app(state, tmp_path)
     assert err.value.param == "seed_frontend"
+
+
+@pytest.mark.parametrize(("decimals", "mode"), [(1, "P"), (3, "RGBA")])  # 11 colours; all 256 + transparent
+def test_overlay_png_has_the_pixels_of_render_heatmap_image(decimals, mode):
+    from explorer.api import _overlay_png
+
+    tiles = np.linspace(0, 1, 960).round(decimals).reshape(24, 40)  # [grid_row, grid_col]
+    tiles[2, 3] = np.nan  # no token: transparent
+    boxes = render.uniform_boxes(24, 40)
+    png, size = _overlay_png(tiles, "viridis", 1.0, boxes, (800, 480))
+    want = np.asarray(render.heatmap_image(tiles, vmin=0.0, vmax=1.0, boxes=boxes, size=(800, 480)))
+    got = Image.open(io.BytesIO(png))
+    assert size == (800, 480) and got.mode == mode  # past 256 colours: RGBA
+    assert (np.asarray(got.convert("RGBA")) == want).all()
