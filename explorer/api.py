@@ -24,13 +24,14 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import dash
 import flask
 import numpy as np
 from PIL import Image
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, RequestRedirect, Rule
 
 from attnstore import render
 from attnstore.analysis import TokenNotFoundError, find_token
@@ -123,6 +124,10 @@ def _api_miss(api_map: Map, prefix: str) -> ApiError:
             405,
             headers={"Allow": ", ".join(allow)},
         )
+    except RequestRedirect as err:  # "/api//initialize": the same redirect Flask gives, with a JSON body
+        target = urlsplit(err.new_url)
+        location = target.path + (f"?{target.query}" if target.query else "")
+        return ApiError(f"moved to {_show(location, 80)}", 308, headers={"Location": location})
     except NotFound:
         pass
     paths = ", ".join(str(rule).replace("<int:index>", "<i>") for rule in api_map.iter_rules())
@@ -180,11 +185,16 @@ def _show(value: Any, limit: int = 40) -> str:
 
 def _json_body() -> dict:
     request = flask.request
+    too_large = ApiError(f"request body too large (at most {MAX_BODY_BYTES} bytes)", 413)
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ApiError(f"request body too large ({request.content_length} bytes; at most {MAX_BODY_BYTES})", 413)
+        raise too_large
+    request.max_content_length = MAX_BODY_BYTES  # a chunked body (no Content-Length) is read up to the limit
+    data = request.get_data(cache=True)
+    if len(data) >= MAX_BODY_BYTES:  # werkzeug stops at the limit without an error: the body went on
+        raise too_large
     try:
-        body = request.get_json(silent=True, force=True)
-    except RecursionError:  # json nested deeper than Python's recursion limit
+        body = flask.json.loads(data)
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8), or nested deeper than Python's recursion limit
         body = None
     if not isinstance(body, dict):
         raise ApiError('Malformed JSON body: send an object like {"word": "dog", "layer": 0, "head": 0}', 400)

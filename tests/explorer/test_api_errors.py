@@ -102,3 +102,31 @@ def test_non_finite_threshold_is_refused(client):
         GEN, data='{"word": "dog", "layer": 0, "head": 0, "threshold": NaN}', content_type="application/json"
     )
     assert "finite number" in _is_api_error(response, 400)["error"]
+
+
+def test_a_doubled_slash_redirects_in_json(client):
+    response = client.post("/api//generate_attention_map", json={"word": "dog", "layer": 0, "head": 0})
+    body = _is_api_error(response, 308)
+    assert response.headers["Location"] == GEN and GEN in body["error"]
+
+
+def test_a_chunked_body_is_bounded(app):
+    """A body without Content-Length (chunked) is cut at the limit too, over a real socket."""
+    import http.client
+    import json
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app.server, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        chunks = [b'{"word": "dog", "pad": "'] + [b"x" * 10_000] * 10 + [b'"}']
+        conn.request("POST", GEN, body=iter(chunks), headers={"Content-Type": "application/json"}, encode_chunked=True)
+        response = conn.getresponse()
+        body = json.loads(response.read())
+    finally:
+        server.shutdown()
+    assert response.status == 413, body
+    assert body["success"] is False and "Traceback" not in body["error"]
