@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from attnstore.cli import app
-from attnstore.errors import AttnstoreError
+from attnstore.errors import AttnstoreError, InvalidArgument
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 THREADS_PER_WORKER = 4  # overlap I/O (chunk reads, sockets) inside a worker; the CPU work scales by processes
@@ -42,9 +42,9 @@ def serve_store(
     AttnstoreError : the store cannot be opened, or the port is taken / not allowed.
     """
     if not 0 < port < 65536:
-        raise AttnstoreError(f"--port must be between 1 and 65535, got {port}")
+        raise InvalidArgument("port", f"must be between 1 and 65535, got {port}")
     if not 0 <= workers <= 64:
-        raise AttnstoreError(f"--workers must be between 0 and 64, got {workers}")
+        raise InvalidArgument("workers", f"must be between 0 and 64, got {workers}")
     if workers:
         _gunicorn_base()  # a missing gunicorn is reported before anything else
     check_port(host, port)  # before opening the store: a busy port is the cheaper mistake to report
@@ -170,9 +170,4 @@ def serve(
     ] = None,
 ) -> None:
     """Explore a store in the browser: click a token, see where the model looks."""
-    try:
-        serve_store(store, host=host, port=port, seed_frontend=seed_frontend, workers=workers)
-    except AttnstoreError as err:
-        if getattr(err, "param", None) == "seed_frontend":  # the library names its parameter, the CLI its flag
-            raise AttnstoreError(str(err).replace("seed_frontend ", "--seed-frontend: ", 1)) from None
-        raise
+    serve_store(store, host=host, port=port, seed_frontend=seed_frontend, workers=workers)

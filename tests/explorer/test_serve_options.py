@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,22 +12,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support.servers import free_port
 
 from attnstore.cli import main
 
 CLIENT = Path(__file__).parent / "seed_client"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_bad_seed_folder_is_one_line(synthetic_store, tmp_path, capsys):
-    assert main(["serve", synthetic_store, "--seed-frontend", str(tmp_path), "--port", str(_free_port())]) == 1
+    assert main(["serve", synthetic_store, "--seed-frontend", str(tmp_path), "--port", str(free_port())]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: --seed-frontend: ") and "templates/index.html" in err
+    assert err.count("\n") == 1 and err.startswith("error: --seed-frontend ") and "templates/index.html" in err
 
 
 @pytest.mark.parametrize("workers", ["-1", "65"])
@@ -39,7 +33,7 @@ def test_bad_workers_is_one_line(synthetic_store, capsys, workers):
 
 
 def test_workers_on_a_missing_store_is_one_line(tmp_path, capsys):
-    assert main(["serve", str(tmp_path / "none.zarr"), "--workers", "2", "--port", str(_free_port())]) == 1
+    assert main(["serve", str(tmp_path / "none.zarr"), "--workers", "2", "--port", str(free_port())]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no attnstore store" in err
 
@@ -69,7 +63,7 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_workers_serve_the_seed_frontend_and_stop_on_ctrl_c(synthetic_store):
-    port = _free_port()
+    port = free_port()
     cli = [sys.executable, "-c", "from attnstore.cli import run; run()", "serve", synthetic_store]
     cli += ["--port", str(port), "--workers", "2", "--seed-frontend", str(CLIENT)]
     proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
