@@ -202,7 +202,7 @@ def reverse_view(state: StoreState, params: ViewParams, key: int) -> xr.DataArra
 def geometry(state: StoreState, image: int) -> FigureGeometry:
     """The main figure's geometry of an image (cached per store)."""
     meta = state.image(image)
-    return state.cached("geometry", meta.index, lambda: figure_geometry(meta.img, meta.width, meta.height))
+    return state.cached("geometry", meta.index, lambda: figure_geometry(meta.img, meta.width, meta.height), 64)
 
 
 def picker_page(state: StoreState, query: str | None, page: int, per_page: int) -> tuple[list[int], int, int]:
