@@ -35,7 +35,8 @@ from werkzeug.routing import Map, RequestRedirect, Rule
 
 from attnstore import render
 from attnstore.analysis import TokenNotFoundError, find_token
-from attnstore.errors import AttnstoreError
+from attnstore.errors import AttnstoreError, StoreError
+from attnstore.store.integrity import checksum_guard
 from explorer import views
 from explorer.state import StoreState
 from explorer.views import ViewParams
@@ -159,6 +160,8 @@ def _json_errors(view):
             return view(*args, **kwargs)
         except ApiError as err:
             return _error_response(err)
+        except StoreError as err:  # the store, not the request, is at fault (e.g. a damaged chunk)
+            return _error_response(ApiError(str(err), 500))
         except AttnstoreError as err:
             return _error_response(ApiError(str(err), 404 if "does not exist" in str(err) else 400))
 
@@ -240,7 +243,8 @@ def initialize(
     if first is None:
         raise ApiError("the store has no complete image yet", 404)
     image = _int_field(dict(args), "image", state.n_images, "Image", default=first)
-    meta = state.image(image)
+    with checksum_guard(state.ds, image):
+        meta = state.image(image)
     if token_objects:  # the seed frontend's form: display text, sequence position, clickable or not
         tokens = [
             {"text": text, "index": key, "is_selectable": bool(meta.key_query[key] >= 0)}
@@ -285,9 +289,10 @@ def generate(state: StoreState, body: dict) -> flask.Response:
     )
     cmap = _choice_field(body, "cmap", render.CMAPS, "viridis")
     threshold = _number_field(body, "threshold")
-    meta = state.image(image)
-    key = _token_key(meta, body)
-    data = views.heatmap(state, replace(params, token=key))
+    with checksum_guard(state.ds, image):  # a damaged chunk names its image, never a wrong map
+        meta = state.image(image)
+        key = _token_key(meta, body)
+        data = views.heatmap(state, replace(params, token=key))
     tiles = data.tiles  # [grid_row, grid_col], NaN where no token
     if threshold is not None:  # the seed frontend's slider: weaker cells drawn as 0 (NaN stays transparent)
         tiles = np.where(tiles < threshold, 0.0, tiles)

@@ -130,3 +130,20 @@ def test_a_chunked_body_is_bounded(app):
         server.shutdown()
     assert response.status == 413, body
     assert body["success"] is False and "Traceback" not in body["error"]
+
+
+def test_a_damaged_image_is_named_in_a_json_500(synthetic_store, tmp_path):
+    import shutil
+
+    from integrity.test_checksums import flip_attention_row
+
+    from explorer import create_app
+
+    store = shutil.copytree(synthetic_store, tmp_path / "s.zarr")
+    payload = {"word": "dog", "layer": 0, "head": 0, "image": 1}
+    row = create_app(str(store)).server.test_client().post(GEN, json=payload).get_json()["query_row"]
+    flip_attention_row(store, image=1, row=row)
+    client = create_app(str(store)).server.test_client()
+    body = _is_api_error(client.post(GEN, json=payload), 500)
+    assert body["error"].startswith("image 1 (synthetic_00001.png) is damaged")
+    assert client.post(GEN, json={**payload, "image": 0}).status_code == 200  # the other images still draw
