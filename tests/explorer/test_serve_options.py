@@ -86,3 +86,10 @@ def test_workers_serve_the_seed_frontend_and_stop_on_ctrl_c(synthetic_store):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "stopped" in out and "2 worker processes" in out
     assert err == ""  # no banner, no request log, no traceback
+
+
+def test_workers_without_gunicorn_is_one_line(synthetic_store, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gunicorn.app.base", None)  # as if gunicorn were not installed
+    assert main(["serve", synthetic_store, "--workers", "2", "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--workers needs gunicorn" in err and "attnstore[server]" in err
