@@ -135,7 +135,7 @@ def test_a_chunked_body_is_bounded(app):
 def test_a_damaged_image_is_named_in_a_json_500(synthetic_store, tmp_path):
     import shutil
 
-    from integrity.test_checksums import flip_attention_row
+    from support.damage import flip_attention_row
 
     from explorer import create_app
 
