@@ -7,11 +7,16 @@ pictures the page loads.
                                             (+ "image", "occurrence", "threshold", "mode", "over", "norm", "cmap")
                                             -> {"success", "image" (base64 PNG), "word_index", "layer", "head",
                                                 "heatmap", "heatmap_width", "heatmap_height", "stats", ...}
+    POST /api/export                        a MapSpec as JSON (`MapSpec.from_json`: image, token | position | row,
+                                            layers, heads, method, k, normalise, keys, view) + "format"
+                                            (png, overlay, csv, svg, json) + style (cmap, opacity, grid_lines,
+                                            cell_px) -> the file (`attnstore.render.export_map`)
     GET  /api/image/<i>.png                 the display copy of image i
     GET  /api/thumbnail/<i>.png             a small copy (built on first request)
 
 Every /api path answers JSON: errors are `{"success": false, "error": "..."}` with a 4xx
-status (404 for an unknown path, 405 with an Allow header for a wrong method); the seed's
+status (404 for an unknown path, 405 with an Allow header for a wrong method; a library error's
+status comes from its type, `STATUS`); the seed's
 exact message "Word not found in tokens" is kept for unknown words (the close matches go to
 "detail"). An unexpected failure is a JSON 500 without a traceback (the log has it).
 """
@@ -23,6 +28,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,9 +39,8 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 
-from attnstore import render
-from attnstore.analysis import TokenNotFoundError, find_token
-from attnstore.errors import AttnstoreError, StoreError
+from attnstore import errors, render
+from attnstore.analysis import MapSpec, TokenNotFoundError, compute_map, find_token
 from attnstore.store.integrity import checksum_guard
 from explorer import views
 from explorer.state import StoreState
@@ -46,6 +51,13 @@ MAX_BODY_BYTES = 64 * 1024  # a request is a handful of fields; more is a mistak
 MAX_WORD_CHARS = 200  # close-match suggestions cost O(len(word)) per token: bound them
 _INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: int() would also take '٣' or '1_000'
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# The HTTP status of a library error, by its type (first match wins): the one place the API maps them.
+STATUS = (
+    (errors.InvalidArgument, 400),
+    (errors.NotFound, 404),  # a token, an image, an image an extraction has not finished
+    (errors.StoreError, 500),  # the store, not the request, is at fault (e.g. a damaged chunk)
+    (errors.AttnstoreError, 400),
+)
 
 
 class ApiError(Exception):
@@ -85,6 +97,7 @@ def add_routes(
     routes = {
         "/api/initialize": (("GET",), lambda: initialize(state, flask.request.args, relative_path, token_objects)),
         "/api/generate_attention_map": (("POST",), lambda: generate(state, _json_body())),
+        "/api/export": (("POST",), lambda: export(state, _json_body())),
         "/api/image/<int:index>.png": (("GET",), lambda index: _png(state.picture_png(state.check_image(index)))),
         "/api/thumbnail/<int:index>.png": (("GET",), lambda index: _png(state.thumbnail_png(index))),
     }
@@ -160,13 +173,16 @@ def _json_errors(view):
             return view(*args, **kwargs)
         except ApiError as err:
             return _error_response(err)
-        except StoreError as err:  # the store, not the request, is at fault (e.g. a damaged chunk)
-            return _error_response(ApiError(str(err), 500))
-        except AttnstoreError as err:
-            return _error_response(ApiError(str(err), 404 if "does not exist" in str(err) else 400))
+        except errors.AttnstoreError as err:
+            return _error_response(ApiError(str(err), status_of(err)))
 
     wrapped.__name__ = view.__name__
     return wrapped
+
+
+def status_of(err: errors.AttnstoreError) -> int:
+    """The HTTP status of a library error (`STATUS`)."""
+    return next(code for kind, code in STATUS if isinstance(err, kind))
 
 
 def _png(data: bytes) -> flask.Response:
@@ -283,16 +299,16 @@ def generate(state: StoreState, body: dict) -> flask.Response:
         image=image,
         layer=layer,
         head=head,
-        mode=_choice_field(body, "mode", views.MODES, "head"),
+        mode=_choice_field(body, "mode", views.modes(), "head"),  # the registries, read per request
         over=_choice_field(body, "over", views.OVERS, "heads"),
-        norm=_choice_field(body, "norm", views.NORMS, "raw"),
+        norm=_choice_field(body, "norm", views.norms(), "raw"),
     )
     cmap = _choice_field(body, "cmap", render.CMAPS, "viridis")
     threshold = _number_field(body, "threshold")
     with checksum_guard(state.ds, image):  # a damaged chunk names its image, never a wrong map
         meta = state.image(image)
         key = _token_key(meta, body)
-        data = views.heatmap(state, replace(params, token=key))
+        data = views.heatmap(state, replace(params, token=key))  # MapSpec.from_controls -> compute_map
     tiles = data.tiles  # [grid_row, grid_col], NaN where no token
     if threshold is not None:  # the seed frontend's slider: weaker cells drawn as 0 (NaN stays transparent)
         tiles = np.where(tiles < threshold, 0.0, tiles)
@@ -342,7 +358,7 @@ def _overlay_png(
     return render.png_bytes(picture, compress_level=1), size
 
 
-def _value_range(data: views.HeatmapData) -> dict[str, float]:
+def _value_range(data: views.ViewMap) -> dict[str, float]:
     """min and max of the map's values (before any threshold); 0 and 0 when it has none."""
     parts = [np.asarray(a, np.float64).ravel() for a in (data.tiles, data.glob) if a is not None]
     values = np.concatenate(parts) if parts else np.zeros(0)
@@ -372,3 +388,34 @@ def _token_key(meta, body: dict) -> int:
     except TokenNotFoundError as err:
         raise ApiError(WORD_NOT_FOUND, 404, detail=str(err)) from None
     return int(meta.query_position[row])
+
+
+STYLE_FIELDS = {"cmap": str, "opacity": (int, float), "grid_lines": bool, "cell_px": int}
+
+
+def export(state: StoreState, body: dict) -> flask.Response:
+    """POST /api/export: the map a MapSpec (as JSON) describes, as a file in `format`."""
+    fmt = body.get("format", "png")
+    if fmt not in render.FORMATS:
+        raise errors.InvalidArgument("format", f"must be one of {', '.join(render.FORMATS)}, not {_show(fmt)}")
+    image = state.check_image(body.get("image", 0))  # complete only (an extraction may still be writing)
+    spec_fields = {k: v for k, v in body.items() if k != "format" and k not in STYLE_FIELDS}
+    with checksum_guard(state.ds, image):
+        result = compute_map(state.ds, MapSpec.from_json(state.ds, spec_fields))
+        data = render.export_map(result, fmt, _style(body))
+    name = render.file_name(result, fmt, PurePosixPath(state.image(image).name).stem)
+    response = flask.Response(data, mimetype=render.FORMATS[fmt][1])
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+def _style(body: dict) -> render.Style:
+    """The export style from the body's style fields (values checked by `Style.checked` in export_map)."""
+    fields = {}
+    for name, kind in STYLE_FIELDS.items():
+        if name in body:
+            value = body[name]
+            if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+                raise errors.InvalidArgument(name, f"has the wrong type: {type(value).__name__}")
+            fields[name] = value
+    return render.Style(**fields)

@@ -1,10 +1,9 @@
-"""`create_app(store)`: the explorer as a Dash app, with no module-level state.
+"""`create_app(store)`: the explorer as a Dash app, composed of its panels, with no module-level state.
 
-Each call opens its own `StoreState` (lazy store access + caches), sets a layout
-built per visit (with the URL's view already drawn), and registers callbacks and
-REST routes on a fresh `dash.Dash`, so tests,
-`attnstore serve` and WSGI hosts (gunicorn: ``create_app("store.zarr").server``)
-can mount as many apps as they like.
+Each call opens its own `StoreState` (lazy store access; caches on the Dataset's `ds.attn`), sets a
+layout built per visit (the panels of `PANELS`, with the URL's view already drawn), and registers
+each panel's callbacks and the REST routes on a fresh `dash.Dash`, so tests, `attnstore serve` and
+WSGI hosts (gunicorn: ``create_app("store.zarr").server``) can mount as many apps as they like.
 """
 
 from __future__ import annotations
@@ -14,15 +13,20 @@ from pathlib import Path
 import dash
 import xarray as xr
 
-from explorer import api, callbacks, layout
+from explorer import api, layout
+from explorer.panels import controls, exports, gallery, header, heatmap, layers, permalink, picker, reverse, strip
 from explorer.state import StoreState
 
 ASSETS = Path(__file__).parent / "assets"
+
+# In page order within each panel's column (explorer.layout.COLUMNS).
+PANELS = (header, permalink, picker, strip, heatmap, exports, gallery, controls, layers, reverse)
 
 
 def create_app(
     store: str | xr.Dataset | StoreState,
     storage_options: dict | None = None,
+    panels=PANELS,
     **dash_kwargs,
 ) -> dash.Dash:
     """Build the explorer for one store.
@@ -31,7 +35,9 @@ def create_app(
     ----------
     store : store path, fsspec URL (s3://, https://), or a Dataset opened with
         `attnstore.store.open_dataset` (keep the default ``chunks=None``: lazy, one chunk per click).
+        A store given by path follows an extraction that is still writing it.
     storage_options : fsspec options for remote stores (e.g. ``{"anon": True}``).
+    panels : the panel modules to show (see explorer/panels/__init__.py), in page order.
     **dash_kwargs : passed to `dash.Dash` (e.g. ``url_base_pathname="/explorer/"``).
 
     Returns
@@ -50,8 +56,13 @@ def create_app(
         update_title=None,
         **dash_kwargs,
     )
-    app.layout = lambda: layout.page(state, lambda image: app.get_relative_path(f"/api/image/{image}.png"))
-    callbacks.register(app, state)
+
+    def image_url(image: int) -> str:
+        return app.get_relative_path(f"/api/image/{image}.png")
+
+    app.layout = lambda: layout.page(state, image_url, panels, heatmap.draw_page)
+    for panel in panels:
+        panel.register(app, state)
     api.register(app, state)
     app.attnstore_state = state
     return app
@@ -63,5 +74,5 @@ def warm_up(app: dash.Dash) -> None:
     state: StoreState = app.attnstore_state
     image = state.first_image()
     if image is not None:
-        layout.page(state, lambda i: f"/api/image/{i}.png")
+        layout.page(state, lambda i: f"/api/image/{i}.png", PANELS, heatmap.draw_page)
         state.picture_png(image)

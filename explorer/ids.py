@@ -1,4 +1,6 @@
-"""Component ids of the explorer, in one place (layout, callbacks, assets/explorer.js and tests share them)."""
+"""Component ids of the explorer, in one place. Panels and tests import them; assets/explorer.js reads
+the ones it needs from the page (`for_js()`, written by the layout as a data attribute), so no id is
+spelled twice."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ PICKER_LIST = "picker-list"
 PICKER_PREV = "picker-prev"
 PICKER_NEXT = "picker-next"
 PICKER_INFO = "picker-info"
+PICKER_POLL = "picker-poll"  # dcc.Interval: re-check the store for new images
 
 STRIP = "token-strip"
 FIGURE = "heatmap"
@@ -57,3 +60,25 @@ EXPORT_OVERLAY_PNG = "export-overlay-png"
 EXPORT_CSV = "export-csv"
 EXPORT_SVG = "export-svg"
 DOWNLOAD = "download"
+
+
+# assets/explorer.js finds this JSON in the `data-attnstore-ids` attribute of one element of the page
+JS_IDS = "attnstore-ids"  # the element holding them
+JS_IDS_ATTRIBUTE = "data-attnstore-ids"
+
+
+def for_js() -> dict[str, str]:
+    """The ids assets/explorer.js uses, by the names it uses."""
+    return {
+        "strip": STRIP,
+        "stripData": STRIP_DATA,
+        "token": TOKEN,
+        "reverse": REVERSE,
+        "pick": PICKER_CLICK,
+        "head": HEAD,
+        "layer": LAYER,
+        "mode": MODE,
+        "signal": RENDER_SIGNAL,
+        "figure": FIGURE,
+        "settled": SETTLED,
+    }

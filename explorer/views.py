@@ -1,6 +1,7 @@
-"""What the explorer shows, as data: view parameters (and their permalink form) and the
-arrays behind each panel. Every number comes from `attnstore.analysis`; this module only
-chooses which layers/heads to pass and reshapes results for the figures.
+"""What the explorer shows, as data: the view (the controls' values and their permalink form) and
+the map it asks for. The map comes from the library's one pipeline, `MapSpec.from_controls` ->
+`compute_map`; the menus read the library's registries, so a method registered at run time is
+offered on the next page load.
 """
 
 from __future__ import annotations
@@ -9,17 +10,33 @@ from dataclasses import asdict, dataclass, replace
 from urllib.parse import parse_qs, urlencode
 
 import numpy as np
-import xarray as xr
 
-from attnstore import analysis
-from attnstore.errors import AttnstoreError
-from explorer.figures import FigureGeometry, figure_geometry
-from explorer.state import StoreState
+from attnstore.analysis import (
+    METHODS,
+    NORMALISATIONS,
+    MapResult,
+    MapSpec,
+    compute_map,
+    patch_grid,
+    reverse_attention,
+)
+from attnstore.errors import AttnstoreError, InvalidArgument
+from attnstore.render.export import json_grid
+from attnstore.render.geometry import FigureGeometry, figure_geometry
+from explorer.state import StoreState, quoted
 
-MODES = {"head": "one head", "mean": "mean", "max": "max", "entropy_topk": "entropy-weighted top-k"}
 OVERS = {"heads": "heads of this layer", "layers": "this head, all layers", "all": "all layers and heads"}
-NORMS = {"raw": "raw", "image": "image keys (renormalised)", "no_sinks": "image keys, sinks excluded"}
 URL_KEYS = ("image", "token", "layer", "head", "mode", "over", "norm", "k")
+
+
+def modes() -> dict[str, str]:
+    """The map menu: one head, or any registered method (read at call time: run-time registrations count)."""
+    return {"head": "one head", **{name: entry.label for name, entry in METHODS.items()}}
+
+
+def norms() -> dict[str, str]:
+    """The normalisation menu, from the registry."""
+    return {name: entry.label for name, entry in NORMALISATIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -30,10 +47,17 @@ class ViewParams:
     token: int | None = None  # sequence position (key index) of the selected token; None = no overlay
     layer: int = 0
     head: int = 0
-    mode: str = "head"  # "head" or an `analysis.reduce_heads` method
-    over: str = "heads"  # what an aggregate mode reduces over (see OVERS)
-    norm: str = "raw"  # `analysis.normalise` mode
+    mode: str = "head"  # "head" or a name of `METHODS`
+    over: str = "heads"  # what a method reduces over (see OVERS)
+    norm: str = "raw"  # a name of `NORMALISATIONS`
     k: int = 10  # top-k of "entropy_topk"
+
+    @classmethod
+    def from_controls(cls, image, token, layer, head, mode, over, norm, k=None) -> ViewParams:
+        """From the controls' values (None = the default)."""
+        return cls(image=int(image), token=None if token is None else int(token), layer=int(layer or 0),
+                   head=int(head or 0), mode=mode or "head", over=over or "heads", norm=norm or "raw",
+                   k=int(k or 10))  # fmt: skip
 
     def to_query(self) -> str:
         """The permalink query string (without '?')."""
@@ -41,19 +65,27 @@ class ViewParams:
         items["token"] = "none" if self.token is None else self.token  # a cleared overlay stays cleared
         return urlencode({k: items[k] for k in URL_KEYS})
 
+    def spec(self, state: StoreState) -> MapSpec:
+        """The library's spec of this view's map (checked against the store)."""
+        if self.token is None:
+            raise InvalidArgument("position", "no token selected: click a text token")
+        if self.over not in OVERS:
+            raise InvalidArgument("over", f"must be one of {', '.join(OVERS)}, not {self.over!r}")
+        state.check_image(self.image)
+        controls = {"layer": self.layer, "head": self.head, "mode": self.mode, "over": self.over, "norm": self.norm}
+        return MapSpec.from_controls(state.ds, image=self.image, position=self.token, k=self.k, **controls)
+
     def selection(self) -> tuple[list[int] | None, list[int] | None]:
-        """(layers, heads) passed to `analysis.reduce_heads` for an aggregate mode."""
-        return {
-            "heads": ([self.layer], None),
-            "layers": (None, [self.head]),
-            "all": (None, None),
-        }[self.over]
+        """(layers, heads) the view's map covers (for the reverse view)."""
+        if self.mode == "head":
+            return [self.layer], [self.head]
+        return {"heads": ([self.layer], None), "layers": (None, [self.head]), "all": (None, None)}[self.over]
 
     def describe(self) -> str:
         if self.mode == "head":
             return f"layer {self.layer}, head {self.head}"
         where = {"heads": f"heads of layer {self.layer}", "layers": f"head {self.head} over all layers"}
-        return f"{MODES[self.mode]} over {where.get(self.over, 'all layers and heads')}"
+        return f"{modes().get(self.mode, self.mode)} over {where.get(self.over, 'all layers and heads')}"
 
 
 def parse_query(search: str | None, state: StoreState) -> tuple[ViewParams, list[str]]:
@@ -74,7 +106,7 @@ def parse_query(search: str | None, state: StoreState) -> tuple[ViewParams, list
             params = replace(params, **{name: value})
         except ValueError:
             problems.append(f"{name}={fields[name]} in the link is not in {lo}-{hi}; showing {getattr(params, name)}")
-    for name, allowed in (("mode", MODES), ("over", OVERS), ("norm", NORMS)):
+    for name, allowed in (("mode", modes()), ("over", OVERS), ("norm", norms())):
         if name in fields:
             if fields[name] in allowed:
                 params = replace(params, **{name: fields[name]})
@@ -84,21 +116,20 @@ def parse_query(search: str | None, state: StoreState) -> tuple[ViewParams, list
         meta = state.image(params.image)
     except AttnstoreError as err:
         problems.append(str(err))
-        return replace(
-            default, **{k: getattr(params, k) for k in ("layer", "head", "mode", "over", "norm", "k")}
-        ), problems
+        kept = {k: getattr(params, k) for k in ("layer", "head", "mode", "over", "norm", "k")}
+        return replace(default, **kept), problems
     token = meta.default_token()
     if fields.get("token") == "none":
         token = None
     elif "token" in fields:
         try:
             candidate = int(fields["token"])
-            meta.query_of(candidate)
+            meta.query_of(candidate)  # explains a token without a stored row
             token = candidate
+        except AttnstoreError as err:  # before ValueError: InvalidArgument is one
+            problems.append(f"token {err}")
         except ValueError:
             problems.append(f"token={fields['token']} in the link is not a token number")
-        except AttnstoreError as err:
-            problems.append(str(err))
     return replace(params, token=token), problems
 
 
@@ -110,68 +141,47 @@ def default_params(state: StoreState) -> ViewParams:
     return ViewParams(image=image, token=state.image(image).default_token(), layer=state.n_layers // 2)
 
 
-def check_params(params: ViewParams, state: StoreState) -> ViewParams:
-    """Raise AttnstoreError (one line) for anything out of range; returns `params` unchanged."""
-    state.check_image(params.image)
-    if not 0 <= params.layer < state.n_layers:
-        raise AttnstoreError(f"layer {params.layer} out of range (0-{state.n_layers - 1})")
-    if not 0 <= params.head < state.n_heads:
-        raise AttnstoreError(f"head {params.head} out of range (0-{state.n_heads - 1})")
-    if params.mode not in MODES:
-        raise AttnstoreError(f"mode must be one of {', '.join(MODES)}, not {params.mode!r}")
-    if params.over not in OVERS:
-        raise AttnstoreError(f"aggregate over must be one of {', '.join(OVERS)}, not {params.over!r}")
-    if params.norm not in NORMS:
-        raise AttnstoreError(f"normalisation must be one of {', '.join(NORMS)}, not {params.norm!r}")
-    return params
-
-
-# -- panel data ------------------------------------------------------------------------------
+# -- the map of a view ----------------------------------------------------------------------------
 
 
 @dataclass
-class HeatmapData:
-    """The main map of one view  # values [key]; tiles [grid_row, grid_col]; glob [global_row, global_col]."""
+class ViewMap:
+    """The map of one view  # tiles [grid_row, grid_col], glob [global_row, global_col] (None if absent)."""
 
     params: ViewParams
-    query: int
-    values: xr.DataArray
-    tiles: np.ndarray
+    result: MapResult
+    tiles: np.ndarray | None
     glob: np.ndarray | None
+    vmax: float
+    note: str  # why the map looks as it does, when that is not obvious (e.g. all zero)
 
     @property
-    def vmax(self) -> float:
-        parts = [np.nanmax(a) for a in (self.tiles, self.glob) if a is not None and np.isfinite(a).any()]
-        return float(max(parts)) if parts else 0.0
+    def query(self) -> int:
+        return self.result.row
 
 
-def token_map(state: StoreState, params: ViewParams) -> xr.DataArray:
-    """The selected token's values over every key  # [key], as chosen by `params`."""
+def heatmap(state: StoreState, params: ViewParams) -> ViewMap:
+    """The view's map through the library pipeline (`compute_map`), on both grids of the image."""
+    result = compute_map(state.ds, params.spec(state))
+    tiles = result.grid("tiles").values if result.has_view("tiles") else None
+    glob = result.grid("global").values if result.has_view("global") else None
+    return ViewMap(params, result, tiles, glob, result.vmax, _note(state, params))
+
+
+def _note(state: StoreState, params: ViewParams) -> str:
     meta = state.image(params.image)
-    weights = state.weights(params.image, meta.query_of(params.token), params.norm)  # [layer, head, key]
-    if params.mode == "head":
-        return weights.isel(layer=params.layer, head=params.head)
-    layers, heads = params.selection()
-    return analysis.reduce_heads(weights, meta.img, params.mode, layers=layers, heads=heads, k=params.k)
+    if meta.before_image(params.token):
+        return (
+            f"token #{params.token} {quoted(meta.display[params.token])} comes before the image: causal attention "
+            "cannot see image patches, so its map is all zero"
+        )
+    return ""
 
 
-def heatmap(state: StoreState, params: ViewParams) -> HeatmapData:
-    """Values of the view on the tile grid and on the global grid (NaN where no token)."""
-    check_params(params, state)
-    if params.token is None:
-        raise AttnstoreError("no token selected: click a text token")
-    meta = state.image(params.image)
-    values = token_map(state, params)
-    glob = analysis.patch_grid(values, meta.img, "global").values if has_global(meta.img) else None
-    return HeatmapData(params, meta.query_of(params.token), values, analysis.patch_grid(values, meta.img).values, glob)
-
-
-def has_global(img: xr.Dataset) -> bool:
-    return int(img["global_rows"].values) > 0 and int(img["global_cols"].values) > 0
-
-
-def has_tiles(img: xr.Dataset) -> bool:
-    return int(img["grid_rows"].values) > 0 and int(img["grid_cols"].values) > 0
+def geometry(state: StoreState, image: int) -> FigureGeometry:
+    """The main figure's geometry of an image (`attnstore.render.geometry`; cached per opened store)."""
+    meta = state.image(image)
+    return state.cached("geometry", lambda: figure_geometry(meta.img, meta.width, meta.height), meta.index, 64)
 
 
 def layer_head_stats(state: StoreState, params: ViewParams) -> dict[str, np.ndarray]:
@@ -183,26 +193,26 @@ def layer_head_stats(state: StoreState, params: ViewParams) -> dict[str, np.ndar
 def head_grids(state: StoreState, params: ViewParams) -> np.ndarray:
     """Every head of the current layer on the tile grid  # [head, grid_row, grid_col]."""
     meta = state.image(params.image)
-    weights = state.weights(params.image, meta.query_of(params.token), params.norm)
-    return analysis.patch_grid(weights.isel(layer=params.layer), meta.img).values
+    weights = state.ds.attn.weights(params.image, meta.query_of(params.token), params.norm)  # [layer, head, key]
+    return patch_grid(weights.isel(layer=params.layer), meta.img).values
 
 
-def reverse_view(state: StoreState, params: ViewParams, key: int) -> xr.DataArray:
+def reverse_view(state: StoreState, params: ViewParams, key: int):
     """How much each stored text row attends to image key `key`  # [query], over the view's layers/heads."""
     meta = state.image(params.image)
     if not 0 <= key < meta.n_key:
-        raise AttnstoreError(f"patch token #{key} does not exist in image {params.image}")
-    if params.mode == "head":
-        layers, heads = [params.layer], [params.head]
-    else:
-        layers, heads = params.selection()
-    return state.reverse(params.image, (int(key),), layers=layers, heads=heads)
+        raise InvalidArgument("key", f"patch token #{key} does not exist in image {params.image}")
+    layers, heads = params.selection()
+    cache_key = (params.image, int(key), tuple(layers or ()), tuple(heads or ()))
+    return state.cached(
+        "reverse", lambda: reverse_attention(meta.img, [int(key)], layers=layers, heads=heads).load(), cache_key, 32
+    )
 
 
-def geometry(state: StoreState, image: int) -> FigureGeometry:
-    """The main figure's geometry of an image (cached per store)."""
-    meta = state.image(image)
-    return state.cached("geometry", meta.index, lambda: figure_geometry(meta.img, meta.width, meta.height), 64)
+def picker_matches(state: StoreState, query: str | None) -> np.ndarray:
+    catalog = state.catalog()
+    text = (query or "").strip().lower()
+    return np.flatnonzero(np.char.find(catalog["search"], text) >= 0) if text else np.arange(state.n_images)
 
 
 def picker_page(state: StoreState, query: str | None, page: int, per_page: int) -> tuple[list[int], int, int]:
@@ -210,9 +220,7 @@ def picker_page(state: StoreState, query: str | None, page: int, per_page: int) 
 
     Returns (indices on the page, number of matches, the page actually shown).
     """
-    catalog = state.catalog()
-    text = (query or "").strip().lower()
-    matches = np.flatnonzero(np.char.find(catalog["search"], text) >= 0) if text else np.arange(state.n_images)
+    matches = picker_matches(state, query)
     n_pages = max(1, -(-matches.size // per_page))
     page = min(max(page, 0), n_pages - 1)
     return [int(i) for i in matches[page * per_page : (page + 1) * per_page]], int(matches.size), page
@@ -220,27 +228,24 @@ def picker_page(state: StoreState, query: str | None, page: int, per_page: int) 
 
 def page_of(state: StoreState, query: str | None, image: int, per_page: int) -> int | None:
     """The picker page holding `image` among the matches of `query` (None if it does not match)."""
-    catalog = state.catalog()
-    text = (query or "").strip().lower()
-    matches = np.flatnonzero(np.char.find(catalog["search"], text) >= 0) if text else np.arange(state.n_images)
-    where = np.flatnonzero(matches == image)
+    where = np.flatnonzero(picker_matches(state, query) == image)
     return int(where[0]) // per_page if where.size else None
 
 
-def view_state(params: ViewParams, data: HeatmapData | None, style: dict, server_ms: float) -> dict:
+def view_state(params: ViewParams, data: ViewMap | None, style: dict, server_ms: float) -> dict:
     """The current view as JSON-ready data (the hidden state element, the permalink, tests, benchmarks)."""
     return {
         **asdict(params),
         "query": data.query if data else None,
         "permalink": params.to_query(),
         "vmax": data.vmax if data else None,
-        "tiles": _json_grid(data.tiles) if data else None,
-        "global": _json_grid(data.glob) if data and data.glob is not None else None,
+        "tiles": json_grid(data.tiles) if data and data.tiles is not None else None,
+        "global": json_grid(data.glob) if data and data.glob is not None else None,
         "server_ms": round(server_ms, 3),
         **style,
     }
 
 
-def _json_grid(grid: np.ndarray) -> list[list[float | None]]:
-    """# [rows, cols] float32 -> nested lists with None for NaN (exact float32 values as Python floats)."""
-    return [[None if np.isnan(v) else float(v) for v in row] for row in grid.tolist()]
+def plural(n: int, word: str) -> str:
+    """'1 image', '3 images'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"

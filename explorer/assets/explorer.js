@@ -2,15 +2,22 @@
  *
  * Clicks are delegated from the document and sent to Dash with dash_clientside.set_props, so
  * a click costs one callback request, whatever the number of tokens on the page.
- * Ids are those of explorer/ids.py.
+ * Component ids are not spelled here: the page carries them (explorer/ids.py `for_js`, written by
+ * the layout into the data-attnstore-ids attribute), read on first use once Dash has drawn the page.
  */
 (function () {
   "use strict";
-  const ID = {
-    strip: "token-strip", token: "sel-token", reverse: "sel-reverse", pick: "picker-click",
-    head: "head-slider", layer: "layer-slider", mode: "mode", signal: "render-signal", figure: "heatmap",
-    settled: "view-settled",
-  };
+  let ids = null;
+  const ID = new Proxy({}, {
+    get(_, name) {
+      if (!ids) {
+        const holder = document.querySelector("[data-attnstore-ids]");
+        if (!holder) return undefined;
+        ids = JSON.parse(holder.getAttribute("data-attnstore-ids"));
+      }
+      return ids[name];
+    },
+  });
   const SETTLE_MS = 120;  // side panels (charts, gallery, reverse view) update after the view rests this long
   const noUpdate = () => window.dash_clientside.no_update;
   const setProps = (id, props) => window.dash_clientside.set_props(id, props);
@@ -59,6 +66,7 @@
   function toggleChip(c) {
     if (!c.querySelector(".chip-body")) c.appendChild(chipBody(c.__item));
     c.classList.toggle("open");
+    if (c.classList.contains("open")) scrollInto(c.closest(".strip"), c, true);
   }
 
   function buildStrip(box, strip) {
@@ -83,18 +91,27 @@
     box.appendChild(frag);
   }
 
-  function scrollInto(box, node) {
-    const top = node.offsetTop - box.offsetTop;
-    if (top < box.scrollTop || top + node.offsetHeight > box.scrollTop + box.clientHeight) {
+  function scrollInto(box, node, whole) {
+    // scroll the strip (not the page) so that `node` is visible; `whole`: all of it, if it fits
+    if (!box || !node) return;
+    const top = node.getBoundingClientRect().top - box.getBoundingClientRect().top + box.scrollTop;
+    const bottom = top + node.offsetHeight;
+    if (whole && top >= box.scrollTop && bottom <= box.scrollTop + box.clientHeight) return;
+    if (whole) box.scrollTop = Math.max(0, Math.min(top, bottom - box.clientHeight));
+    else if (top < box.scrollTop || bottom > box.scrollTop + box.clientHeight) {
       box.scrollTop = Math.max(0, top - box.clientHeight / 3);
     }
   }
 
   function highlight(box, token, rev) {
+    // the strip scrolls to the selected token only when the selection changes (a patch picked in an
+    // opened chip must not scroll that chip away)
+    const moved = box.dataset.token !== String(token);
+    box.dataset.token = String(token);
     box.querySelectorAll(".tok.sel").forEach((e) => e.classList.remove("sel"));
     if (token !== null && token !== undefined) {
       const node = box.querySelector('.tok[data-k="' + token + '"]');
-      if (node) { node.classList.add("sel"); scrollInto(box, node); }
+      if (node) { node.classList.add("sel"); if (moved) scrollInto(box, node, false); }
     }
     box.querySelectorAll(".tok.rev").forEach((e) => { e.classList.remove("rev"); e.style.removeProperty("--rev"); });
     box.querySelectorAll(".cell.cell-sel").forEach((e) => e.classList.remove("cell-sel"));
@@ -105,6 +122,8 @@
         const node = box.querySelector('.tok[data-k="' + k + '"]');
         if (node && top > 0) { node.classList.add("rev"); node.style.setProperty("--rev", (v / top).toFixed(3)); }
       }
+      const cell = box.querySelector('.cell[data-k="' + rev.key + '"]');
+      if (cell) cell.classList.add("cell-sel");
     }
   }
 
@@ -193,8 +212,9 @@
         const box = document.getElementById(ID.strip);
         if (!box || !strip) return noUpdate();
         const triggered = (window.dash_clientside.callback_context.triggered || []).map((t) => t.prop_id);
-        if (String(strip.image) !== box.dataset.image || triggered.includes("strip-data.data") || !box.firstChild) {
+        if (String(strip.image) !== box.dataset.image || triggered.includes(ID.stripData + ".data") || !box.firstChild) {
           buildStrip(box, strip);
+          delete box.dataset.token;
         }
         highlight(box, token, rev);
         return noUpdate();

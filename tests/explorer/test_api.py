@@ -41,7 +41,7 @@ def test_generate_returns_a_heatmap_png_of_the_requested_token(client, state):
     picture = Image.open(io.BytesIO(base64.b64decode(body["image"]))).convert("RGBA")  # a palette PNG
     assert picture.size == (meta.width, meta.height)
     # the brightest cell of the PNG is where the stored row is largest
-    row = np.asarray(state.weights(0, body["query_row"])[1, 2])
+    row = np.asarray(state.ds.attn.weights(0, body["query_row"])[1, 2])
     keys = np.flatnonzero(np.asarray(meta.img["token_kind"].values) == 2)
     x0, y0, x1, y1 = np.asarray(meta.img["patch_box"].values)[keys[np.argmax(row[keys])]]
     cx, cy = int((x0 + x1) / 2 * meta.width), int((y0 + y1) / 2 * meta.height)
@@ -69,6 +69,7 @@ def test_generate_by_token_index_and_image(client, state):
         ({"word": "dog", "layer": 0, "head": 0, "image": 7}, 400, "Image 7 out of range (0-2)"),
         ({"word": "x", "token_index": 10, "layer": 0, "head": 0}, 400, "no stored attention row"),
         ({"word": "dog", "layer": 0, "head": 0, "norm": "zscore"}, 400, "Field 'norm' must be one of raw, image"),
+        ({"word": "dog", "layer": 0, "head": 0, "mode": "median"}, 400, "Field 'mode' must be one of head, mean"),
         ([1, 2, 3], 400, "Malformed JSON body"),
     ],
 )

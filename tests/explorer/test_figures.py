@@ -1,11 +1,10 @@
-"""Figure factories: geometry from the store, the main figure and its Patch, small charts, exports."""
+"""Figure factories: the main figure and its Patch over the shared geometry (attnstore.render.geometry),
+small charts, gallery thumbnails."""
 
 from __future__ import annotations
 
 import base64
-import csv
 import io
-import xml.etree.ElementTree as ET
 
 import numpy as np
 import plotly.graph_objects as go
@@ -13,9 +12,10 @@ import pytest
 from PIL import Image
 
 from attnstore import render
+from attnstore.render.geometry import figure_geometry
 from attnstore.schema import TokenKind
 from explorer import figures
-from explorer.figures import TRACE_GLOBAL, TRACE_TILES, figure_geometry
+from explorer.figures import TRACE_GLOBAL, TRACE_TILES
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=["3x4", "4x3", "2x2"])
@@ -130,43 +130,3 @@ def test_gallery_order_and_thumbnails():
     uri = figures.thumbnail_uri(np.arange(12, dtype=np.float32).reshape(3, 4), "viridis", cell_px=2)
     picture = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
     assert picture.size == (8, 6)
-
-
-def test_grid_csv_has_one_row_per_patch_with_its_value(meta_geom):
-    meta, geom = meta_geom
-    tiles = np.random.default_rng(1).random(geom.tiles.shape).astype(np.float32)
-    glob = np.random.default_rng(2).random(geom.glob.shape).astype(np.float32)
-    rows = list(csv.DictReader(io.StringIO(figures.grid_csv(geom, tiles, glob))))
-    kinds = np.asarray(meta.img["token_kind"].values)
-    assert len(rows) == int(np.isin(kinds, [TokenKind.IMAGE_TILE, TokenKind.IMAGE_GLOBAL]).sum())
-    row = next(r for r in rows if r["view"] == "tiles" and r["grid_row"] == "2" and r["grid_col"] == "3")
-    assert float(row["value"]) == pytest.approx(float(tiles[2, 3]), rel=1e-6)
-    assert int(row["key"]) == geom.tiles.keys[2, 3]
-    g = next(r for r in rows if r["view"] == "global" and r["grid_row"] == "1" and r["grid_col"] == "0")
-    assert float(g["value"]) == pytest.approx(float(glob[1, 0]), rel=1e-6)
-
-
-def test_overlay_svg_is_valid_with_one_rect_per_value(meta_geom):
-    _, geom = meta_geom
-    tiles = np.full(geom.tiles.shape, np.nan, np.float32)
-    tiles[0, :5] = [0.0, 0.25, 0.5, 0.75, 1.0]
-    svg = figures.overlay_svg(geom, "data:image/png;base64,AAAA", tiles, None, vmax=1.0, title="t <&> x")
-    root = ET.fromstring(svg)
-    ns = "{http://www.w3.org/2000/svg}"
-    cells = [r for r in root.iter(f"{ns}rect") if r.find(f"{ns}title") is not None]
-    assert len(cells) == 5
-    lut = render.colormap_lut("viridis")
-    assert cells[-1].get("fill") == "#{:02x}{:02x}{:02x}".format(*lut[-1])
-    assert len(list(root.iter(f"{ns}image"))) == 2
-    assert root.find(f"{ns}text").text == "t <&> x"
-
-
-def test_png_exports(meta_geom, state):
-    meta, geom = meta_geom
-    tiles = np.random.default_rng(3).random(geom.tiles.shape).astype(np.float32)
-    heat = Image.open(io.BytesIO(figures.heatmap_png(tiles, 1.0, cell_px=4)))
-    assert heat.size == (geom.tiles.shape[1] * 4, geom.tiles.shape[0] * 4)
-    pixels = state.pixels(meta.index)
-    over = Image.open(io.BytesIO(figures.overlay_png(pixels, geom, tiles, 1.0)))
-    assert over.size == (meta.width, meta.height)
-    assert not np.array_equal(np.asarray(over), pixels)  # the heatmap is blended in

@@ -1,4 +1,5 @@
-"""Lazy store access: a click reads only its own chunk; caches keep recent rows; clear errors."""
+"""Lazy store access: a click reads only its own chunk; caches (on ds.attn) keep recent rows; clear errors;
+a store an extraction is still writing is followed without a restart."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import xarray as xr
 from zarr.storage import LocalStore, WrapperStore
 
 from attnstore.errors import AttnstoreError, StoreError
-from explorer.state import LRU, StoreState
+from explorer.state import StoreState
 
 
 class CountingStore(WrapperStore):
@@ -27,16 +28,6 @@ class CountingStore(WrapperStore):
         return type(self)(store)
 
 
-def test_lru_keeps_the_most_recent():
-    cache, made = LRU(2), []
-    make = lambda k: lambda: made.append(k) or k * 10
-    assert cache.get(1, make(1)) == 10 and cache.get(2, make(2)) == 20
-    assert cache.get(1, make(1)) == 10  # hit: 1 becomes the most recent
-    cache.get(3, make(3))  # evicts 2
-    cache.get(2, make(2))
-    assert made == [1, 2, 3, 2] and len(cache) == 2 and cache.hits == 1
-
-
 def test_a_click_reads_one_attention_chunk(synthetic_store):
     counting = CountingStore(LocalStore(synthetic_store, read_only=True))
     ds = xr.open_zarr(counting, chunks=None, zarr_format=3)
@@ -45,20 +36,20 @@ def test_a_click_reads_one_attention_chunk(synthetic_store):
     attention_bytes = ds["attention"].isel(image=1).size * 2  # the whole image, fp16
     row_bytes = attention_bytes // ds.sizes["query"]  # one stored chunk (1, L, H, 1, K) uncompressed
     counting.reads.clear()
-    state.weights(1, meta.query_of(meta.default_token()))
+    state.ds.attn.weights(1, meta.query_of(meta.default_token()))
     read = [(k, n) for k, n in counting.reads if k.startswith("attention/")]
     assert read and sum(n for _, n in read) < 2 * row_bytes + 4096  # one compressed chunk (+ the shard index)
     assert sum(n for _, n in read) < attention_bytes / 5
     counting.reads.clear()
-    state.weights(1, meta.query_of(meta.default_token()))  # the same token again: served from the cache
+    state.ds.attn.weights(1, meta.query_of(meta.default_token()))  # the same token again: served from the cache
     assert not [k for k, _ in counting.reads if k.startswith("attention/")]
 
 
 def test_normalised_rows_are_cached_per_mode(state):
     meta = state.image(0)
     q = meta.query_of(meta.default_token())
-    a = state.weights(0, q, "image")
-    assert state.weights(0, q, "image") is a
+    a = state.ds.attn.weights(0, q, "image")
+    assert state.ds.attn.weights(0, q, "image") is a
     assert float(a.sum("key").max()) == pytest.approx(1.0, rel=1e-4)  # renormalised over image keys
 
 
@@ -96,4 +87,4 @@ def test_missing_store_is_a_store_error(tmp_path):
 def test_url_stores_open(synthetic_store):
     state = StoreState("file://" + synthetic_store)
     meta = state.image(0)
-    assert np.isfinite(np.asarray(state.weights(0, meta.query_of(meta.default_token())))).all()
+    assert np.isfinite(np.asarray(state.ds.attn.weights(0, meta.query_of(meta.default_token())))).all()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from attnstore import analysis
+from attnstore.analysis import METHODS, NORMALISATIONS, MapSpec, compute_map
 from attnstore.errors import AttnstoreError
 from attnstore.schema import TokenKind
 from explorer import views
@@ -86,15 +87,48 @@ def test_aggregates_are_the_library_reductions(state, mode, over):
 def test_bad_views_raise_one_line_errors(state):
     token = _answer_token(state, 0)
     for bad, words in [
-        (ViewParams(image=0, token=token, layer=5), "layer 5 out of range"),
-        (ViewParams(image=0, token=token, head=-1), "head -1 out of range"),
-        (ViewParams(image=0, token=token, norm="zscore"), "normalisation"),
+        (ViewParams(image=0, token=token, layer=5), "layers .5. is outside 0-1"),
+        (ViewParams(image=0, token=token, head=-1), "heads .-1. is outside 0-3"),
+        (ViewParams(image=0, token=token, norm="zscore"), "normalise must be one of raw, image, no_sinks"),
+        (ViewParams(image=0, token=token, mode="bogus"), "method must be one of mean, max"),
+        (ViewParams(image=0, token=token, mode="max", over="rows"), "over must be one of heads"),
         (ViewParams(image=0, token=4), "no stored attention row"),
-        (ViewParams(image=3, token=token), "image 3 does not exist"),
+        (ViewParams(image=3, token=token), "image 3 does not exist: the store has 3 images"),
         (ViewParams(image=0, token=None), "no token selected"),
     ]:
         with pytest.raises(AttnstoreError, match=words):
             views.heatmap(state, bad)
+
+
+def test_the_map_is_the_library_pipeline(state):
+    """views.heatmap is compute_map of MapSpec.from_controls: same values, same description."""
+    token = _answer_token(state, 1, 2)
+    params = ViewParams(image=1, token=token, layer=0, head=3, mode="entropy_topk", over="all", norm="image", k=3)
+    data = views.heatmap(state, params)
+    spec = MapSpec.from_controls(state.ds, image=1, position=token, layer=0, head=3, mode="entropy_topk", over="all",
+                                 norm="image", k=3)  # fmt: skip
+    expected = compute_map(state.ds, spec)
+    assert data.result.spec == spec
+    np.testing.assert_array_equal(data.tiles, expected.grid("tiles").values)
+    np.testing.assert_array_equal(data.glob, expected.grid("global").values)
+    assert data.vmax == expected.vmax
+
+
+def test_a_token_before_the_image_says_why_its_map_is_blank(state):
+    meta = state.image(0)
+    before = [int(p) for p in meta.query_position if p < meta.first_image_key]
+    assert before, "the synthetic prompt has text tokens before the image"
+    data = views.heatmap(state, ViewParams(image=0, token=before[0], layer=1, head=0))
+    assert np.nanmax(data.tiles) == 0.0 and data.vmax == 0.0  # causal: nothing on the image
+    assert "comes before the image: causal attention cannot see image patches" in data.note
+    assert views.heatmap(state, ViewParams(image=0, token=_answer_token(state, 0), layer=1)).note == ""
+
+
+def test_menus_read_the_registries():
+    assert list(views.modes()) == ["head", *METHODS]
+    assert "rollout" in views.modes()  # the explorer used to keep its own, shorter copy
+    assert views.norms() == {name: entry.label for name, entry in NORMALISATIONS.items()}
+    assert views.plural(1, "image") == "1 image" and views.plural(3, "head") == "3 heads"
 
 
 def test_layer_head_stats_and_gallery(state):

@@ -1,0 +1,12 @@
+"""The explorer's panels, one module each.
+
+A panel module has:
+
+    COLUMN                       where its components go: "top", "picker", "center", "controls",
+                                 "side" or "hidden" (explorer.layout.COLUMNS)
+    layout(page) -> list         its components for one visit (`explorer.layout.Page`: the store,
+                                 the view, what the heatmap panel drew)
+    register(app, state) -> None its callbacks, on the Dash app, for the store's `StoreState`
+
+`explorer.app.PANELS` lists them in page order; docs/adding-a-panel.md walks through a new one.
+"""

@@ -1,0 +1,142 @@
+"""The main figure: the image drawn once, the view's map over it, the status line above it.
+
+The path of a click: this panel's callback -> `views.heatmap` (the store's cached state, then the
+library's `compute_map`) -> `figures` (a Patch of the heatmap values). The page layout draws the
+first view with the same `draw`, so the first heatmap needs no callback round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+import dash
+from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
+
+from attnstore.errors import AttnstoreError
+from explorer import figures, ids, views
+from explorer.layout import Page
+from explorer.state import StoreState, quoted
+from explorer.views import ViewParams
+
+COLUMN = "center"
+DEFAULT_STYLE = {"cmap": "viridis", "opacity": 0.6, "grid_lines": True}
+STYLE_IDS = {"cmap": ids.CMAP, "opacity": ids.OPACITY, "grid_lines": ids.GRID}
+GRAPH_CONFIG = {
+    "displaylogo": False,
+    "scrollZoom": False,
+    "modeBarButtonsToRemove": ["zoom2d", "pan2d", "select2d", "lasso2d", "autoScale2d"],
+    "toImageButtonOptions": {"format": "svg", "filename": "attention"},
+}
+
+
+@dataclass
+class Drawn:
+    figure: dict | Patch
+    view_json: str  # the hidden view-state element's text
+    status: list
+    message: str
+
+
+def style_of(cmap: str | None, opacity: float | None, grid: list | bool | None) -> dict:
+    """Display options from the controls' values (None = default)."""
+    return {
+        "cmap": cmap or DEFAULT_STYLE["cmap"],
+        "opacity": float(DEFAULT_STYLE["opacity"] if opacity is None else opacity),
+        "grid_lines": bool(grid),
+    }
+
+
+def draw(
+    state: StoreState,
+    params: ViewParams,
+    style: dict,
+    drawn_image: int | None,
+    image_url: Callable[[int], str],
+    changed: Collection[str] = ("cmap", "opacity", "grid_lines"),
+) -> Drawn:
+    """Draw `params`: the whole figure if `drawn_image` is another image, else a Patch of the values
+    (and of the style entries named in `changed`). Bad views give a message, not an exception."""
+    start = time.perf_counter()
+    data, message = None, ""
+    if params.token is not None:
+        try:
+            data = views.heatmap(state, params)
+        except AttnstoreError as err:
+            message = str(err)
+    geom = views.geometry(state, params.image)
+    tiles, glob, vmax = (data.tiles, data.glob, data.vmax) if data else (None, None, None)
+    if drawn_image != params.image:
+        fig = figures.overlay_figure(geom, image_url(params.image), tiles, glob, vmax, **style)
+    else:
+        fig = figures.heatmap_patch(geom, tiles, glob, vmax, **{k: v for k, v in style.items() if k in changed})
+    server_ms = (time.perf_counter() - start) * 1e3
+    payload = json.dumps(views.view_state(params, data, style, server_ms))
+    return Drawn(fig, payload, status(state, params, data), message)
+
+
+def status(state: StoreState, params: ViewParams, data: views.ViewMap | None) -> list:
+    """The line above the figure: image, token, what is shown (and why it is blank, when it is)."""
+    meta = state.image(params.image)
+    if params.token is None or data is None:
+        return [html.B(meta.name), " · no token selected: click a token of the prompt or the answer"]
+    line = [
+        html.B(meta.name),
+        " · token ",
+        html.Span(quoted(meta.display[params.token]), className="status-token"),
+        f" #{params.token}",
+        f" · {data.result.spec.describe()} · max {data.vmax:.3g}",
+    ]
+    if data.note:
+        line.append(html.Div(data.note, className="status-note"))
+    return line
+
+
+def draw_page(page: Page) -> Drawn:
+    """The first view of a visit (explorer.layout.page)."""
+    return draw(page.state, page.params, DEFAULT_STYLE, None, page.image_url)
+
+
+def layout(page: Page) -> list:
+    drawn = page.drawn
+    return [
+        html.Div(drawn.status if drawn else "", id=ids.STATUS, className="status"),
+        dcc.Store(id=ids.DRAWN_IMAGE, data=page.params.image if drawn else None),
+        dcc.Graph(id=ids.FIGURE, figure=drawn.figure if drawn else None, className="main-figure", config=GRAPH_CONFIG),
+    ]
+
+
+def register(app: dash.Dash, state: StoreState) -> None:
+    def image_url(image: int) -> str:
+        return app.get_relative_path(f"/api/image/{image}.png")
+
+    @app.callback(
+        Output(ids.FIGURE, "figure"),
+        Output(ids.DRAWN_IMAGE, "data"),
+        Output(ids.VIEW_STATE, "children"),
+        Output(ids.STATUS, "children"),
+        Output(ids.MESSAGE, "children"),
+        Input(ids.IMAGE, "data"),
+        Input(ids.TOKEN, "data"),
+        Input(ids.LAYER, "value"),
+        Input(ids.HEAD, "value"),
+        Input(ids.MODE, "value"),
+        Input(ids.OVER, "value"),
+        Input(ids.NORM, "value"),
+        Input(ids.CMAP, "value"),
+        Input(ids.OPACITY, "value"),
+        Input(ids.GRID, "value"),
+        State(ids.DRAWN_IMAGE, "data"),
+        prevent_initial_call=True,  # the page arrives with its first view drawn
+    )
+    def redraw(image, token, layer, head, mode, over, norm, cmap, opacity, grid, drawn):
+        """Heatmap of the view: the whole figure when the image changes, else a Patch of the values."""
+        if image is None:
+            return no_update, no_update, no_update, "", no_update
+        params = ViewParams.from_controls(image, token, layer, head, mode, over, norm)
+        triggered = set(ctx.triggered_prop_ids.values())
+        changed = [name for name, cid in STYLE_IDS.items() if cid in triggered]
+        out = draw(state, params, style_of(cmap, opacity, grid), drawn, image_url, changed)
+        return out.figure, params.image, out.view_json, out.status, out.message
