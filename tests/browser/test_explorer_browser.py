@@ -216,3 +216,58 @@ def test_rest_on_the_live_server(live):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(bad, timeout=10)
     assert err.value.code == 400 and json.loads(err.value.read())["success"] is False
+
+
+def test_a_token_before_the_image_says_why_its_map_is_blank(ui, live):
+    ui.open()
+    meta = live.state.image(0)
+    key = next(int(p) for p in meta.query_position if p < meta.first_image_key)
+    v = ui.click_token(key)
+    assert v["vmax"] == 0.0
+    assert "comes before the image: causal attention cannot see image patches" in ui.page.inner_text("#status")
+
+
+def test_an_opened_chip_stays_in_view_and_the_reverse_colours_keep_tokens_readable(ui):
+    ui.open()
+    page = ui.page
+    page.locator(".chip-label", has_text="tile 1,1").click()
+    cell = page.locator(".chip.open .cell").nth(20)
+    cell.click()
+    page.wait_for_selector("#token-strip .tok.rev")
+    page.wait_for_timeout(300)  # let every update of the strip land
+    inside = page.evaluate(
+        """() => { const box = document.getElementById('token-strip').getBoundingClientRect();
+            const chip = document.querySelector('.chip.open .chip-body').getBoundingClientRect();
+            return chip.top >= box.top - 1 && chip.bottom <= box.bottom + 1; }"""
+    )
+    assert inside, "the opened chip scrolled out of the strip"
+    assert page.locator(".chip.open .cell.cell-sel").count() == 1
+    plain, marked = page.evaluate(
+        """() => { const style = (e) => { const s = getComputedStyle(e); return [s.backgroundColor, s.color,
+                   s.backgroundImage]; };
+            const probe = document.createElement('span'); probe.className = 'tok tok-prompt';
+            document.getElementById('token-strip').appendChild(probe);
+            const out = [style(probe), style(document.querySelector('#token-strip .tok-prompt.rev'))];
+            probe.remove(); return out; }"""
+    )
+    assert marked == plain  # the token keeps its colours; the share is a bar under it
+
+
+def test_the_view_controls_are_above_the_fold_at_1024_px(browser, live):
+    context = browser.new_context(viewport={"width": 1024, "height": 768})
+    page = context.new_page()
+    page.goto(live.url)
+    page.wait_for_function("() => (window.__attnRenders || 0) > 0", timeout=15_000)
+    for selector in ("#layer-slider", "#head-slider", "#mode", "#norm", "#heatmap"):
+        box = page.locator(selector).bounding_box()
+        assert box["y"] < 768 and box["x"] + box["width"] <= 1024, selector
+    assert page.locator("#norm").bounding_box()["y"] + page.locator("#norm").bounding_box()["height"] <= 768
+    context.close()
+
+
+def test_the_page_carries_the_ids_the_script_reads(ui):
+    from explorer import ids
+
+    ui.open()
+    carried = ui.page.get_attribute(f"[{ids.JS_IDS_ATTRIBUTE}]", ids.JS_IDS_ATTRIBUTE)
+    assert json.loads(carried) == ids.for_js()
