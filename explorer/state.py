@@ -24,10 +24,11 @@ import zarr
 from PIL import Image
 
 from attnstore.errors import InvalidArgument, NotFound
+from attnstore.render.text import display_text, quoted, tokenizer_style
 from attnstore.schema import TokenKind
 from attnstore.store import open_dataset
 from attnstore.store.remote import store_like
-from explorer.tokens import display_text, strip_items, tokenizer_style
+from explorer.tokens import strip_items
 
 THUMB_SIDE = 96
 POLL_SECONDS = 2.0  # how often a served store is checked for images an extraction has added
@@ -48,7 +49,7 @@ class ImageMeta:
     key_query: np.ndarray  # [key] query row of each position, -1 if no row is stored
     first_image_key: int  # sequence position of the first image patch token (n_key if none)
     token_text: list[str]  # [key] raw token text
-    display: list[str]  # [key] token text as a reader sees it (explorer.tokens.display_text)
+    display: list[str]  # [key] token text as a reader sees it (attnstore.render.text.display_text)
     items: list[dict]  # token strip items (explorer.tokens.strip_items)
 
     @property
@@ -83,12 +84,6 @@ class ImageMeta:
         if answer:
             return answer[0]
         return int(self.query_position[-1]) if self.n_query else None
-
-
-def quoted(text: str) -> str:
-    """A token's display text in quotes, the one way the explorer shows a token outside the strip
-    (no repr: undecodable bytes stay as written by `display_text`, e.g. \\xcc, never doubled)."""
-    return "“" + text.replace("\n", "↵") + "”"
 
 
 class StoreState:

@@ -7,65 +7,13 @@ Pure functions over the store's per-key arrays of one image. The browser side
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
-
 import numpy as np
 
+from attnstore.render.text import display_text, tokenizer_style
 from attnstore.schema import TokenKind
 
 IMAGE_KINDS = (int(TokenKind.IMAGE_TILE), int(TokenKind.IMAGE_GLOBAL), int(TokenKind.IMAGE_SPECIAL))
-SP_BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 PATCH_KINDS = (int(TokenKind.IMAGE_TILE), int(TokenKind.IMAGE_GLOBAL))
-
-
-@lru_cache(maxsize=1)
-def byte_decoder() -> dict[str, int]:
-    """GPT-2 byte-level BPE: printable stand-in character -> byte (the inverse of `bytes_to_unicode`)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
-
-
-def tokenizer_style(texts: list[str]) -> str:
-    """ "bytelevel" (GPT-2 style Ġ/Ċ markers), "sentencepiece" (▁ marker) or "plain"."""
-    joined = "".join(texts)
-    if "Ġ" in joined or "Ċ" in joined:
-        return "bytelevel"
-    if "▁" in joined:
-        return "sentencepiece"
-    return "plain"
-
-
-def is_special(text: str) -> bool:
-    """Chat-template / image marker tokens such as <|im_start|>, <image>, <row_1_col_2>."""
-    return len(text) > 2 and text.startswith("<") and text.endswith(">")
-
-
-def display_text(text: str, style: str = "bytelevel") -> str:
-    """What a token looks like to a reader: BPE markers become spaces/newlines, bytes become characters.
-
-    A byte-level token holding part of a multi-byte character cannot be decoded alone;
-    it is shown as escaped bytes (e.g. ``\\xcc``) instead of a wrong character.
-    """
-    if style == "sentencepiece" and SP_BYTE.fullmatch(text):  # SentencePiece byte fallback, e.g. <0x0A>
-        byte = int(text[3:5], 16)
-        return chr(byte) if byte < 0x80 else text
-    if is_special(text):
-        return text
-    if style == "sentencepiece":
-        return text.replace("▁", " ")
-    if style == "bytelevel":
-        decoder = byte_decoder()
-        if text and all(ch in decoder for ch in text):
-            return bytes(decoder[ch] for ch in text).decode("utf-8", errors="backslashreplace")
-    return text.replace("Ġ", " ").replace("Ċ", "\n").replace("▁", " ")
 
 
 def chip_label(tile: int, kind: int, tile_cols: int) -> str:

@@ -23,7 +23,8 @@ from attnstore.analysis import (
 from attnstore.errors import AttnstoreError, InvalidArgument
 from attnstore.render.export import json_grid
 from attnstore.render.geometry import FigureGeometry, figure_geometry
-from explorer.state import StoreState, quoted
+from attnstore.render.text import quoted
+from explorer.state import StoreState
 
 OVERS = {"heads": "heads of this layer", "layers": "this head, all layers", "all": "all layers and heads"}
 URL_KEYS = ("image", "token", "layer", "head", "mode", "over", "norm", "k")

@@ -22,6 +22,7 @@ from attnstore.errors import InvalidArgument
 from attnstore.render.colors import CMAPS, colormap_lut
 from attnstore.render.geometry import FigureGeometry, figure_geometry, grid_shapes
 from attnstore.render.raster import heatmap_image, overlay, png_bytes
+from attnstore.render.text import quoted, token_display
 
 FORMATS = {  # name -> (file suffix, MIME type)
     "png": ("_heatmap.png", "image/png"),
@@ -69,7 +70,8 @@ def file_name(result: MapResult, fmt: str, stem: str) -> str:
 
 def title(result: MapResult, image_name: str) -> str:
     """The caption of a map: image, token, method, layers/heads, normalisation."""
-    return f"{image_name} · token {result.token!r} #{result.position} · {result.spec.describe()}"
+    token = quoted(token_display(result.img, result.position))  # as the explorer shows it
+    return f"{image_name} · token {token} #{result.position} · {result.spec.describe()}"
 
 
 def _grid(result: MapResult) -> np.ndarray:

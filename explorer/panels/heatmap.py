@@ -16,9 +16,10 @@ import dash
 from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
 
 from attnstore.errors import AttnstoreError
+from attnstore.render.text import quoted
 from explorer import figures, ids, views
 from explorer.layout import Page
-from explorer.state import StoreState, quoted
+from explorer.state import StoreState
 from explorer.views import ViewParams
 
 COLUMN = "center"

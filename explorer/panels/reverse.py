@@ -8,10 +8,11 @@ import dash
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from attnstore.errors import AttnstoreError
+from attnstore.render.text import quoted
 from explorer import figures, ids, views
 from explorer.layout import Page
 from explorer.panels.permalink import settled_view
-from explorer.state import StoreState, quoted
+from explorer.state import StoreState
 
 COLUMN = "side"
 HINT = "click a patch on the image (or a cell of an expanded tile chip)"
