@@ -164,9 +164,18 @@ class ViewMap:
 def heatmap(state: StoreState, params: ViewParams) -> ViewMap:
     """The view's map through the library pipeline (`compute_map`), on both grids of the image."""
     result = compute_map(state.ds, params.spec(state))
-    tiles = result.grid("tiles").values if result.has_view("tiles") else None
-    glob = result.grid("global").values if result.has_view("global") else None
-    return ViewMap(params, result, tiles, glob, result.vmax, _note(state, params))
+    geom = geometry(state, params.image)  # which grids the image has (cached)
+    # patch_grid, not result.grid(): no labels needed here, and each grid is made once (MapResult.vmax
+    # and has_view would rebuild them: ~15 ms a click)
+    tiles = patch_grid(result.values, result.img, "tiles").values if geom.tiles is not None else None
+    glob = patch_grid(result.values, result.img, "global").values if geom.glob is not None else None
+    return ViewMap(params, result, tiles, glob, _vmax(tiles, glob), _note(state, params))
+
+
+def _vmax(*grids: np.ndarray | None) -> float:
+    """The largest value on any drawn grid; 0 for an all-NaN map (as `MapResult.vmax`)."""
+    parts = [float(np.nanmax(g)) for g in grids if g is not None and np.isfinite(g).any()]
+    return max(parts) if parts else 0.0
 
 
 def _note(state: StoreState, params: ViewParams) -> str:
