@@ -111,7 +111,9 @@
     box.querySelectorAll(".tok.sel").forEach((e) => e.classList.remove("sel"));
     if (token !== null && token !== undefined) {
       const node = box.querySelector('.tok[data-k="' + token + '"]');
-      if (node) { node.classList.add("sel"); if (moved) scrollInto(box, node, false); }
+      // scrolled in the next frame: measuring now would force a layout of the whole page before the
+      // click's request is even sent
+      if (node) { node.classList.add("sel"); if (moved) requestAnimationFrame(() => scrollInto(box, node, false)); }
     }
     box.querySelectorAll(".tok.rev").forEach((e) => { e.classList.remove("rev"); e.style.removeProperty("--rev"); });
     box.querySelectorAll(".cell.cell-sel").forEach((e) => e.classList.remove("cell-sel"));
