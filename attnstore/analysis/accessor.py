@@ -22,10 +22,8 @@ from attnstore.analysis.tokens import find_token
 from attnstore.errors import NotFound
 from attnstore.store.integrity import checksum_guard
 
-CACHE_SIZES = {
-    "image": 64,
-    "weights": 64,
-}  # images kept selected (~0.3 MB each; 8 thrashed a team on 20 images); token rows (float32, ~1 MB each)
+# images kept selected (~0.3 MB each; 8 thrashed a team clicking through 20 images), token rows (~1 MB each)
+CACHE_SIZES = {"image": 64, "weights": 64}
 
 
 @xr.register_dataset_accessor("attn")
