@@ -53,7 +53,7 @@ def test_cli_commands_that_read_a_store_leave_torch_out(synthetic_store):
     assert "HEAVY []" in proc.stdout
 
 
-def test_model_commands_without_the_model_side_say_what_to_install(tmp_path):
+def test_model_commands_without_the_model_side_say_what_to_install(tmp_path, tiny_model_path):
     """A light install (no torch) gets one line naming the extra, not a traceback."""
     probe = (
         "import sys\n"
@@ -70,7 +70,8 @@ def test_model_commands_without_the_model_side_say_what_to_install(tmp_path):
 
     Image.new("RGB", (32, 32)).save(image)
     proc = subprocess.run(
-        [sys.executable, "-c", probe, "extract", str(image), "--out", str(tmp_path / "s.zarr")],
+        [sys.executable, "-c", probe, "extract", str(image), "--model", str(tiny_model_path),
+         "--out", str(tmp_path / "s.zarr")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 1

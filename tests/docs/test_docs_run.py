@@ -4,8 +4,8 @@ runs in a fresh process against a copy of the demo store, or is marked `# needs:
 Conventions (docs/architecture.md, "Docs that run"):
 - ```python blocks run whole in a fresh interpreter, unless a line says `# needs: ...`.
 - ```bash blocks run line by line (backslash continuations joined); a line ending in
-  `# needs: ...` is not run (real weights, a cluster, s3, ...). `make` lines are the README's
-  two commands, which CI runs itself. `attnstore serve`/`demo` lines are started, must answer
+  `# needs: ...` is not run (real weights, a cluster, s3, ...). Set-up lines (`make`, `pip`) are
+  not run: CI runs the README's two commands itself. `attnstore serve`/`demo` lines are started, must answer
   HTTP, and are stopped; `curl` lines go to a server the test starts on the same store.
 - Store and image names used in the docs (my.zarr, attention.zarr, photo1.jpg, val2014/, ...)
   exist in the working folder: copies of the demo store and of the sample images.
@@ -132,7 +132,9 @@ def api_server(workdir):
 
 def test_every_command_runs_or_is_marked():
     unmarked = [
-        f"{where}: {cmd}" for where, cmd in BASH if not NEEDS.search(cmd) and not cmd.startswith(("make ", *RUNNABLE))
+        f"{where}: {cmd}"
+        for where, cmd in BASH
+        if not NEEDS.search(cmd) and not cmd.startswith(("make ", "pip ", *RUNNABLE))
     ]
     assert not unmarked, "commands that are neither runnable here nor marked '# needs: ...':\n" + "\n".join(unmarked)
 
