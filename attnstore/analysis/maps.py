@@ -164,6 +164,7 @@ class MapResult:
     img: xr.Dataset = field(repr=False)  # the image (`select_image`)
     row: int  # stored query row
     values: xr.DataArray = field(repr=False)  # [key] float32
+    _grids: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # view -> grid, built once
 
     @property
     def position(self) -> int:
@@ -174,12 +175,17 @@ class MapResult:
         return str(self.img["token_text"].values[self.position])
 
     def grid(self, view: str | None = None) -> xr.DataArray:
-        """The map on an image grid (`patch_grid`): NaN where no patch token, labelled attrs."""
-        grid = patch_grid(self.values, self.img, view or self.spec.view)
-        s = self.spec
-        grid.attrs.update(method=s.method, k=s.k, normalise=s.normalise, query=self.row, position=self.position,
-                          token=self.token, image=s.image, description=s.describe())  # fmt: skip
-        return grid
+        """The map on an image grid (`patch_grid`): NaN where no patch token, labelled attrs.
+
+        Built once per view (treat it as read-only)."""
+        view = view or self.spec.view
+        if view not in self._grids:
+            grid = patch_grid(self.values, self.img, view)
+            s = self.spec
+            grid.attrs.update(method=s.method, k=s.k, normalise=s.normalise, query=self.row, position=self.position,
+                              token=self.token, image=s.image, description=s.describe())  # fmt: skip
+            self._grids[view] = grid
+        return self._grids[view]
 
     def has_view(self, view: str) -> bool:
         dims = {"tiles": ("grid_rows", "grid_cols"), "global": ("global_rows", "global_cols")}[view]
@@ -187,10 +193,11 @@ class MapResult:
 
     @property
     def vmax(self) -> float:
-        """The largest value on any drawn grid (tiles and global); 0 for an all-NaN map."""
-        parts = [np.nanmax(g) for v in ("tiles", "global") if self.has_view(v)
-                 for g in [self.grid(v).values] if np.isfinite(g).any()]  # fmt: skip
-        return float(max(parts)) if parts else 0.0
+        """The largest value on any drawn grid (tiles and global), i.e. over the image-patch keys; 0 if none."""
+        kinds = np.asarray(self.img["token_kind"].values)
+        drawn = np.asarray(self.values.values)[(kinds == TokenKind.IMAGE_TILE) | (kinds == TokenKind.IMAGE_GLOBAL)]
+        drawn = drawn[np.isfinite(drawn)]
+        return float(drawn.max()) if drawn.size else 0.0
 
 
 def compute_map(ds: xr.Dataset, spec: MapSpec) -> MapResult:
