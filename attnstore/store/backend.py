@@ -309,7 +309,7 @@ class TensorstoreReader(AttentionReader):
     # -- rows -----------------------------------------------------------------------------------
     def read_rows(self, image: int, rows: Sequence[int]) -> np.ndarray:
         image, rows = self._check(image, rows)
-        for attempt in range(3):  # a shard rewritten since its index was cached: read the index again
+        for _ in range(3):  # a shard rewritten since its index was cached: read the index again
             try:
                 return self._read_rows(image, rows)
             except _Stale as stale:

@@ -230,3 +230,28 @@ def test_a_shard_rewritten_after_its_index_was_cached_is_read_again(tmp_path):
     after = reader.read_rows(1, [3, 4])  # the cached index is stale: noticed by the generation check
     assert not np.array_equal(before, after)
     assert_bitwise(after, np.moveaxis(stored(path)[1][:, :, [3, 4]], 2, 0))
+
+
+def test_analysis_reads_rows_alike_through_the_reader_and_plain_xarray(stores):
+    import xarray as xr
+
+    from attnstore.analysis import read_rows_fp16, select_image
+
+    path = stores["grown"]
+    plain = xr.open_zarr(path, zarr_format=3)  # no reader attached: one basic-slice read per row
+    for backend in ("tensorstore", "zarr"):
+        ds = open_dataset(path, read_backend=backend)
+        for image in range(ds.sizes["image"]):
+            rows = [2, 0, 2]
+            assert_bitwise(
+                read_rows_fp16(select_image(ds, image), rows), read_rows_fp16(select_image(plain, image), rows)
+            )
+
+
+@pytest.mark.parametrize("mask", ["0110011101", "1111", "0000", "1000000001", "0"])
+def test_key_runs_take_what_np_take_takes(mask):
+    from attnstore.analysis.kernels import key_runs, take_keys
+
+    idx = np.flatnonzero(np.array([c == "1" for c in mask]))
+    a = np.random.default_rng(0).random((2, 3, len(mask))).astype(np.float16)
+    np.testing.assert_array_equal(take_keys(a, key_runs(idx)), np.take(a, idx, axis=-1))
