@@ -86,10 +86,10 @@ class AttentionReader:
     def _check(self, image: int, rows: Sequence[int]) -> tuple[int, list[int]]:
         n_images, n_rows = self.shape[0], self.shape[3]
         if not -n_images <= image < n_images:
-            raise StoreError(f"image {image} out of range: the store has {n_images} images")
+            raise InvalidArgument("image", f"{image} is out of range: the store has {n_images} images")
         bad = [r for r in rows if not -n_rows <= r < n_rows]
         if bad:
-            raise StoreError(f"query rows {bad[:5]} out of range: the store has {n_rows} rows per image")
+            raise InvalidArgument("rows", f"{bad[:5]} are out of range: the store has {n_rows} rows per image")
         return image % n_images, [int(r) % n_rows for r in rows]
 
 
@@ -273,7 +273,10 @@ class TensorstoreReader(AttentionReader):
 
     # -- shard indexes ---------------------------------------------------------------------------
     def _fetch_indexes(self, keys: list[str]) -> dict[str, tuple[np.ndarray | None, bytes]]:
-        """Shard index of each key  # each [chunk, (offset, nbytes)] uint64, None if no shard; cached."""
+        """Shard index of each key  # each [chunk, (offset, nbytes)] uint64, None if no shard.
+
+        Kept (least recently used first out) with the shard's generation: a chunk read from a shard
+        rewritten since then is noticed (`_decode`) and its index read again."""
         with self._lock:
             found = {k: self._indexes[k] for k in keys if k in self._indexes}
         todo = [k for k in keys if k not in found]
@@ -284,8 +287,11 @@ class TensorstoreReader(AttentionReader):
             found[key] = self._parse_index(key, future.result())
         with self._lock:
             for key in todo:
-                self._indexes[key] = found[key]
-                self._indexes.move_to_end(key)
+                if found[key][0] is not None:  # a missing shard may be written later: ask again next time
+                    self._indexes[key] = found[key]
+            for key in found:
+                if key in self._indexes:
+                    self._indexes.move_to_end(key)
             while len(self._indexes) > INDEX_CACHE_SHARDS:
                 self._indexes.popitem(last=False)
         return found

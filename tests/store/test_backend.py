@@ -255,3 +255,19 @@ def test_key_runs_take_what_np_take_takes(mask):
     idx = np.flatnonzero(np.array([c == "1" for c in mask]))
     a = np.random.default_rng(0).random((2, 3, len(mask))).astype(np.float16)
     np.testing.assert_array_equal(take_keys(a, key_runs(idx)), np.take(a, idx, axis=-1))
+
+
+def test_an_image_written_after_the_reader_opened_is_read(tmp_path):
+    rng = np.random.default_rng(3)
+    results = [extraction((1, 2), "text", 4, rng) for _ in range(2)]
+    path = write_store(tmp_path / "live.zarr", results[:1], (8, 40), "text")
+    store = AttnStore.open(path)
+    store.allocate(["late.png"], ["late.png"])
+    reader = open_reader(path, backend="tensorstore")
+    assert not reader.read_rows(1, [0]).any()  # not written yet: fill value, and not remembered
+    store.write_image(1, results[1], _gradient_image(64, 48))
+    assert_bitwise(reader.read_rows(1, [0, 2]), np.moveaxis(stored(path)[1][:, :, [0, 2]], 2, 0))
+    assert reader.read_rows(1, [0]).any()
+    with pytest.raises(InvalidArgument, match="out of range") as err:
+        reader.read_rows(2, [0])
+    assert err.value.param == "image"
