@@ -387,7 +387,8 @@ def open_reader(path: str, storage_options: dict | None = None, backend: str | N
         return TensorstoreReader.open(path, storage_options)
     except Unsupported as why:
         if name == "tensorstore":
-            raise StoreError(f"the tensorstore read backend cannot read '{path}': {why}") from why
+            message = f"the tensorstore read backend cannot read '{path}': {why}"
+            raise StoreError(message, param="read_backend" if backend else None) from why
         return ZarrReader.open(path, storage_options, detail=f"zarr-python (tensorstore: {why})")
 
 
@@ -411,12 +412,12 @@ class AttentionArray(BackendArray):
 
     def _read(self, key: tuple) -> np.ndarray:
         """Outer indexing: ints, slices or 1-d int arrays on [image, layer, head, query, key]."""
-        image_k, query_k = key[0], key[3]
+        image_k = key[0]
         if isinstance(image_k, (int, np.integer)):
             return self._read_image(int(image_k), key)
         images = _positions(image_k, self.shape[0])
         blocks = [self._read_image(int(i), key) for i in images]
-        return np.stack(blocks) if blocks else np.empty((0, *self._rest_shape(key, query_k)), np.float16)
+        return np.stack(blocks) if blocks else np.empty((0, *self._rest_shape(key)), np.float16)
 
     def _read_image(self, image: int, key: tuple) -> np.ndarray:
         layer_k, head_k, query_k, key_k = key[1:]
@@ -431,7 +432,7 @@ class AttentionArray(BackendArray):
         kept = sum(not isinstance(k, (int, np.integer)) for k in (layer_k, head_k))
         return np.moveaxis(block, 0, kept)  # rows back between head and key (a view: no copy)
 
-    def _rest_shape(self, key: tuple, query_k) -> tuple[int, ...]:
+    def _rest_shape(self, key: tuple) -> tuple[int, ...]:
         sizes = [len(_positions(k, n)) for k, n in zip(key[1:], self.shape[1:]) if not isinstance(k, (int, np.integer))]
         return tuple(sizes)
 
@@ -449,10 +450,12 @@ def attach(ds: xr.Dataset, reader: AttentionReader, chunks=None) -> xr.Dataset:
     not None: one task per shard or row block, never per stored row)."""
     old = ds[ATTENTION].variable
     data = indexing.LazilyIndexedArray(AttentionArray(reader))
-    encoding = {**old.encoding, READER_ENCODING: reader.detail}
+    shard_chunks = attention_chunks(old, chunks if chunks is not None else {})
+    preferred = {dim: old.shape[i] if size == -1 else size for i, (dim, size) in enumerate(shard_chunks.items())}
+    encoding = {**old.encoding, READER_ENCODING: reader.detail, "preferred_chunks": preferred}
     var = xr.Variable(old.dims, data, old.attrs, encoding)
     if chunks is not None:
-        var = var.chunk(attention_chunks(old, chunks))
+        var = var.chunk(shard_chunks)
     return ds.assign({ATTENTION: var})
 
 

@@ -1,10 +1,10 @@
 """Read backends: tensorstore and zarr-python return the same fp16 values on every store shape
-(padded, `--queries all`, grown after the first image, packed zip, http and s3), the choice is
-automatic, forceable and shown by `attnstore info`, and damaged or rewritten shards are noticed."""
+(padded, `--queries all`, grown after the first image, packed zip, http and s3 on the local test
+servers); the choice is automatic, forceable and shown by `attnstore info`; damaged, rewritten and
+late-written shards are noticed."""
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import shutil
 import sys
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from support.servers import BUCKET
 
 from attnstore.cli import main
 from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
@@ -22,18 +23,6 @@ from attnstore.store import AttnStore, StoreShape, open_dataset
 from attnstore.store.backend import BACKEND_ENV, open_reader, read_image_rows, read_rows, reader_name
 from attnstore.store.pack import pack_store
 from attnstore.synthetic import _gradient_image, idefics3_tokens, make_synthetic_store, synthetic_attention
-
-
-def _scale_fixtures():
-    """The local S3 (moto) and HTTP range-server fixtures of the scale tests."""
-    spec = importlib.util.spec_from_file_location("scale_fixtures", Path(__file__).parents[1] / "scale" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_scale = _scale_fixtures()
-s3_endpoint, http_server, BUCKET = _scale.s3_endpoint, _scale.http_server, _scale.BUCKET
 
 
 def extraction(grid: tuple[int, int], queries: str, n_answer: int, rng, n_layers: int = 2, n_heads: int = 3):
@@ -140,6 +129,7 @@ def test_dask_chunks_are_whole_shards_or_row_blocks(stores):
     assert set(blocks.chunks[3][:-1]) == {10}
     assert_bitwise(blocks.isel(image=2).values, expected[2])
     assert ds["n_key"].chunks is not None  # the other variables keep the requested dask chunks
+    assert open_dataset(path)["attention"].chunk({}).chunks[3] == (expected.shape[3],)  # preferred: shards
     shipped = pickle.loads(pickle.dumps(blocks))  # dask may send the graph to other processes
     assert_bitwise(shipped.isel(image=1).values, expected[1])
 
