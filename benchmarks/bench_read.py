@@ -66,21 +66,6 @@ def real_size_store(path: Path, n_images: int, distinct: int) -> str:
 
 
 # -- timing ------------------------------------------------------------------------------------------
-def cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def timed_runs(fn, args: list) -> tuple[np.ndarray, float]:
-    """Wall seconds of each call, and the process CPU seconds of all of them."""
-    times, c = [], cpu_seconds()
-    for a in args:
-        t = time.perf_counter()
-        fn(a)
-        times.append(time.perf_counter() - t)
-    return np.asarray(times), cpu_seconds() - c
-
-
 def row(label: str, times: np.ndarray, nbytes: float, cpu: float) -> str:
     """p50 / p95 wall time, GB/s at the p50, and the CPU cost: GB per CPU second does not depend on
     how busy the (shared) machine is, wall times do."""
@@ -103,10 +88,11 @@ def shard_chunks(path: str, image: int) -> list[bytes]:
     return [data[int(o) : int(o + s)] for o, s in index if o != MISSING]
 
 
-def raw_decoder(chunks: list[bytes], row_shape: tuple[int, ...], threads: int):
+def raw_decoder(chunks: list[bytes], shape: tuple[int, ...], threads: int):
+    """Decode every chunk of one shard into one array  # [row, layer, head, key] float16."""
     from numcodecs import blosc
 
-    out = np.empty((len(chunks), *row_shape), np.float16)  # [row, layer, head, key]
+    out = np.empty((len(chunks), shape[1], shape[2], shape[4]), np.float16)
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def decode(i: int) -> None:
@@ -116,49 +102,63 @@ def raw_decoder(chunks: list[bytes], row_shape: tuple[int, ...], threads: int):
         list(pool.map(decode, range(len(chunks))) if pool else map(decode, range(len(chunks))))
         return out
 
-    return run, out.nbytes
+    return run
 
 
 # -- (1) reads ---------------------------------------------------------------------------------------
 def bench_reads(path: str, n_images: int, clicks: int, repeats: int) -> dict[str, float]:
-    import tensorstore as ts
+    from numcodecs import blosc
 
-    readers = {f"{name} backend": open_reader(path, backend=name) for name in BACKENDS}
-    driver = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{path}/{ATTENTION}"}}).result()
-    shape = readers["tensorstore backend"].shape
+    shape = open_reader(path).shape
     n_text = int(open_dataset(path)["n_query"].values[0])
     image_bytes = int(np.prod(shape[1:])) * 2
     row_bytes = image_bytes / shape[3]
     rng = np.random.default_rng(0)
-    images = rng.permutation(n_images)[: max(repeats, 2)]
+    images = [int(i) for i in rng.permutation(n_images)[: max(repeats, 2)]]
     picks = [(int(i), int(r)) for i, r in zip(rng.integers(0, n_images, clicks), rng.integers(0, n_text, clicks))]
-    speeds = {}
-    mb, kb = image_bytes / 1e6, row_bytes / 1e3
-    print(f"(1) reads: {n_images} images of {mb:.1f} MB fp16 ({shape[3]} rows x {kb:.0f} kB)")
-    print("  whole image (one shard, every row):")
-    for label, reader in readers.items():
-        times, cpu = timed_runs(lambda i, reader=reader: reader.read_image_rows(int(i)), list(images))
-        speeds[label] = image_bytes / np.percentile(times, 50) / 1e9
-        print(row(label, times, image_bytes, cpu))
-    times, cpu = timed_runs(lambda i: driver[int(i)].read().result(), list(images))
-    print(row("tensorstore zarr3 driver (its own decoder)", times, image_bytes, cpu))
-    chunks = shard_chunks(path, int(images[0]) % n_images)
+    chunks = shard_chunks(path, images[0] % n_images)
+    print(
+        f"(1) reads: {n_images} images of {image_bytes / 1e6:.1f} MB fp16 ({shape[3]} rows x {row_bytes / 1e3:.0f} kB)"
+    )
+    print("  whole image (one shard, every row); each image read by every reader in turn (same machine load):")
+    whole = {f"{name} backend": open_reader(path, backend=name).read_image_rows for name in BACKENDS}
+    whole["tensorstore zarr3 driver (its own decoder)"] = lambda i, d=ts_driver(path): d[i].read().result()
     for threads in (1, 2):
-        run, nbytes = raw_decoder(chunks, shape[1:3] + shape[4:], threads)
-        times, cpu = timed_runs(run, list(images))
-        print(row(f"raw codec, blosc decode ({threads} thread{'s' * (threads > 1)})", times, nbytes, cpu))
+        whole[f"raw codec, blosc decode ({threads} thread{'s' * (threads > 1)})"] = raw_decoder(chunks, shape, threads)
+    results = interleaved(whole, images)
+    for label, (times, cpu) in results.items():
+        print(row(label, times, image_bytes, cpu))
     print(f"  one row (a click; {clicks} random (image, row), the first in each image also reads its index):")
-    for label in readers:
-        reader = open_reader(path, backend=label.split()[0])  # fresh: no shard index cached yet
-        times, cpu = timed_runs(lambda p, reader=reader: reader.read_rows(p[0], [p[1]]), picks)
+    readers = {f"{name} backend": open_reader(path, backend=name) for name in BACKENDS}  # fresh: no index cached
+    click = {label: (lambda p, r=reader: r.read_rows(p[0], [p[1]])) for label, reader in readers.items()}
+    click["tensorstore zarr3 driver (its own decoder)"] = lambda p, d=ts_driver(path): (
+        d[p[0], :, :, p[1]].read().result()
+    )
+    click["raw codec, blosc decode"] = lambda p: blosc.decompress(chunks[p[1] % len(chunks)])
+    for label, (times, cpu) in interleaved(click, picks).items():
         print(row(label, times, row_bytes, cpu))
-    times, cpu = timed_runs(lambda p: driver[p[0], :, :, p[1], :].read().result(), picks)
-    print(row("tensorstore zarr3 driver (its own decoder)", times, row_bytes, cpu))
-    from numcodecs import blosc
+    return {label: image_bytes / np.percentile(times, 50) / 1e9 for label, (times, _) in results.items()}
 
-    times, cpu = timed_runs(lambda p: blosc.decompress(chunks[p[1] % len(chunks)]), picks)
-    print(row("raw codec, blosc decode", times, row_bytes, cpu))
-    return speeds
+
+def ts_driver(path: str):
+    """Tensorstore's own zarr3 driver on the attention array (decodes with its bundled blosc)."""
+    import tensorstore as ts
+
+    return ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{path}/{ATTENTION}"}}).result()
+
+
+def interleaved(fns: dict, args: list) -> dict[str, tuple[np.ndarray, float]]:
+    """Wall seconds of each call and total process CPU seconds, per function; every argument is run
+    by each function in turn, so a burst of load on the shared machine hits them all alike."""
+    times = {label: [] for label in fns}
+    cpu = dict.fromkeys(fns, 0.0)
+    for arg in args:
+        for label, fn in fns.items():
+            c, t = time.process_time(), time.perf_counter()
+            fn(arg)
+            times[label].append(time.perf_counter() - t)
+            cpu[label] += time.process_time() - c
+    return {label: (np.asarray(times[label]), cpu[label]) for label in fns}
 
 
 # -- (2) aggregate -----------------------------------------------------------------------------------
@@ -191,11 +191,11 @@ def bench_aggregate(path: str, repeats: int, fast_read: float) -> None:
                 ("aggregate", lambda ds=ds: A.aggregate_token(ds, TOKEN, num_workers=2)),
             )
             for kind, run in runs:
-                t, c = time.perf_counter(), cpu_seconds()
+                t, c = time.perf_counter(), time.process_time()
                 out = run()
                 key = f"{name} {kind}"
                 best[key] = min(best.get(key, np.inf), time.perf_counter() - t)
-                cpu[key] = min(cpu.get(key, np.inf), cpu_seconds() - c)
+                cpu[key] = min(cpu.get(key, np.inf), time.process_time() - c)
                 if kind == "read":
                     nbytes = out
                 else:
