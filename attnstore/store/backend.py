@@ -110,8 +110,11 @@ class ZarrReader(AttentionReader):
         import zarr
 
         target, options = store_like(path, storage_options)
-        group = zarr.open_group(store=target, mode="r", zarr_format=3, storage_options=options)
-        return cls(group[ATTENTION], detail)
+        try:
+            group = zarr.open_group(store=target, mode="r", zarr_format=3, storage_options=options)
+            return cls(group[ATTENTION], detail)
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as err:
+            raise StoreError(f"no attnstore store at '{path}'") from err
 
     def read_rows(self, image: int, rows: Sequence[int]) -> np.ndarray:
         image, rows = self._check(image, rows)
@@ -381,6 +384,7 @@ def open_reader(path: str, storage_options: dict | None = None, backend: str | N
     StoreError : `backend="tensorstore"` (or the variable) is forced and tensorstore cannot open the store.
     """
     name = choose_backend(backend)
+    store_like(path, storage_options)  # the checks (and one-line errors) of every other read: zip, http ranges
     if name == "zarr":
         return ZarrReader.open(path, storage_options, detail=f"zarr-python (forced by {_forced_by(backend)})")
     try:

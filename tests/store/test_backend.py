@@ -261,3 +261,5 @@ def test_an_image_written_after_the_reader_opened_is_read(tmp_path):
     with pytest.raises(InvalidArgument, match="out of range") as err:
         reader.read_rows(2, [0])
     assert err.value.param == "image"
+    with pytest.raises(StoreError, match="no attnstore store"):
+        open_reader(str(tmp_path / "nothing.zarr"))
