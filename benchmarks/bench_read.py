@@ -31,7 +31,7 @@ import numpy as np
 
 import attnstore.analysis as A
 from attnstore.store import AttnStore, open_dataset
-from attnstore.store.backend import ATTENTION, MISSING, open_reader
+from attnstore.store.backend import ATTENTION, MISSING, ShardLayout, open_reader
 from attnstore.synthetic import make_synthetic_store
 
 TOKEN = "dog"
@@ -79,13 +79,13 @@ def row(label: str, times: np.ndarray, nbytes: float, cpu: float) -> str:
 
 # -- raw codec ---------------------------------------------------------------------------------------
 def shard_chunks(path: str, image: int) -> list[bytes]:
-    """The compressed chunk bytes of one image's shard (read once, untimed)."""
+    """The blosc-compressed bytes of each chunk of one image's shard (read once, untimed; without
+    the crc32c the writer appends: the raw codec row is the decode alone)."""
     data = (Path(path) / ATTENTION / "c" / str(image) / "0" / "0" / "0" / "0").read_bytes()
-    meta = json.loads((Path(path) / ATTENTION / "zarr.json").read_text())
-    n = meta["codecs"][0]["configuration"]["chunk_shape"]
-    n_chunks = meta["chunk_grid"]["configuration"]["chunk_shape"][3] // n[3]
-    index = np.frombuffer(data[-(16 * n_chunks + 4) : -4], "<u8").reshape(-1, 2)
-    return [data[int(o) : int(o + s)] for o, s in index if o != MISSING]
+    layout = ShardLayout(json.loads((Path(path) / ATTENTION / "zarr.json").read_text()))
+    index = np.frombuffer(data[-layout.index_bytes : -4], "<u8").reshape(-1, 2)  # [chunk, (offset, nbytes)]
+    tail = 4 if layout.chunk_checksum else 0
+    return [data[int(o) : int(o + s) - tail] for o, s in index if o != MISSING]
 
 
 def raw_decoder(chunks: list[bytes], shape: tuple[int, ...], threads: int):

@@ -144,7 +144,7 @@ class Unsupported(Exception):
 class ShardLayout:
     """Where each stored row lives: the attention array's zarr v3 metadata, checked to be the
     layout the writer makes (one image per shard, one query row of every layer and head per
-    chunk, bytes + blosc chunks, bytes + crc32c index)."""
+    chunk, bytes + blosc (+ crc32c) chunks, bytes + crc32c index)."""
 
     def __init__(self, meta: dict):
         self.shape = tuple(meta["shape"])  # [image, layer, head, query, key]
@@ -160,8 +160,10 @@ class ShardLayout:
         n_layer, n_head = self.shape[1:3]
         if self.shard[:3] != (1, n_layer, n_head) or self.chunk[:4] != (1, n_layer, n_head, 1):
             raise Unsupported(f"shards {self.shard} / chunks {self.chunk} are not one image / one query row each")
-        if [c["name"] for c in cfg["codecs"]] != ["bytes", "blosc"] or _big_endian(cfg["codecs"][0]):
-            raise Unsupported(f"chunk codecs {[c['name'] for c in cfg['codecs']]} are not bytes + blosc")
+        names = [c["name"] for c in cfg["codecs"]]
+        if names not in (["bytes", "blosc"], ["bytes", "blosc", "crc32c"]) or _big_endian(cfg["codecs"][0]):
+            raise Unsupported(f"chunk codecs {names} are not bytes + blosc (+ crc32c)")
+        self.chunk_checksum = names[-1] == "crc32c"  # stores written before chunk checksums have none
         if [c["name"] for c in cfg["index_codecs"]] != ["bytes", "crc32c"] or _big_endian(cfg["index_codecs"][0]):
             raise Unsupported("the shard index is not bytes + crc32c")
         self.index_at_end = cfg.get("index_location", "end") == "end"
@@ -357,14 +359,27 @@ class TensorstoreReader(AttentionReader):
         generation = indexes[key][1]
         if result.state != "value" or (generation and result.stamp.generation != generation):
             return key
+        data = self._checked(result.value)
         n_key = self.layout.chunk[4]
         if start == 0 and stop == n_key == self.shape[4]:
-            blosc.decompress(result.value, out[i])  # the common case: straight into the output row
+            blosc.decompress(data, out[i])  # the common case: straight into the output row
         else:
             chunk = np.empty((*self.shape[1:3], n_key), np.float16)
-            blosc.decompress(result.value, chunk)
+            blosc.decompress(data, chunk)
             out[i, ..., start:stop] = chunk[..., : stop - start]
         return None
+
+    def _checked(self, data: bytes) -> bytes:
+        """The compressed bytes of a chunk, after checking its crc32c (if the store writes one)."""
+        import google_crc32c
+
+        if not self.layout.chunk_checksum:
+            return data
+        body = data[:-4]
+        if google_crc32c.value(body) != int.from_bytes(data[-4:], "little"):
+            # zarr's crc32c codec's words: `attnstore.validation.is_checksum_error` recognises them
+            raise ValueError("Stored and computed checksum do not match")
+        return body
 
 
 class _Stale(Exception):
@@ -416,6 +431,9 @@ class AttentionArray(BackendArray):
 
     def _read(self, key: tuple) -> np.ndarray:
         """Outer indexing: ints, slices or 1-d int arrays on [image, layer, head, query, key]."""
+        for k, n, dim in zip(key, self.shape, ("image", "layer", "head", "query", "key")):
+            if not isinstance(k, slice) and not np.all((-n <= np.asarray(k)) & (np.asarray(k) < n)):
+                raise IndexError(f"{dim} index {k} is out of bounds for size {n}")  # as numpy and zarr
         image_k = key[0]
         if isinstance(image_k, (int, np.integer)):
             return self._read_image(int(image_k), key)

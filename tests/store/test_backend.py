@@ -112,6 +112,8 @@ def test_xarray_slices_read_through_the_reader(stores):
         assert_bitwise(sel.values, expected[1, 1][:, [4, 0], 2:30])
         assert_bitwise(att.isel(image=[2, 0], query=2).values, expected[[2, 0], :, :, 2])
         assert_bitwise(att.isel(image=slice(0, 3, 2), head=-1).values, expected[0:3:2, :, -1])
+        with pytest.raises(IndexError):  # like numpy and zarr arrays
+            att.isel(image=0, query=10_000).load()
         ds = open_dataset(path, read_backend=backend)
         assert_bitwise(read_rows(ds, 1, [5, 1]), np.moveaxis(expected[1][:, :, [5, 1]], 2, 0))
         assert_bitwise(read_image_rows(ds, 2, slice(0, 3)), np.moveaxis(expected[2][:, :, 0:3], 2, 0))
@@ -208,6 +210,26 @@ def test_a_damaged_shard_index_is_an_error_not_wrong_values(stores, tmp_path):
     assert reader.read_rows(0, [1]).shape[0] == 1  # other images still read
     with pytest.raises(StoreError, match="corrupt index"):
         reader.read_rows(1, [0])
+
+
+def test_a_damaged_chunk_fails_its_checksum_with_both_backends(stores, tmp_path):
+    from attnstore.validation import is_checksum_error
+
+    path = tmp_path / "flipped.zarr"
+    shutil.copytree(stores["padded"], path)
+    reader = open_reader(str(path), backend="tensorstore")
+    assert reader.layout.chunk_checksum  # the writer ends every chunk with a crc32c
+    shard = path / "attention" / "c" / "1" / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    offset, nbytes = (int(v) for v in np.frombuffer(bytes(data[-(16 * reader.shape[3] + 4) : -4]), "<u8")[4:6])
+    data[offset + nbytes // 2] ^= 0x10  # inside row 2's chunk
+    shard.write_bytes(bytes(data))
+    for backend in ("tensorstore", "zarr"):
+        reader = open_reader(str(path), backend=backend)
+        assert reader.read_rows(1, [3]).any()  # the other rows of the image still read
+        with pytest.raises(ValueError) as err:
+            reader.read_rows(1, [3, 2])
+        assert is_checksum_error(err.value), backend
 
 
 def test_a_shard_rewritten_after_its_index_was_cached_is_read_again(tmp_path):
