@@ -1,6 +1,6 @@
 """Analysis speed at real size (30 layers x 9 heads, ~1150 keys; synthetic store, no model).
 
-    .venv/bin/python benchmarks/bench_analysis.py [--images 12] [--repeats 50]
+    .venv/bin/python benchmarks/bench_analysis.py [--images 12] [--repeats 50] [--read-backend zarr]
 
 (1) One token's entropy-weighted top-k over all 30 x 9 heads from an open store, the
     explorer's click path: select_image + find_token + token_weights + reduce_heads
@@ -23,6 +23,7 @@ import numpy as np
 
 import attnstore.analysis as A
 from attnstore.store import open_dataset
+from attnstore.store.backend import BACKENDS, reader_name
 from attnstore.synthetic import make_synthetic_store
 
 TOKEN = "dog"
@@ -149,14 +150,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--read-backend", choices=BACKENDS, default=None, help="default: automatic")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         path = make_synthetic_store(
             str(Path(tmp) / "bench.zarr"), n_images=args.images, n_layers=30, n_heads=9, n_answer=80
         )
-        ds = open_dataset(path)
+        ds = open_dataset(path, read_backend=args.read_backend)
         print(f"store: {dict(ds['attention'].sizes)} built in {time.perf_counter() - t:.0f} s")
+        print(f"read backend: {reader_name(ds)}")
         bench_click(ds, args.repeats)
         bench_aggregate(ds)
 

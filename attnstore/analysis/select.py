@@ -1,7 +1,8 @@
 """Selecting what to read: one image at its valid extents, one token's rows, layers and heads.
 
-Every read here uses basic slices on a lazily opened Dataset, so a clicked token reads one
-stored chunk (a list index on `query` or `key` would make zarr decode whole shards).
+A Dataset from `attnstore.store.open_dataset` reads attention through the store's read backend
+(`attnstore.store.backend`): a clicked token reads one stored chunk, several rows of one image are
+one reader call (each row its own chunk, decoded concurrently).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import xarray as xr
 from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY, QUERY
+from attnstore.store.backend import reader_name
 from attnstore.store.reader import read_concurrently
 
 _SMALL_VARS = (
@@ -116,11 +118,15 @@ def select_layers_heads(weights: xr.DataArray, layers=None, heads=None) -> xr.Da
 def read_rows_fp16(img: xr.Dataset, rows: list[int]) -> np.ndarray:
     """Several query rows as stored  # -> [occurrence, layer, head, key] float16.
 
-    One basic-slice read per row (a list index on `query` makes zarr decode whole shards),
-    issued concurrently: each row is its own chunk.
+    Through a store's read backend: one read of the listed rows (one chunk each, decoded
+    concurrently). Opened otherwise (plain `xarray.open_zarr`): one basic-slice read per row,
+    issued concurrently, since a list index on `query` would make zarr decode whole shards.
     """
     att = img["attention"]
-    return np.stack(read_concurrently(lambda r: np.asarray(att.isel({QUERY: r}).values), rows))
+    if not reader_name(img):
+        return np.stack(read_concurrently(lambda r: np.asarray(att.isel({QUERY: r}).values), rows))
+    att = att.isel({QUERY: list(rows)})
+    return np.moveaxis(np.asarray(att.values), att.dims.index(QUERY), 0)
 
 
 def read_rows(img: xr.Dataset, rows: list[int]) -> xr.DataArray:

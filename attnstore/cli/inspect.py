@@ -7,10 +7,12 @@ from typing import Annotated
 import fsspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from attnstore.cli import app
 from attnstore.store import open_dataset
+from attnstore.store.backend import reader_name
 
 MAX_ROWS = 50
 
@@ -38,6 +40,7 @@ def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     size = store_size_bytes(path)
     on_disk = "unknown (http)" if size is None else f"{size / 1e6:.1f} MB"
     console.print(f"images: {complete.size} ({int(complete.sum())} complete); size on disk: {on_disk}")
+    console.print(f"read backend: {escape(reader_name(ds))}")
     table = Table("#", "image", "tiles", "tokens", "answer", "ok")
     # Only the rows shown are read: at 10,000 images reading every answer chunk takes seconds.
     head = ds[["image_name", "answer", "tile_rows", "tile_cols", "n_key"]].isel(image=slice(0, max_rows))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import xarray as xr
 import zarr
 
 from attnstore import __version__
 from attnstore.errors import StoreError
 from attnstore.schema import FORMAT_NAME, SCHEMA_VERSION
+from attnstore.store.backend import attach, choose_backend, open_reader
 from attnstore.store.remote import is_url, is_zip, store_like
 
 
@@ -39,21 +42,30 @@ def exists(path: str, storage_options: dict | None = None) -> bool:
     return True
 
 
-def open_dataset(path: str, storage_options: dict | None = None, chunks=None) -> xr.Dataset:
+def open_dataset(
+    path: str, storage_options: dict | None = None, chunks=None, read_backend: str | None = None
+) -> xr.Dataset:
     """Open a store as an xarray Dataset, lazily, and check its schema.
 
     `chunks=None` (the default) gives lazy numpy-backed arrays: basic slices read
     only the chunks they touch, the fastest path for interactive use. Pass dask
-    chunks for out-of-core analysis.
+    chunks for out-of-core analysis (attention then gets one task per image shard,
+    or per row block if `chunks` sets a `query` size).
+
+    The attention array reads through `attnstore.store.backend` (tensorstore when it can
+    open the store, zarr-python otherwise; `read_backend` or ATTNSTORE_READ_BACKEND force one).
     """
+    choose_backend(read_backend)  # a bad name fails before any read
     check_target(path)
-    target, storage_options = store_like(path, storage_options)
+    target, options = store_like(path, storage_options)
     try:
-        ds = xr.open_zarr(target, chunks=chunks, storage_options=storage_options, zarr_format=3)
+        with warnings.catch_warnings():  # attention's dask chunks are replaced below (`attach`)
+            warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)
+            ds = xr.open_zarr(target, chunks=chunks, storage_options=options, zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
         raise StoreError(f"no attnstore store at '{path}'") from err
     check_attrs(ds.attrs, path)
-    return ds
+    return attach(ds, open_reader(path, storage_options, read_backend), chunks)
 
 
 def read_concurrently(read, items) -> list:

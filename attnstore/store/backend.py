@@ -1,0 +1,518 @@
+"""Read backends for the attention array: tensorstore when it can open the store, zarr-python otherwise.
+
+One query row of one image is one stored chunk (`[layer, head, key]` fp16, blosc-compressed) inside
+one shard per image. Both backends return the stored fp16 values, rows first:
+
+    reader = open_reader("store.zarr")                 # backend chosen once per open
+    reader.read_rows(image, [3, 17])                   # [row, layer, head, key] float16
+    reader.read_image_rows(image, slice(0, 40))        # a row block (or the whole shard)
+
+`tensorstore`  tensorstore key-value stores (file, http, s3, zip: local or remote) fetch the shard
+               index and the chunk bytes; the chunks are decoded with numcodecs' blosc straight into
+               the output, concurrently. Decoding through tensorstore's own zarr3 driver measured
+               ~0.4 GB/s per core against ~0.9 GB/s for numcodecs (the codec the writer uses), so
+               only the I/O goes through tensorstore (`benchmarks/bench_read.py` prints both).
+`zarr`         zarr-python: every store and storage option fsspec understands; always used to write.
+
+The choice: the `backend` argument, else the ATTNSTORE_READ_BACKEND environment variable, else
+"auto" (tensorstore when it can open the store, zarr otherwise, with the reason kept in
+`reader.detail`). `attach` puts a reader behind the `attention` variable of an xarray Dataset, so
+every lazy slice of it (`ds.attention.isel(...)`, dask chunks) reads through the reader.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
+
+from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
+from attnstore.schema import QUERY
+from attnstore.store.remote import is_url, is_zip, protocol, resolve_storage_options, store_like
+
+BACKEND_ENV = "ATTNSTORE_READ_BACKEND"
+BACKENDS = ("auto", "tensorstore", "zarr")
+ATTENTION = "attention"
+READER_ENCODING = "read_backend"  # encoding key of the attention variable naming the reader (for `info`)
+INDEX_CACHE_SHARDS = 4096  # shard indexes kept per reader (16 bytes per row each; ~1.5 KB for 95 rows)
+MISSING = 2**64 - 1  # shard index entry of a chunk that is not stored (all fill value)
+INLINE_DECODE = 2  # decode this many chunks or fewer in the calling thread (no pool hand-off)
+
+
+def choose_backend(backend: str | None = None) -> str:
+    """The requested backend: `backend`, else ATTNSTORE_READ_BACKEND, else "auto"."""
+    name = (backend or os.environ.get(BACKEND_ENV) or "auto").strip().lower()
+    if name not in BACKENDS:
+        if backend:
+            raise InvalidArgument("read_backend", f"must be one of {', '.join(BACKENDS)}, not '{name}'")
+        raise AttnstoreError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}, not '{name}'")
+    return name
+
+
+@functools.cache
+def _decode_pool() -> ThreadPoolExecutor:
+    """Threads that decode chunks (blosc releases the GIL outside the main thread)."""
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="attnstore-decode")
+
+
+class AttentionReader:
+    """Reads the attention array of one store: `[image, layer, head, query, key]` float16."""
+
+    name = ""
+
+    def __init__(self, shape: tuple[int, ...], fill_value: float, detail: str):
+        self.shape = tuple(int(s) for s in shape)  # [image, layer, head, query, key]
+        self.fill_value = fill_value
+        self.detail = detail  # one line for `attnstore info`
+
+    def read_rows(self, image: int, rows: Sequence[int]) -> np.ndarray:
+        """Query rows of one image  # -> [row, layer, head, key] float16 (one stored chunk per row)."""
+        raise NotImplementedError
+
+    def read_image_rows(self, image: int, rows: slice = slice(None)) -> np.ndarray:
+        """A block of query rows of one image (default: the whole shard)  # -> [row, layer, head, key]."""
+        return self.read_rows(image, range(*rows.indices(self.shape[3])))
+
+    def _check(self, image: int, rows: Sequence[int]) -> tuple[int, list[int]]:
+        n_images, n_rows = self.shape[0], self.shape[3]
+        if not -n_images <= image < n_images:
+            raise InvalidArgument("image", f"{image} is out of range: the store has {n_images} images")
+        bad = [r for r in rows if not -n_rows <= r < n_rows]
+        if bad:
+            raise InvalidArgument("rows", f"{bad[:5]} are out of range: the store has {n_rows} rows per image")
+        return image % n_images, [int(r) % n_rows for r in rows]
+
+
+# -- zarr-python -------------------------------------------------------------------------------------
+
+
+class ZarrReader(AttentionReader):
+    """zarr-python: one basic-slice read per row (a list index would decode the whole shard)."""
+
+    name = "zarr"
+
+    def __init__(self, array, detail: str = "zarr-python"):
+        super().__init__(array.shape, array.fill_value, detail)
+        self.array = array
+
+    @classmethod
+    def open(cls, path: str, storage_options: dict | None = None, detail: str = "zarr-python") -> ZarrReader:
+        import zarr
+
+        target, options = store_like(path, storage_options)
+        try:
+            group = zarr.open_group(store=target, mode="r", zarr_format=3, storage_options=options)
+            return cls(group[ATTENTION], detail)
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as err:
+            raise StoreError(f"no attnstore store at '{path}'") from err
+
+    def read_rows(self, image: int, rows: Sequence[int]) -> np.ndarray:
+        image, rows = self._check(image, rows)
+        out = np.empty((len(rows), *self.shape[1:3], self.shape[4]), np.float16)  # [row, layer, head, key]
+
+        def read(i: int) -> None:
+            out[i] = self.array[image, :, :, rows[i], :]
+
+        from attnstore.store.reader import read_concurrently  # reader imports this module
+
+        read_concurrently(read, range(len(rows)))  # zarr decodes in its event loop: the threads only wait
+        return out
+
+    def read_image_rows(self, image: int, rows: slice = slice(None)) -> np.ndarray:
+        image, _ = self._check(image, [])
+        block = self.array[image, :, :, rows, :]  # [layer, head, row, key]: one read, zarr decodes the shard
+        return np.moveaxis(block, 2, 0)
+
+
+# -- tensorstore ------------------------------------------------------------------------------------
+
+
+class Unsupported(Exception):
+    """Tensorstore cannot open this store (the reason is the message): zarr-python reads it."""
+
+
+class ShardLayout:
+    """Where each stored row lives: the attention array's zarr v3 metadata, checked to be the
+    layout the writer makes (one image per shard, one query row of every layer and head per
+    chunk, bytes + blosc (+ crc32c) chunks, bytes + crc32c index)."""
+
+    def __init__(self, meta: dict):
+        self.shape = tuple(meta["shape"])  # [image, layer, head, query, key]
+        self.fill_value = float(meta.get("fill_value") or 0.0)
+        sharding = (meta.get("codecs") or [{}])[0]
+        if sharding.get("name") != "sharding_indexed" or len(meta["codecs"]) != 1:
+            raise Unsupported("the attention array is not sharded")
+        if meta.get("data_type") != "float16":
+            raise Unsupported(f"attention is {meta.get('data_type')}, not float16")
+        cfg = sharding["configuration"]
+        self.shard = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+        self.chunk = tuple(cfg["chunk_shape"])
+        n_layer, n_head = self.shape[1:3]
+        if self.shard[:3] != (1, n_layer, n_head) or self.chunk[:4] != (1, n_layer, n_head, 1):
+            raise Unsupported(f"shards {self.shard} / chunks {self.chunk} are not one image / one query row each")
+        names = [c["name"] for c in cfg["codecs"]]
+        if names not in (["bytes", "blosc"], ["bytes", "blosc", "crc32c"]) or _big_endian(cfg["codecs"][0]):
+            raise Unsupported(f"chunk codecs {names} are not bytes + blosc (+ crc32c)")
+        self.chunk_checksum = names[-1] == "crc32c"  # stores written before chunk checksums have none
+        if [c["name"] for c in cfg["index_codecs"]] != ["bytes", "crc32c"] or _big_endian(cfg["index_codecs"][0]):
+            raise Unsupported("the shard index is not bytes + crc32c")
+        self.index_at_end = cfg.get("index_location", "end") == "end"
+        encoding = meta.get("chunk_key_encoding", {"name": "default"})
+        if encoding.get("name") != "default":
+            raise Unsupported(f"chunk key encoding '{encoding.get('name')}'")
+        self.separator = encoding.get("configuration", {}).get("separator", "/")
+        self.key_chunks = -(-self.shard[4] // self.chunk[4])  # chunks along key in one shard
+        self.n_chunks = self.shard[3] * self.key_chunks  # chunks per shard
+        self.index_bytes = 16 * self.n_chunks + 4
+
+    def shard_key(self, image: int, row_shard: int, key_shard: int) -> str:
+        return ATTENTION + "/" + self.separator.join(map(str, ("c", image, 0, 0, row_shard, key_shard)))
+
+    def pieces(self, row: int) -> list[tuple[int, int, int, int, int]]:
+        """Where row `row`'s keys are stored: (row shard, key shard, index entry, key start, key stop)."""
+        out, n_key, ck = [], self.shape[4], self.chunk[4]
+        for ks in range(-(-n_key // self.shard[4])):
+            for kc in range(self.key_chunks):
+                start = ks * self.shard[4] + kc * ck
+                if start < n_key:
+                    entry = (row % self.shard[3]) * self.key_chunks + kc
+                    out.append((row // self.shard[3], ks, entry, start, min(start + ck, n_key)))
+        return out
+
+
+def _big_endian(codec: dict) -> bool:
+    return codec.get("configuration", {}).get("endian", "little") != "little"
+
+
+def kvstore_spec(path: str, storage_options: dict | None = None) -> dict:
+    """Tensorstore key-value store of a store path (folder, zip, http(s) or s3 URL, or a zip at one).
+
+    Raises `Unsupported` for protocols and storage options tensorstore has no equivalent of.
+    """
+    options = dict(resolve_storage_options(path, storage_options) or {})
+    base = _base_spec(path, options)  # the folder, or the zip file
+    if options:
+        raise Unsupported(f"storage options {sorted(options)}")
+    if is_zip(path):
+        return {"driver": "zip", "base": base}
+    if base["driver"] == "http":
+        return {**base, "base_url": base["base_url"] + "/"}
+    return {**base, "path": base["path"] + "/"}
+
+
+def _base_spec(path: str, options: dict) -> dict:
+    """The tensorstore spec of `path` itself; pops the storage options it uses."""
+    if not is_url(path):
+        # Memory-mapped reads: half the CPU of pread-style reads (zarr writes files by atomic rename,
+        # so a mapped file is never truncated under a reader). No lock files: nothing is written.
+        return {"driver": "file", "path": str(Path(path).resolve()), "file_io_locking": {"mode": "none"},
+                "file_io_mode": {"mode": "memmap"}}  # fmt: skip
+    url = str(path).rstrip("/")
+    if protocol(path) in ("http", "https"):
+        headers = options.pop("headers", None) or {}
+        return {"driver": "http", "base_url": url, "headers": [f"{k}: {v}" for k, v in headers.items()]}
+    if protocol(path) != "s3":
+        raise Unsupported(f"no tensorstore driver for {protocol(path)}:// URLs")
+    bucket, _, key = url.split("://", 1)[1].partition("/")
+    spec = {"driver": "s3", "bucket": bucket, "path": key}
+    client = dict(options.pop("client_kwargs", None) or {})
+    # s3fs/botocore read the same variables when no option is given
+    endpoint = options.pop("endpoint_url", None) or client.pop("endpoint_url", None)
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = client.pop("region_name", None) or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if endpoint:
+        spec["endpoint"] = endpoint
+    if region:
+        spec["aws_region"] = region
+    if options.pop("anon", False):
+        spec["aws_credentials"] = {"type": "anonymous"}
+    if client:
+        raise Unsupported(f"s3 client options {sorted(client)}")
+    return spec
+
+
+class TensorstoreReader(AttentionReader):
+    """Tensorstore fetches the bytes (concurrently, without the GIL); numcodecs decodes them."""
+
+    name = "tensorstore"
+
+    def __init__(self, kvstore, layout: ShardLayout, detail: str):
+        super().__init__(layout.shape, layout.fill_value, detail)
+        self.kv = kvstore
+        self.layout = layout
+        self._indexes: OrderedDict[str, tuple[np.ndarray | None, bytes]] = OrderedDict()  # key -> (index, generation)
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:  # dask may ship a graph to other processes: no lock, no cache
+        return {k: v for k, v in self.__dict__.items() if k not in ("_indexes", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _indexes=OrderedDict(), _lock=threading.Lock())
+
+    @classmethod
+    def open(cls, path: str, storage_options: dict | None = None) -> TensorstoreReader:
+        try:
+            import tensorstore as ts
+        except ImportError as err:
+            raise Unsupported("tensorstore is not installed") from err
+        spec = kvstore_spec(path, storage_options)
+        try:
+            kv = ts.KvStore.open(spec).result()
+            meta = kv.read(f"{ATTENTION}/zarr.json").result()
+        except Exception as err:  # tensorstore raises ValueError / OSError-like errors with its status text
+            raise Unsupported(f"tensorstore cannot open it ({str(err).splitlines()[0][:160]})") from err
+        if meta.state != "value":
+            raise Unsupported(f"no {ATTENTION}/zarr.json")
+        layout = ShardLayout(json.loads(bytes(meta.value)))
+        return cls(kv, layout, f"tensorstore ({spec['driver']} kvstore), numcodecs blosc decode")
+
+    # -- shard indexes ---------------------------------------------------------------------------
+    def _fetch_indexes(self, keys: list[str]) -> dict[str, tuple[np.ndarray | None, bytes]]:
+        """Shard index of each key  # each [chunk, (offset, nbytes)] uint64, None if no shard.
+
+        Kept (least recently used first out) with the shard's generation: a chunk read from a shard
+        rewritten since then is noticed (`_decode`) and its index read again."""
+        with self._lock:
+            found = {k: self._indexes[k] for k in keys if k in self._indexes}
+        todo = [k for k in keys if k not in found]
+        size = self.layout.index_bytes
+        span = slice(-size, None) if self.layout.index_at_end else slice(0, size)
+        futures = {k: self.kv.read(k, byte_range=span) for k in todo}
+        for key, future in futures.items():
+            found[key] = self._parse_index(key, future.result())
+        with self._lock:
+            for key in todo:
+                if found[key][0] is not None:  # a missing shard may be written later: ask again next time
+                    self._indexes[key] = found[key]
+            for key in found:
+                if key in self._indexes:
+                    self._indexes.move_to_end(key)
+            while len(self._indexes) > INDEX_CACHE_SHARDS:
+                self._indexes.popitem(last=False)
+        return found
+
+    def _parse_index(self, key: str, result) -> tuple[np.ndarray | None, bytes]:
+        import google_crc32c
+
+        if result.state != "value":
+            return None, b""
+        raw = bytes(result.value)
+        body, crc = raw[:-4], int.from_bytes(raw[-4:], "little")
+        if len(raw) != self.layout.index_bytes or google_crc32c.value(body) != crc:
+            raise StoreError(f"shard '{key}' has a corrupt index (checksum mismatch): the store is damaged")
+        return np.frombuffer(body, "<u8").reshape(-1, 2), result.stamp.generation
+
+    def _forget(self, keys) -> None:
+        with self._lock:
+            for key in keys:
+                self._indexes.pop(key, None)
+
+    # -- rows -----------------------------------------------------------------------------------
+    def read_rows(self, image: int, rows: Sequence[int]) -> np.ndarray:
+        image, rows = self._check(image, rows)
+        for _ in range(3):  # a shard rewritten since its index was cached: read the index again
+            try:
+                return self._read_rows(image, rows)
+            except _Stale as stale:
+                self._forget(stale.keys)
+        raise StoreError(f"image {image} keeps changing while it is read: is a writer still running?")
+
+    def _read_rows(self, image: int, rows: list[int]) -> np.ndarray:
+        lay = self.layout
+        out = np.empty((len(rows), *self.shape[1:3], self.shape[4]), np.float16)  # [row, layer, head, key]
+        plan = [(i, piece) for i, row in enumerate(rows) for piece in lay.pieces(row)]
+        keys = {(rs, ks): lay.shard_key(image, rs, ks) for _, (rs, ks, *_rest) in plan}
+        indexes = self._fetch_indexes(sorted(set(keys.values())))
+        reads = []  # (row slot, key start, key stop, shard key, future)
+        for i, (rs, ks, entry, start, stop) in plan:
+            key = keys[rs, ks]
+            index, _ = indexes[key]
+            offset, nbytes = (MISSING, MISSING) if index is None else (int(v) for v in index[entry])
+            if offset == MISSING:
+                out[i, ..., start:stop] = self.fill_value
+            else:
+                reads.append((i, start, stop, key, self.kv.read(key, byte_range=slice(offset, offset + nbytes))))
+        if len(reads) <= INLINE_DECODE:
+            stale = [self._decode(out, read, indexes) for read in reads]
+        else:
+            stale = list(_decode_pool().map(lambda read: self._decode(out, read, indexes), reads))
+        if any(stale):
+            raise _Stale({key for key in stale if key})
+        return out
+
+    def _decode(self, out: np.ndarray, read, indexes) -> str | None:
+        """Decode one chunk into its place in `out`; returns the shard key if it changed meanwhile."""
+        from numcodecs import blosc
+
+        i, start, stop, key, future = read
+        result = future.result()
+        generation = indexes[key][1]
+        if result.state != "value" or (generation and result.stamp.generation != generation):
+            return key
+        data = self._checked(result.value)
+        n_key = self.layout.chunk[4]
+        if start == 0 and stop == n_key == self.shape[4]:
+            blosc.decompress(data, out[i])  # the common case: straight into the output row
+        else:
+            chunk = np.empty((*self.shape[1:3], n_key), np.float16)
+            blosc.decompress(data, chunk)
+            out[i, ..., start:stop] = chunk[..., : stop - start]
+        return None
+
+    def _checked(self, data: bytes) -> bytes:
+        """The compressed bytes of a chunk, after checking its crc32c (if the store writes one)."""
+        import google_crc32c
+
+        if not self.layout.chunk_checksum:
+            return data
+        body = data[:-4]
+        if google_crc32c.value(body) != int.from_bytes(data[-4:], "little"):
+            # zarr's crc32c codec's words: `attnstore.validation.is_checksum_error` recognises them
+            raise ValueError("Stored and computed checksum do not match")
+        return body
+
+
+class _Stale(Exception):
+    def __init__(self, keys: set[str]):
+        super().__init__(sorted(keys))
+        self.keys = keys
+
+
+# -- choosing ---------------------------------------------------------------------------------------
+
+
+def open_reader(path: str, storage_options: dict | None = None, backend: str | None = None) -> AttentionReader:
+    """A reader of the store's attention array, with the backend chosen as the module doc says.
+
+    Raises
+    ------
+    StoreError : `backend="tensorstore"` (or the variable) is forced and tensorstore cannot open the store.
+    """
+    name = choose_backend(backend)
+    store_like(path, storage_options)  # the checks (and one-line errors) of every other read: zip, http ranges
+    if name == "zarr":
+        return ZarrReader.open(path, storage_options, detail=f"zarr-python (forced by {_forced_by(backend)})")
+    try:
+        return TensorstoreReader.open(path, storage_options)
+    except Unsupported as why:
+        if name == "tensorstore":
+            message = f"the tensorstore read backend cannot read '{path}': {why}"
+            raise StoreError(message, param="read_backend" if backend else None) from why
+        return ZarrReader.open(path, storage_options, detail=f"zarr-python (tensorstore: {why})")
+
+
+def _forced_by(backend: str | None) -> str:
+    return "the read_backend option" if backend else BACKEND_ENV
+
+
+# -- xarray ----------------------------------------------------------------------------------------
+
+
+class AttentionArray(BackendArray):
+    """The attention array for xarray's lazy indexing: every slice reads through a reader."""
+
+    def __init__(self, reader: AttentionReader):
+        self.reader = reader
+        self.shape = reader.shape
+        self.dtype = np.dtype(np.float16)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._read)
+
+    def _read(self, key: tuple) -> np.ndarray:
+        """Outer indexing: ints, slices or 1-d int arrays on [image, layer, head, query, key]."""
+        for k, n, dim in zip(key, self.shape, ("image", "layer", "head", "query", "key")):
+            if not isinstance(k, slice) and not np.all((-n <= np.asarray(k)) & (np.asarray(k) < n)):
+                raise IndexError(f"{dim} index {k} is out of bounds for size {n}")  # as numpy and zarr
+        image_k = key[0]
+        if isinstance(image_k, (int, np.integer)):
+            return self._read_image(int(image_k), key)
+        images = _positions(image_k, self.shape[0])
+        blocks = [self._read_image(int(i), key) for i in images]
+        return np.stack(blocks) if blocks else np.empty((0, *self._rest_shape(key)), np.float16)
+
+    def _read_image(self, image: int, key: tuple) -> np.ndarray:
+        layer_k, head_k, query_k, key_k = key[1:]
+        if isinstance(query_k, slice) and query_k.step in (None, 1):
+            block = self.reader.read_image_rows(image, query_k)  # [row, layer, head, key]
+        else:
+            block = self.reader.read_rows(image, _positions(query_k, self.shape[3]))
+        for axis, k in ((3, key_k), (2, head_k), (1, layer_k)):  # last axis first: int keys drop axes
+            block = block[(slice(None),) * axis + (k,)]
+        if isinstance(query_k, (int, np.integer)):
+            return block[0]
+        kept = sum(not isinstance(k, (int, np.integer)) for k in (layer_k, head_k))
+        return np.moveaxis(block, 0, kept)  # rows back between head and key (a view: no copy)
+
+    def _rest_shape(self, key: tuple) -> tuple[int, ...]:
+        sizes = [len(_positions(k, n)) for k, n in zip(key[1:], self.shape[1:]) if not isinstance(k, (int, np.integer))]
+        return tuple(sizes)
+
+
+def _positions(k, n: int) -> list[int]:
+    if isinstance(k, slice):
+        return list(range(*k.indices(n)))
+    if isinstance(k, (int, np.integer)):
+        return [int(k)]
+    return [int(i) for i in np.asarray(k).ravel()]
+
+
+def attach(ds: xr.Dataset, reader: AttentionReader, chunks=None) -> xr.Dataset:
+    """`ds` with its `attention` variable read through `reader` (lazily; dask-chunked if `chunks` is
+    not None: one task per shard or row block, never per stored row)."""
+    old = ds[ATTENTION].variable
+    data = indexing.LazilyIndexedArray(AttentionArray(reader))
+    shard_chunks = attention_chunks(old, chunks if chunks is not None else {})
+    preferred = {dim: old.shape[i] if size == -1 else size for i, (dim, size) in enumerate(shard_chunks.items())}
+    encoding = {**old.encoding, READER_ENCODING: reader.detail, "preferred_chunks": preferred}
+    var = xr.Variable(old.dims, data, old.attrs, encoding)
+    if chunks is not None:
+        var = var.chunk(shard_chunks)
+    return ds.assign({ATTENTION: var})
+
+
+def attention_chunks(var: xr.Variable, chunks) -> dict[str, int]:
+    """Dask chunks of the attention variable: one image (whole shard) per task unless the caller asked
+    for specific sizes of some dims; the query dim is never split finer than the caller asked."""
+    wanted = chunks if isinstance(chunks, dict) else {}
+    out = {dim: -1 for dim in var.dims}
+    out["image"] = 1
+    for dim, size in wanted.items():
+        if dim in out and isinstance(size, int) and size > 0:
+            out[dim] = size
+    return out
+
+
+def reader_name(ds: xr.Dataset) -> str:
+    """Which reader the Dataset's attention goes through (one line), or "" if none was attached."""
+    return str(ds[ATTENTION].encoding.get(READER_ENCODING, "")) if ATTENTION in ds else ""
+
+
+def read_rows(source, image: int, rows: Sequence[int]) -> np.ndarray:
+    """Query rows of one image  # -> [row, layer, head, key] float16.
+
+    `source` is a reader or a store Dataset from `attnstore.store.open_dataset` (its whole
+    `attention` variable, not a selection of it).
+    """
+    if isinstance(source, AttentionReader):
+        return source.read_rows(image, rows)
+    att = source[ATTENTION].isel(image=image, **{QUERY: list(rows)})  # one reader call for every row
+    return np.moveaxis(np.asarray(att.values), att.dims.index(QUERY), 0)
+
+
+def read_image_rows(source, image: int, rows: slice = slice(None)) -> np.ndarray:
+    """A block of query rows of one image (default all)  # -> [row, layer, head, key] float16."""
+    if isinstance(source, AttentionReader):
+        return source.read_image_rows(image, rows)
+    att = source[ATTENTION].isel(image=image, **{QUERY: rows})
+    return np.moveaxis(np.asarray(att.values), att.dims.index(QUERY), 0)
