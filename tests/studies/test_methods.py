@@ -103,7 +103,7 @@ def test_visual_ratio_word_labels_are_per_token(ds):
 
 
 def test_localisation_equals_loops(ds):
-    result = localisation_heads(ds, connectivity=8)
+    result = localisation_heads(ds, connectivity=8, all_heads=True)
     n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
     for pos, i in enumerate(result["image"].values):
         a = image_arrays(ds, int(i))
@@ -129,6 +129,13 @@ def test_localisation_equals_loops(ds):
     above = result["above_elbow"].values
     assert above.any() and mean[above].min() >= mean[~above].max(initial=-1)  # the elbow cuts the sorted curve
     assert result["frequency"].values[~above].max(initial=0) == 0
+    # As the paper: criterion 2 only for the heads above the elbow; the same with nothing cached (read again).
+    for default in (localisation_heads(ds), localisation_heads(ds, cache_mb=0, batch_size=2)):
+        np.testing.assert_array_equal(default["above_elbow"].values, above)
+        ent, full = default["spatial_entropy"].values, result["spatial_entropy"].values
+        assert np.isnan(ent[:, ~above]).all()
+        np.testing.assert_array_equal(ent[:, above], full[:, above])
+        np.testing.assert_array_equal(default["frequency"].values, result["frequency"].values)
 
 
 def test_localisation_four_connectivity_and_max_fraction(ds):
@@ -171,9 +178,10 @@ def test_sinks_equal_loops(ds):
 
 def test_compare_equals_loops(edge_store, other_store):
     a_ds, b_ds = open_dataset(edge_store), open_dataset(other_store)
-    result = compare_stores(a_ds, other_store)
+    result = compare_stores(a_ds, other_store, jsd_per_head=True, batch_size=2)
+    per_layer = compare_stores(a_ds, b_ds)
     assert result.attrs["shared_images"] == 5
-    expected = []
+    expected, expected_layer = [], []
     for i in range(5):
         a, b = image_arrays(a_ds, i), image_arrays(b_ds, i)
         row_b = {int(p): r for r, p in enumerate(b["qpos"])}
@@ -184,27 +192,23 @@ def test_compare_equals_loops(edge_store, other_store):
                 continue
             rb = row_b[p]
             for lay in range(a_ds.sizes["layer"]):
+                mean_a = sum(a["att"][lay, h, r][ka] for h in range(a_ds.sizes["head"])) / a_ds.sizes["head"]
+                mean_b = sum(b["att"][lay, h, rb][kb] for h in range(a_ds.sizes["head"])) / a_ds.sizes["head"]
+                expected_layer.append(jsd(list(mean_a), list(mean_b)) if len(ka) == len(kb) else math.nan)
                 for h in range(a_ds.sizes["head"]):
                     wa, wb = a["att"][lay, h, r], b["att"][lay, h, rb]
                     d = jsd(list(wa[ka]), list(wb[kb])) if len(ka) == len(kb) else math.nan
                     expected.append((i, p, lay, h, wa[ka].sum(), wb[kb].sum(), d))
     got = [
-        (
-            int(result["image"][r]),
-            int(result["position"][r]),
-            lay,
-            h,
-            float(result["share_a"][r, lay, h]),
-            float(result["share_b"][r, lay, h]),
-            float(result["jsd"][r, lay, h]),
-        )
-        for r in range(result.sizes["row"])
-        for lay in range(result.sizes["layer"])
-        for h in range(result.sizes["head"])
-    ]
+        (int(result["image"][r]), int(result["position"][r]), lay, h, float(result["share_a"][r, lay, h]),
+         float(result["share_b"][r, lay, h]), float(result["jsd"][r, lay, h]))
+        for r in range(result.sizes["row"]) for lay in range(result.sizes["layer"]) for h in range(result.sizes["head"])
+    ]  # fmt: skip
     assert [g[:4] for g in got] == [e[:4] for e in expected]
     assert np.isfinite([e[6] for e in expected]).sum() > 100  # real comparisons, not only NaN
     np.testing.assert_allclose([g[4:] for g in got], [e[4:] for e in expected], atol=2e-5)
+    np.testing.assert_allclose(per_layer["jsd"].values.reshape(-1), expected_layer, atol=2e-5)
+    assert per_layer["jsd"].dims == ("row", "layer")
     assert np.isnan([g[6] for g in got if g[0] == 2]).all()  # no image keys: no distribution to compare
     assert 4 not in result["image"].values or np.isnan(result["jsd"].values[result["image"].values == 4]).all()
     same = compare_stores(a_ds, a_ds)

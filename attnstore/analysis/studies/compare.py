@@ -8,10 +8,12 @@ import warnings
 import numpy as np
 import xarray as xr
 
+from attnstore.analysis.aggregate import _preload
+from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.keys import image_key_mask
-from attnstore.analysis.select import select_image
+from attnstore.analysis.select import read_rows_fp16, select_image
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import image_list, names_of, query_rows, read_rows_fp32, register, scan, stack
+from attnstore.analysis.studies.base import image_list, names_of, query_rows, register, scan, stack
 from attnstore.analysis.studies.stats import jensen_shannon
 from attnstore.errors import InvalidArgument
 
@@ -32,6 +34,12 @@ def shared_images(ds: xr.Dataset, other: xr.Dataset) -> dict[int, int]:
     return {i: theirs[n] for i in image_list(ds) if (n := str(ds["image_name"].values[i])) in theirs}
 
 
+def image_rows(img: xr.Dataset, rows: np.ndarray) -> np.ndarray:
+    """The rows' weights on image-patch keys  # [row, layer, head, image key] float32 (gathered as stored)."""
+    idx = np.flatnonzero(image_key_mask(img).values)
+    return fp16_to_fp32(np.take(read_rows_fp16(img, [int(r) for r in rows]), idx, axis=-1))
+
+
 def _matched(img_a: xr.Dataset, img_b: xr.Dataset, queries: str) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the two images holding the same token at the same position  # ([n], [n])."""
     rows_a = query_rows(img_a, queries)
@@ -49,12 +57,18 @@ def _matched(img_a: xr.Dataset, img_b: xr.Dataset, queries: str) -> tuple[np.nda
 
 @register(
     "compare",
-    "two stores over their shared images: image-attention difference and Jensen-Shannon divergence per head",
+    "two stores over their shared images: image-attention difference per head, Jensen-Shannon divergence per token",
     plot=plots.compare,
     label="compare two stores",
 )
 def compare_stores(
-    ds: xr.Dataset, other=None, queries: str = "generated", images=None, num_workers: int = 2, batch_size: int = 32
+    ds: xr.Dataset,
+    other=None,
+    queries: str = "generated",
+    jsd_per_head: bool = False,
+    images=None,
+    num_workers: int = 2,
+    batch_size: int = 32,
 ) -> xr.Dataset:
     """Compare `ds` (A) with `other` (B, a Dataset or a store path) over the images both hold.
 
@@ -64,10 +78,12 @@ def compare_stores(
     Returns
     -------
     xr.Dataset: per matched token `share_a`, `share_b`, `share_diff` (= B - A) [row, layer, head]:
-    the attention on image-patch keys; `jsd` [row, layer, head]: Jensen-Shannon divergence (bits,
-    0-1) of the two image-attention distributions (each renormalised over the image keys; NaN when
-    the two images do not have the same image keys, or either row has no image weight);
-    `mean_share_diff`, `mean_jsd` [layer, head] over the matched tokens. attrs: shared / matched counts.
+    the attention on image-patch keys; `jsd` [row, layer]: Jensen-Shannon divergence (bits, 0-1)
+    of the token's two image-attention distributions in each layer (the head mean, renormalised
+    over the image keys; NaN when the two images do not have the same image keys, or either has
+    no image weight); with `jsd_per_head`, `jsd` [row, layer, head] of each head's distribution
+    (9x the logs: slower). `mean_share_diff` [layer, head] and `mean_jsd` over the matched tokens.
+    attrs: shared / compared images, matched tokens.
     """
     other = _open(other)
     for dim in ("layer", "head"):
@@ -80,16 +96,20 @@ def compare_stores(
         wanted = set(image_list(ds, images))
         pairs = {i: j for i, j in pairs.items() if i in wanted}
 
+    batch_b: tuple[int, xr.Dataset] = (0, other)
+
     def per_image(img_a: xr.Dataset, image: int) -> dict | None:
-        img_b = select_image(other, pairs[image])
+        lo, sub = batch_b
+        img_b = select_image(sub, pairs[image] - lo)
         rows_a, rows_b = _matched(img_a, img_b, queries)
         if not rows_a.size:
             return None
-        mask_a, mask_b = image_key_mask(img_a).values, image_key_mask(img_b).values
-        a = read_rows_fp32(img_a, rows_a)[..., mask_a]  # [row, layer, head, image key]
-        b = read_rows_fp32(img_b, rows_b)[..., mask_b]
-        same_keys = a.shape[-1] == b.shape[-1]
-        jsd = jensen_shannon(a, b) if same_keys else np.full(a.shape[:-1], np.nan)
+        a, b = image_rows(img_a, rows_a), image_rows(img_b, rows_b)  # [row, layer, head, image key]
+        jsd_shape = a.shape[:3] if jsd_per_head else a.shape[:2]
+        if a.shape[-1] != b.shape[-1]:  # different image keys: no common support
+            jsd = np.full(jsd_shape, np.nan)
+        else:  # per head, or the token's distribution in each layer (the head mean)
+            jsd = jensen_shannon(a, b) if jsd_per_head else jensen_shannon(a.mean(2), b.mean(2))
         positions = np.asarray(img_a["query_position"].values)[rows_a]
         texts = np.asarray(img_a["token_text"].values)
         return {
@@ -101,25 +121,30 @@ def compare_stores(
             "jsd": jsd.astype(np.float32),
         }
 
-    parts = scan(ds, per_image, list(pairs), num_workers, batch_size, name="compare") if pairs else []
+    parts, todo = [], list(pairs)
+    for start in range(0, len(todo), batch_size):  # B's small variables preloaded batch by batch, like A's
+        batch = todo[start : start + batch_size]
+        batch_b = _preload(other, [pairs[i] for i in batch])
+        parts += scan(ds, per_image, batch, num_workers, batch_size, name="compare")
     shape = (0, ds.sizes["layer"], ds.sizes["head"])
     image = stack(parts, "image", np.zeros(0, int))
     share_a = stack(parts, "share_a", np.zeros(shape, np.float32))
     share_b = stack(parts, "share_b", np.zeros(shape, np.float32))
-    jsd = stack(parts, "jsd", np.zeros(shape, np.float32))
+    jsd_dims = ("row", "layer", "head") if jsd_per_head else ("row", "layer")
+    jsd = stack(parts, "jsd", np.zeros(shape[: len(jsd_dims)], np.float32))
     dims = ("row", "layer", "head")
     with warnings.catch_warnings():  # all-NaN columns (no image keys): NaN is the answer
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean_jsd = np.nanmean(jsd, axis=0) if len(jsd) else np.full(shape[1:], np.nan)
+        mean_jsd = np.nanmean(jsd, axis=0) if len(jsd) else np.full(jsd.shape[1:], np.nan)
         mean_diff = (share_b - share_a).mean(0) if len(jsd) else np.full(shape[1:], np.nan)
     return xr.Dataset(
         {
             "share_a": (dims, share_a),
             "share_b": (dims, share_b),
             "share_diff": (dims, share_b - share_a),
-            "jsd": (dims, jsd),
+            "jsd": (jsd_dims, jsd),
             "mean_share_diff": (("layer", "head"), mean_diff.astype(np.float32)),
-            "mean_jsd": (("layer", "head"), mean_jsd.astype(np.float32)),
+            "mean_jsd": (jsd_dims[1:], mean_jsd.astype(np.float32)),
         },
         coords={
             "image": ("row", image),

@@ -4,13 +4,17 @@ both large on the image (criterion 1) and concentrated in one spatial blob (crit
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import xarray as xr
 
 from attnstore.analysis.grid import patch_grid
+from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.keys import image_key_mask
+from attnstore.analysis.select import read_rows_fp16, select_image
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, read_rows_fp32, register, scan, stack
+from attnstore.analysis.studies.base import names_of, query_rows, register, scan, stack
 from attnstore.analysis.studies.stats import elbow_index, spatial_entropy
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY
@@ -59,6 +63,8 @@ def localisation_heads(
     connectivity: int = 8,
     view: str = "tiles",
     top: int = 10,
+    all_heads: bool = False,
+    cache_mb: float = 1024,
     images=None,
     num_workers: int = 2,
     batch_size: int = 32,
@@ -69,10 +75,16 @@ def localisation_heads(
     `image_sum` [image, layer, head] = its attention on the image-patch keys (criterion 1);
     `spatial_entropy` = -sum p_i log p_i over the connected components of the binarised map on
     the `view` grid, p_i = component size / foreground size (criterion 2); `components`.
+    As in the paper, criterion 2 is computed for the heads above the elbow only (NaN elsewhere),
+    unless `all_heads`.
 
     Over the dataset: `mean_image_sum` [layer, head]; `above_elbow` = heads whose mean image_sum
     is above the elbow of its sorted curve; `frequency` = the fraction of images in which the head
     is among the `top` lowest-entropy heads above the elbow; `head_rank` (1 = most often selected).
+
+    Two passes, one read: the first reads each image's row (criterion 1) and keeps its image-key
+    weights as stored (float16, ~0.6 MB an image at 30 x 9 heads) while they fit in `cache_mb`;
+    the second computes criterion 2 from them (images beyond the cache are read again).
 
     Parameters
     ----------
@@ -88,33 +100,50 @@ def localisation_heads(
     if top < 1:
         raise InvalidArgument("top", f"must be at least 1, not {top}")
     n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
+    budget = _Budget(cache_mb * 1e6)
 
-    def per_image(img: xr.Dataset, image: int) -> dict | None:
-        rows = query_rows(img, "last_prompt")
-        if not len(rows):
+    def first_pass(img: xr.Dataset, image: int) -> dict | None:
+        found = image_key_rows(img, view)
+        if found is None:
             return None
-        w = read_rows_fp32(img, rows)[0]  # [layer, head, key]
-        image_sum = w @ image_key_mask(img).values.astype(np.float32)  # [layer, head]
-        grid = patch_grid(xr.DataArray(w, dims=("layer", "head", KEY)), img, view).values  # [layer, head, r, c]
-        entropy, count = spatial_entropy(binarise(grid, threshold), connectivity)
-        return {
-            "image": np.array([image]),
-            "image_sum": image_sum[None],
-            "entropy": entropy[None],
-            "components": count[None],
-        }
+        a16, cells = found
+        return {"image": np.array([image]), "image_sum": fp16_to_fp32(a16).sum(-1)[None], "cells": cells,
+                "a16": a16 if budget.take(a16.nbytes) else None}  # fmt: skip
 
-    parts = scan(ds, per_image, images, num_workers, batch_size, name="localisation")
+    parts = scan(ds, first_pass, images, num_workers, batch_size, name="localisation")
     empty = np.zeros((0, n_layers, n_heads))
     image = stack(parts, "image", np.zeros(0, int))
     image_sum = stack(parts, "image_sum", empty).astype(np.float32)
-    entropy = stack(parts, "entropy", empty).astype(np.float32)
+    heads = select_by_elbow(image_sum)
+    chosen = np.ones(n_layers * n_heads, bool) if all_heads else heads["above_elbow"].values.reshape(-1)
+    entropy = np.full((len(parts), n_layers * n_heads), np.nan, np.float32)
+    count = np.zeros((len(parts), n_layers * n_heads), np.int32)
+
+    def second_pass(lo: int, hi: int) -> None:  # criterion 2 for the chosen heads of images lo..hi-1
+        for n in range(lo, hi):
+            part = parts[n]
+            a16 = (
+                part["a16"]
+                if part["a16"] is not None
+                else image_key_rows(select_image(ds, int(part["image"][0])), view)[0]
+            )
+            grid = cell_grid(fp16_to_fp32(a16.reshape(n_layers * n_heads, -1)[chosen]), part["cells"])  # [chosen, r, c]
+            entropy[n, chosen], count[n, chosen] = spatial_entropy(binarise(grid, threshold), connectivity)
+            part["a16"] = None  # free as we go
+
+    import dask
+
+    task = dask.delayed(second_pass, name="attnstore-localisation-2", pure=False)
+    calls = [task(lo, min(lo + batch_size, len(parts)), dask_key_name=f"localisation-2-{lo}")
+             for lo in range(0, len(parts), batch_size)]  # fmt: skip
+    dask.compute(*calls, scheduler="threads", num_workers=num_workers)
+    entropy, count = entropy.reshape(-1, n_layers, n_heads), count.reshape(-1, n_layers, n_heads)
     dims = ("image", "layer", "head")
     out = xr.Dataset(
         {
             "image_sum": (dims, image_sum, {"long_name": "last prompt token's attention on the image (criterion 1)"}),
             "spatial_entropy": (dims, entropy, {"long_name": "entropy over connected components (criterion 2)"}),
-            "components": (dims, stack(parts, "components", empty).astype(np.int32)),
+            "components": (dims, count),
         },
         coords={
             "image": image,
@@ -128,39 +157,79 @@ def localisation_heads(
             "connectivity": connectivity,
             "view": view,
             "top": top,
+            "criterion_2_for": "every head" if all_heads else "heads above the elbow",
             "reference": "Kang et al. 2025, arXiv 2503.06287",
         },
     )
-    return out.merge(select_heads(image_sum, entropy, top)).merge(grounding_join(ds, out))
+    return out.merge(heads).merge(select_by_entropy(entropy, heads["above_elbow"].values, image_sum, top))
 
 
-def select_heads(image_sum: np.ndarray, entropy: np.ndarray, top: int) -> xr.Dataset:
-    """The dataset-level selection  # [image, layer, head] -> [layer, head] variables."""
+class _Budget:
+    """Bytes the first pass may keep for the second (thread-safe)."""
+
+    def __init__(self, limit: float):
+        self.left, self._lock = limit, threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if n > self.left:
+                return False
+            self.left -= n
+            return True
+
+
+def image_key_rows(img: xr.Dataset, view: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The last prompt row on the image-patch keys, as stored  # [layer, head, image key] float16, and
+    the `view` grid as positions among those keys  # [r, c] int (-1 = no token); None without the row."""
+    rows = query_rows(img, "last_prompt")
+    if not len(rows):
+        return None
+    keys = np.flatnonzero(image_key_mask(img).values)
+    a16 = np.take(read_rows_fp16(img, [int(rows[0])])[0], keys, axis=-1)
+    at = np.full(img.sizes[KEY], np.nan, np.float32)
+    at[keys] = np.arange(keys.size)
+    cells = patch_grid(xr.DataArray(at, dims=(KEY,)), img, view).values  # the grid, by the store's geometry
+    return a16, np.where(np.isfinite(cells), cells, -1).astype(np.int64)
+
+
+def cell_grid(values: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Values on image keys -> their grid  # [maps, image key], [r, c] -> [maps, r, c]; NaN = no token."""
+    return np.where(cells >= 0, values[:, np.maximum(cells, 0)], np.nan) if values.shape[1] else \
+        np.full((values.shape[0], *cells.shape), np.nan, np.float32)  # fmt: skip
+
+
+def select_by_elbow(image_sum: np.ndarray) -> xr.Dataset:
+    """Criterion 1 over the dataset  # [image, layer, head] -> mean and above-the-elbow [layer, head]."""
     n_img, n_layers, n_heads = image_sum.shape
     mean = image_sum.mean(0) if n_img else np.zeros((n_layers, n_heads), np.float32)
     flat = mean.reshape(-1)
     order = np.argsort(-flat, kind="stable")
     above = np.zeros(flat.size, bool)
     above[order[: elbow_index(flat[order]) + 1]] = True
-    # Per image: the `top` lowest-entropy heads among those above the elbow (NaN entropy = no image map).
-    ent = np.where(above[None] & np.isfinite(entropy.reshape(n_img, -1)), entropy.reshape(n_img, -1), np.inf)
-    k = min(top, int(above.sum()))
+    dims = ("layer", "head")
+    return xr.Dataset(
+        {"mean_image_sum": (dims, mean.astype(np.float32)), "above_elbow": (dims, above.reshape(mean.shape))}
+    )
+
+
+def select_by_entropy(entropy: np.ndarray, above: np.ndarray, image_sum: np.ndarray, top: int) -> xr.Dataset:
+    """Criterion 2: per image, the `top` lowest-entropy heads above the elbow; their frequency and rank."""
+    n_img, n_layers, n_heads = entropy.shape
+    flat_above = above.reshape(-1)
+    ent = entropy.reshape(n_img, -1)
+    ent = np.where(flat_above[None] & np.isfinite(ent), ent, np.inf)  # NaN: no image map in this image
+    k = min(top, int(flat_above.sum()))
     picked = np.zeros(ent.shape, bool)
     if k and n_img:
-        lowest = np.argsort(ent, axis=1, kind="stable")[:, :k]
-        np.put_along_axis(picked, lowest, True, axis=1)
+        np.put_along_axis(picked, np.argsort(ent, axis=1, kind="stable")[:, :k], True, axis=1)
         picked &= np.isfinite(ent)
-    frequency = picked.mean(0) if n_img else np.zeros(flat.size)
-    rank = np.empty(flat.size, np.int32)
-    rank[np.lexsort((-flat, -frequency))] = np.arange(1, flat.size + 1)  # ties: larger image attention first
-    shape, dims = (n_layers, n_heads), ("layer", "head")
+    frequency = picked.mean(0) if n_img else np.zeros(ent.shape[1])
+    mean = image_sum.mean(0).reshape(-1) if n_img else np.zeros(ent.shape[1])
+    rank = np.empty(ent.shape[1], np.int32)
+    rank[np.lexsort((-mean, -frequency))] = np.arange(1, ent.shape[1] + 1)  # ties: larger image attention first
+    dims, shape = ("layer", "head"), (n_layers, n_heads)
     return xr.Dataset(
-        {
-            "mean_image_sum": (dims, mean.astype(np.float32)),
-            "above_elbow": (dims, above.reshape(shape)),
-            "frequency": (dims, frequency.reshape(shape).astype(np.float32)),
-            "head_rank": (dims, rank.reshape(shape)),
-        }
+        {"frequency": (dims, frequency.reshape(shape).astype(np.float32)), "head_rank": (dims, rank.reshape(shape))}
     )
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.keys import sink_keys
+from attnstore.analysis.select import read_rows_fp16
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, read_rows_fp32, register, scan, stack
+from attnstore.analysis.studies.base import names_of, query_rows, register, scan, stack
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY
 
@@ -44,7 +46,6 @@ def attention_sinks(
 
     def per_image(img: xr.Dataset, image: int) -> dict:
         rows = query_rows(img, queries)
-        w = read_rows_fp32(img, rows)  # [row, layer, head, key]
         if not len(rows):
             nan, none = np.full((1, n_layers), np.nan, np.float32), np.full((1, n_layers), -1)
             return {
@@ -56,9 +57,10 @@ def attention_sinks(
                 "sink_mass": nan,
                 "sink_positions": np.array([""], object),
             }
-        mean = w.mean((0, 2))  # [layer, key]
+        w16 = read_rows_fp16(img, [int(r) for r in rows])  # [row, layer, head, key] as stored
+        mean = fp16_to_fp32(w16).mean((0, 2))  # [layer, key]
         sinks = sink_keys(
-            xr.DataArray(w, dims=("row", "layer", "head", KEY)),
+            xr.DataArray(w16, dims=("row", "layer", "head", KEY)),
             img,
             factor,
             bos=False,
