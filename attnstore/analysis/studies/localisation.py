@@ -134,8 +134,10 @@ def localisation_heads(
     import dask
 
     task = dask.delayed(second_pass, name="attnstore-localisation-2", pure=False)
-    calls = [task(lo, min(lo + batch_size, len(parts)), dask_key_name=f"localisation-2-{lo}")
-             for lo in range(0, len(parts), batch_size)]  # fmt: skip
+    step = max(1, min(batch_size, -(-len(parts) // (2 * num_workers))))  # a few tasks per worker
+    calls = [
+        task(lo, min(lo + step, len(parts)), dask_key_name=f"localisation-2-{lo}") for lo in range(0, len(parts), step)
+    ]
     dask.compute(*calls, scheduler="threads", num_workers=num_workers)
     entropy, count = entropy.reshape(-1, n_layers, n_heads), count.reshape(-1, n_layers, n_heads)
     dims = ("image", "layer", "head")
