@@ -49,9 +49,10 @@ def analyze(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="visual_ratio: bootstrap seed.")] = None,
     threshold: Annotated[
-        str | None, typer.Option(help="localisation: 'mean' or a fraction of the map's maximum.")
+        str | None, typer.Option(help="localisation: mean | 2mean | a fraction of the map's maximum.")
     ] = None,
     connectivity: Annotated[int | None, typer.Option(help="localisation: 4 or 8 neighbours.")] = None,
+    weight: Annotated[str | None, typer.Option(help="localisation: components weighed by size | mass.")] = None,
     view: Annotated[str | None, typer.Option(help="localisation: tiles | global grid.")] = None,
     top: Annotated[int | None, typer.Option(help="localisation: lowest-entropy heads kept per image.")] = None,
     factor: Annotated[float | None, typer.Option(help="sinks: median ratio above which a key is a sink.")] = None,
@@ -73,6 +74,7 @@ def analyze(
         seed=seed,
         threshold=threshold,
         connectivity=connectivity,
+        weight=weight,
         view=view,
         top=top,
         factor=factor,

@@ -38,8 +38,8 @@ def image_keys(a: dict) -> list[int]:
     return [k for k, kind in enumerate(a["kind"]) if kind in IMAGE_KINDS]
 
 
-def components(mask: np.ndarray, connectivity: int) -> list[int]:
-    """Sizes of the connected components of a 2-D boolean mask, by breadth-first search."""
+def components(mask: np.ndarray, connectivity: int, weights: np.ndarray | None = None) -> list[float]:
+    """Sizes (cells, or sums of `weights`) of the connected components of a 2-D mask, by breadth-first search."""
     steps = [(0, 1), (1, 0), (0, -1), (-1, 0)]
     if connectivity == 8:
         steps += [(1, 1), (1, -1), (-1, 1), (-1, -1)]
@@ -53,7 +53,7 @@ def components(mask: np.ndarray, connectivity: int) -> list[int]:
             queue, size = deque([(y, x)]), 0
             while queue:
                 cy, cx = queue.popleft()
-                size += 1
+                size += 1 if weights is None else weights[cy, cx]
                 for dy, dx in steps:
                     ny, nx = cy + dy, cx + dx
                     if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
@@ -63,12 +63,12 @@ def components(mask: np.ndarray, connectivity: int) -> list[int]:
     return sizes
 
 
-def spatial_entropy(mask: np.ndarray, connectivity: int) -> float:
-    sizes = components(mask, connectivity)
+def spatial_entropy(mask: np.ndarray, connectivity: int, weights: np.ndarray | None = None) -> float:
+    sizes = components(mask, connectivity, weights)
     total = sum(sizes)
     if total == 0:
         return math.nan
-    return -sum(s / total * math.log(s / total) for s in sizes)
+    return -sum(s / total * math.log(s / total) for s in sizes if s > 0)
 
 
 def auroc(scores: list[float], positive: list[bool]) -> float:

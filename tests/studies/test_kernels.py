@@ -44,6 +44,11 @@ def test_components_and_entropy_match_breadth_first_search(connectivity, backend
         ref = spatial_entropy(masks[idx], connectivity)
         assert (math.isnan(ref) and math.isnan(entropy[idx])) or entropy[idx] == pytest.approx(ref)
     assert count[0, 2] == 1 and entropy[0, 1] == 0
+    weights = rng.random(masks.shape)
+    weighted, _ = fast_entropy(masks, connectivity, backend, weights=weights)
+    for idx in np.ndindex(masks.shape[:2]):
+        ref = spatial_entropy(masks[idx], connectivity, weights[idx])
+        assert (math.isnan(ref) and math.isnan(weighted[idx])) or weighted[idx] == pytest.approx(ref)
 
 
 def test_auroc_matches_pairs_with_ties_and_weights_are_duplicates():

@@ -138,16 +138,25 @@ def test_localisation_equals_loops(ds):
         np.testing.assert_array_equal(default["frequency"].values, result["frequency"].values)
 
 
-def test_localisation_four_connectivity_and_max_fraction(ds):
-    result = localisation_heads(ds, threshold=0.5, connectivity=4, images=[0])
-    a = image_arrays(ds, 0)
-    w = a["att"][0, 0, last_prompt_row(a)]
-    grid = np.full(a["grid"], np.nan)
-    for k in image_keys(a):
-        if a["kind"][k] == 2:
-            grid[a["row"][k], a["col"][k]] = w[k]
-    mask = np.isfinite(grid) & (np.nan_to_num(grid) >= 0.5 * np.nanmax(grid))
-    assert float(result["spatial_entropy"][0, 0, 0]) == pytest.approx(spatial_entropy(mask, 4), abs=1e-5)
+@pytest.mark.parametrize("threshold,weight,connectivity", [(0.5, "size", 4), ("2mean", "mass", 8)])
+def test_localisation_threshold_variants(ds, threshold, weight, connectivity):
+    result = localisation_heads(ds, threshold=threshold, weight=weight, connectivity=connectivity, all_heads=True)
+    for pos, i in enumerate(result["image"].values[:3]):
+        a = image_arrays(ds, int(i))
+        if not image_keys(a):
+            continue
+        for lay, h in [(0, 0), (ds.sizes["layer"] - 1, ds.sizes["head"] - 1)]:
+            w = a["att"][lay, h, last_prompt_row(a)]
+            grid = np.full(a["grid"], np.nan)
+            for k in image_keys(a):
+                if a["kind"][k] == 2:
+                    grid[a["row"][k], a["col"][k]] = w[k]
+            if threshold == "2mean":  # the authors' released code: relu(map - 2 mean), components weighted by it
+                excess = np.maximum(np.nan_to_num(grid) - 2 * np.nanmean(grid), 0)
+                ref = spatial_entropy(excess > 0, connectivity, excess)
+            else:
+                ref = spatial_entropy(np.nan_to_num(grid) >= threshold * np.nanmax(grid), connectivity)
+            assert float(result["spatial_entropy"][pos, lay, h]) == pytest.approx(ref, abs=1e-5)
 
 
 def test_sinks_equal_loops(ds):
@@ -231,6 +240,7 @@ def test_compare_needs_the_same_layers_and_heads(edge_store, one_head_store):
         (lambda ds: visual_attention_ratio(ds, label="words"), "words"),
         (lambda ds: localisation_heads(ds, threshold=1.5), "threshold"),
         (lambda ds: localisation_heads(ds, connectivity=6), "connectivity"),
+        (lambda ds: localisation_heads(ds, weight="area"), "weight"),
         (lambda ds: attention_sinks(ds, factor=0), "factor"),
         (lambda ds: attention_sinks(ds, images=[99]), "images"),
     ],

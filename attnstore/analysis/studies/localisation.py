@@ -22,32 +22,43 @@ from attnstore.schema import KEY
 GROUNDING_VARS = ("object_box", "object_label")  # per-image object boxes, when the store has them
 
 
-def binarise(grid: np.ndarray, threshold: str | float = "mean") -> np.ndarray:
-    """Foreground cells of attention maps  # [..., r, c] (NaN = no token) -> bool.
+THRESHOLDS = ("mean", "2mean")  # or a fraction of the map's maximum
+WEIGHTS = ("size", "mass")
 
-    "mean": cells above the map's mean over its cells (the paper's rule; scale-free, no parameter);
-    a number q in (0, 1]: cells >= q x the map's maximum. All-zero maps have no foreground.
+
+def binarise(grid: np.ndarray, threshold: str | float = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """Foreground cells of attention maps and their excess over the cut  # [..., r, c] (NaN = no token)
+    -> (bool, float).
+
+    "mean": cells above the map's mean over its cells; "2mean": above twice the mean (the
+    authors' released code); a number q in (0, 1]: cells >= q x the map's maximum. All-zero maps
+    have no foreground. The excess (value - cut on foreground cells, else 0) is what "mass"
+    weighting sums per component.
     """
     valid = np.isfinite(grid)
     g = np.where(valid, grid, 0.0)
-    n = valid.sum((-2, -1), keepdims=True)
-    if threshold == "mean":
-        cut = g.sum((-2, -1), keepdims=True) / np.maximum(n, 1)
-        return valid & (g > cut)
-    q = float(threshold)
-    top = g.max((-2, -1), keepdims=True)
-    return valid & (g >= q * top) & (top > 0)
+    if threshold in THRESHOLDS:
+        mean = g.sum((-2, -1), keepdims=True) / np.maximum(valid.sum((-2, -1), keepdims=True), 1)
+        cut = mean * (2.0 if threshold == "2mean" else 1.0)
+        mask = valid & (g > cut)
+    else:
+        top = g.max((-2, -1), keepdims=True, initial=0.0)
+        cut = float(threshold) * top
+        mask = valid & (g >= cut) & (top > 0)
+    return mask, np.where(mask, g - cut, 0.0)
 
 
 def _check_threshold(threshold) -> str | float:
-    if threshold == "mean":
+    if threshold in THRESHOLDS:
         return threshold
     try:
         q = float(threshold)
     except (TypeError, ValueError):
         q = float("nan")
     if not 0 < q <= 1:
-        raise InvalidArgument("threshold", f"must be 'mean' or a fraction of the maximum in (0, 1], not {threshold!r}")
+        raise InvalidArgument(
+            "threshold", f"must be mean, 2mean or a fraction of the maximum in (0, 1], not {threshold!r}"
+        )
     return q
 
 
@@ -61,6 +72,7 @@ def localisation_heads(
     ds: xr.Dataset,
     threshold: str | float = "mean",
     connectivity: int = 8,
+    weight: str = "size",
     view: str = "tiles",
     top: int = 10,
     all_heads: bool = False,
@@ -88,13 +100,18 @@ def localisation_heads(
 
     Parameters
     ----------
-    threshold : "mean" (cells above the map's mean) or a fraction of the map's maximum.
+    threshold : "mean" (cells above the map's mean), "2mean" (above twice the mean) or a fraction
+        of the map's maximum.
     connectivity : 4 or 8 neighbours.
+    weight : what p_i measures: "size" (cells of the component) or "mass" (its attention above the
+        cut, as the authors' released code).
     view : "tiles" (the stitched tile grid) or "global" (the thumbnail's grid).
     """
     threshold = _check_threshold(threshold)
     if connectivity not in (4, 8):
         raise InvalidArgument("connectivity", f"must be 4 or 8, not {connectivity}")
+    if weight not in WEIGHTS:
+        raise InvalidArgument("weight", f"must be size or mass, not {weight!r}")
     if view not in ("tiles", "global"):
         raise InvalidArgument("view", f"must be tiles or global, not {view!r}")
     if top < 1:
@@ -107,8 +124,12 @@ def localisation_heads(
         if found is None:
             return None
         a16, cells = found
-        return {"image": np.array([image]), "image_sum": fp16_to_fp32(a16).sum(-1)[None], "cells": cells,
-                "a16": a16 if budget.take(a16.nbytes) else None}  # fmt: skip
+        return {
+            "image": np.array([image]),
+            "image_sum": fp16_to_fp32(a16).sum(-1)[None],
+            "cells": cells,
+            "a16": a16 if budget.take(a16.nbytes) else None,
+        }
 
     parts = scan(ds, first_pass, images, num_workers, batch_size, name="localisation")
     empty = np.zeros((0, n_layers, n_heads))
@@ -128,7 +149,9 @@ def localisation_heads(
                 else image_key_rows(select_image(ds, int(part["image"][0])), view)[0]
             )
             grid = cell_grid(fp16_to_fp32(a16.reshape(n_layers * n_heads, -1)[chosen]), part["cells"])  # [chosen, r, c]
-            entropy[n, chosen], count[n, chosen] = spatial_entropy(binarise(grid, threshold), connectivity)
+            mask, excess = binarise(grid, threshold)
+            weights = excess if weight == "mass" else None
+            entropy[n, chosen], count[n, chosen] = spatial_entropy(mask, connectivity, weights=weights)
             part["a16"] = None  # free as we go
 
     import dask
@@ -157,6 +180,7 @@ def localisation_heads(
             "analysis": "localisation",
             "threshold": str(threshold),
             "connectivity": connectivity,
+            "weight": weight,
             "view": view,
             "top": top,
             "criterion_2_for": "every head" if all_heads else "heads above the elbow",
@@ -196,8 +220,11 @@ def image_key_rows(img: xr.Dataset, view: str) -> tuple[np.ndarray, np.ndarray] 
 
 def cell_grid(values: np.ndarray, cells: np.ndarray) -> np.ndarray:
     """Values on image keys -> their grid  # [maps, image key], [r, c] -> [maps, r, c]; NaN = no token."""
-    return np.where(cells >= 0, values[:, np.maximum(cells, 0)], np.nan) if values.shape[1] else \
-        np.full((values.shape[0], *cells.shape), np.nan, np.float32)  # fmt: skip
+    return (
+        np.where(cells >= 0, values[:, np.maximum(cells, 0)], np.nan)
+        if values.shape[1]
+        else np.full((values.shape[0], *cells.shape), np.nan, np.float32)
+    )
 
 
 def select_by_elbow(image_sum: np.ndarray) -> xr.Dataset:

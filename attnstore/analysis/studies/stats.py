@@ -121,9 +121,12 @@ def label_components(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
     return out.reshape(*lead, r, c)
 
 
-def component_sizes(mask: np.ndarray, connectivity: int = 8, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Sizes of the connected components of boolean maps  # [maps, r, c] -> (map of each component, size).
+def component_sizes(
+    mask: np.ndarray, connectivity: int = 8, backend: str = "auto", weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of boolean maps  # [maps, r, c] -> (map of each component, its size).
 
+    The size is the number of cells, or the sum of `weights` # [maps, r, c] over the component.
     backend "scipy" labels every map in one C call (`scipy.ndimage.label` on the stack, with a
     structure that never links two maps); "numpy" uses `label_components`; "auto" takes scipy
     when it is installed. Both give the same components (tested).
@@ -137,29 +140,36 @@ def component_sizes(mask: np.ndarray, connectivity: int = 8, backend: str = "aut
         structure = np.zeros((3, 3, 3), bool)
         structure[1] = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
         labels, n = ndimage.label(mask, structure=structure)  # [maps, r, c], numbered in scan order
-        sizes = np.bincount(labels.reshape(-1), minlength=n + 1)[1:]
+        flat = labels.reshape(-1)
+        sizes = np.bincount(flat, None if weights is None else weights.reshape(-1), minlength=n + 1)[1:]
         last = np.maximum.accumulate(labels.reshape(len(mask), -1).max(1))  # [maps] largest label so far
         return np.searchsorted(last, np.arange(1, n + 1)), sizes  # scan order: map k holds labels up to last[k]
     labels = label_components(mask, connectivity).reshape(len(mask), -1)  # [maps, cells]
-    ids = np.arange(len(mask))[:, None] * (cells + 1) + labels  # component ids, unique across maps
-    found, sizes = np.unique(ids[labels > 0], return_counts=True)
+    fg = labels > 0
+    ids = (np.arange(len(mask))[:, None] * (cells + 1) + labels)[fg]  # component ids, unique across maps
+    found, inverse = np.unique(ids, return_inverse=True)
+    sizes = np.bincount(inverse, None if weights is None else weights.reshape(len(mask), -1)[fg], len(found))
     return found // (cells + 1), sizes
 
 
-def spatial_entropy(mask: np.ndarray, connectivity: int = 8, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def spatial_entropy(
+    mask: np.ndarray, connectivity: int = 8, backend: str = "auto", weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Spatial entropy of binary maps over their connected components  # [..., r, c] -> ([...], [...]).
 
-    H = -sum_i p_i log p_i with p_i = |C_i| / sum_j |C_j| (natural log): 0 for one blob, larger for
-    scattered attention. Returns (entropy, number of components); NaN entropy for an empty map.
+    H = -sum_i p_i log p_i with p_i = |C_i| / sum_j |C_j| (natural log), |C| the component's number of
+    cells, or its sum of `weights` [..., r, c] when given: 0 for one blob, larger for scattered
+    attention. Returns (entropy, number of components); NaN entropy for an empty map.
     """
     lead, (r, c) = mask.shape[:-2], mask.shape[-2:]
     n_maps = int(np.prod(lead))
     if r * c == 0 or n_maps == 0:  # no grid (no image tokens of this view)
         return np.full(lead, np.nan), np.zeros(lead, np.int64)
-    map_of, sizes = component_sizes(mask.reshape(n_maps, r, c), connectivity, backend)
-    total = np.bincount(map_of, weights=sizes, minlength=n_maps)  # foreground cells per map
-    p = sizes / total[map_of]
-    entropy = np.bincount(map_of, weights=-p * np.log(p), minlength=n_maps)
+    w = None if weights is None else weights.reshape(n_maps, r, c)
+    map_of, sizes = component_sizes(mask.reshape(n_maps, r, c), connectivity, backend, w)
+    total = np.bincount(map_of, weights=sizes, minlength=n_maps)  # foreground (cells or weight) per map
+    p = sizes / np.where(total > 0, total, 1.0)[map_of]
+    entropy = np.bincount(map_of, weights=-p * np.log(np.where(p > 0, p, 1.0)), minlength=n_maps)
     entropy = np.where(total > 0, entropy, np.nan)
     return entropy.reshape(lead), np.bincount(map_of, minlength=n_maps).reshape(lead)
 
