@@ -1,5 +1,5 @@
 """One figure per analysis (matplotlib, imported only when a plot is drawn: `pip install
-"attnstore[plot]"`). Each takes the analysis' result Dataset and returns a matplotlib Figure."""
+"attnstore[analyses]"`). Each takes the analysis' result Dataset and returns a matplotlib Figure."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _pyplot():
     try:
         import matplotlib
     except ModuleNotFoundError:
-        raise InvalidArgument("plot", "needs matplotlib: pip install 'attnstore[plot]'") from None
+        raise InvalidArgument("plot", "needs matplotlib: pip install 'attnstore[analyses]'") from None
     matplotlib.use("Agg", force=False)  # files only: never a window
     import matplotlib.pyplot as plt
 
