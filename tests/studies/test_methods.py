@@ -23,6 +23,7 @@ from attnstore.analysis.studies import (
     compare_stores,
     localisation_heads,
     modality_allocation,
+    token_allocation,
     visual_attention_ratio,
 )
 from attnstore.errors import InvalidArgument
@@ -57,6 +58,14 @@ def test_modality_allocation_equals_loops(ds):
     np.testing.assert_allclose(result["mass"].sum("kind").values[has_rows.values], 1.0, atol=2e-3)  # fp16 rows
     no_image = [i for i in range(ds.sizes["image"]) if not image_keys(image_arrays(ds, i))]
     assert no_image and all(float(result["mass"].sel(kind="image")[i].max()) == 0 for i in no_image if has_rows[i])
+
+
+def test_one_tokens_allocation_is_what_the_dataset_table_averages(ds):
+    result = modality_allocation(ds, images=[0])
+    img = ds.attn.image(0)
+    rows = [r for r, p in enumerate(img["query_position"].values) if img["token_kind"].values[p] == 5]
+    each = np.stack([token_allocation(ds.attn.weights(0, r).values, img) for r in rows])  # [row, layer, kind]
+    np.testing.assert_allclose(each.mean(0), result["mass"].values[0], atol=1e-6)
 
 
 def test_visual_ratio_equals_loops_and_ranks_by_auroc(ds):

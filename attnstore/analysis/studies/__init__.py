@@ -23,9 +23,9 @@ import xarray as xr
 from attnstore.analysis.aggregate import check_aggregate_output
 from attnstore.analysis.studies import compare, localisation, modality, sinks, visual_ratio  # noqa: F401 (register)
 from attnstore.analysis.studies.base import ANALYSES, PLOTS, QUERY_SETS, query_rows, register, scan
-from attnstore.analysis.studies.compare import compare_stores
+from attnstore.analysis.studies.compare import compare_stores, matched_rows, shared_images
 from attnstore.analysis.studies.localisation import localisation_heads
-from attnstore.analysis.studies.modality import modality_allocation
+from attnstore.analysis.studies.modality import modality_allocation, token_allocation
 from attnstore.analysis.studies.plots import PLOT_FORMATS, check_plot_output, save_figure
 from attnstore.analysis.studies.sinks import attention_sinks
 from attnstore.analysis.studies.visual_ratio import visual_ratio as visual_attention_ratio
@@ -39,6 +39,7 @@ __all__ = [
     "check_plot_output",
     "compare_stores",
     "localisation_heads",
+    "matched_rows",
     "modality_allocation",
     "plot_analysis",
     "query_rows",
@@ -46,6 +47,8 @@ __all__ = [
     "run_analysis",
     "save_table",
     "scan",
+    "shared_images",
+    "token_allocation",
     "visual_attention_ratio",
 ]
 

@@ -40,8 +40,9 @@ def image_rows(img: xr.Dataset, rows: np.ndarray) -> np.ndarray:
     return fp16_to_fp32(np.take(read_rows_fp16(img, [int(r) for r in rows]), idx, axis=-1))
 
 
-def _matched(img_a: xr.Dataset, img_b: xr.Dataset, queries: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the two images holding the same token at the same position  # ([n], [n])."""
+def matched_rows(img_a: xr.Dataset, img_b: xr.Dataset, queries: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the two images holding the same token at the same position  # ([n], [n]); the rows of
+    A are those of `queries`."""
     rows_a = query_rows(img_a, queries)
     pos_a = np.asarray(img_a["query_position"].values)[rows_a]
     pos_b = np.asarray(img_b["query_position"].values)
@@ -101,7 +102,7 @@ def compare_stores(
     def per_image(img_a: xr.Dataset, image: int) -> dict | None:
         lo, sub = batch_b
         img_b = select_image(sub, pairs[image] - lo)
-        rows_a, rows_b = _matched(img_a, img_b, queries)
+        rows_a, rows_b = matched_rows(img_a, img_b, queries)
         if not rows_a.size:
             return None
         a, b = image_rows(img_a, rows_a), image_rows(img_b, rows_b)  # [row, layer, head, image key]

@@ -25,6 +25,13 @@ def key_groups(img: xr.Dataset) -> np.ndarray:
     return np.stack([kind_mask(kinds, kinds_of) for kinds_of in KEY_GROUPS.values()], axis=-1).astype(np.float32)
 
 
+def token_allocation(weights: np.ndarray, img: xr.Dataset) -> np.ndarray:
+    """Attention mass on each token type, averaged over heads  # [..., layer, head, key] -> [..., layer, kind].
+
+    One token's allocation by layer (the explorer's panel) or many rows' at once."""
+    return (np.asarray(weights, np.float32) @ key_groups(img)).mean(-2)
+
+
 @register(
     "modality",
     "per layer, attention mass of the text queries on prompt / image / generated / special tokens (FastV)",
@@ -55,7 +62,7 @@ def modality_allocation(
         rows = query_rows(img, queries)
         w = read_rows_fp32(img, rows)  # [row, layer, head, key]
         onehot = key_groups(img)  # [key, group]
-        mass = (w @ onehot).mean((0, 2)) if len(rows) else np.full((w.shape[1], onehot.shape[1]), np.nan)
+        mass = token_allocation(w, img).mean(0) if len(rows) else np.full((w.shape[1], onehot.shape[1]), np.nan)
         return {
             "image": np.array([image]),
             "mass": mass[None],
