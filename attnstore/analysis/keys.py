@@ -51,11 +51,7 @@ def sink_keys(
     if first_image and image.any():
         sink[..., np.argmax(image)] = True
     mid = rows.shape[-1] // 2
-    if rows.dtype == np.float16 and rows.size and rows.view(np.uint16).max() < 0x7C00:
-        # Stored rows as they are: finite non-negative float16 order as their bits, and integers partition fast.
-        typical = np.partition(rows.view(np.uint16), mid, axis=-1)[..., mid].view(np.float16).astype(np.float32)
-    else:
-        typical = np.partition(rows, mid, axis=-1)[..., mid]  # [*per, key] (upper) median; partition is the fast path
+    typical = np.partition(rows, mid, axis=-1)[..., mid]  # [*per, key] (upper) median; partition is the fast path
     if image.any():
         baseline = np.median(typical[..., image], axis=-1, keepdims=True)
         sink |= image & (typical > factor * np.maximum(baseline, 1e-12))

@@ -185,7 +185,8 @@ def test_sinks_equal_loops(ds):
             mean = np.mean(cells, axis=0)
             assert float(result["first_mass"][i, lay]) == pytest.approx(mean[0], abs=2e-6)
             assert int(result["top_position"][i, lay]) == int(np.argmax(mean))
-            typical = [sorted(c[k] for c in cells)[len(cells) // 2] for k in range(len(mean))]
+            heads = [np.mean([a["att"][lay, h, r] for r in rows], axis=0) for h in range(n_heads)]
+            typical = [sorted(hd[k] for hd in heads)[n_heads // 2] for k in range(len(mean))]
             baseline = np.median([typical[k] for k in keys]) if keys else 0
             flagged = [k for k in keys if typical[k] > factor * max(baseline, 1e-12)]
             flagged_any |= set(flagged)

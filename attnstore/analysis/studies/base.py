@@ -9,6 +9,7 @@ needs (one stored chunk per row). Per-image results are plain column dicts, conc
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xarray as xr
@@ -74,6 +75,12 @@ def image_list(ds: xr.Dataset, images=None) -> list[int]:
     return [i for i in picked if complete[i]]
 
 
+ROW_VARS = ("query_position", "token_kind", "n_query", "n_key")  # what finding the rows of `queries` needs
+TEXT_VARS = (*ROW_VARS, "token_text")
+GRID_VARS = (*ROW_VARS, "patch_tile", "patch_row", "patch_col", "tile_rows", "tile_cols", "grid_rows", "grid_cols",
+             "global_rows", "global_cols")  # fmt: skip
+
+
 def scan(
     ds: xr.Dataset,
     per_image: Callable[[xr.Dataset, int], dict | None],
@@ -81,28 +88,34 @@ def scan(
     num_workers: int = 2,
     batch_size: int = 32,
     name: str = "study",
+    variables: tuple[str, ...] = ROW_VARS,
 ) -> list[dict]:
     """`per_image(img, image)` over the complete images, as dask tasks on threads, batch by batch.
 
-    `img` is `select_image` of the image (small variables preloaded for the whole batch); the
-    returned column dicts (None = nothing to report) come back in image order.
+    `img` is `select_image` of the image with the small `variables` loaded (one read per variable
+    for the whole batch; the next batch's are read while this one computes); the returned column
+    dicts (None = nothing to report) come back in image order.
     """
     import dask
 
     if num_workers < 1 or batch_size < 1:
         raise InvalidArgument("num_workers", "and batch_size must be at least 1")
     todo = image_list(ds, images)
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
 
     def one(sub: xr.Dataset, local: int, image: int) -> dict | None:
         return per_image(select_image(sub, local), image)
 
     task = dask.delayed(one, name=f"attnstore-{name}", pure=False)  # named: ds is never hashed
     parts: list[dict] = []
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        lo, sub = _preload(ds, batch)
-        calls = [task(sub, i - lo, i, dask_key_name=f"{name}-image-{i}") for i in batch]
-        parts += [p for p in dask.compute(*calls, scheduler="threads", num_workers=num_workers) if p is not None]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnstore-preload") as preload:
+        upcoming = preload.submit(_preload, ds, batches[0], variables) if batches else None
+        for n, batch in enumerate(batches):
+            lo, sub = upcoming.result()
+            if n + 1 < len(batches):
+                upcoming = preload.submit(_preload, ds, batches[n + 1], variables)
+            calls = [task(sub, i - lo, i, dask_key_name=f"{name}-image-{i}") for i in batch]
+            parts += [p for p in dask.compute(*calls, scheduler="threads", num_workers=num_workers) if p is not None]
     return parts
 
 

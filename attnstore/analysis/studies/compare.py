@@ -13,7 +13,7 @@ from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.select import read_rows_fp16, select_image
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import image_list, names_of, query_rows, register, scan, stack
+from attnstore.analysis.studies.base import TEXT_VARS, image_list, names_of, query_rows, register, scan, stack
 from attnstore.analysis.studies.stats import jensen_shannon
 from attnstore.errors import InvalidArgument
 
@@ -125,8 +125,8 @@ def compare_stores(
     parts, todo = [], list(pairs)
     for start in range(0, len(todo), batch_size):  # B's small variables preloaded batch by batch, like A's
         batch = todo[start : start + batch_size]
-        batch_b = _preload(other, [pairs[i] for i in batch])
-        parts += scan(ds, per_image, batch, num_workers, batch_size, name="compare")
+        batch_b = _preload(other, [pairs[i] for i in batch], TEXT_VARS)
+        parts += scan(ds, per_image, batch, num_workers, batch_size, name="compare", variables=TEXT_VARS)
     shape = (0, ds.sizes["layer"], ds.sizes["head"])
     image = stack(parts, "image", np.zeros(0, int))
     share_a = stack(parts, "share_a", np.zeros(shape, np.float32))

@@ -14,7 +14,7 @@ from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.select import read_rows_fp16, select_image
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, register, scan, stack
+from attnstore.analysis.studies.base import GRID_VARS, names_of, query_rows, register, scan, stack
 from attnstore.analysis.studies.stats import elbow_index, spatial_entropy
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY
@@ -131,7 +131,7 @@ def localisation_heads(
             "a16": a16 if budget.take(a16.nbytes) else None,
         }
 
-    parts = scan(ds, first_pass, images, num_workers, batch_size, name="localisation")
+    parts = scan(ds, first_pass, images, num_workers, batch_size, name="localisation", variables=GRID_VARS)
     empty = np.zeros((0, n_layers, n_heads))
     image = stack(parts, "image", np.zeros(0, int))
     image_sum = stack(parts, "image_sum", empty).astype(np.float32)

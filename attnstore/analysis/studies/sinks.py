@@ -6,11 +6,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.keys import sink_keys
-from attnstore.analysis.select import read_rows_fp16
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, register, scan, stack
+from attnstore.analysis.studies.base import names_of, query_rows, read_rows_fp32, register, scan, stack
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY
 
@@ -35,10 +33,11 @@ def attention_sinks(
     -------
     xr.Dataset over (image, layer): `first_mass` = the rows' mean weight on position 0 (over heads
     and rows; StreamingLLM's sink); `top_position` / `top_mass` = the key with the largest mean
-    weight and that weight; `n_sinks` / `sink_mass` = the image keys the sink detector flags
-    (`sink_keys` with the layer kept apart: median over heads and rows > `factor` x the median
-    image key) and their total mean weight; `sink_positions` [image] = every flagged image key of
-    any layer, as "p1 p2 ..." (what the explorer marks). Images without such rows have NaN / -1.
+    weight and that weight; `n_sinks` / `sink_mass` = the image keys the sink detector flags and
+    their total mean weight: `sink_keys` (the `no_sinks` normalisation's) on each head's mean row,
+    one layer at a time (the key's median over heads > `factor` x the median image key's);
+    `sink_positions` [image] = every flagged image key of any layer, as "p1 p2 ..." (what the
+    explorer marks). Images without such rows have NaN / -1.
     """
     if not factor > 0:
         raise InvalidArgument("factor", f"must be positive, not {factor}")
@@ -57,16 +56,11 @@ def attention_sinks(
                 "sink_mass": nan,
                 "sink_positions": np.array([""], object),
             }
-        w16 = read_rows_fp16(img, [int(r) for r in rows])  # [row, layer, head, key] as stored
-        mean = fp16_to_fp32(w16).mean((0, 2))  # [layer, key]
-        sinks = sink_keys(
-            xr.DataArray(w16, dims=("row", "layer", "head", KEY)),
-            img,
-            factor,
-            bos=False,
-            first_image=False,
-            per=("layer",),
-        ).values  # [layer, key]
+        heads = read_rows_fp32(img, rows).mean(0)  # [layer, head, key]: each head's mean answer row
+        mean = heads.mean(1)  # [layer, key]
+        # The no_sinks detector on the mean row, one layer at a time: median over heads > factor x median image key.
+        sinks = sink_keys(xr.DataArray(heads, dims=("layer", "head", KEY)), img, factor, bos=False,
+                          first_image=False, per=("layer",)).values  # [layer, key]  # fmt: skip
         flagged = np.flatnonzero(sinks.any(0))
         return {
             "image": np.array([image]),

@@ -10,7 +10,7 @@ from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.select import read_rows_fp16
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, register, scan, stack
+from attnstore.analysis.studies.base import TEXT_VARS, names_of, query_rows, register, scan, stack
 from attnstore.analysis.studies.stats import auroc, cluster_bootstrap_weights
 from attnstore.analysis.tokens import strip_bpe
 from attnstore.errors import InvalidArgument
@@ -104,7 +104,7 @@ def visual_ratio(
             "ratio": ratio_rows(img, rows),
         }
 
-    parts = scan(ds, per_image, images, num_workers, batch_size, name="visual-ratio")
+    parts = scan(ds, per_image, images, num_workers, batch_size, name="visual-ratio", variables=TEXT_VARS)
     n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
     image = stack(parts, "image", np.zeros(0, int))
     token = stack(parts, "token", np.zeros(0, object))
