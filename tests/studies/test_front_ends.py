@@ -81,7 +81,10 @@ def test_cli_runtime_analysis_and_svg(edge_store, tmp_path, row_count_analysis):
 
 
 def test_cli_compare_with_other(edge_store, other_store, tmp_path):
-    assert main(["analyze", "compare", edge_store, "--other", other_store, "--out", str(tmp_path / "c.nc")]) == 0
+    for plot in ("c.png", "c.svg"):
+        args = ["analyze", "compare", edge_store, "--other", other_store, "--out", str(tmp_path / "c.nc")]
+        assert main([*args, "--plot", str(tmp_path / plot)]) == 0
+        assert (tmp_path / plot).stat().st_size > 1000
     saved = xr.open_dataset(tmp_path / "c.nc")
     expected = open_dataset(edge_store).attn.compare(other=other_store)
     np.testing.assert_allclose(saved["mean_jsd"].values, expected["mean_jsd"].values)
@@ -116,3 +119,15 @@ def test_save_table_formats_round_trip(edge_store, tmp_path):
     np.testing.assert_array_equal(heads["head_rank"], result["head_rank"].values.reshape(-1))
     save_table(result, tmp_path / "loc.zarr")
     xr.testing.assert_allclose(xr.open_zarr(tmp_path / "loc.zarr")["image_sum"], result["image_sum"])
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [("modality", {}), ("visual_ratio", {"bootstrap": 20}), ("visual_ratio", {"label": None}), ("localisation", {})],
+)
+def test_every_figure_draws(edge_store, tmp_path, name, options):
+    from attnstore.analysis.studies import plot_analysis
+
+    result = open_dataset(edge_store).attn.__getattr__(name)(**options)
+    path = plot_analysis(result, tmp_path / "f.png")
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 5000

@@ -130,6 +130,11 @@ def compare(result: xr.Dataset):
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
     _heatmap(left, result["mean_share_diff"].values, "image attention, B - A", "RdBu_r", 0.0, "difference")
-    _heatmap(right, result["mean_jsd"].values, "Jensen-Shannon divergence", "magma", label="bits")
+    jsd = result["mean_jsd"]
+    if "head" in jsd.dims:
+        _heatmap(right, jsd.values, "Jensen-Shannon divergence", "magma", label="bits")
+    else:  # per layer (the head-mean distributions)
+        right.plot(jsd["layer"].values, jsd.values, marker=".")
+        right.set(title="Jensen-Shannon divergence (head mean)", xlabel="layer", ylabel="bits")
     fig.suptitle(f"{result.attrs.get('compared_images')} shared images, {result.attrs.get('matched_tokens')} tokens")
     return fig
