@@ -11,6 +11,7 @@ Modules, bottom up (each imports only those above it):
     grid       key values -> image grids by the store's geometry; common normalised raster
     maps       MapSpec -> compute_map -> MapResult: the one token -> map pipeline
     aggregate  one token across a whole store (dask), and its table files
+    studies    dataset-level analyses from the literature (`ANALYSES`: modality, visual_ratio, ...)
     accessor   `ds.attn` and every cache
 
 Typical use (one token of one image)::

@@ -7,6 +7,7 @@ opened store and never leak across stores (no module-level state).
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -18,6 +19,7 @@ from attnstore.analysis.keys import normalise
 from attnstore.analysis.maps import MapResult, MapSpec, compute_map
 from attnstore.analysis.reduce import entropy, image_share
 from attnstore.analysis.select import select_image, token_weights
+from attnstore.analysis.studies import ANALYSES
 from attnstore.analysis.tokens import find_token
 from attnstore.errors import NotFound
 from attnstore.store.integrity import checksum_guard
@@ -130,3 +132,15 @@ class AttnAccessor:
     def entropy(self, token: str | int, image: int | str = 0, occurrence: int = 0) -> xr.DataArray:
         """Normalised entropy of the token's image attention  # [layer, head]."""
         return entropy(self.token(token, image, occurrence), self.image(image))
+
+    # -- dataset-level analyses (the `ANALYSES` registry) ------------------------------------------
+    def __getattr__(self, name: str) -> Callable[..., xr.Dataset]:
+        """`ds.attn.<analysis>(**options)`: any registered dataset-level analysis, e.g.
+        `ds.attn.modality(queries="generated")` (see `attnstore.analysis.studies`)."""
+        if name.startswith("_") or name not in ANALYSES:
+            raise AttributeError(f"'{type(self).__name__}' has no attribute '{name}'")
+        entry = ANALYSES[name]
+        return functools.update_wrapper(functools.partial(entry.func, self._ds), entry.func)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *ANALYSES})

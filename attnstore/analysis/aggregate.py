@@ -156,12 +156,13 @@ _PRELOAD_VARS = (
 )
 
 
-def _preload(ds: xr.Dataset, images: list[int]) -> tuple[int, xr.Dataset]:
+def _preload(ds: xr.Dataset, images: list[int], names: tuple[str, ...] = _PRELOAD_VARS) -> tuple[int, xr.Dataset]:
     """The images lo..hi of a batch with the small variables loaded: one multi-chunk read per
-    variable (zarr fetches the chunks concurrently) instead of one read per image and variable."""
+    variable (zarr fetches the chunks concurrently) instead of one read per image and variable.
+    `names`: the variables kept and loaded (fewer for a method that needs fewer)."""
     lo, hi = int(min(images)), int(max(images)) + 1
-    sub = ds[["attention", *(v for v in _PRELOAD_VARS if v in ds)]].isel(image=slice(lo, hi))
-    read_concurrently(lambda name: sub[name].variable.load(), [v for v in _PRELOAD_VARS if v in sub])
+    sub = ds[["attention", *(v for v in names if v in ds)]].isel(image=slice(lo, hi))
+    read_concurrently(lambda name: sub[name].variable.load(), [v for v in names if v in sub])
     return lo, sub
 
 

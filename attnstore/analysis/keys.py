@@ -30,29 +30,32 @@ def sink_keys(
     factor: float = 20.0,
     bos: bool = True,
     first_image: bool = True,
+    per: tuple[str, ...] = (),
 ) -> xr.DataArray:
-    """Attention-sink keys  # [key] bool.
+    """Attention-sink keys  # [*per, key] bool.
 
     Sinks are keys that soak up attention whatever the query (they dominate raw maps): the first
     sequence position (BOS), the first image-patch token, and any image key whose median
     weight across the non-key dims (layers, heads, ...) exceeds `factor` x the median over
     image keys. The median (not the mean) makes a head that legitimately focuses on one
     patch not count: a sink is large in most heads.
+    `per` names dims kept apart (e.g. ("layer",): sinks of each layer, medians over the rest).
     """
     image = image_key_mask(img).values
-    sink = np.zeros(image.shape, bool)
-    if bos and sink.size:
-        sink[0] = True
+    vals = np.asarray(weights.transpose(*per, ..., KEY).values)  # [*per, ..., key]
+    lead = vals.shape[: len(per)]
+    rows = np.ascontiguousarray(np.swapaxes(vals.reshape(*lead, -1, vals.shape[-1]), -1, -2))  # [*per, key, row]
+    sink = np.zeros((*lead, image.shape[0]), bool)
+    if bos and image.size:
+        sink[..., 0] = True
     if first_image and image.any():
-        sink[np.argmax(image)] = True
-    vals = np.asarray(weights.transpose(..., KEY).values)  # [..., key]
-    rows = np.ascontiguousarray(vals.reshape(-1, vals.shape[-1]).T)  # [key, row]
-    mid = rows.shape[1] // 2
-    typical = np.partition(rows, mid, axis=1)[:, mid]  # [key] (upper) median; partition is the fast path
+        sink[..., np.argmax(image)] = True
+    mid = rows.shape[-1] // 2
+    typical = np.partition(rows, mid, axis=-1)[..., mid]  # [*per, key] (upper) median; partition is the fast path
     if image.any():
-        baseline = np.median(typical[image])
-        sink |= image & (typical > factor * max(baseline, 1e-12))
-    return xr.DataArray(sink, dims=(KEY,))
+        baseline = np.median(typical[..., image], axis=-1, keepdims=True)
+        sink |= image & (typical > factor * np.maximum(baseline, 1e-12))
+    return xr.DataArray(sink, dims=(*per, KEY))
 
 
 def _renormalise(weights: xr.DataArray, keep: xr.DataArray) -> xr.DataArray:

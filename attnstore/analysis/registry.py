@@ -49,6 +49,9 @@ class Registry(Mapping[str, Entry]):
     def __getitem__(self, name: str) -> Entry:
         return self._entries[self.check(name)]
 
+    def __contains__(self, name: object) -> bool:  # Mapping's would call __getitem__, which raises
+        return name in self._entries
+
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._entries))
 

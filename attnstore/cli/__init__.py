@@ -29,6 +29,7 @@ from attnstore.cli import legacy as _legacy  # noqa: E402,F401
 from attnstore.cli import pack as _pack  # noqa: E402,F401
 from attnstore.cli import pope as _pope  # noqa: E402,F401
 from attnstore.cli import serve as _serve  # noqa: E402,F401
+from attnstore.cli import studies as _studies  # noqa: E402,F401
 
 MODEL_SIDE = {"torch", "transformers", "tokenizers", "safetensors", "distributed"}
 
