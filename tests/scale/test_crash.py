@@ -122,3 +122,96 @@ def test_ctrl_c_stops_after_the_current_images(tmp_path, crash_images, tiny_mode
         assert_entry_equal(ds, i, reference, ref_index[str(ds.image_name.values[i])])
     for i in np.flatnonzero(~complete):  # slots reserved up front (distributed) but never started
         assert (ds.token_id.values[i] == -1).all() and not ds.attention.values[i].any()
+
+
+# -- a failed run changes nothing --------------------------------------------------------------
+
+
+def tree_hashes(folder) -> dict[str, str]:
+    """sha256 of every file under `folder` (relative path -> digest)."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    code = "from attnstore.cli import run; run()"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, crash_images):
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
+    (folder / "empty.jpg").write_bytes(b"")
+    only_bad = folder / "only-bad"
+    only_bad.mkdir()
+    (only_bad / "broken.jpg").write_bytes(b"JFIF? no")
+    return {"corrupt": folder / "corrupt.png", "empty": folder / "empty.jpg", "folder": only_bad}
+
+
+def failing_commands(bad, good_image, model, other_model) -> dict[str, list[str]]:
+    """Every bad input the README lists for `extract` (plus bad option values), as CLI arguments."""
+    base = ["--model", str(model), "--max-new-tokens", "2", "--no-progress"]
+    return {
+        "corrupt image": [str(bad["corrupt"]), *base],
+        "empty image file": [str(bad["empty"]), *base],
+        "folder of bad images": ["--image-dir", str(bad["folder"]), *base],
+        "missing file": [str(bad["corrupt"].with_name("nope.png")), *base],
+        "empty prompt": [str(good_image), *base, "--prompt", "  "],
+        "unknown model": [str(good_image), "--model", "nobody/no-such-model", "--no-progress"],
+        "another model's store": [str(good_image), "--model", str(other_model), "--no-progress"],
+        "keep-bits out of range": [str(good_image), *base, "--keep-bits", "12"],
+        "unknown query mode": [str(good_image), *base, "--queries", "images"],
+        "unknown device": [str(good_image), *base, "--device", "tpu"],
+        "unknown dtype": [str(good_image), *base, "--dtype", "float8"],
+        "unknown kernel": [str(good_image), *base, "--attn-kernel", "fast"],
+        "batch size 0": [str(good_image), *base, "--batch-size", "0"],
+    }
+
+
+def test_failed_extract_leaves_the_store_byte_identical(tmp_path, crash_images, tiny_model_path, bad_inputs):
+    from attnstore.demo import tiny_model_dir
+
+    out = tmp_path / "existing.zarr"
+    good = sorted(crash_images.glob("*.png"))[0]
+    assert (
+        run_cli(
+            "extract",
+            str(good),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_model_path),
+            "--max-new-tokens",
+            "2",
+            "--no-progress",
+        ).returncode
+        == 0
+    )
+    before = tree_hashes(out)
+    commands = failing_commands(
+        bad_inputs, sorted(crash_images.glob("*.png"))[1], tiny_model_path, tiny_model_dir("llava")
+    )
+    for what, args in commands.items():
+        proc = run_cli("extract", *args, "--out", str(out))
+        assert proc.returncode == 1, (what, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stderr.strip(), what
+        assert tree_hashes(out) == before, f"{what} changed the store"
+
+
+def test_failed_extract_leaves_no_store_behind(tmp_path, crash_images, tiny_model_path, bad_inputs):
+    from attnstore.demo import tiny_model_dir
+
+    commands = failing_commands(
+        bad_inputs, sorted(crash_images.glob("*.png"))[0], tiny_model_path, tiny_model_dir("llava")
+    )
+    for what in ("corrupt image", "empty image file", "folder of bad images"):  # others fail before any work
+        args = commands[what]
+        out = tmp_path / "new.zarr"
+        proc = run_cli("extract", *args, "--out", str(out))
+        assert proc.returncode == 1, (what, proc.stdout, proc.stderr)
+        assert not out.exists(), f"{what} left {sorted(p.name for p in out.iterdir())}"
