@@ -174,9 +174,11 @@ def row_weights(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, sett
 
     query # [head, row, dim]; key # [kv_head, key, dim]; bias # [row, key] additive. Returns # [head, row, key].
     """
-    groups = query.shape[0] // key.shape[0]
-    keys = key.float().repeat_interleave(groups, dim=0)  # grouped-query heads share their kv head
-    scores = torch.matmul(query.float(), keys.transpose(1, 2)) * settings.scaling
+    n_heads, n_rows, dim = query.shape
+    n_kv = key.shape[0]
+    # Head h uses kv head h // groups (transformers' repeat_kv): group the queries instead of copying keys.
+    grouped = query.float().reshape(n_kv, -1, dim)  # [kv_head, group * row, dim]
+    scores = torch.matmul(grouped, key.float().transpose(1, 2)).reshape(n_heads, n_rows, -1) * settings.scaling
     if settings.softcap is not None:
         scores = torch.tanh(scores / settings.softcap) * settings.softcap
     return torch.softmax(scores + bias, dim=-1)

@@ -5,7 +5,7 @@ fresh child process (so peak RSS is its own), on the same photo-like 640x480 pic
 tiles, ~1150 tokens), prompt and answer budget, with random-weight Idefics3 models:
   real-text    SmolVLM-256M text dims (30 layers, 9 heads, hidden 576), small vision tower
   real-vision  the same with a SmolVLM-size vision tower (hidden 768, 12 layers)
-  tiny         the demo/test model, for reference
+  tiny         the demo/test model, for reference (--tiny)
 Variants:
   generate-sdpa     plain `model.generate` with SDPA attention, no capture (what a user runs)
   extract-text      attnstore extraction, SDPA kernel, prompt text + answer rows (the default)
@@ -277,6 +277,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-rounds", type=int, default=2, help="rounds of the batch comparison (0 = skip)")
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--no-real-vision", action="store_true", help="skip the real-size vision tower run")
+    p.add_argument("--tiny", action="store_true", help="also run the tiny test model (for reference)")
     p.add_argument("--child", nargs=2, metavar=("KIND", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.max_new_tokens = args.max_new_tokens or ([32] if args.quick else [32, 256])
@@ -299,7 +300,7 @@ def main(argv=None) -> None:
         return
     start = time.perf_counter()
     print(f"  {host_load()}", flush=True)
-    plan = [("real-text", VARIANTS), ("tiny", VARIANTS)]
+    plan = [("real-text", VARIANTS)] + ([("tiny", VARIANTS)] if args.tiny else [])
     if not (args.quick or args.no_real_vision):
         plan.append(("real-vision", VISION_VARIANTS))
     for budget in args.max_new_tokens:

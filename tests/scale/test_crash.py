@@ -127,19 +127,36 @@ def test_ctrl_c_stops_after_the_current_images(tmp_path, crash_images, tiny_mode
 # -- a failed run changes nothing --------------------------------------------------------------
 
 
-def tree_hashes(folder) -> dict[str, str]:
-    """sha256 of every file under `folder` (relative path -> digest)."""
-    import hashlib
+# One process runs the commands in turn (torch is imported once) and hashes the store's files after each.
+CLI_SEQUENCE = """
+import contextlib, hashlib, io, json, pathlib, sys
+from attnstore.cli import main
 
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
-    }
+def tree(folder):
+    if not folder.exists():
+        return None
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+out, commands = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2])
+for what, args in commands.items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["extract", *args, "--out", str(out)])
+    print(json.dumps({"what": what, "code": code, "stderr": err.getvalue(), "tree": tree(out)}), flush=True)
+"""
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
-    code = "from attnstore.cli import run; run()"
+def run_cli_sequence(out, commands: dict[str, list[str]]) -> list[dict]:
+    """`attnstore extract ARGS --out OUT` for every command, in one subprocess; exit code, stderr and the
+    sha256 of every file of OUT (None: no store) after each."""
+    import json
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    argv = [sys.executable, "-c", CLI_SEQUENCE, str(out), json.dumps(commands)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
 @pytest.fixture(scope="module")
@@ -177,30 +194,16 @@ def test_failed_extract_leaves_the_store_byte_identical(tmp_path, crash_images, 
     from attnstore.demo import tiny_model_dir
 
     out = tmp_path / "existing.zarr"
-    good = sorted(crash_images.glob("*.png"))[0]
-    assert (
-        run_cli(
-            "extract",
-            str(good),
-            "--out",
-            str(out),
-            "--model",
-            str(tiny_model_path),
-            "--max-new-tokens",
-            "2",
-            "--no-progress",
-        ).returncode
-        == 0
-    )
-    before = tree_hashes(out)
-    commands = failing_commands(
-        bad_inputs, sorted(crash_images.glob("*.png"))[1], tiny_model_path, tiny_model_dir("llava")
-    )
-    for what, args in commands.items():
-        proc = run_cli("extract", *args, "--out", str(out))
-        assert proc.returncode == 1, (what, proc.stdout, proc.stderr)
-        assert "Traceback" not in proc.stderr and proc.stderr.strip(), what
-        assert tree_hashes(out) == before, f"{what} changed the store"
+    good, other = sorted(crash_images.glob("*.png"))[:2]
+    commands = failing_commands(bad_inputs, other, tiny_model_path, tiny_model_dir("llava"))
+    first = {"a good image": [str(good), "--model", str(tiny_model_path), "--max-new-tokens", "2", "--no-progress"]}
+    results = run_cli_sequence(out, {**first, **commands})
+    assert [r["what"] for r in results] == [*first, *commands]
+    assert results[0]["code"] == 0 and results[0]["tree"]
+    for result in results[1:]:
+        assert result["code"] == 1, result
+        assert "Traceback" not in result["stderr"] and result["stderr"].strip(), result  # said why, in a line
+        assert result["tree"] == results[0]["tree"], f"{result['what']} changed the store"
 
 
 def test_failed_extract_leaves_no_store_behind(tmp_path, crash_images, tiny_model_path, bad_inputs):
@@ -209,9 +212,7 @@ def test_failed_extract_leaves_no_store_behind(tmp_path, crash_images, tiny_mode
     commands = failing_commands(
         bad_inputs, sorted(crash_images.glob("*.png"))[0], tiny_model_path, tiny_model_dir("llava")
     )
-    for what in ("corrupt image", "empty image file", "folder of bad images"):  # others fail before any work
-        args = commands[what]
-        out = tmp_path / "new.zarr"
-        proc = run_cli("extract", *args, "--out", str(out))
-        assert proc.returncode == 1, (what, proc.stdout, proc.stderr)
-        assert not out.exists(), f"{what} left {sorted(p.name for p in out.iterdir())}"
+    commands.pop("another model's store")  # there is no store to disagree with
+    for result in run_cli_sequence(tmp_path / "new.zarr", commands):
+        assert result["code"] == 1, result
+        assert result["tree"] is None, f"{result['what']} left a store behind"
