@@ -278,6 +278,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--no-real-vision", action="store_true", help="skip the real-size vision tower run")
     p.add_argument("--tiny", action="store_true", help="also run the tiny test model (for reference)")
+    p.add_argument("--only-vision", action="store_true", help="only the real-size vision tower run")
     p.add_argument("--child", nargs=2, metavar=("KIND", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.max_new_tokens = args.max_new_tokens or ([32] if args.quick else [32, 256])
@@ -303,6 +304,8 @@ def main(argv=None) -> None:
     plan = [("real-text", VARIANTS)] + ([("tiny", VARIANTS)] if args.tiny else [])
     if not (args.quick or args.no_real_vision):
         plan.append(("real-vision", VISION_VARIANTS))
+    if args.only_vision:
+        plan = [("real-vision", VISION_VARIANTS)]
     for budget in args.max_new_tokens:
         tokens = ["--max-new-tokens", str(budget)]
         for kind, variants in plan:
@@ -330,7 +333,7 @@ def main(argv=None) -> None:
                     ]
                     paired.append(run_child(Path(__file__), flags, timeout=3600))
                 report_paired(paired, args.rounds)
-        if args.batch_rounds and budget == args.max_new_tokens[0]:
+        if args.batch_rounds and budget == args.max_new_tokens[0] and not args.only_vision:
             print(f"  {time.strftime('%H:%M:%S')} real-text batch of {BATCH} ...", flush=True)
             flags = ["--child", "real-text", "batch", *tokens, "--batch-rounds", str(args.batch_rounds)]
             report_batch(run_child(Path(__file__), flags, timeout=3600), budget)
