@@ -181,3 +181,21 @@ def test_entries_ending_at_different_steps(adapters, transformers_reference, fam
         np.testing.assert_allclose(
             result.attention.astype(np.float32), reference[:, :, result.query_position], rtol=0, atol=ATOL
         )
+
+
+def test_dask_workers_spread_over_gpus(monkeypatch):
+    """With several GPUs, plain "cuda" gives worker i GPU i mod count; other devices are used as given."""
+    import types
+
+    import distributed
+    import torch
+
+    from attnstore.distributed import worker_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    names = iter([0, 1, 2, 3])
+    monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(name=next(names)))
+    assert [worker_device("cuda") for _ in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert worker_device("cuda:1") == "cuda:1" and worker_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert worker_device("cuda") == "cuda"
