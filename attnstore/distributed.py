@@ -1,8 +1,9 @@
 """Distributed extraction on dask.distributed: many workers, one pre-sized store.
 
 The coordinator (this process) plans the run exactly like the serial pipeline
-(`pipeline.store_plan`, `open_run_store`, `plan_run`): it creates or opens the
-store, skips complete entries, checks every image decodes, and reserves all slots
+(`pipeline.store_plan`, `plan_run`, `driver.RunStore`, `driver.RunDriver`): it opens
+the store if there is one, skips complete entries, checks every image decodes, then
+(only if something is left to write) creates or grows the store and reserves all slots
 at once (names written, incomplete slots of a killed run reused). Workers load the
 model once per process and write each entry into its own slot: every array of an
 entry is its own chunk or shard, so no two writers touch the same object, and a
@@ -24,26 +25,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from attnstore.driver import RunDriver, RunReport, RunStore
 from attnstore.errors import AttnstoreError, InputImageError, InvalidArgument
 from attnstore.images import load_image
 from attnstore.models.base import ModelAdapter
-from attnstore.pipeline import (
-    ExtractSettings,
-    RunReport,
-    WorkItem,
-    _progress,
-    _StopAfterCurrent,
-    extract_item,
-    open_run_store,
-    plan_run,
-    store_plan,
-)
+from attnstore.pipeline import ExtractSettings, WorkItem, extract_item, plan_run, store_plan
 from attnstore.store import AttnStore, CapacityError
 
 CHECK_BATCH = 64  # images decoded per pre-check task
 
-# Per worker process: the loaded model, and a lock because capture hooks live on the shared modules.
-_ADAPTERS: dict[tuple[str, str], ModelAdapter] = {}
+# Per worker process: the loaded model, and a lock because one capture at a time runs through it.
+_ADAPTERS: dict[WorkerConfig, ModelAdapter] = {}
 _LOAD_LOCK = threading.Lock()
 _RUN_LOCK = threading.Lock()
 
@@ -53,8 +45,10 @@ class WorkerConfig:
     """How a worker loads its model (sent with every task; the model itself is cached per process)."""
 
     model: str
-    device: str = "cpu"
+    device: str = "cpu"  # "cuda" with several GPUs: each worker takes one (`worker_device`)
     torch_threads: int | None = None  # None: leave torch's setting alone
+    dtype: str | None = None
+    attn_kernel: str = "sdpa"
 
 
 @dataclass
@@ -70,16 +64,38 @@ def worker_adapter(config: WorkerConfig) -> ModelAdapter:
     from attnstore.models import load_adapter
     from attnstore.quiet import quiet_transformers
 
-    key = (config.model, config.device)
     with _LOAD_LOCK:
         if config.torch_threads:
             import torch
 
             torch.set_num_threads(config.torch_threads)
-        if key not in _ADAPTERS:
+        if config not in _ADAPTERS:
             quiet_transformers()
-            _ADAPTERS[key] = load_adapter(config.model, device=config.device)
-        return _ADAPTERS[key]
+            device = worker_device(config.device)
+            _ADAPTERS[config] = load_adapter(
+                config.model, device=device, dtype=config.dtype, attn_kernel=config.attn_kernel
+            )
+        return _ADAPTERS[config]
+
+
+def worker_device(device: str) -> str:
+    """The device this worker uses: plain "cuda" with several GPUs spreads workers over them
+    (worker i of a LocalCluster takes GPU i mod count); any other device is used as given."""
+    if device != "cuda":
+        return device
+    import torch
+
+    count = torch.cuda.device_count()
+    if count < 2:
+        return device
+    from distributed import get_worker
+
+    try:
+        name = get_worker().name
+    except ValueError:  # not in a worker (a test calling the task directly)
+        return device
+    index = name if isinstance(name, int) else sum(map(ord, str(name)))
+    return f"cuda:{index % count}"
 
 
 # -- tasks (run on workers) ---------------------------------------------------------------------
@@ -132,6 +148,8 @@ def run_distributed(
     storage_options: dict | None = None,
     extras: dict | None = None,
     device: str = "cpu",
+    dtype: str | None = None,
+    attn_kernel: str = "sdpa",
     workers: int = 2,
     scheduler: str | None = None,
     client=None,
@@ -150,16 +168,25 @@ def run_distributed(
         model and the store (shared disk or s3://).
     client : an existing `distributed.Client` (tests, notebooks).
     torch_threads : torch threads per worker; default cores / workers on a LocalCluster, else unchanged.
+    device, dtype, attn_kernel : how workers load the model (`ModelAdapter.load`); with device "cuda"
+        and several GPUs each worker takes one.
+
+    The store is created or grown only once entries are ready to be written (`driver.RunStore`).
     """
     with dask_client(workers, scheduler, client) as (cluster, default_threads):
-        config = WorkerConfig(model, device, torch_threads or default_threads)
+        config = WorkerConfig(model, device, torch_threads or default_threads, dtype, attn_kernel)
         shape, attrs = _warm_up(cluster, config, sorted({it.prompt for it in items}), settings, keep_bits)
-        store = open_run_store(out, shape, attrs, storage_options, extras)
-        plan = plan_run(store, items)
+        run_store = RunStore(out, shape, attrs, storage_options, extras)
+        plan = plan_run(run_store.store, items)
         report = RunReport(skipped=plan.done)
         bad = _check_images(cluster, [it.path for it in plan.todo])
         report.failed.update({it.name: bad[it.path] for it in plan.todo if it.path in bad})
         todo = [it for it in plan.todo if it.path not in bad]
+        if not todo:
+            return report
+        # Workers never resize: the store gets the planned capacity before they start.
+        run_store.fit(shape.query_capacity, shape.key_capacity)
+        store = run_store.ready()
         slots = plan.reserve(store, todo)
         _extract_all(cluster, config, store, out, storage_options, todo, slots, settings, report, show_progress)
     return report
@@ -182,25 +209,24 @@ def _check_images(client, paths: list[str]) -> dict[str, str]:
 
 def _extract_all(client, config, store, out, storage_options, todo, slots, settings, report, show_progress) -> None:
     width = max(1, sum(client.nthreads().values()))
-    with _StopAfterCurrent() as stop, _progress(show_progress) as progress:
-        task = progress.add_task(f"extracting ({width} workers)", total=len(todo))
+    with RunDriver(f"extracting ({width} workers)", len(todo), show_progress) as driver:
         submit = lambda it: client.submit(  # noqa: E731
             extract_task, config, out, storage_options, slots[it.name], it, settings, pure=False
         )
-        done = lambda result: _record(result, store, slots, report, progress, task)  # noqa: E731
+        done = lambda result: _record(result, store, slots, report, driver)  # noqa: E731
         pending = list(todo)
         while pending:
-            retry = _run_round(pending, submit, width, stop, done)
-            if not retry or stop.requested:
+            retry = _run_round(pending, submit, width, driver, done)
+            if not retry or driver.stop_requested:
                 break
             # Only now, with no writer running, grow the store; then redo those entries.
             store.ensure_capacity(max(r.needed[0] for r in retry), max(r.needed[1] for r in retry))
             names = {r.name for r in retry}
             pending = [it for it in todo if it.name in names]
-        report.interrupted = stop.requested and len(report.written) + len(report.failed) < len(todo)
+        report.interrupted = driver.stop_requested and len(report.written) + len(report.failed) < len(todo)
 
 
-def _run_round(items, submit, width, stop, done) -> list[TaskResult]:
+def _run_round(items, submit, width, driver: RunDriver, done) -> list[TaskResult]:
     """Run `items` with at most `width` in flight, `done(result)` for each; returns those that did not fit."""
     from distributed import as_completed
 
@@ -213,18 +239,18 @@ def _run_round(items, submit, width, stop, done) -> list[TaskResult]:
             retry.append(result)
         else:
             done(result)
-        if queue and not stop.requested:
+        if queue and not driver.stop_requested:
             running.add(submit(queue.popleft()))
     return retry
 
 
-def _record(result: TaskResult, store: AttnStore, slots: dict[str, int], report: RunReport, progress, task) -> None:
+def _record(result: TaskResult, store: AttnStore, slots: dict[str, int], report: RunReport, driver: RunDriver) -> None:
     if result.status == "written":
         store.mark_complete(slots[result.name])  # every array of the entry is written: now it is complete
         report.written.append(result.name)
     else:
         report.failed[result.name] = result.message
-    progress.advance(task)
+    driver.advance()
 
 
 @contextmanager

@@ -3,37 +3,28 @@
 The CLI, the seed-compatible scripts and the demo all call `run_extraction`
 (or `run_items` for one prompt per entry, e.g. POPE). Images already complete in
 the store are skipped; a slot left incomplete by a killed run is reused, so every
-image ends up complete exactly once. The planning pieces (`store_plan`,
-`open_run_store`, `plan_run`, `extract_item`) are shared with the distributed
+image ends up complete exactly once. The planning pieces (`store_plan`, `plan_run`,
+`extract_item`) and the driver (`attnstore.driver`) are shared with the distributed
 run (`attnstore.distributed`).
 """
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from attnstore.driver import RunDriver, RunReport, RunStore
 from attnstore.errors import AttnstoreError, InputImageError, InvalidArgument
-from attnstore.extract import extract
+from attnstore.extract import extract_batch
 from attnstore.images import image_name, load_image
 from attnstore.models.base import ModelAdapter
 from attnstore.records import Extraction
 from attnstore.store import DEFAULT_KEEP_BITS, AttnStore, StoreShape
 
 QUERY_MARGIN = 8  # spare query/key rows so most appends never resize
-
-
-@dataclass
-class RunReport:
-    written: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    interrupted: bool = False
 
 
 def store_shape_for(adapter: ModelAdapter, prompt: str, max_new_tokens: int, queries: str) -> StoreShape:
@@ -55,29 +46,9 @@ def store_attrs(adapter: ModelAdapter, keep_bits: int, queries: str, max_new_tok
         "queries": queries,
         "max_new_tokens": max_new_tokens,
         "random_weights": adapter.random_weights,
-        "attention_implementation": "eager (text model)",
+        "attention_implementation": f"{adapter.attn_kernel} (text model); rows: fp32 softmax captured in generate",
+        "model_dtype": str(adapter.model.dtype).removeprefix("torch."),
     }
-
-
-class _StopAfterCurrent:
-    """Ctrl-C sets a flag; the run stops cleanly after the image being written."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:  # second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
-        return False
 
 
 @dataclass
@@ -127,12 +98,15 @@ def _source(path: str) -> str:
     return str(Path(path).resolve())
 
 
-def plan_run(store: AttnStore, items: list[WorkItem]) -> RunPlan:
-    """Existing slot per name (incomplete ones are reused), entries already complete, entries to do."""
+def plan_run(store: AttnStore | None, items: list[WorkItem]) -> RunPlan:
+    """Existing slot per name (incomplete ones are reused), entries already complete, entries to do.
+
+    `store` is None when the run will create it.
+    """
     names = [it.name for it in items]
     _check_unique(names)
-    existing = store.image_names()
-    complete = store.complete_flags()
+    existing = store.image_names() if store is not None else []
+    complete = store.complete_flags() if store is not None else np.array([], dtype=bool)
     slots = {n: i for i, n in enumerate(existing) if n}
     done = [n for n in names if n in slots and complete[slots[n]]]
     finished = set(done)
@@ -158,16 +132,6 @@ def store_plan(
     return shape, attrs
 
 
-def open_run_store(
-    out: str, shape: StoreShape, attrs: dict, storage_options: dict | None, extras: dict | None = None
-) -> AttnStore:
-    """Open (checking compatibility, growing capacity) or create the store; add extra variables."""
-    store = AttnStore.open_or_create(out, shape, attrs, storage_options)
-    if extras:
-        store.ensure_extras(extras)
-    return store
-
-
 def extract_item(
     adapter: ModelAdapter,
     store: AttnStore,
@@ -179,11 +143,25 @@ def extract_item(
     mark_complete: bool = True,
 ) -> None:
     """Run the model on one entry and write it into slot `index` (complete flag last, see write_image)."""
-    result = extract(adapter, image, item.prompt, max_new_tokens=settings.max_new_tokens, queries=settings.queries)
+    (result,) = extract_entries(adapter, [(item, image)], settings)
+    store.write_image(
+        index, result, image, extra=entry_extra(item, result, settings), resize=resize, mark_complete=mark_complete
+    )
+
+
+def extract_entries(adapter: ModelAdapter, entries: list[tuple[WorkItem, object]], settings: ExtractSettings):
+    """Run the model on (item, image) entries in one batch; one Extraction each."""
+    images = [image for _, image in entries]
+    prompts = [item.prompt for item, _ in entries]
+    return extract_batch(adapter, images, prompts, max_new_tokens=settings.max_new_tokens, queries=settings.queries)
+
+
+def entry_extra(item: WorkItem, result: Extraction, settings: ExtractSettings) -> dict | None:
+    """Values of the store's extra variables for this entry (its own, and those read from the answer)."""
     extra = dict(item.extra)
     if settings.annotate is not None:
         extra.update(settings.annotate(item, result))
-    store.write_image(index, result, image, extra=extra or None, resize=resize, mark_complete=mark_complete)
+    return extra or None
 
 
 def image_items(image_paths: list[Path], prompt: str, image_dir: str | None = None) -> list[WorkItem]:
@@ -203,6 +181,7 @@ def run_extraction(
     queries: str = "text",
     storage_options: dict | None = None,
     show_progress: bool = True,
+    batch_size: int = 1,
 ) -> RunReport:
     """Extract every image into the store at `out` (created if needed); skip complete ones."""
     if not prompt.strip():
@@ -215,6 +194,7 @@ def run_extraction(
         keep_bits=keep_bits,
         storage_options=storage_options,
         show_progress=show_progress,
+        batch_size=batch_size,
     )
 
 
@@ -228,32 +208,53 @@ def run_items(
     storage_options: dict | None = None,
     extras: dict | None = None,
     show_progress: bool = True,
+    batch_size: int = 1,
 ) -> RunReport:
-    """Extract every entry into the store at `out` in this process (created if needed); skip complete ones.
+    """Extract every entry into the store at `out` in this process; skip complete ones.
 
+    The store is created, grown or given new variables only once an image is ready to be written:
+    a run that writes nothing leaves an existing store byte-identical and creates none.
     `extras` (name -> (kind, description)) adds extra per-image variables; see AttnStore.ensure_extras.
+    `batch_size` entries run through the model in one generate.
     """
+    if batch_size < 1:
+        raise InvalidArgument("batch_size", f"must be at least 1, got {batch_size}")
     shape, attrs = store_plan(adapter, [it.prompt for it in items], settings, keep_bits)
-    store = open_run_store(out, shape, attrs, storage_options, extras)
-    plan = plan_run(store, items)
+    run_store = RunStore(out, shape, attrs, storage_options, extras)
+    plan = plan_run(run_store.store, items)
     report = RunReport(skipped=plan.done)
-    with _StopAfterCurrent() as stop, _progress(show_progress) as progress:
-        task = progress.add_task("extracting", total=len(plan.todo))
-        for item in plan.todo:
-            if stop.requested:
+    with RunDriver("extracting", len(plan.todo), show_progress) as driver:
+        for start in range(0, len(plan.todo), batch_size):
+            if driver.stop_requested:
                 report.interrupted = True
                 break
-            try:
-                image = load_image(item.path)
-            except InputImageError as err:
-                report.failed[item.name] = str(err)
-                progress.advance(task)
-                continue
-            index = plan.reserve(store, [item])[item.name]
-            extract_item(adapter, store, index, item, image, settings)
-            report.written.append(item.name)
-            progress.advance(task)
+            entries = _load_images(plan.todo[start : start + batch_size], report, driver)
+            if entries:
+                results = extract_entries(adapter, entries, settings)
+                _write_entries(run_store, plan, entries, results, settings, report, driver)
     return report
+
+
+def _load_images(items: list[WorkItem], report: RunReport, driver: RunDriver) -> list[tuple[WorkItem, object]]:
+    """(item, image) for the items whose image decodes; the others are reported failed."""
+    entries = []
+    for item in items:
+        try:
+            entries.append((item, load_image(item.path)))
+        except InputImageError as err:
+            report.failed[item.name] = str(err)
+            driver.advance()
+    return entries
+
+
+def _write_entries(run_store: RunStore, plan: RunPlan, entries, results, settings, report, driver) -> None:
+    for (item, image), result in zip(entries, results):
+        run_store.fit(result.n_query, result.n_key)
+        store = run_store.ready()
+        index = plan.reserve(store, [item])[item.name]
+        store.write_image(index, result, image, extra=entry_extra(item, result, settings))
+        report.written.append(item.name)
+        driver.advance()
 
 
 def _check_unique(names: list[str]) -> None:
@@ -263,15 +264,3 @@ def _check_unique(names: list[str]) -> None:
         raise AttnstoreError(
             f"two images would share the name '{dup}' in the store: use --image-dir so names keep their folders"
         )
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )

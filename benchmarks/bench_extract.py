@@ -1,21 +1,20 @@
-"""Extraction cost: peak memory and wall time of `attnstore.extract.extract` vs plain `generate`.
+"""Extraction cost: wall time and peak memory of `attnstore.extract` vs a plain SDPA `generate`.
 
-Every variant runs in a fresh child process (so peak RSS is its own), on the same photo-like
-640x480 picture (3 x 4 tiles), prompt and answer budget, with random-weight Idefics3 models:
+Rows are captured inside `generate` (one pass, the vision tower once). Every variant runs in a
+fresh child process (so peak RSS is its own), on the same photo-like 640x480 picture (3 x 4
+tiles, ~1150 tokens), prompt and answer budget, with random-weight Idefics3 models:
   real-text    SmolVLM-256M text dims (30 layers, 9 heads, hidden 576), small vision tower
-  real-vision  the same with a SmolVLM-size vision tower (hidden 768, 12 layers), timed separately
-  tiny         the demo/test model, for reference
+  real-vision  the same with a SmolVLM-size vision tower (hidden 768, 12 layers)
+  tiny         the demo/test model, for reference (--tiny)
 Variants:
-  generate-sdpa     plain `model.generate`, default SDPA attention, no capture (what a user runs)
-  generate-eager    the same with eager text attention (needed for capture)
-  extract-text      attnstore extraction: generate, then one forward pass with fp16 row hooks (default)
-  extract-all       the same keeping every query row (the seed's full square, fp16)
-  forward-fp32      generate, then one forward pass with output_attentions=True: the full fp32
-                    [layer, head, seq, seq] tensors the hooks avoid (how a seed-style full square is made)
-  encode-image      (real-vision only) the vision tower + connector alone; `extract` pays it twice
-                    (once in generate, once in the capture pass)
+  generate-sdpa     plain `model.generate` with SDPA attention, no capture (what a user runs)
+  extract-text      attnstore extraction, SDPA kernel, prompt text + answer rows (the default)
+  extract-all       the same keeping every query row (full square in fp16, rows computed in chunks)
+Then, in one process each (ratios from interleaved runs: load drift on the host hits all alike):
+  interleaved       generate-sdpa and extract-text alternated, 1 and 2 torch threads
+  batch             4 images in one generate (`extract_batch`) vs 4 x one image, images/s
 
-Usage:  python benchmarks/bench_extract.py [--quick] [--no-real-vision]
+Usage:  python benchmarks/bench_extract.py [--quick] [--no-real-vision] [--max-new-tokens 32 256]
 """
 
 from __future__ import annotations
@@ -42,15 +41,16 @@ from common import (
     timed,
 )
 
-VARIANTS = ("generate-sdpa", "generate-eager", "extract-text", "extract-all", "forward-fp32")
-# The real-size vision tower is slow: time the essentials, and the image encoding alone.
-VISION_VARIANTS = ("generate-sdpa", "extract-text", "encode-image")
+VARIANTS = ("generate-sdpa", "extract-text", "extract-all")
+# The real-size vision tower is slow: time the essentials.
+VISION_VARIANTS = ("generate-sdpa", "extract-text")
 BASELINE = "generate-sdpa"
+BATCH = 4
 
 
 # -- child: one variant in a fresh process -------------------------------------------------------
 def load(kind: str, variant: str):
-    """The adapter for `kind`; `generate-sdpa` loads the model with SDPA everywhere (no weights returned)."""
+    """The adapter for `kind`; `generate-sdpa` loads the model with plain transformers SDPA (no capture)."""
     from attnstore.models import load_adapter
     from attnstore.models.idefics3 import Idefics3Adapter
 
@@ -68,8 +68,6 @@ def load(kind: str, variant: str):
 
 def run_variant(adapter, variant: str, max_new_tokens: int) -> dict:
     """Run one variant on the benchmark picture; returns sequence facts."""
-    import torch
-
     from attnstore.extract import extract, generate_answer
 
     image = photo_like_image(640, 480, seed=0)
@@ -81,20 +79,8 @@ def run_variant(adapter, variant: str, max_new_tokens: int) -> dict:
             "tiles": [result.layout.tile_rows, result.layout.tile_cols],
         }
     inputs = adapter.prepare(image, PROMPT)
-    if variant == "encode-image":  # the vision tower + connector alone: paid once per generate or forward
-        with torch.inference_mode():
-            adapter.model.model.get_image_features(inputs["pixel_values"], inputs.get("pixel_attention_mask"))
-        return {"seq": int(inputs["input_ids"].shape[1]), "n_query": 0}
     sequence = generate_answer(adapter, inputs, max_new_tokens)
-    out = {"seq": int(sequence.shape[0]), "n_query": 0}
-    if variant == "forward-fp32":
-        pixels = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        with torch.inference_mode():
-            weights = adapter.model(
-                input_ids=sequence[None], use_cache=False, output_attentions=True, **pixels
-            ).attentions  # layer x [batch, head, seq, seq] float32
-        out["fp32_bytes"] = int(sum(w.numel() * w.element_size() for w in weights))
-    return out
+    return {"seq": int(sequence.shape[0]), "n_query": 0}
 
 
 def child_main(kind: str, variant: str, max_new_tokens: int, repeats: int) -> None:
@@ -135,7 +121,7 @@ def child_main(kind: str, variant: str, max_new_tokens: int, repeats: int) -> No
     )
 
 
-PAIRED = ("generate-sdpa", "generate-eager", "extract-text")
+PAIRED = ("generate-sdpa", "extract-text")
 
 
 def paired_main(kind: str, max_new_tokens: int, rounds: int, threads: int) -> None:
@@ -151,18 +137,50 @@ def paired_main(kind: str, max_new_tokens: int, rounds: int, threads: int) -> No
 
     quiet_transformers()
     torch.set_num_threads(threads)
-    adapters = {"sdpa": load(kind, "generate-sdpa"), "eager": load(kind, "generate-eager")}
+    adapters = {"plain": load(kind, "generate-sdpa"), "capture": load(kind, "extract-text")}
     walls: dict[str, list[float]] = {v: [] for v in PAIRED}
     cpus: dict[str, list[float]] = {v: [] for v in PAIRED}
     for _ in range(rounds):
         for variant in PAIRED:
-            adapter = adapters["sdpa" if variant == "generate-sdpa" else "eager"]
+            adapter = adapters["plain" if variant == "generate-sdpa" else "capture"]
             cpu0 = time.process_time()
             wall, _ = timed(lambda adapter=adapter, variant=variant: run_variant(adapter, variant, max_new_tokens))
             walls[variant].append(wall)
             cpus[variant].append(time.process_time() - cpu0)
     result = {"kind": kind, "walls": walls, "cpus": cpus, "threads": threads, "loadavg": os.getloadavg()[0]}
     emit_child_result(result)
+
+
+def batch_main(kind: str, max_new_tokens: int, rounds: int) -> None:
+    """BATCH images in one generate vs one at a time, interleaved; same pictures, same answers budget."""
+    from attnstore.extract import extract, extract_batch
+    from attnstore.quiet import quiet_transformers
+
+    quiet_transformers()
+    adapter = load(kind, "extract-text")
+    images = [photo_like_image(640, 480, seed=i) for i in range(BATCH)]
+    prompts = [PROMPT] * BATCH
+    walls = {"batch": [], "single": []}
+    for _ in range(rounds):
+        walls["batch"].append(timed(lambda: extract_batch(adapter, images, prompts, max_new_tokens=max_new_tokens))[0])
+        one_by_one = lambda: [extract(adapter, im, PROMPT, max_new_tokens=max_new_tokens) for im in images]  # noqa: E731
+        walls["single"].append(timed(one_by_one)[0])
+    emit_child_result({"kind": kind, "walls": walls, "loadavg": os.getloadavg()[0], "peak": peak_rss_bytes()})
+
+
+def report_batch(result: dict, max_new_tokens: int) -> None:
+    rows = []
+    base = min(result["walls"]["single"])
+    for name, walls in result["walls"].items():
+        label = f"{BATCH} images in one generate" if name == "batch" else f"{BATCH} x one image"
+        rows.append([label, f"{min(walls):.2f}", f"{BATCH / min(walls):.2f}", f"{base / min(walls):.2f}x"])
+    print_table(
+        f"Batch vs one at a time — {result['kind']}, max_new_tokens {max_new_tokens}, {BATCH} photos (3 x 4 tiles)",
+        ["run", "min wall s", "images/s", "speed-up"],
+        rows,
+        caption=f"interleaved rounds in one process; host load {result['loadavg']:.1f}; "
+        f"peak RSS {mb(result['peak'])} MB",
+    )
 
 
 def report_paired(results: list[dict], rounds: int) -> None:
@@ -220,7 +238,6 @@ def report(kind: str, results: list[dict], max_new_tokens: int) -> None:
                 f"{r['load_s']:.1f}",
                 r["seq"],
                 r["n_query"] or "-",
-                mb(r["fp32_bytes"]) if "fp32_bytes" in r else "-",
             ]
         )
     r0 = results[0]
@@ -241,12 +258,10 @@ def report(kind: str, results: list[dict], max_new_tokens: int) -> None:
             "model load s",
             "seq",
             "query rows",
-            "fp32 attn MB",
         ],
         rows,
-        caption=f"base = {BASELINE}. full fp32 attention [layer, head, seq, seq] at seq {seq}: {mb(square)} MB "
-        f"(the hooks keep fp16 query rows only; at seq 1154 it would be "
-        f"{mb(npy_bytes((r0['layers'], r0['heads'], 1154, 1154)) - npy_bytes((0,)))} MB). "
+        caption=f"base = {BASELINE}. A full fp32 attention [layer, head, seq, seq] at seq {seq} would be "
+        f"{mb(square)} MB; capture never builds it (kept rows only, in chunks). "
         "wall s excludes model loading (min over repeats); cpu s = process CPU time of that run; "
         "host load = 1-min load average when the child finished (other work on the machine slows wall time); "
         "peak RSS covers the whole child process (Python, torch, weights); +MB = peak minus the base's peak.",
@@ -256,14 +271,17 @@ def report(kind: str, results: list[dict], max_new_tokens: int) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="32 answer tokens, fewer variants, no real-size vision")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="answer budget (default 32)")
+    p.add_argument("--max-new-tokens", type=int, nargs="+", default=None, help="answer budgets (default 32 256)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per variant (default 2, quick 1)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds, real-text (default 3, quick 0)")
+    p.add_argument("--batch-rounds", type=int, default=2, help="rounds of the batch comparison (0 = skip)")
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--no-real-vision", action="store_true", help="skip the real-size vision tower run")
+    p.add_argument("--tiny", action="store_true", help="also run the tiny test model (for reference)")
+    p.add_argument("--only-vision", action="store_true", help="only the real-size vision tower run")
     p.add_argument("--child", nargs=2, metavar=("KIND", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.max_new_tokens = args.max_new_tokens or 32
+    args.max_new_tokens = args.max_new_tokens or ([32] if args.quick else [32, 256])
     args.repeats = args.repeats or (1 if args.quick else 2)
     args.rounds = (0 if args.quick else 3) if args.rounds is None else args.rounds
     return args
@@ -271,35 +289,54 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.child and args.child[1] == "paired":
-        paired_main(args.child[0], args.max_new_tokens, args.rounds, args.threads)
-        return
     if args.child:
-        child_main(*args.child, args.max_new_tokens, args.repeats)
+        kind, variant = args.child
+        budget = args.max_new_tokens[0]
+        if variant == "paired":
+            paired_main(kind, budget, args.rounds, args.threads)
+        elif variant == "batch":
+            batch_main(kind, budget, args.batch_rounds)
+        else:
+            child_main(kind, variant, budget, args.repeats)
         return
     start = time.perf_counter()
     print(f"  {host_load()}", flush=True)
-    plan = [("real-text", VARIANTS if not args.quick else VARIANTS[:3]), ("tiny", VARIANTS)]
+    plan = [("real-text", VARIANTS)] + ([("tiny", VARIANTS)] if args.tiny else [])
     if not (args.quick or args.no_real_vision):
         plan.append(("real-vision", VISION_VARIANTS))
-    for kind, variants in plan:
-        model_dir(kind)  # build (and cache) before timing anything
-        results = []
-        for variant in variants:
-            print(f"  {time.strftime('%H:%M:%S')} {kind} {variant} ...", flush=True)
-            repeats = 1 if kind == "real-vision" else args.repeats
-            flags = ["--child", kind, variant, "--max-new-tokens", str(args.max_new_tokens), "--repeats", str(repeats)]
-            results.append(run_child(Path(__file__), flags))
-        report(kind, results, args.max_new_tokens)
-        if kind == "real-text" and args.rounds:
-            paired = []
-            for threads in (results[0]["threads"], 1):
-                print(f"  {time.strftime('%H:%M:%S')} {kind} interleaved timing, {threads} thread(s) ...", flush=True)
-                flags = ["--child", kind, "paired", "--max-new-tokens", str(args.max_new_tokens)]
-                paired.append(
-                    run_child(Path(__file__), [*flags, "--rounds", str(args.rounds), "--threads", str(threads)])
-                )
-            report_paired(paired, args.rounds)
+    if args.only_vision:
+        plan = [("real-vision", VISION_VARIANTS)]
+    for budget in args.max_new_tokens:
+        tokens = ["--max-new-tokens", str(budget)]
+        for kind, variants in plan:
+            model_dir(kind)  # build (and cache) before timing anything
+            results = []
+            for variant in variants:
+                print(f"  {time.strftime('%H:%M:%S')} {kind} {variant} {budget} tokens ...", flush=True)
+                repeats = 1 if kind == "real-vision" else args.repeats
+                flags = ["--child", kind, variant, *tokens, "--repeats", str(repeats)]
+                results.append(run_child(Path(__file__), flags, timeout=3600))
+            report(kind, results, budget)
+            if kind == "real-text" and args.rounds:
+                paired = []
+                for threads in (1, 2):
+                    print(f"  {time.strftime('%H:%M:%S')} {kind} interleaved, {threads} thread(s) ...", flush=True)
+                    flags = [
+                        "--child",
+                        kind,
+                        "paired",
+                        *tokens,
+                        "--rounds",
+                        str(args.rounds),
+                        "--threads",
+                        str(threads),
+                    ]
+                    paired.append(run_child(Path(__file__), flags, timeout=3600))
+                report_paired(paired, args.rounds)
+        if args.batch_rounds and budget == args.max_new_tokens[0] and not args.only_vision:
+            print(f"  {time.strftime('%H:%M:%S')} real-text batch of {BATCH} ...", flush=True)
+            flags = ["--child", "real-text", "batch", *tokens, "--batch-rounds", str(args.batch_rounds)]
+            report_batch(run_child(Path(__file__), flags, timeout=3600), budget)
     print(f"total {time.perf_counter() - start:.0f} s; at the end: {host_load()}")
 
 

@@ -93,3 +93,62 @@ def http_server():
     yield serve
     for server in servers:
         stop(server)
+
+
+class TransformersReference:
+    """What plain transformers computes for a saved model, independently of attnstore's capture:
+    its own eager `output_attentions`, and a plain greedy `generate`."""
+
+    def __init__(self):
+        self._models = {}
+
+    def model(self, path: str, implementation: str):
+        import torch
+        from transformers import AutoModelForImageTextToText
+
+        key = (path, implementation)
+        if key not in self._models:
+            self._models[key] = AutoModelForImageTextToText.from_pretrained(
+                path, attn_implementation=implementation, dtype=torch.float32, local_files_only=True
+            ).eval()
+        return self._models[key]
+
+    def attention(self, adapter, image, prompt: str, token_ids):
+        """Eager attention weights of one forward pass over `token_ids`  # [layer, head, seq, seq] float32."""
+        import numpy as np
+        import torch
+
+        inputs = adapter.prepare(image, prompt)
+        sequence = torch.as_tensor(np.asarray(token_ids), dtype=torch.long)
+        extra = adapter.forward_inputs(inputs, sequence)  # pixels (+ per-token inputs over the answer)
+        with torch.inference_mode():
+            out = self.model(adapter.model_id, "eager")(
+                input_ids=sequence[None],
+                attention_mask=torch.ones_like(sequence)[None],
+                output_attentions=True,
+                use_cache=False,
+                **extra,
+            )
+        return np.stack([a[0].float().numpy() for a in out.attentions])
+
+    def generate(self, adapter, image, prompt: str, max_new_tokens: int):
+        """Answer ids of a plain greedy SDPA generate (the adapter's end tokens, image-placeholder tokens
+        suppressed)  # [answer]."""
+        import torch
+
+        inputs = adapter.prepare(image, prompt)
+        with torch.inference_mode():
+            out = self.model(adapter.model_id, "sdpa").generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                suppress_tokens=adapter.banned_token_ids() or None,
+                eos_token_id=adapter.eos_token_ids or None,
+            )
+        return out[0, inputs["input_ids"].shape[1] :].numpy()
+
+
+@pytest.fixture(scope="session")
+def transformers_reference():
+    """One `TransformersReference` per session (models loaded once per path and implementation)."""
+    return TransformersReference()

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from attnstore.cli import app
+from attnstore.cli.runs import BATCH_HELP, DEVICE_HELP, DTYPE_HELP, KERNEL_HELP, summarise_run
 from attnstore.errors import AttnstoreError
-
-if TYPE_CHECKING:
-    from attnstore.pipeline import RunReport
 
 
 @app.command()
@@ -36,7 +34,10 @@ def extract(
     queries: Annotated[
         str, typer.Option(help="'text': prompt text + answer rows; 'all': every row (full square).")
     ] = "text",
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
+    dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP)] = None,
+    attn_kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "sdpa",
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     workers: Annotated[
         int, typer.Option(help="Run on a local dask cluster of N worker processes (0 = in this process).")
@@ -74,15 +75,17 @@ def extract(
             keep_bits=keep_bits,
             storage_options=options,
             device=device,
+            dtype=dtype,
+            attn_kernel=attn_kernel,
             workers=workers,
             scheduler=scheduler,
             show_progress=progress,
         )
-        _summarise(report, out)
+        summarise_run(report, out)
         return
     read_model_type(model)  # a missing model fails here, before transformers or torch are imported
     quiet_transformers()
-    adapter = load_adapter(model, device=device)
+    adapter = load_adapter(model, device=device, dtype=dtype, attn_kernel=attn_kernel)
     from attnstore.pipeline import run_extraction
 
     report = run_extraction(
@@ -96,20 +99,9 @@ def extract(
         queries=queries,
         storage_options=options,
         show_progress=progress,
+        batch_size=batch_size,
     )
-    _summarise(report, out)
-
-
-def _summarise(report: RunReport, out: str) -> None:
-    typer.echo(
-        f"{out}: {len(report.written)} written, {len(report.skipped)} already complete, {len(report.failed)} failed"
-    )
-    for name, why in report.failed.items():
-        typer.secho(f"  failed {name}: {why}", fg="red", err=True)
-    if report.interrupted:
-        typer.echo("interrupted: rerun the same command to continue where it stopped")
-    if report.failed or report.interrupted:
-        raise typer.Exit(1)
+    summarise_run(report, out)
 
 
 @app.command()
@@ -127,7 +119,7 @@ def demo(
     quiet_transformers()
     typer.secho(RANDOM_WEIGHTS_NOTICE, fg="yellow")
     report = build_demo_store(out)
-    _summarise(report, out)
+    summarise_run(report, out)
     print_info(out)
     if serve:
         from attnstore.cli.serve import serve_store

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attnstore.cli import app
+from attnstore.cli.runs import BATCH_HELP, DEVICE_HELP, DTYPE_HELP, KERNEL_HELP, summarise_run
 from attnstore.errors import AttnstoreError
 
 
@@ -34,7 +35,10 @@ def pope(
     ] = "{question}",
     max_new_tokens: Annotated[int, typer.Option(help="Answer length budget (greedy).")] = 8,
     keep_bits: Annotated[int | None, typer.Option(help="fp16 mantissa bits kept, 0-10 (default 10).")] = None,
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
+    dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP)] = None,
+    attn_kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "sdpa",
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     workers: Annotated[int, typer.Option(help="Local dask cluster of N worker processes (0 = here).")] = 0,
     scheduler: Annotated[str | None, typer.Option(help="Address of an existing dask scheduler.")] = None,
@@ -42,7 +46,6 @@ def pope(
 ) -> None:
     """Ask every POPE question with its image; report accuracy, precision, recall, F1, yes-ratio per split."""
     from attnstore import pope as bench
-    from attnstore.cli.extract import _summarise
     from attnstore.pipeline import ExtractSettings
     from attnstore.store import open_dataset
     from attnstore.store.remote import parse_storage_options
@@ -55,28 +58,30 @@ def pope(
     options = parse_storage_options(storage_options)
     settings = ExtractSettings(max_new_tokens=max_new_tokens, queries="text", annotate=bench.annotate)
     common = dict(settings=settings, keep_bits=keep_bits, storage_options=options, extras=bench.EXTRAS)
-    run = _run(model, items, out, common, device, workers, scheduler, progress)
+    loading = dict(device=device, dtype=dtype, attn_kernel=attn_kernel)
+    run = _run(model, items, out, common, loading, batch_size, workers, scheduler, progress)
     ds = open_dataset(out, storage_options=options)
     metrics = bench.metrics_by_split(*bench.results_from_store(ds, [it.name for it in items]))
     print_metrics(metrics)
     if report is not None:
         report.write_text(json.dumps(bench.report_json(metrics, store=out, model=model), indent=2) + "\n")
-    _summarise(run, out)
+    summarise_run(run, out)
 
 
-def _run(model, items, out, common, device, workers, scheduler, progress):
+def _run(model, items, out, common, loading, batch_size, workers, scheduler, progress):
     if workers or scheduler:
         from attnstore.distributed import run_distributed
 
         return run_distributed(
-            model, items, out, device=device, workers=workers, scheduler=scheduler, show_progress=progress, **common
+            model, items, out, workers=workers, scheduler=scheduler, show_progress=progress, **loading, **common
         )
     from attnstore.models import load_adapter
     from attnstore.pipeline import run_items
     from attnstore.quiet import quiet_transformers
 
     quiet_transformers()
-    return run_items(load_adapter(model, device=device), items, out, show_progress=progress, **common)
+    adapter = load_adapter(model, **loading)
+    return run_items(adapter, items, out, show_progress=progress, batch_size=batch_size, **common)
 
 
 def print_metrics(metrics: dict) -> None:

@@ -51,9 +51,12 @@ def adapter_for_model_type(model_type: str) -> type[ModelAdapter]:
     )
 
 
-def load_adapter(model_id: str, device: str = "cpu") -> ModelAdapter:
-    """Pick the adapter from the model's config and load the model."""
-    return adapter_for_model_type(read_model_type(model_id)).load(model_id, device=device)
+def load_adapter(
+    model_id: str, device: str = "cpu", dtype: str | None = None, attn_kernel: str = "sdpa"
+) -> ModelAdapter:
+    """Pick the adapter from the model's config and load the model (see `ModelAdapter.load`)."""
+    adapter = adapter_for_model_type(read_model_type(model_id))
+    return adapter.load(model_id, device=device, dtype=dtype, attn_kernel=attn_kernel)
 
 
 __all__ = ["FAMILIES", "adapter_class", "adapter_for_model_type", "load_adapter", "supported_model_types"]

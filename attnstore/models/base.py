@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attnstore.errors import ModelLoadError
+from attnstore.errors import InvalidArgument, ModelLoadError
 from attnstore.geometry import ImageLayout
 from attnstore.models.hub import (  # noqa: F401  (hub_offline: re-exported for older imports)
     RANDOM_WEIGHTS_KEY,
@@ -33,6 +33,7 @@ class ModelAdapter(ABC):
     """One VLM family. Instances hold a loaded model and its processor."""
 
     family: ClassVar[str]
+    attn_kernel: str = "sdpa"  # set by `load`
 
     def __init__(self, model: torch.nn.Module, processor, model_id: str, revision: str | None = None):
         self.model = model.eval()
@@ -42,16 +43,32 @@ class ModelAdapter(ABC):
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_id: str, device: str = "cpu") -> ModelAdapter:
+    def load(
+        cls, model_id: str, device: str = "cpu", dtype: str | None = None, attn_kernel: str = "sdpa"
+    ) -> ModelAdapter:
         """Load weights and processor from a local folder or the HF cache, then the hub if it can be reached.
 
         The cache comes first, so a cached model never waits on the network (HF_HUB_OFFLINE honoured).
+
+        Parameters
+        ----------
+        model_id : hub id or local folder.
+        device : "cpu", "cuda", "cuda:N" or "mps".
+        dtype : weights' dtype ("float32", "bfloat16", "float16"); default float32 on CPU and MPS,
+            bfloat16 on CUDA. Captured rows are computed in fp32 whatever it is.
+        attn_kernel : the text model's attention kernel ("sdpa", "eager", "flash_attention_2"); rows
+            are captured through it (`attnstore.capture`).
         """
+        from attnstore import capture
+
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        implementation = capture.register(attn_kernel)
         model_id = canonical_model_id(model_id)
         local = Path(model_id).expanduser()
         source = str(local) if local.is_dir() else model_id
         try:
-            model, processor = cls._from_pretrained(source, local_files_only=True)
+            model, processor = cls._from_pretrained(source, True, implementation=implementation, dtype=torch_dtype)
         except (OSError, ValueError) as err:
             if local.is_dir():
                 raise ModelLoadError(f"cannot load model from '{local}': {err}") from err
@@ -59,24 +76,25 @@ class ModelAdapter(ABC):
             if reason is not None:
                 raise ModelLoadError(missing_weights_message(model_id, reason), param="model") from err
             try:
-                model, processor = cls._from_pretrained(source, local_files_only=False)
+                model, processor = cls._from_pretrained(source, False, implementation=implementation, dtype=torch_dtype)
             except (OSError, ValueError) as err:
                 raise ModelLoadError(missing_weights_message(model_id), param="model") from err
         revision = getattr(model.config, "_commit_hash", None)
-        return cls(model.to(device), processor, model_id=model_id, revision=revision)
+        adapter = cls(model.to(torch_device), processor, model_id=model_id, revision=revision)
+        adapter.attn_kernel = attn_kernel
+        return adapter
 
     @classmethod
-    def _from_pretrained(cls, source: str, local_files_only: bool):
-        """Return (model, processor), with eager attention in the text model."""
+    def _from_pretrained(cls, source: str, local_files_only: bool, implementation: str, dtype: torch.dtype):
+        """Return (model, processor); the text model uses `implementation`, the vision tower SDPA."""
         from transformers import AutoModelForImageTextToText
 
         processor = cls._load_processor(source, local_files_only)
         model = AutoModelForImageTextToText.from_pretrained(
             source,
             local_files_only=local_files_only,
-            # Attention weights exist only with eager attention; the vision tower may stay fast.
-            attn_implementation={"text_config": "eager", "vision_config": "sdpa"},
-            dtype=torch.float32,
+            attn_implementation={"text_config": implementation, "vision_config": "sdpa"},
+            dtype=dtype,
         )
         return model, processor
 
@@ -92,6 +110,37 @@ class ModelAdapter(ABC):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
         return self.processor(text=text, images=[image], return_tensors="pt")
+
+    def collate(self, inputs: list[dict]) -> dict:
+        """One left-padded batch from `prepare` outputs (one image each), ready for generate.
+
+        Per-token tensors (same shape as input_ids) are padded on the left; other tensors are
+        concatenated on their first axis, zero-padded to the largest size first (e.g. Idefics3's
+        image views: all-zero views are padding to the model). Adapters whose pixel tensors have
+        no batch axis override this.
+        """
+        lengths = [int(x["input_ids"].shape[1]) for x in inputs]
+        width = max(lengths)
+        out = {}
+        for key, first in inputs[0].items():
+            values = [x[key] for x in inputs]
+            if not isinstance(first, torch.Tensor):
+                continue
+            if tuple(first.shape) == tuple(inputs[0]["input_ids"].shape):
+                fill = self.pad_token_id if key == "input_ids" else 0
+                out[key] = torch.cat([_left_pad(v, width, fill) for v in values])
+            else:
+                out[key] = _cat_padded(values)
+        return out
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.model.generation_config.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.eos_token_ids[0]
+        return int(pad[0] if isinstance(pad, (list, tuple)) else pad)
 
     @abstractmethod
     def attention_modules(self) -> list[torch.nn.Module]:
@@ -165,6 +214,55 @@ class ModelAdapter(ABC):
     def max_image_tokens(self) -> int:
         """Upper bound of image-block length for any image (sizes the store's key axis)."""
         return 0
+
+
+def _left_pad(values: torch.Tensor, width: int, fill) -> torch.Tensor:
+    """# [1, n] -> [1, width], `fill` on the left."""
+    pad = values.new_full((values.shape[0], width - values.shape[1]), fill)
+    return torch.cat([pad, values], dim=1)
+
+
+def _cat_padded(values: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate on axis 0 after zero-padding every other axis to the largest size."""
+    shape = [max(v.shape[d] for v in values) for d in range(1, values[0].dim())]
+    padded = []
+    for v in values:
+        full = v.new_zeros((v.shape[0], *shape))
+        full[(slice(None), *(slice(0, n) for n in v.shape[1:]))] = v
+        padded.append(full)
+    return torch.cat(padded)
+
+
+def resolve_device(device: str) -> torch.device:
+    """`device` as a torch device this machine has; a one-line error otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InvalidArgument("device", f"must be cpu, cuda, cuda:N or mps, not '{device}'") from err
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise InvalidArgument("device", f"'{device}' asked, but torch sees no CUDA GPU here")
+        if parsed.index is not None and parsed.index >= count:
+            raise InvalidArgument("device", f"'{device}' asked, but torch sees {count} CUDA GPU(s)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InvalidArgument("device", "'mps' asked, but this machine has no Metal GPU")
+    elif parsed.type != "cpu":
+        raise InvalidArgument("device", f"must be cpu, cuda, cuda:N or mps, not '{device}'")
+    return parsed
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """The weights' dtype: as asked, else float32 (bfloat16 on CUDA)."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise InvalidArgument("dtype", f"must be one of {', '.join(DTYPES)}, not '{dtype}'")
+    return getattr(torch, dtype)
 
 
 def _jsonable(value):

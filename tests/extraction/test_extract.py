@@ -1,74 +1,137 @@
-"""Extraction: captured rows equal transformers' own output_attentions, within fp16 rounding."""
+"""Capture inside generate: stored rows equal transformers' own eager output_attentions (fp16 rounding),
+for every family, kernel and batch size; the answer is plain greedy generate's."""
 
 import numpy as np
 import pytest
-import torch
 
+from attnstore import capture
 from attnstore.errors import InvalidArgument
-from attnstore.extract import extract, query_positions
+from attnstore.extract import extract, extract_batch, query_positions
+from attnstore.models import load_adapter
+from attnstore.models.base import resolve_device, resolve_dtype
 from attnstore.schema import TEXT_KINDS, TokenKind, kind_mask
 from attnstore.synthetic import _gradient_image
 
+FAMILIES = ("idefics3", "llava", "qwen2_vl")
+KERNELS = ("sdpa", "eager")
+# Different sizes (Idefics3: different tile counts in one batch) and prompt lengths (left padding).
+IMAGES = [(640, 480), (300, 700), (1200, 300)]
+PROMPTS = ["Can you describe this image?", "What?", "Is there a dog on the left side of the picture, near the tree?"]
+NEW_TOKENS = 5
+ATOL = 2e-3  # fp16 rounding of values in [0, 1]
+
 
 @pytest.fixture(scope="module")
-def run(tiny_adapter):
-    image = _gradient_image(640, 480)
-    return image, extract(tiny_adapter, image, "Can you describe this image?", max_new_tokens=6)
+def adapters(attnstore_cache):
+    from attnstore.demo import tiny_model_dir
+    from attnstore.quiet import quiet_transformers
+
+    quiet_transformers()
+    loaded = {}
+
+    def get(family: str, kernel: str):
+        if (family, kernel) not in loaded:
+            loaded[family, kernel] = load_adapter(str(tiny_model_dir(family)), attn_kernel=kernel)
+        return loaded[family, kernel]
+
+    return get
 
 
-def reference_attention(adapter, image, prompt, token_ids):
-    inputs = adapter.prepare(image, prompt)
-    sequence = torch.as_tensor(token_ids, dtype=torch.long)[None]
-    with torch.inference_mode():
-        out = adapter.model(
-            input_ids=sequence,
-            attention_mask=torch.ones_like(sequence),
-            pixel_values=inputs["pixel_values"],
-            pixel_attention_mask=inputs["pixel_attention_mask"],
-            output_attentions=True,
-            use_cache=False,
-        )
-    return np.stack([a[0].float().numpy() for a in out.attentions])  # [layer, head, seq, seq]
+@pytest.fixture(scope="module")
+def runs(adapters):
+    """Batch-of-3 and one-by-one results, per (family, kernel)."""
+    cache = {}
+
+    def get(family: str, kernel: str, batch_size: int):
+        key = (family, kernel, batch_size)
+        if key not in cache:
+            adapter = adapters(family, kernel)
+            images = [_gradient_image(w, h, seed=i) for i, (w, h) in enumerate(IMAGES)]
+            if batch_size == 1:
+                results = [extract(adapter, im, p, max_new_tokens=NEW_TOKENS) for im, p in zip(images, PROMPTS)]
+            else:
+                results = extract_batch(adapter, images, PROMPTS, max_new_tokens=NEW_TOKENS)
+            cache[key] = (adapter, images, results)
+        return cache[key]
+
+    return get
 
 
-def test_captured_rows_equal_output_attentions(tiny_adapter, run):
-    image, result = run
-    reference = reference_attention(tiny_adapter, image, result.prompt, result.token_id)
-    assert result.attention.dtype == np.float16
-    assert result.attention.shape == (tiny_adapter.n_layers, tiny_adapter.n_heads, result.n_query, result.n_key)
-    np.testing.assert_allclose(
-        result.attention.astype(np.float32), reference[:, :, result.query_position], rtol=2e-3, atol=2e-4
-    )
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_equal_eager_output_attentions(runs, transformers_reference, family, kernel, batch_size):
+    adapter, images, results = runs(family, kernel, batch_size)
+    for image, prompt, result in zip(images, PROMPTS, results):
+        reference = transformers_reference.attention(adapter, image, prompt, result.token_id)
+        assert result.attention.dtype == np.float16
+        assert result.attention.shape == (adapter.n_layers, adapter.n_heads, result.n_query, result.n_key)
+        expected = reference[:, :, result.query_position]
+        np.testing.assert_allclose(result.attention.astype(np.float32), expected, rtol=0, atol=ATOL)
 
 
-def test_rows_sum_to_one_and_are_causal(run):
-    _, result = run
-    rows = result.attention.astype(np.float32)
-    np.testing.assert_allclose(rows.sum(-1), 1.0, atol=5e-3)
-    after = np.arange(result.n_key)[None, :] > result.query_position[:, None]
-    assert rows[:, :, after].max() == 0
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_sum_to_one_are_causal_and_cover_the_answer(runs, family, batch_size):
+    _, _, results = runs(family, "sdpa", batch_size)
+    for result in results:
+        rows = result.attention.astype(np.float32)
+        np.testing.assert_allclose(rows.sum(-1), 1.0, atol=5e-3)
+        after = np.arange(result.n_key)[None, :] > result.query_position[:, None]
+        assert rows[:, :, after].max() == 0
+        kinds = result.layout.kind
+        assert np.array_equal(result.query_position, np.flatnonzero(kind_mask(kinds, TEXT_KINDS)))
+        n_generated = int((kinds == TokenKind.GENERATED).sum())
+        assert 1 <= n_generated <= NEW_TOKENS and (kinds[-n_generated:] == TokenKind.GENERATED).all()
+        assert result.query_position[-1] == result.n_key - 1  # the last answer token's row is there too
 
 
-def test_queries_are_text_and_answer_rows(run):
-    _, result = run
-    kinds = result.layout.kind
-    assert (kinds[result.query_position] != TokenKind.IMAGE_TILE).all()
-    assert np.array_equal(result.query_position, np.flatnonzero(kind_mask(kinds, TEXT_KINDS)))
-    n_generated = int((kinds == TokenKind.GENERATED).sum())
-    assert 1 <= n_generated <= 6
-    assert (kinds[-n_generated:] == TokenKind.GENERATED).all()
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_answer_is_plain_greedy_generate(runs, transformers_reference, family, batch_size):
+    adapter, images, results = runs(family, "sdpa", batch_size)
+    for image, prompt, result in zip(images, PROMPTS, results):
+        plain = transformers_reference.generate(adapter, image, prompt, NEW_TOKENS)
+        generated = result.token_id[result.layout.kind == TokenKind.GENERATED]
+        assert generated.tolist() == plain.tolist()
+        assert not set(generated.tolist()) & set(adapter.banned_token_ids())
+        assert result.answer == adapter.decode(plain)
 
 
-def test_generation_never_emits_image_tokens(tiny_adapter, run):
-    _, result = run
-    generated = result.token_id[result.layout.kind == TokenKind.GENERATED]
-    assert not set(generated.tolist()) & set(tiny_adapter.banned_token_ids())
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_equals_batch_of_one(runs, family):
+    _, _, single = runs(family, "sdpa", 1)
+    _, _, batched = runs(family, "sdpa", 3)
+    for one, many in zip(single, batched):
+        assert np.array_equal(one.token_id, many.token_id) and np.array_equal(one.query_position, many.query_position)
+        np.testing.assert_allclose(many.attention.astype(np.float32), one.attention.astype(np.float32), atol=ATOL)
 
 
-def test_queries_all_keeps_every_row(tiny_adapter):
-    result = extract(tiny_adapter, _gradient_image(300, 200), "Describe.", max_new_tokens=2, queries="all")
+def test_queries_all_chunked_equals_reference(tiny_adapter, transformers_reference, monkeypatch):
+    """Every row kept, computed a few rows at a time (bounded memory), still transformers' values."""
+    monkeypatch.setattr(capture, "CHUNK_BYTES", 4 * tiny_adapter.n_heads * 600 * 7)  # ~7 rows per chunk
+    image = _gradient_image(300, 200)
+    result = extract(tiny_adapter, image, "Describe.", max_new_tokens=2, queries="all")
     assert result.n_query == result.n_key
-    np.testing.assert_allclose(result.attention.astype(np.float32).sum(-1), 1.0, atol=5e-3)
+    reference = transformers_reference.attention(tiny_adapter, image, "Describe.", result.token_id)
+    np.testing.assert_allclose(result.attention.astype(np.float32), reference, rtol=0, atol=ATOL)
+
+
+def test_rows_are_fp32_whatever_the_weights(tiny_model_path):
+    """bfloat16 weights: rows still sum to 1 at fp16 precision (they are computed in fp32)."""
+    adapter = load_adapter(str(tiny_model_path), dtype="bfloat16")
+    assert adapter.model.dtype.is_floating_point and str(adapter.model.dtype) == "torch.bfloat16"
+    result = extract(adapter, _gradient_image(200, 200), "Describe.", max_new_tokens=3)
+    np.testing.assert_allclose(result.attention.astype(np.float32).sum(-1), 1.0, atol=2e-3)
+
+
+def test_no_capture_outside_extract(tiny_adapter):
+    """The registered implementation is the plain kernel when nothing captures: generate still works."""
+    from attnstore.extract import generate_answer
+
+    inputs = tiny_adapter.prepare(_gradient_image(100, 100), "Hi")
+    assert generate_answer(tiny_adapter, inputs, 2).shape[0] > inputs["input_ids"].shape[1]
+    assert tiny_adapter.text_config._attn_implementation == capture.implementation_name("sdpa")
 
 
 def test_query_mode_and_prompt_errors(tiny_adapter):
@@ -76,3 +139,63 @@ def test_query_mode_and_prompt_errors(tiny_adapter):
         query_positions(np.zeros(3, np.int8), "images")
     with pytest.raises(InvalidArgument, match="prompt is empty"):
         extract(tiny_adapter, _gradient_image(64, 64), "   ")
+
+
+def test_device_dtype_kernel_errors_are_one_line():
+    with pytest.raises(InvalidArgument, match="attn_kernel.*must be one of"):
+        capture.check_kernel("fast")
+    with pytest.raises(InvalidArgument, match="flash_attention_2 needs a CUDA GPU"):
+        capture.check_kernel("flash_attention_2")  # no GPU / flash-attn on the test machines
+    with pytest.raises(InvalidArgument, match="device"):
+        resolve_device("tpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidArgument, match="no CUDA GPU"):
+            resolve_device("cuda:1")
+    with pytest.raises(InvalidArgument, match="dtype"):
+        resolve_dtype("float8", torch.device("cpu"))
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(None, torch.device("cuda")) == torch.bfloat16
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_entries_ending_at_different_steps(adapters, transformers_reference, family, monkeypatch):
+    """An end token stops its entry (its own row kept, the others padded on) while the batch goes on."""
+    adapter = adapters(family, "sdpa")
+    images = [_gradient_image(w, h, seed=i) for i, (w, h) in enumerate(IMAGES)]
+    free = extract_batch(adapter, images, PROMPTS, max_new_tokens=NEW_TOKENS)
+    answers = [r.token_id[r.layout.kind == TokenKind.GENERATED].tolist() for r in free]
+    # An end token that stops the entries at different steps (one may not stop at all).
+    lengths = lambda t: [a.index(t) + 1 if t in a else len(a) for a in answers]  # noqa: E731
+    end = max({t for a in answers for t in a}, key=lambda t: len(set(lengths(t))))
+    assert len(set(lengths(end))) > 1
+    monkeypatch.setattr(adapter.model.generation_config, "eos_token_id", end)
+    results = extract_batch(adapter, images, PROMPTS, max_new_tokens=NEW_TOKENS)
+    for answer, n, result in zip(answers, lengths(end), results):
+        assert result.token_id[result.layout.kind == TokenKind.GENERATED].tolist() == answer[:n]
+    for image, prompt, result in zip(images, PROMPTS, results):
+        plain = transformers_reference.generate(adapter, image, prompt, NEW_TOKENS)  # stops at the same token
+        assert result.token_id[result.layout.kind == TokenKind.GENERATED].tolist() == plain.tolist()
+        reference = transformers_reference.attention(adapter, image, prompt, result.token_id)
+        np.testing.assert_allclose(
+            result.attention.astype(np.float32), reference[:, :, result.query_position], rtol=0, atol=ATOL
+        )
+
+
+def test_dask_workers_spread_over_gpus(monkeypatch):
+    """With several GPUs, plain "cuda" gives worker i GPU i mod count; other devices are used as given."""
+    import types
+
+    import distributed
+    import torch
+
+    from attnstore.distributed import worker_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    names = iter([0, 1, 2, 3])
+    monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(name=next(names)))
+    assert [worker_device("cuda") for _ in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert worker_device("cuda:1") == "cuda:1" and worker_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert worker_device("cuda") == "cuda"

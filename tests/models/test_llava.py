@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
+from attnstore.capture import implementation_name
 from attnstore.errors import ModelLoadError
 from attnstore.extract import extract
 from attnstore.geometry import View, view_boxes
@@ -192,23 +192,9 @@ def run(adapter):
     return image, extract(adapter, image, PROMPT, max_new_tokens=6)
 
 
-def reference_attention(adapter, image, prompt, token_ids):
-    inputs = adapter.prepare(image, prompt)
-    sequence = torch.as_tensor(token_ids, dtype=torch.long)[None]
-    with torch.inference_mode():
-        out = adapter.model(
-            input_ids=sequence,
-            attention_mask=torch.ones_like(sequence),
-            pixel_values=inputs["pixel_values"],
-            output_attentions=True,
-            use_cache=False,
-        )
-    return np.stack([a[0].float().numpy() for a in out.attentions])  # [layer, head, seq, seq]
-
-
-def test_captured_rows_equal_output_attentions(adapter, run):
+def test_captured_rows_equal_output_attentions(adapter, run, transformers_reference):
     image, result = run
-    reference = reference_attention(adapter, image, result.prompt, result.token_id)
+    reference = transformers_reference.attention(adapter, image, result.prompt, result.token_id)
     assert result.attention.shape == (adapter.n_layers, adapter.n_heads, result.n_query, result.n_key)
     np.testing.assert_allclose(
         result.attention.astype(np.float32), reference[:, :, result.query_position], rtol=2e-3, atol=2e-4
@@ -232,7 +218,7 @@ def test_load_adapter_picks_llava(adapter, model_path):
     assert isinstance(adapter, LlavaAdapter) and adapter.family == "llava"
     assert adapter.random_weights
     assert json.loads((model_path / "config.json").read_text())["model_type"] == "llava"
-    assert adapter.model.config.get_text_config()._attn_implementation == "eager"
+    assert adapter.model.config.get_text_config()._attn_implementation == implementation_name("sdpa")
     settings = json.loads(json.dumps(adapter.processor_settings()))  # JSON-serialisable provenance
     assert settings["crop_size"] == [112, 112] and settings["patch_size"] == 14
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from attnstore.capture import implementation_name
 from attnstore.extract import extract
 from attnstore.models import load_adapter
 from attnstore.models.qwen2_vl import (
@@ -163,27 +164,9 @@ def run(adapter):
     return image, extract(adapter, image, PROMPT, max_new_tokens=6)
 
 
-def reference_attention(adapter, image, prompt, token_ids):
-    """transformers' own attention weights for the whole sequence in one pass  # [layer, head, seq, seq]."""
-    inputs = adapter.prepare(image, prompt)
-    sequence = torch.as_tensor(token_ids, dtype=torch.long)[None]
-    image_token = adapter.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    with torch.inference_mode():
-        out = adapter.model(
-            input_ids=sequence,
-            attention_mask=torch.ones_like(sequence),
-            pixel_values=inputs["pixel_values"],
-            image_grid_thw=inputs["image_grid_thw"],
-            mm_token_type_ids=(sequence == image_token).long(),  # M-RoPE: 1 marks image tokens
-            output_attentions=True,
-            use_cache=False,
-        )
-    return np.stack([a[0].float().numpy() for a in out.attentions])
-
-
-def test_captured_rows_equal_output_attentions(adapter, run):
+def test_captured_rows_equal_output_attentions(adapter, run, transformers_reference):
     image, result = run
-    reference = reference_attention(adapter, image, result.prompt, result.token_id)
+    reference = transformers_reference.attention(adapter, image, result.prompt, result.token_id)
     assert result.attention.shape == (adapter.n_layers, adapter.n_heads, result.n_query, result.n_key)
     np.testing.assert_allclose(
         result.attention.astype(np.float32), reference[:, :, result.query_position], rtol=2e-3, atol=2e-4
@@ -220,6 +203,6 @@ def test_load_adapter_picks_qwen2_vl(adapter, model_path):
     assert json.loads((model_path / "config.json").read_text())["model_type"] == "qwen2_vl"
     # A plain Qwen2VLProcessor folder; loaded without the video processor (no torchvision here).
     assert json.loads((model_path / "processor_config.json").read_text())["processor_class"] == "Qwen2VLProcessor"
-    assert adapter.model.config.get_text_config()._attn_implementation == "eager"
+    assert adapter.model.config.get_text_config()._attn_implementation == implementation_name("sdpa")
     settings = json.loads(json.dumps(adapter.processor_settings()))  # JSON-serialisable provenance
     assert (settings["merge_size"], settings["max_pixels"]) == (2, 28 * 28 * 64)

@@ -122,3 +122,97 @@ def test_ctrl_c_stops_after_the_current_images(tmp_path, crash_images, tiny_mode
         assert_entry_equal(ds, i, reference, ref_index[str(ds.image_name.values[i])])
     for i in np.flatnonzero(~complete):  # slots reserved up front (distributed) but never started
         assert (ds.token_id.values[i] == -1).all() and not ds.attention.values[i].any()
+
+
+# -- a failed run changes nothing --------------------------------------------------------------
+
+
+# One process runs the commands in turn (torch is imported once) and hashes the store's files after each.
+CLI_SEQUENCE = """
+import contextlib, hashlib, io, json, pathlib, sys
+from attnstore.cli import main
+
+def tree(folder):
+    if not folder.exists():
+        return None
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+out, commands = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2])
+for what, args in commands.items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["extract", *args, "--out", str(out)])
+    print(json.dumps({"what": what, "code": code, "stderr": err.getvalue(), "tree": tree(out)}), flush=True)
+"""
+
+
+def run_cli_sequence(out, commands: dict[str, list[str]]) -> list[dict]:
+    """`attnstore extract ARGS --out OUT` for every command, in one subprocess; exit code, stderr and the
+    sha256 of every file of OUT (None: no store) after each."""
+    import json
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-c", CLI_SEQUENCE, str(out), json.dumps(commands)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, crash_images):
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
+    (folder / "empty.jpg").write_bytes(b"")
+    only_bad = folder / "only-bad"
+    only_bad.mkdir()
+    (only_bad / "broken.jpg").write_bytes(b"JFIF? no")
+    return {"corrupt": folder / "corrupt.png", "empty": folder / "empty.jpg", "folder": only_bad}
+
+
+def failing_commands(bad, good_image, model, other_model) -> dict[str, list[str]]:
+    """Every bad input the README lists for `extract` (plus bad option values), as CLI arguments."""
+    base = ["--model", str(model), "--max-new-tokens", "2", "--no-progress"]
+    return {
+        "corrupt image": [str(bad["corrupt"]), *base],
+        "empty image file": [str(bad["empty"]), *base],
+        "folder of bad images": ["--image-dir", str(bad["folder"]), *base],
+        "missing file": [str(bad["corrupt"].with_name("nope.png")), *base],
+        "empty prompt": [str(good_image), *base, "--prompt", "  "],
+        "unknown model": [str(good_image), "--model", "nobody/no-such-model", "--no-progress"],
+        "another model's store": [str(good_image), "--model", str(other_model), "--no-progress"],
+        "keep-bits out of range": [str(good_image), *base, "--keep-bits", "12"],
+        "unknown query mode": [str(good_image), *base, "--queries", "images"],
+        "unknown device": [str(good_image), *base, "--device", "tpu"],
+        "unknown dtype": [str(good_image), *base, "--dtype", "float8"],
+        "unknown kernel": [str(good_image), *base, "--attn-kernel", "fast"],
+        "batch size 0": [str(good_image), *base, "--batch-size", "0"],
+    }
+
+
+def test_failed_extract_leaves_the_store_byte_identical(tmp_path, crash_images, tiny_model_path, bad_inputs):
+    from attnstore.demo import tiny_model_dir
+
+    out = tmp_path / "existing.zarr"
+    good, other = sorted(crash_images.glob("*.png"))[:2]
+    commands = failing_commands(bad_inputs, other, tiny_model_path, tiny_model_dir("llava"))
+    first = {"a good image": [str(good), "--model", str(tiny_model_path), "--max-new-tokens", "2", "--no-progress"]}
+    results = run_cli_sequence(out, {**first, **commands})
+    assert [r["what"] for r in results] == [*first, *commands]
+    assert results[0]["code"] == 0 and results[0]["tree"]
+    for result in results[1:]:
+        assert result["code"] == 1, result
+        assert "Traceback" not in result["stderr"] and result["stderr"].strip(), result  # said why, in a line
+        assert result["tree"] == results[0]["tree"], f"{result['what']} changed the store"
+
+
+def test_failed_extract_leaves_no_store_behind(tmp_path, crash_images, tiny_model_path, bad_inputs):
+    from attnstore.demo import tiny_model_dir
+
+    commands = failing_commands(
+        bad_inputs, sorted(crash_images.glob("*.png"))[0], tiny_model_path, tiny_model_dir("llava")
+    )
+    commands.pop("another model's store")  # there is no store to disagree with
+    for result in run_cli_sequence(tmp_path / "new.zarr", commands):
+        assert result["code"] == 1, result
+        assert result["tree"] is None, f"{result['what']} left a store behind"

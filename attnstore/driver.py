@@ -1,0 +1,105 @@
+"""What every extraction run shares, serial or distributed: its report, Ctrl-C handling, progress,
+and the store it writes to, created or grown only once an image is ready to be written.
+
+`attnstore.pipeline` (one process) and `attnstore.distributed` (a dask cluster) both drive a
+run through `RunDriver` and `RunStore`, so a failed run leaves an existing store byte-identical
+and a run that wrote nothing leaves no store behind.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass, field
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from attnstore.store import AttnStore, StoreShape
+from attnstore.store.reader import exists
+
+
+@dataclass
+class RunReport:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+class RunDriver:
+    """Progress bar and Ctrl-C for one run: the first Ctrl-C asks to stop after the current
+    entries (`stop_requested`), a second one gives up at once."""
+
+    def __init__(self, description: str, total: int, show_progress: bool = True):
+        self.stop_requested = False
+        self._previous = None
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            disable=not show_progress,
+        )
+        self._task = self._progress.add_task(description, total=total)
+
+    def __enter__(self) -> RunDriver:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._progress.__exit__(*exc)
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+    def _on_interrupt(self, signum, frame):
+        if self.stop_requested:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def advance(self, n: int = 1) -> None:
+        self._progress.advance(self._task, n)
+
+
+class RunStore:
+    """The run's store: an existing one is opened and checked at once (a mismatch fails before any
+    work) but changed only by `ready`; a new one is created by `ready`, never before.
+
+    Parameters
+    ----------
+    out, storage_options : where the store is.
+    shape : capacities this run plans for (a new store gets them; an existing one grows to them
+        only when an image does not fit, so small appends never resize).
+    attrs : store attributes of this run (checked against an existing store).
+    extras : extra per-image variables (name -> (kind, description)) added when first writing.
+    """
+
+    def __init__(
+        self, out: str, shape: StoreShape, attrs: dict, storage_options: dict | None = None, extras: dict | None = None
+    ):
+        self.out, self.shape, self.attrs = out, shape, attrs
+        self.storage_options, self.extras = storage_options, extras
+        self.store: AttnStore | None = None
+        self._ready = False
+        if exists(out, storage_options):
+            self.store = AttnStore.open(out, storage_options=storage_options)
+            self.store.check_compatible(shape, attrs)
+
+    def ready(self) -> AttnStore:
+        """The store, created (or given its extra variables) now if not yet: an image is about to be written."""
+        if self.store is None:
+            self.store = AttnStore.create(self.out, self.shape, self.attrs, self.storage_options)
+        if not self._ready and self.extras:
+            self.store.ensure_extras(self.extras)
+        self._ready = True
+        return self.store
+
+    def fit(self, n_query: int, n_key: int) -> None:
+        """Grow the ready store so an image of n_query x n_key fits (to at least the planned capacity)."""
+        store = self.ready()
+        if n_query > store.query_capacity or n_key > store.key_capacity:
+            store.ensure_capacity(max(n_query, self.shape.query_capacity), max(n_key, self.shape.key_capacity))
