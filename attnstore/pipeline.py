@@ -88,6 +88,7 @@ class WorkItem:
     path: str
     prompt: str
     extra: dict = field(default_factory=dict)  # values of the store's extra variables (ensure_extras)
+    objects: list = field(default_factory=list)  # (label, x, y, w, h) object boxes in the image's pixels
 
 
 @dataclass(frozen=True)
@@ -159,12 +160,20 @@ def store_plan(
 
 
 def open_run_store(
-    out: str, shape: StoreShape, attrs: dict, storage_options: dict | None, extras: dict | None = None
+    out: str,
+    shape: StoreShape,
+    attrs: dict,
+    storage_options: dict | None,
+    extras: dict | None = None,
+    n_objects: int = 0,
 ) -> AttnStore:
-    """Open (checking compatibility, growing capacity) or create the store; add extra variables."""
+    """Open (checking compatibility, growing capacity) or create the store; add extra variables
+    and room for `n_objects` object boxes per image."""
     store = AttnStore.open_or_create(out, shape, attrs, storage_options)
     if extras:
         store.ensure_extras(extras)
+    if n_objects:
+        store.ensure_objects(n_objects)
     return store
 
 
@@ -183,7 +192,21 @@ def extract_item(
     extra = dict(item.extra)
     if settings.annotate is not None:
         extra.update(settings.annotate(item, result))
-    store.write_image(index, result, image, extra=extra or None, resize=resize, mark_complete=mark_complete)
+    objects = normalised_boxes(item.objects, image.width, image.height)
+    store.write_image(
+        index, result, image, extra=extra or None, resize=resize, mark_complete=mark_complete, objects=objects
+    )
+
+
+def normalised_boxes(objects: list, width: int, height: int) -> list[tuple[str, tuple]]:
+    """(label, x, y, w, h) pixel boxes as (label, (x0, y0, x1, y1)) normalised to the image (clipped).
+
+    Boxes are checked against the image when they are attached (`boxes.boxes_for_items`).
+    """
+    return [
+        (str(label), tuple(min(1.0, max(0.0, v)) for v in (x / width, y / height, (x + w) / width, (y + h) / height)))
+        for label, x, y, w, h in objects
+    ]
 
 
 def image_items(image_paths: list[Path], prompt: str, image_dir: str | None = None) -> list[WorkItem]:
@@ -234,7 +257,8 @@ def run_items(
     `extras` (name -> (kind, description)) adds extra per-image variables; see AttnStore.ensure_extras.
     """
     shape, attrs = store_plan(adapter, [it.prompt for it in items], settings, keep_bits)
-    store = open_run_store(out, shape, attrs, storage_options, extras)
+    n_objects = max((len(it.objects) for it in items), default=0)
+    store = open_run_store(out, shape, attrs, storage_options, extras, n_objects)
     plan = plan_run(store, items)
     report = RunReport(skipped=plan.done)
     with _StopAfterCurrent() as stop, _progress(show_progress) as progress:

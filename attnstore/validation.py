@@ -16,12 +16,17 @@ import numpy as np
 import xarray as xr
 import zarr
 
+<<<<<<< HEAD
 from attnstore.errors import StoreError
 from attnstore.schema import ATTENTION_DIMS, IMAGE, QUERY, REQUIRED_ATTRS, TokenKind
 from attnstore.store import AttnStore, open_dataset
 from attnstore.store.integrity import is_checksum_error
 
 DEEP_QUERY_BLOCK = 32  # attention rows decoded per read in the deep check (bounds memory at real size)
+=======
+from attnstore.schema import ATTENTION_DIMS, OBJECT_BOX, OBJECT_LABEL, REQUIRED_ATTRS, TokenKind
+from attnstore.store import open_dataset
+>>>>>>> 26336fa (Scenes generator, object boxes in the store (extract --boxes), grounding metrics, demo-model command (model training in progress))
 
 
 @dataclass
@@ -209,6 +214,7 @@ def check_image(img: xr.Dataset, tol: float) -> list[str]:
         problems.append("query_position is not an increasing list of positions below n_key")
         return problems
     problems += _check_geometry(img, nk)
+    problems += _check_objects(img)
     att = img["attention"].values[:, :, :nq, :].astype(np.float32)  # [layer, head, query, key]
     sums = att.sum(-1)
     worst = float(np.abs(sums - 1).max())
@@ -244,3 +250,18 @@ def _check_geometry(img: xr.Dataset, nk: int) -> list[str]:
     ):
         problems.append("patch boxes missing, outside [0, 1] or empty")
     return problems
+
+
+def _check_objects(img: xr.Dataset) -> list[str]:
+    """Optional object boxes: a labelled slot has a box inside [0, 1]; an empty slot has none."""
+    if OBJECT_BOX not in img:
+        return []
+    boxes = img[OBJECT_BOX].values  # [object, 4]
+    labelled = np.array([bool(str(v)) for v in img[OBJECT_LABEL].values])
+    given = ~np.isnan(boxes).any(-1)
+    if (given != labelled).any():
+        return ["object boxes and labels do not pair up"]
+    b = boxes[given]
+    if b.size and ((b < 0).any() or (b > 1).any() or (b[:, 2] <= b[:, 0]).any() or (b[:, 3] <= b[:, 1]).any()):
+        return ["object boxes outside [0, 1] or empty"]
+    return []
