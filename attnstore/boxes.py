@@ -99,7 +99,8 @@ def boxes_for_items(boxes: dict[str, list[Box]], items: list) -> None:
         for label, x, y, w, h in boxes[name]:
             if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width + 0.5 or y + h > height + 0.5:
                 raise InvalidArgument(
-                    "boxes", f"box {label!r} ({x:g}, {y:g}, {w:g}, {h:g}) of '{name}' leaves its {width} x {height} image"
+                    "boxes",
+                    f"box {label!r} ({x:g}, {y:g}, {w:g}, {h:g}) of '{name}' leaves its {width} x {height} image",
                 )
         item.objects = list(boxes[name])
         matched.add(name)

@@ -99,7 +99,7 @@ def build_demo_store(out: str, show_progress: bool = True, model: str = "trained
         (the tiny random-weight model on the sample images).
     """
     from attnstore.models import load_adapter
-    from attnstore.pipeline import ExtractSettings, run_extraction, run_items
+    from attnstore.pipeline import run_extraction
 
     if model == "random":
         adapter = load_adapter(str(tiny_model_dir()))
@@ -108,8 +108,19 @@ def build_demo_store(out: str, show_progress: bool = True, model: str = "trained
         )
     if model != "trained":
         raise InvalidArgument("model", f"must be 'trained' or 'random', not '{model}'")
-    adapter = load_adapter(str(trained_model_dir()))
-    items = demo_scene_items(cache_dir() / f"demo-scenes-{DEMO_SEED}")
+    return build_scene_store(out, trained_model_dir(), show_progress=show_progress)
+
+
+def build_scene_store(
+    out: str, model_dir: str | Path, n_scenes: int = DEMO_SCENES, seed: int = DEMO_SEED, show_progress: bool = True
+):
+    """Extract held-out scenes (one colour or shape question each, object boxes, the target object
+    and the expected answer as extra variables) with the model at `model_dir` into `out`."""
+    from attnstore.models import load_adapter
+    from attnstore.pipeline import ExtractSettings, run_items
+
+    adapter = load_adapter(str(model_dir))
+    items = demo_scene_items(cache_dir() / f"demo-scenes-{seed}-{n_scenes}", n_scenes, seed)
     return run_items(
         adapter,
         items,

@@ -193,7 +193,11 @@ def _question(scene: Scene, rng: np.random.Generator, kind: str, target: int | N
         return _presence(scene, rng, target)
     if kind == "position":
         where = position_word(obj.box)
-        return None if where is None else Question(kind, TEMPLATES[kind].format(color=obj.color, shape=obj.shape), where, target)
+        return (
+            None
+            if where is None
+            else Question(kind, TEMPLATES[kind].format(color=obj.color, shape=obj.shape), where, target)
+        )
     raise ValueError(f"unknown question type {kind!r}; expected one of {QUESTION_TYPES}")
 
 

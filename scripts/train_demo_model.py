@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnstore.models.idefics3_layout import END_OF_UTTERANCE
+from attnstore.models.idefics3_layout import END_OF_UTTERANCE, IMAGE_TOKEN, parse_idefics3_layout
 from attnstore.models.tiny import make_tiny_idefics3
-from attnstore.scenes import QUESTION_TYPES, make_scene, scene_questions, vocabulary_text
+from attnstore.scenes import COLORS, QUESTION_TYPES, SHAPES, make_scene, scene_questions, vocabulary_text
 
 DIMS = dict(
     hidden=128, intermediate=384, layers=4, heads=4, kv_heads=2, vision_hidden=96, vision_layers=3, vision_heads=4
@@ -94,13 +94,61 @@ def _find(ids: list[int], piece: list[int], start: int) -> int:
 
 
 def training_batch(processor, rng, batch: int, objects, background, questions_per_image: int):
-    scenes = [make_scene(rng, n_objects=objects, longest=GEOMETRY["longest_edge"], background=background)
-              for _ in range(batch)]
+    scenes = [
+        make_scene(rng, n_objects=objects, longest=GEOMETRY["longest_edge"], background=background)
+        for _ in range(batch)
+    ]
     qsets = [scene_questions(s, rng, every_object=True)[:questions_per_image] for s in scenes]
     texts = [processor.apply_chat_template(conversation(qs)) for qs in qsets]
     inputs = processor(text=texts, images=[[s.image] for s in scenes], return_tensors="pt", padding=True)
     inputs["labels"] = answer_labels(inputs["input_ids"], processor, [[q.answer for q in qs] for qs in qsets])
-    return inputs
+    return inputs, scenes
+
+
+def patch_labels(input_ids: torch.Tensor, processor, scenes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shape and colour class of the object under each image token's centre (last class: background).
+
+    Returns two # [image token] int64 tensors, in the order the connector's outputs fill the
+    `<image>` positions (batch row, then position).
+    """
+    tok = processor.tokenizer
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    shapes, colors = [], []
+    for row, scene in enumerate(scenes):
+        ids = input_ids[row].tolist()
+        layout = parse_idefics3_layout(tok.convert_ids_to_tokens(ids), processor.image_seq_len)
+        boxes = layout.patch_box[np.asarray(ids) == image_id]  # [token, 4]
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        shape = np.full(len(boxes), len(SHAPES))
+        color = np.full(len(boxes), len(COLORS))
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box
+            inside = (cx >= x0) & (cx <= x1) & (cy >= y0) & (cy <= y1)
+            shape[inside], color[inside] = SHAPES.index(obj.shape), list(COLORS).index(obj.color)
+        shapes.append(shape)
+        colors.append(color)
+    return torch.from_numpy(np.concatenate(shapes)), torch.from_numpy(np.concatenate(colors))
+
+
+class PatchProbe(torch.nn.Module):
+    """Auxiliary training-only heads: the object's shape and colour under each image token, read
+    from the connector's output (the LM's image-token inputs). Dense labels from the scene boxes
+    teach the vision tower shape features; the heads are not part of the saved model, and the
+    language model's attention gets no supervision."""
+
+    def __init__(self, model):
+        super().__init__()
+        hidden = model.config.text_config.hidden_size
+        self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
+        self.color = torch.nn.Linear(hidden, len(COLORS) + 1)
+        self.captured: list[torch.Tensor] = []
+        model.model.connector.register_forward_hook(lambda _m, _i, out: self.captured.append(out))
+
+    def loss(self, shape_labels: torch.Tensor, color_labels: torch.Tensor) -> torch.Tensor:
+        feats = self.captured.pop().reshape(-1, self.shape.in_features)  # [image token, hidden]
+        self.captured.clear()
+        ce = torch.nn.functional.cross_entropy
+        return ce(self.shape(feats), shape_labels) + ce(self.color(feats), color_labels)
 
 
 def held_out_set(seed: int, size: int, objects=EVAL_OBJECTS, suffix: str = ""):
@@ -126,9 +174,7 @@ def evaluate(model, processor, pairs, batch: int = 32) -> dict[str, float]:
         hits = 0
         for i in range(0, len(items), batch):
             chunk = items[i : i + batch]
-            texts = [
-                processor.apply_chat_template(conversation([q])[:1], add_generation_prompt=True) for _, q in chunk
-            ]
+            texts = [processor.apply_chat_template(conversation([q])[:1], add_generation_prompt=True) for _, q in chunk]
             inputs = processor(text=texts, images=[[s.image] for s, _ in chunk], return_tensors="pt", padding=True)
             logits = model(**inputs).logits[:, -1]  # [batch, vocab]
             want = torch.tensor([tok(" " + q.answer, add_special_tokens=False)["input_ids"][0] for _, q in chunk])
@@ -156,7 +202,9 @@ def train(args) -> dict:
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params:,}  dims: {dims}  geometry: {GEOMETRY}", flush=True)
-    optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    probe = PatchProbe(model)
+    params = [*model.parameters(), *probe.parameters()]
+    optim = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     pairs = held_out_set(args.seed, args.eval_size)
     binding = held_out_set(args.seed, args.eval_size, BINDING_OBJECTS, "_2to4")
     pairs.update({k: v for k, v in binding.items() if k.startswith(("color", "shape"))})
@@ -174,14 +222,18 @@ def train(args) -> dict:
         stage, objects, background = stage_at(progress, curriculum)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, progress, args.lr, args.warmup)
-        batch = training_batch(processor, rng, args.batch, objects, background, args.questions)
-        loss = model(**batch).loss
+        batch, scenes = training_batch(processor, rng, args.batch, objects, background, args.questions)
+        probe.captured.clear()
+        lm_loss = model(**batch).loss
+        loss = lm_loss
+        if args.aux_weight > 0:
+            loss = loss + args.aux_weight * probe.loss(*patch_labels(batch["input_ids"], processor, scenes))
         optim.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
         step += 1
-        value = loss.item()
+        value = lm_loss.item()
         smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
         last = step == total or time.time() >= deadline
         if step % args.eval_every == 0 or last:
@@ -190,7 +242,9 @@ def train(args) -> dict:
             writer.writerow([step, f"{minutes:.2f}", stage, f"{smooth:.4f}", *(f"{scores[k]:.3f}" for k in columns)])
             log.flush()
             shown = "  ".join(f"{k} {scores[k]:.2f}" for k in columns)
-            print(f"step {step:5d}  {minutes:5.1f} min  stage {stage}  loss {smooth:.3f}  held-out: {shown}", flush=True)
+            print(
+                f"step {step:5d}  {minutes:5.1f} min  stage {stage}  loss {smooth:.3f}  held-out: {shown}", flush=True
+            )
             key = scores["color"] + scores["shape"]
             if key > best:
                 best = key
@@ -203,6 +257,40 @@ def save(model, processor, folder: Path, scores: dict, step: int) -> None:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     (folder / "held_out_accuracy.json").write_text(json.dumps({"step": step, **scores}, indent=1))
+    (folder / "MODEL_CARD.md").write_text(model_card(model, scores, step))
+
+
+def model_card(model, scores: dict, step: int) -> str:
+    """What the model is, what it was trained on, and how well it does (held-out accuracy)."""
+    from attnstore.scenes import ASPECTS, BACKGROUNDS, COLORS, SHAPES, TEMPLATES
+
+    n_params = sum(p.numel() for p in model.parameters())
+    table = "\n".join(f"| {k} | {v:.1%} |" for k, v in scores.items())
+    templates = "\n".join(f"- {kind}: `{text}`" for kind, text in TEMPLATES.items())
+    return f"""# attnstore demo model (a toy)
+
+A tiny Idefics3 (the SmolVLM architecture, processor, image splitting, chat template and special
+tokens) with {n_params:,} parameters, trained from scratch on CPU for {step} steps on synthetic
+scenes by `scripts/train_demo_model.py`. It answers one-word questions about coloured shapes and
+knows nothing else: its purpose is to show what attention looks like in a model that has learned
+to look, next to boxes of the objects it was asked about.
+
+- Scenes: 1-4 objects of distinct shapes ({", ".join(SHAPES)}) and distinct colours
+  ({", ".join(COLORS)}), sides 18-32 % of the shorter image edge, on {", ".join(BACKGROUNDS)}
+  greyish backgrounds; aspect ratios {", ".join(f"{a:.2f}" for a in ASPECTS)} (width / height).
+- Image geometry: longest edge {GEOMETRY["longest_edge"]} px, {GEOMETRY["tile"]} px tiles plus the
+  global view, patch {GEOMETRY["patch"]}, pixel-shuffle scale {GEOMETRY["scale_factor"]}.
+- Questions (answers are one word: a colour, a shape, yes/no, left/right/top/bottom):
+{templates}
+
+## Held-out accuracy (greedy first answer token, single-question prompts, step {step})
+
+Suffix `_2to4`: scenes of 2-4 objects, where the attribute must be bound to the right object.
+
+| question type | accuracy |
+|---|---|
+{table}
+"""
 
 
 def parse_args(argv=None):
@@ -217,8 +305,12 @@ def parse_args(argv=None):
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-size", type=int, default=200, help="held-out questions per type")
     ap.add_argument("--dims", default="{}", help="JSON overrides of the model sizes")
-    ap.add_argument("--curriculum", default="", help='stages "start:objects:background,...", e.g. "0:1-1:plain,0.3:1-4:any"')
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--curriculum", default="", help='stages "start:objects:background,...", e.g. "0:1-1:plain,0.3:1-4:any"'
+    )
+    ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the patch shape/colour probe loss")
+    # One thread: on a shared, oversubscribed machine two threads measured ~7x slower per step.
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
