@@ -192,51 +192,84 @@ def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
 
 
 def train(args) -> dict:
+    """Train in this process, or in `args.procs` single-thread processes that average gradients
+    (on a busy shared machine, separate processes keep their share without thread barriers)."""
+    if args.procs > 1:
+        import socket
+
+        import torch.multiprocessing as mp
+
+        with socket.socket() as sock:  # a free loopback port for the process group
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        mp.spawn(_train_rank, args=(args, port), nprocs=args.procs, join=True)
+    else:
+        _train_rank(0, args, None)
+    return json.loads((Path(args.out) / "best" / "held_out_accuracy.json").read_text())
+
+
+def _train_rank(rank: int, args, port: int | None) -> None:
+    import torch.distributed as dist
+
+    world = args.procs
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)  # every rank starts from the same weights
+    rng = np.random.default_rng([args.seed, rank])  # and draws its own scenes
     corpus = vocabulary_text() + "\nUser: Assistant:\n" * 4
     dims = {**DIMS, **json.loads(args.dims)}
     curriculum = parse_curriculum(args.curriculum) if args.curriculum else CURRICULUM
     model, processor = make_tiny_idefics3(dims, GEOMETRY, seed=args.seed, corpus=corpus)
     model.train()
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"parameters: {n_params:,}  dims: {dims}  geometry: {GEOMETRY}", flush=True)
+    lead = rank == 0
+    if lead:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"parameters: {n_params:,}  dims: {dims}  geometry: {GEOMETRY}  processes: {world}", flush=True)
     probe = PatchProbe(model)
     params = [*model.parameters(), *probe.parameters()]
     optim = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    pairs = held_out_set(args.seed, args.eval_size)
-    binding = held_out_set(args.seed, args.eval_size, BINDING_OBJECTS, "_2to4")
-    pairs.update({k: v for k, v in binding.items() if k.startswith(("color", "shape"))})
-    columns = list(pairs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "curve.csv", "w", newline="")
-    writer = csv.writer(log)
-    writer.writerow(["step", "minutes", "stage", "loss", *columns])
-    deadline = time.time() + 60 * args.minutes
+    if lead:
+        pairs = held_out_set(args.seed, args.eval_size)
+        binding = held_out_set(args.seed, args.eval_size, BINDING_OBJECTS, "_2to4")
+        pairs.update({k: v for k, v in binding.items() if k.startswith(("color", "shape"))})
+        columns = list(pairs)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        log = open(out / "curve.csv", "w", newline="")
+        writer = csv.writer(log)
+        writer.writerow(["step", "minutes", "stage", "loss", *columns])
     started, step, best, smooth = time.time(), 0, -1.0, None
     total = args.steps or 10**9
-    while step < total and time.time() < deadline:
+    while True:
+        # The lead's clock decides progress and the end for every rank.
         progress = step / total if args.steps else (time.time() - started) / (60 * args.minutes)
+        state = torch.tensor([progress, float(step >= total or progress >= 1.0)])
+        if world > 1:
+            dist.broadcast(state, src=0)
+        progress, done = float(state[0]), bool(state[1])
+        if done:
+            break
         stage, objects, background = stage_at(progress, curriculum)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, progress, args.lr, args.warmup)
-        batch, scenes = training_batch(processor, rng, args.batch, objects, background, args.questions)
+        batch, scenes = training_batch(processor, rng, args.batch // world, objects, background, args.questions)
         probe.captured.clear()
         lm_loss = model(**batch).loss
         loss = lm_loss
         if args.aux_weight > 0:
             loss = loss + args.aux_weight * probe.loss(*patch_labels(batch["input_ids"], processor, scenes))
-        optim.zero_grad(set_to_none=True)
+        optim.zero_grad(set_to_none=False)
         loss.backward()
+        if world > 1:
+            _average_gradients(params, world)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
         step += 1
         value = lm_loss.item()
         smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
-        last = step == total or time.time() >= deadline
-        if step % args.eval_every == 0 or last:
+        last = step == total or (not args.steps and time.time() - started >= 60 * args.minutes)
+        if lead and (step % args.eval_every == 0 or last):
             scores = evaluate(model, processor, pairs)
             minutes = (time.time() - started) / 60
             writer.writerow([step, f"{minutes:.2f}", stage, f"{smooth:.4f}", *(f"{scores[k]:.3f}" for k in columns)])
@@ -249,8 +282,23 @@ def train(args) -> dict:
             if key > best:
                 best = key
                 save(model, processor, out / "best", scores, step)
-    log.close()
-    return json.loads((out / "best" / "held_out_accuracy.json").read_text())
+    if lead:
+        log.close()
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _average_gradients(params, world: int) -> None:
+    """One all-reduce of every gradient, flattened (the ranks' batches make one batch)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p)
+        offset += n
 
 
 def save(model, processor, folder: Path, scores: dict, step: int) -> None:
@@ -309,8 +357,9 @@ def parse_args(argv=None):
         "--curriculum", default="", help='stages "start:objects:background,...", e.g. "0:1-1:plain,0.3:1-4:any"'
     )
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the patch shape/colour probe loss")
-    # One thread: on a shared, oversubscribed machine two threads measured ~7x slower per step.
+    # One thread a process: on a shared, oversubscribed machine two threads measured ~7x slower per step.
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--procs", type=int, default=2, help="processes sharing each batch (gradients averaged)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 

@@ -11,6 +11,7 @@ Modules, bottom up (each imports only those above it):
     grid       key values -> image grids by the store's geometry; common normalised raster
     maps       MapSpec -> compute_map -> MapResult: the one token -> map pipeline
     aggregate  one token across a whole store (dask), and its table files
+    grounding  does a token's attention fall in an object's box (in-box share, pointing game)
     accessor   `ds.attn` and every cache
 
 Typical use (one token of one image)::
@@ -32,6 +33,7 @@ from attnstore.analysis.aggregate import (
     summarise_rows,
 )
 from attnstore.analysis.grid import VIEWS, grid_boxes, lattice_cells, patch_grid, resample_density
+from attnstore.analysis.grounding import grounding_scores, rank_heads, store_grounding
 from attnstore.analysis.kernels import entropy_topk_np, fp16_to_fp32, kth_largest
 from attnstore.analysis.keys import IMAGE_KEY_SETS, NORMALISATIONS, image_key_mask, normalise, sink_keys
 from attnstore.analysis.maps import MapResult, MapSpec, compute_map, row_of_position
@@ -83,6 +85,7 @@ __all__ = [
     "find_token",
     "fp16_to_fp32",
     "grid_boxes",
+    "grounding_scores",
     "image_extents",
     "image_key_mask",
     "image_share",
@@ -92,6 +95,7 @@ __all__ = [
     "parse_range",
     "patch_grid",
     "query_tokens",
+    "rank_heads",
     "read_rows",
     "read_rows_fp16",
     "reduce_heads",
@@ -103,6 +107,7 @@ __all__ = [
     "select_image",
     "select_layers_heads",
     "sink_keys",
+    "store_grounding",
     "strip_bpe",
     "summarise_rows",
     "token_occurrences",

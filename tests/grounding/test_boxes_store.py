@@ -12,7 +12,7 @@ import pytest
 from attnstore.boxes import load_boxes
 from attnstore.cli import main
 from attnstore.errors import InvalidArgument
-from attnstore.grounding import store_grounding
+from attnstore.analysis.grounding import store_grounding
 from attnstore.store import open_dataset
 from attnstore.synthetic import _gradient_image
 from attnstore.validation import validate_store

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from attnstore.demo import DEMO_MODEL_DIR, build_scene_store
-from attnstore.grounding import rank_heads, store_grounding
+from attnstore.analysis.grounding import rank_heads, store_grounding
 from attnstore.store import open_dataset
 
 N_SCENES = 16

@@ -7,7 +7,7 @@ import pytest
 
 from attnstore.errors import InvalidArgument
 from attnstore.geometry import global_view, tile_views, view_boxes
-from attnstore.grounding import (
+from attnstore.analysis.grounding import (
     box_area,
     grounding_scores,
     inbox_share,
@@ -96,7 +96,7 @@ def test_metrics_match_loop_reference(view):
     share, hit = ref_share_and_hit(weights, patch_box, keys, box)
     np.testing.assert_allclose(inbox_share(weights, patch_overlap(patch_box, box), keys), share, rtol=1e-5)
     np.testing.assert_array_equal(pointing_hit(weights, patch_box, keys, box), hit)
-    scores = grounding_scores(weights, patch_box, kinds, box, view=view)
+    scores = grounding_scores(weights, patch_box, kinds, box, keys=view)
     chance = np.array([(b[2] - b[0]) * (b[3] - b[1]) for b in box])
     np.testing.assert_allclose(scores["chance"].values, chance, rtol=1e-6)
     np.testing.assert_allclose(scores["inbox_lift"].values, share / chance[:, None, None], rtol=1e-5)
@@ -142,7 +142,7 @@ def test_text_keys_never_count():
 
 def test_bad_view_and_score_names_are_clear_errors():
     weights, patch_box, kinds, box = batch()
-    with pytest.raises(InvalidArgument, match="view"):
-        grounding_scores(weights, patch_box, kinds, box, view="tile")
+    with pytest.raises(InvalidArgument, match="keys"):
+        grounding_scores(weights, patch_box, kinds, box, keys="tile")
     with pytest.raises(InvalidArgument, match="by"):
         rank_heads(grounding_scores(weights, patch_box, kinds, box), by="share")

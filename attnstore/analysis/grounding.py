@@ -20,9 +20,11 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from attnstore.errors import InvalidArgument
-
-VIEW_KEYS = ("all", "tiles", "global")
+from attnstore.analysis.keys import image_key_mask
+from attnstore.analysis.select import select_image, token_weights
+from attnstore.analysis.tokens import find_token
+from attnstore.errors import AttnstoreError, InvalidArgument, NotFound
+from attnstore.schema import OBJECT_BOX, OBJECT_LABEL, TokenKind
 
 
 def box_area(box: np.ndarray) -> np.ndarray:
@@ -93,18 +95,14 @@ def pointing_hit(weights: np.ndarray, patch_box: np.ndarray, keys: np.ndarray, b
     return (x >= b[..., 0]) & (x <= b[..., 2]) & (y >= b[..., 1]) & (y <= b[..., 3])
 
 
-def view_keys(token_kind: np.ndarray, view: str = "all") -> np.ndarray:
-    """Image-patch keys of a view set  # [image, key] int8 kinds -> [image, key] bool."""
-    from attnstore.schema import IMAGE_PATCH_KINDS, TokenKind, kind_mask
-
-    kinds = {"all": IMAGE_PATCH_KINDS, "tiles": (TokenKind.IMAGE_TILE,), "global": (TokenKind.IMAGE_GLOBAL,)}
-    if view not in kinds:
-        raise InvalidArgument("view", f"must be one of {', '.join(VIEW_KEYS)}, not '{view}'")
-    return kind_mask(np.asarray(token_kind), kinds[view])
+def view_keys(token_kind: np.ndarray, keys: str = "all") -> np.ndarray:
+    """Image-patch keys of a key set ("all", "tiles", "global")  # [image, key] kinds -> [image, key] bool."""
+    kinds = xr.Dataset({"token_kind": (("image", "key"), np.asarray(token_kind))})
+    return image_key_mask(kinds, keys).values
 
 
 def grounding_scores(
-    weights: np.ndarray, patch_box: np.ndarray, token_kind: np.ndarray, box: np.ndarray, view: str = "all"
+    weights: np.ndarray, patch_box: np.ndarray, token_kind: np.ndarray, box: np.ndarray, keys: str = "all"
 ) -> xr.Dataset:
     """Every grounding metric of one query and one box per image.
 
@@ -114,18 +112,18 @@ def grounding_scores(
     patch_box : # [image, key, 4] the store's `patch_box`.
     token_kind : # [image, key] the store's `token_kind`.
     box : # [image, 4] the object box of each image (normalised x0, y0, x1, y1).
-    view : which patch keys count: "all" (tiles + global), "tiles" or "global".
+    keys : which patch keys count: "all" (tiles + global), "tiles" or "global".
 
     Returns
     -------
     xr.Dataset with, over (image, layer, head): `inbox_share`, `inbox_lift` (share / chance),
     `pointing` (bool), `pointing_lift` (hit / chance); over (image,): `chance` (box area).
     """
-    keys = view_keys(token_kind, view)
+    mask = view_keys(token_kind, keys)
     overlap = patch_overlap(patch_box, box)
     chance = box_area(box)  # [image]
-    share = inbox_share(weights, overlap, keys)
-    hit = pointing_hit(weights, patch_box, keys, box)
+    share = inbox_share(weights, overlap, mask)
+    hit = pointing_hit(weights, patch_box, mask, box)
     ratio = 1.0 / np.where(chance > 0, chance, np.nan)[:, None, None]
     dims = ("image", "layer", "head")
     return xr.Dataset(
@@ -136,7 +134,7 @@ def grounding_scores(
             "pointing_lift": (dims, (hit * ratio).astype(np.float32)),
             "chance": (("image",), chance.astype(np.float32)),
         },
-        attrs={"view": view},
+        attrs={"keys": keys},
     )
 
 
@@ -176,8 +174,6 @@ def rank_heads(scores: xr.Dataset, by: str = "inbox_lift") -> xr.Dataset:
 
 def answer_row(img: xr.Dataset) -> int:
     """Query row of the first generated (answer) token of one image, or -1 if none."""
-    from attnstore.schema import TokenKind
-
     kinds = np.asarray(img["token_kind"].values)[np.asarray(img["query_position"].values[: int(img["n_query"])])]
     rows = np.flatnonzero(kinds == int(TokenKind.GENERATED))
     return int(rows[0]) if rows.size else -1
@@ -186,8 +182,6 @@ def answer_row(img: xr.Dataset) -> int:
 def object_index(img: xr.Dataset, target: str | int) -> int:
     """Object slot of one image: an index, the name of a per-image int variable holding it
     (e.g. "target_object"), or an object label; -1 if the image has no such object."""
-    from attnstore.schema import OBJECT_LABEL
-
     if isinstance(target, (int, np.integer)):
         return int(target)
     if target in img and img[target].dims == ():
@@ -197,7 +191,7 @@ def object_index(img: xr.Dataset, target: str | int) -> int:
 
 
 def store_grounding(
-    ds: xr.Dataset, token: str = "answer", target: str | int = "target_object", view: str = "all"
+    ds: xr.Dataset, token: str = "answer", target: str | int = "target_object", keys: str = "all"
 ) -> xr.Dataset:
     """Grounding scores of one token against one object box, for every image of a store that has both.
 
@@ -206,16 +200,12 @@ def store_grounding(
     ds : a store (`attnstore.store.open_dataset`) with object boxes.
     token : "answer" (the first generated token) or a token text (first occurrence).
     target : which object: see `object_index`.
-    view : "all", "tiles" or "global" patch keys.
+    keys : "all", "tiles" or "global" patch keys.
 
     Returns
     -------
     `grounding_scores` over the images used, with `image` coords = their indices in the store.
     """
-    from attnstore.analysis import find_token, select_image, token_weights
-    from attnstore.errors import NotFound
-    from attnstore.schema import OBJECT_BOX, OBJECT_LABEL
-
     if OBJECT_BOX not in ds:
         raise NotFound("the store has no object boxes (extract with boxes, or build the demo)", param="store")
     rows = []
@@ -224,7 +214,7 @@ def store_grounding(
         obj = object_index(img, target)
         if obj < 0 or obj >= img.sizes["object"] or not str(img[OBJECT_LABEL].values[obj]):
             continue
-        query = answer_row(img) if token == "answer" else _token_row(img, token, find_token)
+        query = answer_row(img) if token == "answer" else _token_row(img, token)
         if query < 0:
             continue
         rows.append((int(i), token_weights(img, query).values, img, obj))
@@ -235,15 +225,13 @@ def store_grounding(
     patch_box = np.stack([_pad(img["patch_box"].values, n_key, np.nan, axis=0) for _, _, img, _ in rows])
     kinds = np.stack([_pad(img["token_kind"].values, n_key, 0, axis=0) for _, _, img, _ in rows])
     box = np.stack([img[OBJECT_BOX].values[obj] for _, _, img, obj in rows])  # [image, 4]
-    scores = grounding_scores(weights, patch_box, kinds, box, view=view)
+    scores = grounding_scores(weights, patch_box, kinds, box, keys=keys)
     return scores.assign_coords(image=[i for i, *_ in rows])
 
 
-def _token_row(img: xr.Dataset, token: str, find) -> int:
-    from attnstore.errors import AttnstoreError
-
+def _token_row(img: xr.Dataset, token: str) -> int:
     try:
-        return find(img, token)
+        return find_token(img, token)
     except AttnstoreError:
         return -1
 
