@@ -50,7 +50,7 @@ def tiny_model_dir(family: str = "idefics3") -> Path:
 
 def trained_model_dir() -> Path:
     """The shipped demo model (a save_pretrained folder inside the package)."""
-    if not (DEMO_MODEL_DIR / "config.json").is_file():
+    if not has_trained_model():
         raise ModelLoadError(f"the trained demo model is not in this installation ({DEMO_MODEL_DIR})", param="model")
     return DEMO_MODEL_DIR
 
@@ -90,14 +90,20 @@ def demo_scene_items(folder: Path, n_scenes: int = DEMO_SCENES, seed: int = DEMO
     return items
 
 
-def build_demo_store(out: str, show_progress: bool = True, model: str = "trained"):
+def has_trained_model() -> bool:
+    """Whether this installation ships the trained demo model."""
+    return (DEMO_MODEL_DIR / "config.json").is_file()
+
+
+def build_demo_store(out: str, show_progress: bool = True, model: str | None = None):
     """Build the demo store at `out` (skips what is already there).
 
     Parameters
     ----------
-    model : "trained" (the shipped demo model on held-out scenes, with object boxes) or "random"
-        (the tiny random-weight model on the sample images).
+    model : "trained" (the shipped demo model on held-out scenes, with object boxes), "random"
+        (the tiny random-weight model on the sample images), or None: trained if shipped.
     """
+    model = model or ("trained" if has_trained_model() else "random")
     from attnstore.models import load_adapter
     from attnstore.pipeline import run_extraction
 

@@ -131,14 +131,16 @@ def demo(
         bool, typer.Option("--random", help="Use the random-weight tiny model on the sample images (geometry only).")
     ] = False,
 ) -> None:
-    """Build a demo store with the shipped demo model (offline) on synthetic scenes, then explore it."""
+    """Build a demo store offline (the shipped demo model on synthetic scenes if this installation
+    has it, else the tiny random-weight model), then explore it."""
     from attnstore.cli.inspect import print_info
-    from attnstore.demo import RANDOM_WEIGHTS_NOTICE, TRAINED_NOTICE, build_demo_store
+    from attnstore.demo import RANDOM_WEIGHTS_NOTICE, TRAINED_NOTICE, build_demo_store, has_trained_model
     from attnstore.quiet import quiet_transformers
 
     quiet_transformers()
-    typer.secho(RANDOM_WEIGHTS_NOTICE if random else TRAINED_NOTICE, fg="yellow")
-    report = build_demo_store(out, model="random" if random else "trained")
+    model = "random" if random or not has_trained_model() else "trained"
+    typer.secho(RANDOM_WEIGHTS_NOTICE if model == "random" else TRAINED_NOTICE, fg="yellow")
+    report = build_demo_store(out, model=model)
     _summarise(report, out)
     print_info(out)
     if serve:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from attnstore.analysis.grounding import store_grounding
 from attnstore.boxes import load_boxes
 from attnstore.cli import main
 from attnstore.errors import InvalidArgument
-from attnstore.analysis.grounding import store_grounding
 from attnstore.store import open_dataset
 from attnstore.synthetic import _gradient_image
 from attnstore.validation import validate_store

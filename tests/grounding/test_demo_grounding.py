@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnstore.demo import DEMO_MODEL_DIR, build_scene_store
 from attnstore.analysis.grounding import rank_heads, store_grounding
+from attnstore.demo import DEMO_MODEL_DIR, build_scene_store
 from attnstore.store import open_dataset
 
 N_SCENES = 16

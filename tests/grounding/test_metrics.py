@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnstore.errors import InvalidArgument
-from attnstore.geometry import global_view, tile_views, view_boxes
 from attnstore.analysis.grounding import (
     box_area,
     grounding_scores,
@@ -16,6 +14,8 @@ from attnstore.analysis.grounding import (
     rank_heads,
     view_keys,
 )
+from attnstore.errors import InvalidArgument
+from attnstore.geometry import global_view, tile_views, view_boxes
 from attnstore.schema import TokenKind
 
 
