@@ -16,7 +16,7 @@ DEMO_PROMPT = "Can you describe this image?"
 DEMO_MAX_NEW_TOKENS = 12
 TINY_MODEL_VERSION = "1"  # bump when the builder changes, so caches are rebuilt
 RANDOM_WEIGHTS_NOTICE = "RANDOM-WEIGHT DEMO MODEL: answers and attention are meaningless, geometry is real"
-TRAINED_NOTICE = "DEMO MODEL: a toy Idefics3 trained on synthetic shapes; it knows nothing else"
+TRAINED_NOTICE = "DEMO MODEL: a toy Idefics3 trained on synthetic shapes ({accuracy}); see its MODEL_CARD.md"
 DEMO_MODEL_DIR = DATA_DIR / "demo_model"
 DEMO_SCENES = 8
 DEMO_LONGEST = 256  # scene size in pixels (the processor rescales it)
@@ -53,6 +53,15 @@ def trained_model_dir() -> Path:
     if not has_trained_model():
         raise ModelLoadError(f"the trained demo model is not in this installation ({DEMO_MODEL_DIR})", param="model")
     return DEMO_MODEL_DIR
+
+
+def trained_notice() -> str:
+    """The demo's banner for the trained model, with its held-out accuracy (from its model folder)."""
+    import json
+
+    scores = json.loads((trained_model_dir() / "held_out_accuracy.json").read_text())
+    shown = ", ".join(f"{k} {scores[k]:.0%}" for k in ("color", "shape", "color_2to4", "shape_2to4") if k in scores)
+    return TRAINED_NOTICE.format(accuracy=f"held-out accuracy {shown}")
 
 
 def write_demo_model(out: str | Path) -> Path:

@@ -134,12 +134,12 @@ def demo(
     """Build a demo store offline (the shipped demo model on synthetic scenes if this installation
     has it, else the tiny random-weight model), then explore it."""
     from attnstore.cli.inspect import print_info
-    from attnstore.demo import RANDOM_WEIGHTS_NOTICE, TRAINED_NOTICE, build_demo_store, has_trained_model
+    from attnstore.demo import RANDOM_WEIGHTS_NOTICE, build_demo_store, has_trained_model, trained_notice
     from attnstore.quiet import quiet_transformers
 
     quiet_transformers()
     model = "random" if random or not has_trained_model() else "trained"
-    typer.secho(RANDOM_WEIGHTS_NOTICE if model == "random" else TRAINED_NOTICE, fg="yellow")
+    typer.secho(RANDOM_WEIGHTS_NOTICE if model == "random" else trained_notice(), fg="yellow")
     report = build_demo_store(out, model=model)
     _summarise(report, out)
     print_info(out)
