@@ -16,17 +16,12 @@ import numpy as np
 import xarray as xr
 import zarr
 
-<<<<<<< HEAD
 from attnstore.errors import StoreError
-from attnstore.schema import ATTENTION_DIMS, IMAGE, QUERY, REQUIRED_ATTRS, TokenKind
+from attnstore.schema import ATTENTION_DIMS, IMAGE, OBJECT_BOX, OBJECT_LABEL, QUERY, REQUIRED_ATTRS, TokenKind
 from attnstore.store import AttnStore, open_dataset
 from attnstore.store.integrity import is_checksum_error
 
 DEEP_QUERY_BLOCK = 32  # attention rows decoded per read in the deep check (bounds memory at real size)
-=======
-from attnstore.schema import ATTENTION_DIMS, OBJECT_BOX, OBJECT_LABEL, REQUIRED_ATTRS, TokenKind
-from attnstore.store import open_dataset
->>>>>>> 26336fa (Scenes generator, object boxes in the store (extract --boxes), grounding metrics, demo-model command (model training in progress))
 
 
 @dataclass
