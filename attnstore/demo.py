@@ -1,17 +1,33 @@
-"""The demo: a tiny random-weight SmolVLM-shaped model, built offline and cached, run on the
-sample images shipped with the package. Every output says it comes from random weights."""
+"""The demo: by default the trained demo model (a tiny Idefics3 shipped with the package, trained
+on synthetic scenes) answering one-word questions about held-out scenes, with the objects' boxes
+in the store. `model="random"` runs the tiny random-weight model on the sample images instead
+(geometry only: every output says it comes from random weights)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
-from attnstore.images import sample_images
+from attnstore.errors import InvalidArgument, ModelLoadError
+from attnstore.images import DATA_DIR, sample_images
 
 DEMO_PROMPT = "Can you describe this image?"
 DEMO_MAX_NEW_TOKENS = 12
 TINY_MODEL_VERSION = "1"  # bump when the builder changes, so caches are rebuilt
 RANDOM_WEIGHTS_NOTICE = "RANDOM-WEIGHT DEMO MODEL: answers and attention are meaningless, geometry is real"
+TRAINED_NOTICE = "DEMO MODEL: a toy Idefics3 trained on synthetic shapes ({accuracy}); see its MODEL_CARD.md"
+DEMO_MODEL_DIR = DATA_DIR / "demo_model"
+DEMO_SCENES = 8
+DEMO_LONGEST = 256  # scene size in pixels (the processor rescales it)
+DEMO_ANSWER_TOKENS = 3  # one word and the end of the utterance
+DEMO_SEED = 20261129  # held out: the training script never draws scenes from this seed
+DEMO_KINDS = ("color", "shape")
+DEMO_EXTRAS = {
+    "question_type": ("str", "question template of the scene (scenes.QUESTION_TYPES)"),
+    "expected_answer": ("str", "the correct one-word answer"),
+    "target_object": ("int32", "object the question is about (index on the object axis; -1 = none)"),
+}
 
 
 def cache_dir() -> Path:
@@ -32,17 +48,99 @@ def tiny_model_dir(family: str = "idefics3") -> Path:
     return path
 
 
-def build_demo_store(out: str, show_progress: bool = True):
-    """Extract the sample images with the tiny model into `out` (skips what is already there)."""
+def trained_model_dir() -> Path:
+    """The shipped demo model (a save_pretrained folder inside the package)."""
+    if not has_trained_model():
+        raise ModelLoadError(f"the trained demo model is not in this installation ({DEMO_MODEL_DIR})", param="model")
+    return DEMO_MODEL_DIR
+
+
+def trained_notice() -> str:
+    """The demo's banner for the trained model, with its held-out accuracy (from its model folder)."""
+    import json
+
+    scores = json.loads((trained_model_dir() / "held_out_accuracy.json").read_text())
+    shown = ", ".join(f"{k} {scores[k]:.0%}" for k in ("color", "shape", "color_2to4", "shape_2to4") if k in scores)
+    return TRAINED_NOTICE.format(accuracy=f"held-out accuracy {shown}")
+
+
+def write_demo_model(out: str | Path) -> Path:
+    """Copy the trained demo model to `out` as a save_pretrained folder (model + processor)."""
+    source, target = trained_model_dir(), Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise InvalidArgument("out", f"'{target}' exists and is not empty")
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.is_file():
+            shutil.copy2(path, target / path.name)
+    return target
+
+
+def demo_scene_items(folder: Path, n_scenes: int = DEMO_SCENES, seed: int = DEMO_SEED) -> list:
+    """Held-out scenes saved as PNGs in `folder`, each with one colour or shape question and its boxes."""
+    import numpy as np
+
+    from attnstore.pipeline import WorkItem
+    from attnstore.scenes import make_scene, scene_questions
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n_scenes):
+        scene = make_scene(rng, n_objects=(2, 4), longest=DEMO_LONGEST)
+        question = scene_questions(scene, rng, kinds=(DEMO_KINDS[i % len(DEMO_KINDS)],))[0]
+        path = folder / f"scene_{i:02d}.png"
+        scene.image.save(path)
+        w, h = scene.image.size
+        objects = [(o.label, o.box[0] * w, o.box[1] * h, (o.box[2] - o.box[0]) * w, (o.box[3] - o.box[1]) * h)
+                   for o in scene.objects]  # fmt: skip
+        extra = {"question_type": question.kind, "expected_answer": question.answer, "target_object": question.target}
+        items.append(WorkItem(path.stem, str(path), question.text, extra=extra, objects=objects))
+    return items
+
+
+def has_trained_model() -> bool:
+    """Whether this installation ships the trained demo model."""
+    return (DEMO_MODEL_DIR / "config.json").is_file()
+
+
+def build_demo_store(out: str, show_progress: bool = True, model: str | None = None):
+    """Build the demo store at `out` (skips what is already there).
+
+    Parameters
+    ----------
+    model : "trained" (the shipped demo model on held-out scenes, with object boxes), "random"
+        (the tiny random-weight model on the sample images), or None: trained if shipped.
+    """
+    model = model or ("trained" if has_trained_model() else "random")
     from attnstore.models import load_adapter
     from attnstore.pipeline import run_extraction
 
-    adapter = load_adapter(str(tiny_model_dir()))
-    return run_extraction(
+    if model == "random":
+        adapter = load_adapter(str(tiny_model_dir()))
+        return run_extraction(
+            adapter, sample_images(), DEMO_PROMPT, out, max_new_tokens=DEMO_MAX_NEW_TOKENS, show_progress=show_progress
+        )
+    if model != "trained":
+        raise InvalidArgument("model", f"must be 'trained' or 'random', not '{model}'")
+    return build_scene_store(out, trained_model_dir(), show_progress=show_progress)
+
+
+def build_scene_store(
+    out: str, model_dir: str | Path, n_scenes: int = DEMO_SCENES, seed: int = DEMO_SEED, show_progress: bool = True
+):
+    """Extract held-out scenes (one colour or shape question each, object boxes, the target object
+    and the expected answer as extra variables) with the model at `model_dir` into `out`."""
+    from attnstore.models import load_adapter
+    from attnstore.pipeline import ExtractSettings, run_items
+
+    adapter = load_adapter(str(model_dir))
+    items = demo_scene_items(cache_dir() / f"demo-scenes-{seed}-{n_scenes}", n_scenes, seed)
+    return run_items(
         adapter,
-        sample_images(),
-        DEMO_PROMPT,
+        items,
         out,
-        max_new_tokens=DEMO_MAX_NEW_TOKENS,
+        settings=ExtractSettings(max_new_tokens=DEMO_ANSWER_TOKENS),
+        extras=DEMO_EXTRAS,
         show_progress=show_progress,
     )

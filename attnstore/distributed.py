@@ -176,7 +176,8 @@ def run_distributed(
     with dask_client(workers, scheduler, client) as (cluster, default_threads):
         config = WorkerConfig(model, device, torch_threads or default_threads, dtype, attn_kernel)
         shape, attrs = _warm_up(cluster, config, sorted({it.prompt for it in items}), settings, keep_bits)
-        run_store = RunStore(out, shape, attrs, storage_options, extras)
+        n_objects = max((len(it.objects) for it in items), default=0)
+        run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
         plan = plan_run(run_store.store, items)
         report = RunReport(skipped=plan.done)
         bad = _check_images(cluster, [it.path for it in plan.todo])

@@ -76,13 +76,20 @@ class RunStore:
         only when an image does not fit, so small appends never resize).
     attrs : store attributes of this run (checked against an existing store).
     extras : extra per-image variables (name -> (kind, description)) added when first writing.
+    n_objects : room for this many object boxes per image (`object_box`), added when first writing.
     """
 
     def __init__(
-        self, out: str, shape: StoreShape, attrs: dict, storage_options: dict | None = None, extras: dict | None = None
+        self,
+        out: str,
+        shape: StoreShape,
+        attrs: dict,
+        storage_options: dict | None = None,
+        extras: dict | None = None,
+        n_objects: int = 0,
     ):
         self.out, self.shape, self.attrs = out, shape, attrs
-        self.storage_options, self.extras = storage_options, extras
+        self.storage_options, self.extras, self.n_objects = storage_options, extras, n_objects
         self.store: AttnStore | None = None
         self._ready = False
         if exists(out, storage_options):
@@ -95,6 +102,8 @@ class RunStore:
             self.store = AttnStore.create(self.out, self.shape, self.attrs, self.storage_options)
         if not self._ready and self.extras:
             self.store.ensure_extras(self.extras)
+        if not self._ready and self.n_objects:
+            self.store.ensure_objects(self.n_objects)
         self._ready = True
         return self.store
 

@@ -59,6 +59,7 @@ class WorkItem:
     path: str
     prompt: str
     extra: dict = field(default_factory=dict)  # values of the store's extra variables (ensure_extras)
+    objects: list = field(default_factory=list)  # (label, x, y, w, h) object boxes in the image's pixels
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,9 @@ def extract_item(
     """Run the model on one entry and write it into slot `index` (complete flag last, see write_image)."""
     (result,) = extract_entries(adapter, [(item, image)], settings)
     store.write_image(
-        index, result, image, extra=entry_extra(item, result, settings), resize=resize, mark_complete=mark_complete
-    )
+        index, result, image, extra=entry_extra(item, result, settings), resize=resize, mark_complete=mark_complete,
+        objects=normalised_boxes(item.objects, image.width, image.height),
+    )  # fmt: skip
 
 
 def extract_entries(adapter: ModelAdapter, entries: list[tuple[WorkItem, object]], settings: ExtractSettings):
@@ -162,6 +164,17 @@ def entry_extra(item: WorkItem, result: Extraction, settings: ExtractSettings) -
     if settings.annotate is not None:
         extra.update(settings.annotate(item, result))
     return extra or None
+
+
+def normalised_boxes(objects: list, width: int, height: int) -> list[tuple[str, tuple]]:
+    """(label, x, y, w, h) pixel boxes as (label, (x0, y0, x1, y1)) normalised to the image (clipped).
+
+    Boxes are checked against the image when they are attached (`boxes.boxes_for_items`).
+    """
+    return [
+        (str(label), tuple(min(1.0, max(0.0, v)) for v in (x / width, y / height, (x + w) / width, (y + h) / height)))
+        for label, x, y, w, h in objects
+    ]
 
 
 def image_items(image_paths: list[Path], prompt: str, image_dir: str | None = None) -> list[WorkItem]:
@@ -220,7 +233,8 @@ def run_items(
     if batch_size < 1:
         raise InvalidArgument("batch_size", f"must be at least 1, got {batch_size}")
     shape, attrs = store_plan(adapter, [it.prompt for it in items], settings, keep_bits)
-    run_store = RunStore(out, shape, attrs, storage_options, extras)
+    n_objects = max((len(it.objects) for it in items), default=0)
+    run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
     plan = plan_run(run_store.store, items)
     report = RunReport(skipped=plan.done)
     with RunDriver("extracting", len(plan.todo), show_progress) as driver:
@@ -252,7 +266,8 @@ def _write_entries(run_store: RunStore, plan: RunPlan, entries, results, setting
         run_store.fit(result.n_query, result.n_key)
         store = run_store.ready()
         index = plan.reserve(store, [item])[item.name]
-        store.write_image(index, result, image, extra=entry_extra(item, result, settings))
+        objects = normalised_boxes(item.objects, image.width, image.height)
+        store.write_image(index, result, image, extra=entry_extra(item, result, settings), objects=objects)
         report.written.append(item.name)
         driver.advance()
 

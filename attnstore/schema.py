@@ -22,6 +22,9 @@ A store is one zarr v3 group; `xarray.open_zarr(path)` opens it as a Dataset:
     image_name, image_source, prompt, answer (image,)  str
     complete        (image,)                           uint8   written last: 1 = image done
     <extra>         (image,)                           str | int32  optional, see EXTRA_ATTR
+    object_box      (image, object, box)               float32 optional: object boxes, normalised
+                                                              x0, y0, x1, y1 on the original image
+    object_label    (image, object)                    str     optional: "" = no object
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ IMAGE, LAYER, HEAD, QUERY, KEY = "image", "layer", "head", "query", "key"
 ATTENTION_DIMS = (IMAGE, LAYER, HEAD, QUERY, KEY)
 BOX_DIM, PIXEL_Y, PIXEL_X, RGB = "box", "pixel_y", "pixel_x", "rgb"
 BOX_CORNERS = ("x0", "y0", "x1", "y1")
+OBJECT = "object"
 
 
 class TokenKind(IntEnum):
@@ -88,6 +92,10 @@ PER_KEY_STRINGS = ("token_text",)
 EXTRA_ATTR = "extra_per_image"
 EXTRA_KINDS: dict[str, tuple[object, object]] = {"str": (str, ""), "int32": ("int32", -1)}  # kind -> dtype, fill
 
+# Optional object boxes (schema v1 stays v1): created when an extraction has boxes, grown along
+# OBJECT as needed; NaN boxes / empty labels pad images with fewer objects.
+OBJECT_BOX, OBJECT_LABEL = "object_box", "object_label"
+
 VARIABLE_ATTRS: dict[str, dict] = {
     "attention": {
         "long_name": "attention weight of a query token over a key position",
@@ -102,6 +110,8 @@ VARIABLE_ATTRS: dict[str, dict] = {
     "patch_col": {"long_name": "column on the stitched tile grid, or on the global grid for global tokens"},
     "complete": {"long_name": "1 once every array of this image is written (written last)"},
     "query_position": {"long_name": "sequence position (key index) of each query row; -1 = padding"},
+    OBJECT_BOX: {"long_name": "object box on the original image", "units": "fraction of width/height"},
+    OBJECT_LABEL: {"long_name": "object label; empty = no object in this slot"},
 }
 
 # Group attrs every store carries; `validate` checks them.

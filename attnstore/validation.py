@@ -17,7 +17,7 @@ import xarray as xr
 import zarr
 
 from attnstore.errors import StoreError
-from attnstore.schema import ATTENTION_DIMS, IMAGE, QUERY, REQUIRED_ATTRS, TokenKind
+from attnstore.schema import ATTENTION_DIMS, IMAGE, OBJECT_BOX, OBJECT_LABEL, QUERY, REQUIRED_ATTRS, TokenKind
 from attnstore.store import AttnStore, open_dataset
 from attnstore.store.integrity import is_checksum_error
 
@@ -209,6 +209,7 @@ def check_image(img: xr.Dataset, tol: float) -> list[str]:
         problems.append("query_position is not an increasing list of positions below n_key")
         return problems
     problems += _check_geometry(img, nk)
+    problems += _check_objects(img)
     att = img["attention"].values[:, :, :nq, :].astype(np.float32)  # [layer, head, query, key]
     sums = att.sum(-1)
     worst = float(np.abs(sums - 1).max())
@@ -244,3 +245,18 @@ def _check_geometry(img: xr.Dataset, nk: int) -> list[str]:
     ):
         problems.append("patch boxes missing, outside [0, 1] or empty")
     return problems
+
+
+def _check_objects(img: xr.Dataset) -> list[str]:
+    """Optional object boxes: a labelled slot has a box inside [0, 1]; an empty slot has none."""
+    if OBJECT_BOX not in img:
+        return []
+    boxes = img[OBJECT_BOX].values  # [object, 4]
+    labelled = np.array([bool(str(v)) for v in img[OBJECT_LABEL].values])
+    given = ~np.isnan(boxes).any(-1)
+    if (given != labelled).any():
+        return ["object boxes and labels do not pair up"]
+    b = boxes[given]
+    if b.size and ((b < 0).any() or (b > 1).any() or (b[:, 2] <= b[:, 0]).any() or (b[:, 3] <= b[:, 1]).any()):
+        return ["object boxes outside [0, 1] or empty"]
+    return []

@@ -52,7 +52,7 @@ def demo_store(tmp_path_factory, tiny_model_path):
     from attnstore.demo import build_demo_store
 
     path = str(tmp_path_factory.mktemp("stores") / "demo.zarr")
-    build_demo_store(path, show_progress=False)
+    build_demo_store(path, show_progress=False, model="random")
     return path
 
 

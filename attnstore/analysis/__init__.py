@@ -12,6 +12,7 @@ Modules, bottom up (each imports only those above it):
     maps       MapSpec -> compute_map -> MapResult: the one token -> map pipeline
     aggregate  one token across a whole store (dask), and its table files
     studies    dataset-level analyses from the literature (`ANALYSES`: modality, visual_ratio, ...)
+    grounding  does a token's attention fall in an object's box (in-box share, pointing game)
     accessor   `ds.attn` and every cache
 
 Typical use (one token of one image)::
@@ -33,6 +34,7 @@ from attnstore.analysis.aggregate import (
     summarise_rows,
 )
 from attnstore.analysis.grid import VIEWS, grid_boxes, lattice_cells, patch_grid, resample_density
+from attnstore.analysis.grounding import grounding_scores, rank_heads, store_grounding
 from attnstore.analysis.kernels import entropy_topk_np, fp16_to_fp32, kth_largest
 from attnstore.analysis.keys import IMAGE_KEY_SETS, NORMALISATIONS, image_key_mask, normalise, sink_keys
 from attnstore.analysis.maps import MapResult, MapSpec, compute_map, row_of_position
@@ -84,6 +86,7 @@ __all__ = [
     "find_token",
     "fp16_to_fp32",
     "grid_boxes",
+    "grounding_scores",
     "image_extents",
     "image_key_mask",
     "image_share",
@@ -93,6 +96,7 @@ __all__ = [
     "parse_range",
     "patch_grid",
     "query_tokens",
+    "rank_heads",
     "read_rows",
     "read_rows_fp16",
     "reduce_heads",
@@ -104,6 +108,7 @@ __all__ = [
     "select_image",
     "select_layers_heads",
     "sink_keys",
+    "store_grounding",
     "strip_bpe",
     "summarise_rows",
     "token_occurrences",

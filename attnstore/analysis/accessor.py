@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from attnstore.analysis.cache import LRU
+from attnstore.analysis.grounding import rank_heads, store_grounding
 from attnstore.analysis.keys import normalise
 from attnstore.analysis.maps import MapResult, MapSpec, compute_map
 from attnstore.analysis.reduce import entropy, image_share
@@ -144,3 +145,15 @@ class AttnAccessor:
 
     def __dir__(self) -> list[str]:
         return sorted({*super().__dir__(), *ANALYSES})
+
+    # -- grounding (stores with object boxes) --------------------------------------------------------
+    def grounding(self, token: str = "answer", target: str | int = "target_object", keys: str = "all") -> xr.Dataset:
+        """In-box share and pointing game of `token` on the `target` object's box, every image
+        (image, layer, head); see `attnstore.analysis.grounding.store_grounding`."""
+        return store_grounding(self._ds, token=token, target=target, keys=keys)
+
+    def grounding_heads(
+        self, token: str = "answer", target: str | int = "target_object", keys: str = "all", by: str = "inbox_lift"
+    ) -> xr.Dataset:
+        """Heads ranked by how well they localise the target object, best first (`rank_heads`)."""
+        return rank_heads(self.grounding(token, target, keys), by=by)

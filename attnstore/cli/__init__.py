@@ -23,7 +23,9 @@ app = typer.Typer(
 
 # Importing registers the commands (kept after `app` exists).
 from attnstore.cli import analyze as _analyze  # noqa: E402,F401
+from attnstore.cli import demo_model as _demo_model  # noqa: E402,F401
 from attnstore.cli import extract as _extract  # noqa: E402,F401
+from attnstore.cli import grounding as _grounding  # noqa: E402,F401
 from attnstore.cli import inspect as _inspect  # noqa: E402,F401
 from attnstore.cli import legacy as _legacy  # noqa: E402,F401
 from attnstore.cli import pack as _pack  # noqa: E402,F401

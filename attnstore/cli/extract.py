@@ -49,6 +49,13 @@ def extract(
         str | None,
         typer.Option(help='fsspec options for a remote --out as JSON, e.g. \'{"endpoint_url": "http://..."}\'.'),
     ] = None,
+    boxes: Annotated[
+        Path | None,
+        typer.Option(
+            help="Object boxes to store with the images: COCO json, or json/jsonl of image name -> label, x, y, w, h "
+            "(pixels)."
+        ),
+    ] = None,
 ) -> None:
     """Run a VLM over images and store every layer's and head's attention."""
     from attnstore.images import collect_images
@@ -63,15 +70,29 @@ def extract(
         raise AttnstoreError("the prompt is empty: pass --prompt TEXT")
     paths = collect_images([str(p) for p in images or []], str(image_dir) if image_dir else None, limit)
     options = parse_storage_options(storage_options)
+    boxes_by_name = None
+    if boxes is not None:
+        from attnstore.boxes import load_boxes
+
+        boxes_by_name = load_boxes(boxes)  # a bad file fails before any model work
+    if not (workers or scheduler):
+        read_model_type(model)  # a missing model fails here, before transformers or torch are imported
+    from attnstore.pipeline import ExtractSettings, image_items, run_items
+
+    items = image_items(paths, prompt, str(image_dir) if image_dir else None)
+    if boxes_by_name is not None:
+        from attnstore.boxes import boxes_for_items
+
+        boxes_for_items(boxes_by_name, items)
+    settings = ExtractSettings(max_new_tokens=max_new_tokens, queries=queries)
     if workers or scheduler:
         from attnstore.distributed import run_distributed
-        from attnstore.pipeline import ExtractSettings, image_items
 
         report = run_distributed(
             model,
-            image_items(paths, prompt, str(image_dir) if image_dir else None),
+            items,
             out,
-            settings=ExtractSettings(max_new_tokens=max_new_tokens, queries=queries),
+            settings=settings,
             keep_bits=keep_bits,
             storage_options=options,
             device=device,
@@ -83,24 +104,12 @@ def extract(
         )
         summarise_run(report, out)
         return
-    read_model_type(model)  # a missing model fails here, before transformers or torch are imported
     quiet_transformers()
     adapter = load_adapter(model, device=device, dtype=dtype, attn_kernel=attn_kernel)
-    from attnstore.pipeline import run_extraction
-
-    report = run_extraction(
-        adapter,
-        paths,
-        prompt,
-        out,
-        image_dir=str(image_dir) if image_dir else None,
-        max_new_tokens=max_new_tokens,
-        keep_bits=keep_bits,
-        queries=queries,
-        storage_options=options,
-        show_progress=progress,
+    report = run_items(
+        adapter, items, out, settings=settings, keep_bits=keep_bits, storage_options=options, show_progress=progress,
         batch_size=batch_size,
-    )
+    )  # fmt: skip
     summarise_run(report, out)
 
 
@@ -110,15 +119,20 @@ def demo(
     serve: Annotated[bool, typer.Option(help="Serve the explorer on the demo store afterwards.")] = True,
     host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1 = this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the explorer.")] = 5001,
+    random: Annotated[
+        bool, typer.Option("--random", help="Use the random-weight tiny model on the sample images (geometry only).")
+    ] = False,
 ) -> None:
-    """Build a demo store with a tiny random-weight model (offline), then explore it."""
+    """Build a demo store offline (the shipped demo model on synthetic scenes if this installation
+    has it, else the tiny random-weight model), then explore it."""
     from attnstore.cli.inspect import print_info
-    from attnstore.demo import RANDOM_WEIGHTS_NOTICE, build_demo_store
+    from attnstore.demo import RANDOM_WEIGHTS_NOTICE, build_demo_store, has_trained_model, trained_notice
     from attnstore.quiet import quiet_transformers
 
     quiet_transformers()
-    typer.secho(RANDOM_WEIGHTS_NOTICE, fg="yellow")
-    report = build_demo_store(out)
+    model = "random" if random or not has_trained_model() else "trained"
+    typer.secho(RANDOM_WEIGHTS_NOTICE if model == "random" else trained_notice(), fg="yellow")
+    report = build_demo_store(out, model=model)
     summarise_run(report, out)
     print_info(out)
     if serve:

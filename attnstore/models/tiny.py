@@ -52,53 +52,20 @@ IDEFICS3_REAL_DIMS = dict(
 )
 
 
+# SmolVLM's image geometry: 512 px tiles, images upscaled to longest edge 2048, patch 16, 8 x 8 tokens a view.
+SMOLVLM_GEOMETRY = dict(longest_edge=2048, tile=512, patch=16, scale_factor=4)
+
+
 def build_random_idefics3(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
     """Save a random-weight Idefics3 + a real Idefics3Processor (SmolVLM geometry) to `out_dir`.
 
     The token layout and tile geometry are the real ones (512 px tiles, 8 x 8
     patches each, images upscaled to longest edge 2048); only the weights are random.
     """
-    from transformers import (
-        Idefics3Config,
-        Idefics3ForConditionalGeneration,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-        LlamaConfig,
-    )
-    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+    from transformers import Idefics3ForConditionalGeneration
 
-    dims = {**IDEFICS3_TINY_DIMS, **(dims or {})}
-    specials = [*IDEFICS3_SPECIALS, FAKE_TOKEN, IDEFICS3_IMAGE_TOKEN, GLOBAL_TOKEN, *ROW_COL_TOKENS]
-    tokenizer = build_bpe_tokenizer(
-        specials,
-        bos_token="<|im_start|>",
-        eos_token=END_OF_UTTERANCE,
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    image_processor = Idefics3ImageProcessorPil(
-        size={"longest_edge": 2048},
-        max_image_size={"longest_edge": 512},
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-        resample=1,  # LANCZOS, as SmolVLM
-    )
-    processor = Idefics3Processor(image_processor, tokenizer, image_seq_len=64, chat_template=SMOLVLM_CHAT_TEMPLATE)
-    ids = tokenizer.convert_tokens_to_ids
-    text_config = LlamaConfig(
-        **text_config_kwargs(dims, tokenizer, "<|im_start|>", END_OF_UTTERANCE, "<|endoftext|>", max_positions=8192)
-    )
-    vision_config = Idefics3VisionConfig(
-        hidden_size=dims["vision_hidden"],
-        intermediate_size=2 * dims["vision_hidden"],
-        num_hidden_layers=dims["vision_layers"],
-        num_attention_heads=2,
-        patch_size=16,
-        image_size=512,
-    )
-    config = Idefics3Config(
-        text_config=text_config, vision_config=vision_config, scale_factor=4, image_token_id=ids(IDEFICS3_IMAGE_TOKEN)
-    )
+    config, processor = idefics3_config(dims)
+    ids = processor.tokenizer.convert_tokens_to_ids
     return save_random_model(
         Idefics3ForConditionalGeneration,
         config,
@@ -108,6 +75,88 @@ def build_random_idefics3(out_dir: str | Path, dims: dict | None = None, seed: i
         eos=ids(END_OF_UTTERANCE),
         pad=ids("<|endoftext|>"),
     )
+
+
+def make_tiny_idefics3(dims: dict | None = None, geometry: dict | None = None, seed: int = 0, corpus: str = ""):
+    """A freshly initialised Idefics3 and its processor, in memory (e.g. to train it).
+
+    Returns
+    -------
+    (Idefics3ForConditionalGeneration in eval mode, Idefics3Processor); see `idefics3_config`.
+    """
+    from transformers import Idefics3ForConditionalGeneration
+
+    config, processor = idefics3_config(dims, geometry, corpus)
+    ids = processor.tokenizer.convert_tokens_to_ids
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids(END_OF_UTTERANCE)
+    model.generation_config.pad_token_id = ids("<|endoftext|>")
+    return model, processor
+
+
+def idefics3_config(dims: dict | None = None, geometry: dict | None = None, corpus: str = ""):
+    """An Idefics3 config and its real processor (SmolVLM specials and chat template).
+
+    Parameters
+    ----------
+    dims : model sizes, over IDEFICS3_TINY_DIMS (vision_heads defaults to 2).
+    geometry : longest_edge, tile, patch, scale_factor, over SMOLVLM_GEOMETRY.
+    corpus : extra tokenizer training text (words that should be single pieces).
+
+    Returns
+    -------
+    (Idefics3Config, Idefics3Processor)
+    """
+    from transformers import (
+        Idefics3Config,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        LlamaConfig,
+    )
+    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+
+    dims = {**IDEFICS3_TINY_DIMS, **(dims or {})}
+    geo = {**SMOLVLM_GEOMETRY, **(geometry or {})}
+    specials = [*IDEFICS3_SPECIALS, FAKE_TOKEN, IDEFICS3_IMAGE_TOKEN, GLOBAL_TOKEN, *ROW_COL_TOKENS]
+    tokenizer = build_bpe_tokenizer(
+        specials,
+        extra_corpus=corpus,
+        bos_token="<|im_start|>",
+        eos_token=END_OF_UTTERANCE,
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": geo["longest_edge"]},
+        max_image_size={"longest_edge": geo["tile"]},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        resample=1,  # LANCZOS, as SmolVLM
+    )
+    image_seq_len = (geo["tile"] // geo["patch"]) ** 2 // geo["scale_factor"] ** 2
+    processor = Idefics3Processor(
+        image_processor, tokenizer, image_seq_len=image_seq_len, chat_template=SMOLVLM_CHAT_TEMPLATE
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    text_config = LlamaConfig(
+        **text_config_kwargs(dims, tokenizer, "<|im_start|>", END_OF_UTTERANCE, "<|endoftext|>", max_positions=8192)
+    )
+    vision_config = Idefics3VisionConfig(
+        hidden_size=dims["vision_hidden"],
+        intermediate_size=2 * dims["vision_hidden"],
+        num_hidden_layers=dims["vision_layers"],
+        num_attention_heads=dims.get("vision_heads", 2),
+        patch_size=geo["patch"],
+        image_size=geo["tile"],
+    )
+    config = Idefics3Config(
+        text_config=text_config,
+        vision_config=vision_config,
+        scale_factor=geo["scale_factor"],
+        image_token_id=ids(IDEFICS3_IMAGE_TOKEN),
+    )
+    return config, processor
 
 
 # -- LLaVA-1.5 -------------------------------------------------------------------------------

@@ -24,12 +24,15 @@ Answer the question using a single word or phrase. Describe the scene in detail.
 """
 
 
-def build_bpe_tokenizer(special_tokens: list[str], vocab_size: int = 700, **named_specials) -> PreTrainedTokenizerFast:
+def build_bpe_tokenizer(
+    special_tokens: list[str], vocab_size: int = 700, extra_corpus: str = "", **named_specials
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on the built-in corpus and wrap it for transformers.
 
     Parameters
     ----------
     special_tokens : every special token, in the order they get ids (after the bytes).
+    extra_corpus : more text to train on (e.g. a task's words, so each becomes one piece).
     named_specials : bos_token=..., eos_token=..., pad_token=..., unk_token=... .
     """
     tok = Tokenizer(models.BPE())
@@ -41,7 +44,7 @@ def build_bpe_tokenizer(special_tokens: list[str], vocab_size: int = 700, **name
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS.splitlines() * 4, trainer=trainer)
+    tok.train_from_iterator((_CORPUS + extra_corpus).splitlines() * 4, trainer=trainer)
     named = set(named_specials.values())
     extra = [t for t in special_tokens if t not in named]
     return PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=extra, **named_specials)

@@ -29,6 +29,9 @@ from attnstore.schema import (
     FORMAT_NAME,
     IMAGE,
     KEY,
+    OBJECT,
+    OBJECT_BOX,
+    OBJECT_LABEL,
     PER_IMAGE_SCALARS,
     PER_IMAGE_STRINGS,
     PER_KEY,
@@ -333,6 +336,51 @@ class AttnStore:
         return np.asarray(self.group["complete"][:], dtype=bool) if self.n_images else np.array([], dtype=bool)
 
     # -- writing one image -----------------------------------------------------------------
+    # -- optional object boxes (schema.OBJECT_BOX / OBJECT_LABEL) --------------------------------
+    def object_capacity(self) -> int:
+        return int(self.group[OBJECT_BOX].shape[1]) if OBJECT_BOX in self.group else 0
+
+    def ensure_objects(self, n_objects: int) -> None:
+        """Create the object variables, or grow their object axis, to hold `n_objects` per image."""
+        if n_objects <= self.object_capacity():
+            return
+        if OBJECT_BOX in self.group:
+            self.group[OBJECT_BOX].resize((self.n_images, n_objects, 4))
+            self.group[OBJECT_LABEL].resize((self.n_images, n_objects))
+        else:
+            for name, dims, dtype, fill, tail in (
+                (OBJECT_BOX, (IMAGE, OBJECT, BOX_DIM), "float32", np.nan, (n_objects, 4)),
+                (OBJECT_LABEL, (IMAGE, OBJECT), str, "", (n_objects,)),
+            ):
+                self.group.create_array(
+                    name,
+                    shape=(self.n_images, *tail),
+                    chunks=(1, *tail),
+                    dtype=dtype,
+                    fill_value=fill,
+                    dimension_names=dims,
+                    compressors="auto",
+                    attributes=VARIABLE_ATTRS[name],
+                )
+        self.consolidate()
+
+    def _write_objects(self, index: int, objects: list[tuple[str, tuple]] | None, resize: bool) -> None:
+        """Labels and normalised boxes of image `index` (slots past its objects: "" and NaN)."""
+        objects = objects or []
+        if len(objects) > self.object_capacity():
+            if not resize:
+                raise StoreError(f"image has {len(objects)} objects, the store holds {self.object_capacity()}")
+            self.ensure_objects(len(objects))
+        if not self.object_capacity():
+            return
+        n = self.object_capacity()
+        boxes = np.full((n, 4), np.nan, np.float32)
+        labels = np.full(n, "", dtype=object)
+        for i, (label, box) in enumerate(objects):
+            boxes[i], labels[i] = box, label
+        self.group[OBJECT_BOX][index] = boxes
+        self.group[OBJECT_LABEL][index] = labels
+
     def write_image(
         self,
         index: int,
@@ -342,13 +390,15 @@ class AttnStore:
         extra: dict | None = None,
         resize: bool = True,
         mark_complete: bool = True,
+        objects: list[tuple[str, tuple]] | None = None,
     ) -> None:
         """Write every array of image `index` (and its `extra` variables), then mark it complete (last).
 
         With `resize=False` (concurrent writers) an image that does not fit raises CapacityError
         before anything is written, instead of resizing arrays other writers are using. With
         `mark_complete=False` the `complete` flag is not touched: a distributed worker leaves it to
-        the coordinator (`mark_complete`), so only one process ever writes `complete`.
+        the coordinator (`mark_complete`), so only one process ever writes `complete`. `objects`
+        are (label, normalised x0, y0, x1, y1) pairs stored in the optional object variables.
         """
         g = self.group
         unknown = set(extra or {}) - set(self.extra_kinds())
@@ -407,6 +457,7 @@ class AttnStore:
         g["answer"][index] = result.answer
         for name, value in (extra or {}).items():
             g[name][index] = value
+        self._write_objects(index, objects, resize)
         if mark_complete:
             self.mark_complete(index)
 

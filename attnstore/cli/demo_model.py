@@ -1,0 +1,21 @@
+"""`attnstore demo-model DIR`: write the trained demo model as a save_pretrained folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnstore.cli import app
+
+
+@app.command("demo-model")
+def demo_model(
+    out: Annotated[Path, typer.Argument(help="Folder to write (must be new or empty).")],
+) -> None:
+    """Write the trained demo model (model + processor) to a folder that `--model` and transformers load."""
+    from attnstore.demo import write_demo_model
+
+    folder = write_demo_model(out)
+    typer.echo(f"{folder}: demo model written (load it with --model {folder})")
