@@ -8,8 +8,10 @@ import numpy as np
 import xarray as xr
 
 from attnstore.errors import NotFound
+from attnstore.schema import TokenKind
 
 BPE_MARKERS = "ĠĊ▁"  # GPT-2 byte-level space/newline, SentencePiece space
+ANSWER = "@answer"  # names the answer's tokens (any image, whatever its words): occurrence 0 = the first
 
 
 class TokenNotFoundError(NotFound):
@@ -32,7 +34,12 @@ def strip_bpe(token: str) -> str:
 
 
 def token_occurrences(img: xr.Dataset, text: str) -> list[int]:
-    """Query rows whose token matches `text`: BPE-aware exact match, else case-insensitive."""
+    """Query rows whose token matches `text`: BPE-aware exact match, else case-insensitive.
+
+    `text` "@answer" matches every generated (answer) token, in order."""
+    if text == ANSWER:
+        kinds = np.asarray(img["token_kind"].values)[np.asarray(img["query_position"].values)]
+        return [int(r) for r in np.flatnonzero(kinds == int(TokenKind.GENERATED))]
     tokens = query_tokens(img)
     wanted = strip_bpe(text)
     stripped = np.array([strip_bpe(t) for t in tokens], dtype=str)
@@ -48,7 +55,8 @@ def find_token(img: xr.Dataset, text: str, occurrence: int = 0) -> int:
     Parameters
     ----------
     img : one image (`select_image`).
-    text : e.g. "jacket"; matches "Ġjacket" / "▁jacket"; case-insensitive if no exact match.
+    text : e.g. "jacket"; matches "Ġjacket" / "▁jacket"; case-insensitive if no exact match;
+        "@answer" matches the answer's tokens (occurrence 0 = its first token).
     occurrence : which match (0 = first, -1 = last).
 
     Raises

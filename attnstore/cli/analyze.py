@@ -25,7 +25,7 @@ def _check_writable(path: Path) -> None:
 @app.command()
 def heatmap(
     store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")],
-    token: Annotated[str, typer.Option(help="Token text (BPE-aware: 'jacket' matches 'Ġjacket').")],
+    token: Annotated[str, typer.Option(help="Token text ('jacket' matches 'Ġjacket'); @answer: the answer's tokens.")],
     image: Annotated[str, typer.Option(help="Image index or image name.")] = "0",
     occurrence: Annotated[int, typer.Option(help="Which occurrence of the token (0 = first, -1 = last).")] = 0,
     layers: Annotated[str | None, typer.Option(help=LAYERS_HELP)] = None,

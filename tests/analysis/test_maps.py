@@ -7,6 +7,7 @@ import pytest
 
 from attnstore.analysis import MapSpec, compute_map
 from attnstore.errors import InvalidArgument, NotFound
+from attnstore.schema import TokenKind
 from attnstore.store import open_dataset
 
 
@@ -54,3 +55,12 @@ def test_grids_are_built_once_and_vmax_is_the_largest_drawn_value(ds):
     tiles, glob = result.grid("tiles"), result.grid("global")
     assert result.grid("tiles") is tiles and tiles.attrs["token"] == result.token
     assert result.vmax == pytest.approx(max(np.nanmax(tiles.values), np.nanmax(glob.values)))
+
+
+def test_answer_alias_names_the_answer_tokens_in_order(ds):
+    img = ds.attn.image(2)
+    kinds = img["token_kind"].values[img["query_position"].values]
+    answer_rows = np.flatnonzero(kinds == int(TokenKind.GENERATED))
+    first = compute_map(ds, MapSpec(image=2, token="@answer"))
+    third = compute_map(ds, MapSpec(image=2, token="@answer", occurrence=2))
+    assert (first.row, third.row) == (answer_rows[0], answer_rows[2])
