@@ -21,7 +21,7 @@ from attnstore.analysis.maps import MapResult, MapSpec, compute_map
 from attnstore.analysis.reduce import entropy, image_share
 from attnstore.analysis.select import select_image, token_weights
 from attnstore.analysis.studies import ANALYSES
-from attnstore.analysis.tokens import find_token
+from attnstore.analysis.tokens import ANSWER, find_token
 from attnstore.errors import NotFound
 from attnstore.store.integrity import checksum_guard
 
@@ -147,13 +147,13 @@ class AttnAccessor:
         return sorted({*super().__dir__(), *ANALYSES})
 
     # -- grounding (stores with object boxes) --------------------------------------------------------
-    def grounding(self, token: str = "answer", target: str | int = "target_object", keys: str = "all") -> xr.Dataset:
+    def grounding(self, token: str = ANSWER, target: str | int = "target_object", keys: str = "all") -> xr.Dataset:
         """In-box share and pointing game of `token` on the `target` object's box, every image
         (image, layer, head); see `attnstore.analysis.grounding.store_grounding`."""
         return store_grounding(self._ds, token=token, target=target, keys=keys)
 
     def grounding_heads(
-        self, token: str = "answer", target: str | int = "target_object", keys: str = "all", by: str = "inbox_lift"
+        self, token: str = ANSWER, target: str | int = "target_object", keys: str = "all", by: str = "inbox_lift"
     ) -> xr.Dataset:
         """Heads ranked by how well they localise the target object, best first (`rank_heads`)."""
         return rank_heads(self.grounding(token, target, keys), by=by)

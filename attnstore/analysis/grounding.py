@@ -22,9 +22,9 @@ import xarray as xr
 
 from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.select import select_image, token_weights
-from attnstore.analysis.tokens import find_token
+from attnstore.analysis.tokens import ANSWER, find_token
 from attnstore.errors import AttnstoreError, InvalidArgument, NotFound
-from attnstore.schema import OBJECT_BOX, OBJECT_LABEL, TokenKind
+from attnstore.schema import OBJECT_BOX, OBJECT_LABEL
 
 
 def box_area(box: np.ndarray) -> np.ndarray:
@@ -172,13 +172,6 @@ def rank_heads(scores: xr.Dataset, by: str = "inbox_lift") -> xr.Dataset:
 # -- from a store ------------------------------------------------------------------------------
 
 
-def answer_row(img: xr.Dataset) -> int:
-    """Query row of the first generated (answer) token of one image, or -1 if none."""
-    kinds = np.asarray(img["token_kind"].values)[np.asarray(img["query_position"].values[: int(img["n_query"])])]
-    rows = np.flatnonzero(kinds == int(TokenKind.GENERATED))
-    return int(rows[0]) if rows.size else -1
-
-
 def object_index(img: xr.Dataset, target: str | int) -> int:
     """Object slot of one image: an index, the name of a per-image int variable holding it
     (e.g. "target_object"), or an object label; -1 if the image has no such object."""
@@ -191,14 +184,14 @@ def object_index(img: xr.Dataset, target: str | int) -> int:
 
 
 def store_grounding(
-    ds: xr.Dataset, token: str = "answer", target: str | int = "target_object", keys: str = "all"
+    ds: xr.Dataset, token: str = ANSWER, target: str | int = "target_object", keys: str = "all"
 ) -> xr.Dataset:
     """Grounding scores of one token against one object box, for every image of a store that has both.
 
     Parameters
     ----------
     ds : a store (`attnstore.store.open_dataset`) with object boxes.
-    token : "answer" (the first generated token) or a token text (first occurrence).
+    token : "@answer" (the first generated token) or a token text (first occurrence).
     target : which object: see `object_index`.
     keys : "all", "tiles" or "global" patch keys.
 
@@ -214,7 +207,7 @@ def store_grounding(
         obj = object_index(img, target)
         if obj < 0 or obj >= img.sizes["object"] or not str(img[OBJECT_LABEL].values[obj]):
             continue
-        query = answer_row(img) if token == "answer" else _token_row(img, token)
+        query = _token_row(img, token)
         if query < 0:
             continue
         rows.append((int(i), token_weights(img, query).values, img, obj))

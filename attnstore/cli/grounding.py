@@ -13,7 +13,7 @@ from attnstore.cli import app
 @app.command()
 def grounding(
     store: Annotated[str, typer.Argument(help="Store path or fsspec URL (with object boxes).")],
-    token: Annotated[str, typer.Option(help="'answer' (first generated token) or a token text.")] = "answer",
+    token: Annotated[str, typer.Option(help="@answer (first generated token) or a token text.")] = "@answer",
     target: Annotated[
         str, typer.Option(help="Object: a per-image index variable (e.g. target_object), an index, or a label.")
     ] = "target_object",

@@ -29,7 +29,7 @@ DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.M | re.S)
 NEEDS = re.compile(r"#\s*needs:", re.I)
 RUNNABLE = ("attnstore ", "python ", "curl ", ".venv/bin/")
-STORE_NAMES = ("my.zarr", "attention.zarr", "coco.zarr", "store.zarr", "demo_store.zarr", "old.zarr")
+STORE_NAMES = ("my.zarr", "attention.zarr", "coco.zarr", "store.zarr", "demo_store.zarr", "demo.zarr")
 IMAGE_NAMES = ("photo1.jpg", "photo2.png", "photo.jpg")
 IMAGE_DIRS = ("val2014", "imgs", "../COCO/val2014")
 TIMEOUT = 300
@@ -69,10 +69,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, demo_store):
-    """A folder with every store and image name the docs use."""
+def workdir(tmp_path_factory, tiny_model_path):
+    """A folder with every store and image name the docs use: copies of the store `attnstore demo` builds."""
+    from attnstore.demo import build_demo_store
     from attnstore.images import sample_images
 
+    demo_store = str(tmp_path_factory.mktemp("docs") / "demo.zarr")
+    build_demo_store(demo_store, show_progress=False)
     root = tmp_path_factory.mktemp("docs") / "work"
     root.mkdir()
     for name in STORE_NAMES:
