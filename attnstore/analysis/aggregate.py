@@ -239,19 +239,27 @@ def aggregate_token(
     )
 
 
+WHOLE_DATASET_FORMATS = (".nc", ".zarr")  # hold an xr.Dataset as it is (tables need one file per set of dims)
+
+
+def save_whole(result: xr.Dataset, path: Path) -> list[Path]:
+    """Write a Dataset whole as .nc or .zarr; returns the files written."""
+    if path.suffix.lower() == ".nc":
+        result.to_netcdf(path)
+    else:
+        with warnings.catch_warnings():  # zarr notes that consolidated metadata is not in the v3 spec yet
+            warnings.simplefilter("ignore")
+            result.to_zarr(path, mode="w", zarr_format=3, consolidated=True)
+    return [path]
+
+
 def save_aggregate(result: xr.Dataset, path: str | Path) -> list[Path]:
     """Write an `aggregate_token` result: .csv / .parquet (table + `<stem>_mean_map` beside it),
     .nc or .zarr (one Dataset). Returns the files written."""
     path = Path(path)
     suffix = check_aggregate_output(path)
-    if suffix == ".nc":
-        result.to_netcdf(path)
-        return [path]
-    if suffix == ".zarr":
-        with warnings.catch_warnings():  # zarr notes that consolidated metadata is not in the v3 spec yet
-            warnings.simplefilter("ignore")
-            result.to_zarr(path, mode="w", zarr_format=3, consolidated=True)
-        return [path]
+    if suffix in WHOLE_DATASET_FORMATS:
+        return save_whole(result, path)
     table = result.drop_vars(["mean_map", "count", "x", "y"]).to_dataframe()
     mean = result["mean_map"].to_pandas()  # rows = y, columns = x
     mean_path = path.with_name(f"{path.stem}_mean_map{suffix}")

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from attnstore.capture import implementation_name
-from attnstore.extract import extract
 from attnstore.models import load_adapter
 from attnstore.models.qwen2_vl import (
     IMAGE_TOKEN,
@@ -153,34 +152,6 @@ def test_truncated_image_block_is_an_error(adapter):
     first_image = int(np.flatnonzero(inputs["mm_token_type_ids"][0].numpy())[0])
     with pytest.raises(ValueError, match="image tokens"):
         adapter.layout(ids[: first_image + 3], inputs)
-
-
-# -- capture ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def run(adapter):
-    image = _gradient_image(640, 480)
-    return image, extract(adapter, image, PROMPT, max_new_tokens=6)
-
-
-def test_captured_rows_equal_output_attentions(adapter, run, transformers_reference):
-    image, result = run
-    reference = transformers_reference.attention(adapter, image, result.prompt, result.token_id)
-    assert result.attention.shape == (adapter.n_layers, adapter.n_heads, result.n_query, result.n_key)
-    np.testing.assert_allclose(
-        result.attention.astype(np.float32), reference[:, :, result.query_position], rtol=2e-3, atol=2e-4
-    )
-
-
-def test_rows_sum_to_one_and_are_causal(adapter, run):
-    _, result = run
-    rows = result.attention.astype(np.float32)
-    np.testing.assert_allclose(rows.sum(-1), 1.0, atol=5e-3)
-    after = np.arange(result.n_key)[None, :] > result.query_position[:, None]
-    assert rows[:, :, after].max() == 0
-    generated = result.token_id[result.layout.kind == TokenKind.GENERATED]
-    assert generated.size >= 1 and not set(generated.tolist()) & set(adapter.banned_token_ids())
 
 
 def test_forward_inputs_extend_token_types_to_the_answer(adapter):

@@ -15,12 +15,11 @@ over images in batches (`base.scan`), with a plot (`PLOTS`, matplotlib). Reached
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import xarray as xr
 
-from attnstore.analysis.aggregate import check_aggregate_output
+from attnstore.analysis.aggregate import WHOLE_DATASET_FORMATS, check_aggregate_output, save_whole
 from attnstore.analysis.studies import compare, localisation, modality, sinks, visual_ratio  # noqa: F401 (register)
 from attnstore.analysis.studies.base import ANALYSES, PLOTS, QUERY_SETS, query_rows, register, scan
 from attnstore.analysis.studies.compare import compare_stores, matched_rows, shared_images
@@ -69,14 +68,8 @@ def save_table(result: xr.Dataset, path: str | Path) -> list[Path]:
     set of dims, the largest at `path` and the others beside it as `<stem>_<dims><suffix>`."""
     path = Path(path)
     suffix = check_aggregate_output(path)
-    if suffix == ".nc":
-        result.to_netcdf(path)
-        return [path]
-    if suffix == ".zarr":
-        with warnings.catch_warnings():  # zarr notes that consolidated metadata is not in the v3 spec yet
-            warnings.simplefilter("ignore")
-            result.to_zarr(path, mode="w", zarr_format=3, consolidated=True)
-        return [path]
+    if suffix in WHOLE_DATASET_FORMATS:
+        return save_whole(result, path)
     groups: dict[tuple[str, ...], list[str]] = {}
     for name, var in result.data_vars.items():
         groups.setdefault(var.dims, []).append(name)
