@@ -85,14 +85,15 @@ def build_app(path: str, storage_options: dict | None = None, seed_frontend: str
 
 
 def _open_only(path: str, storage_options: dict | None, seed_frontend: str | None) -> None:
-    """Check what `build_app` would open (folder, store), without building the app."""
-    from explorer.state import StoreState
+    """Check what `build_app` would open (folder, store), without building the app. Through
+    zarr-python: tensorstore's threads must not start before gunicorn forks (it aborts the workers)."""
+    from attnstore.store import open_dataset
 
     if seed_frontend:
         from explorer.seed_frontend import check_folder
 
         check_folder(seed_frontend)
-    StoreState(path, storage_options)
+    open_dataset(path, storage_options, read_backend="zarr")
 
 
 def _gunicorn_base():
