@@ -135,7 +135,9 @@ def _generate_fed_back(adapter: ModelAdapter, batch: dict, max_new_tokens: int) 
     from transformers import StoppingCriteriaList
 
     config = copy.deepcopy(adapter.model.generation_config)
-    config.eos_token_id = None  # the stop below replaces the end-token stop (one step later)
+    # The stop below replaces the end-token stop (one step later). Not None: generate would take the
+    # model's own end token back from its defaults and stop before the end token's row is computed.
+    config.eos_token_id = []
     config.pad_token_id = adapter.pad_token_id
     config.do_sample = False
     config.max_new_tokens = max_new_tokens + 1

@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as ex:
         return ex.exit_code
-    except Exception as err:  # click usage errors come as ClickException
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:
+        # Usage errors (unknown option, bad value) are click's ClickException; typer >= 0.2x vendors
+        # its own copy of click, so recognise them by their interface rather than by one class.
+        if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             return err.exit_code
         raise

@@ -141,3 +141,14 @@ def test_demo_store_is_labelled_random_weights(demo_store):
     assert ds.attrs["random_weights"] is True
     assert ds.sizes["image"] == 3 and ds.complete.values.all()
     assert {(int(r), int(c)) for r, c in zip(ds.tile_rows.values, ds.tile_cols.values)} == {(3, 4), (4, 3), (4, 4)}
+
+
+USAGE_ERRORS = [["info", "--nope"], ["heatmap", "x.zarr", "--token", "a", "--layers"], ["frobnicate"]]
+
+
+@pytest.mark.parametrize("args", USAGE_ERRORS)
+def test_usage_errors_are_clicks_message_not_a_traceback(args):
+    """Typer vendors its own click: usage errors must still be recognised (exit 2, no traceback)."""
+    proc = subprocess.run([sys.executable, "-m", "attnstore", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "Error:" in proc.stderr

@@ -1,6 +1,9 @@
 """Capture inside generate: stored rows equal transformers' own eager output_attentions (fp16 rounding),
 for every family, kernel and batch size; the answer is plain greedy generate's."""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -199,3 +202,19 @@ def test_dask_workers_spread_over_gpus(monkeypatch):
     assert worker_device("cuda:1") == "cuda:1" and worker_device("cpu") == "cpu"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert worker_device("cuda") == "cuda"
+
+
+def test_the_end_tokens_row_is_captured_when_the_model_stops_itself():
+    """Random tiny models rarely emit their end token; the shipped demo model answers one word and
+    stops, so the extra fed-back step for the end token's row must run."""
+    from attnstore.demo import demo_scene_items, has_trained_model, trained_model_dir
+    from attnstore.images import load_image
+
+    if not has_trained_model():
+        pytest.skip("this installation ships no demo model")
+    adapter = load_adapter(str(trained_model_dir()))
+    items = demo_scene_items(Path(tempfile.mkdtemp()), n_scenes=2, seed=11)
+    results = extract_batch(adapter, [load_image(i.path) for i in items], [i.prompt for i in items], max_new_tokens=3)
+    for result in results:
+        assert result.token_id[-1] in adapter.eos_token_ids  # the model stopped by itself
+        np.testing.assert_allclose(result.attention.astype(np.float32).sum(-1), 1.0, atol=5e-3)

@@ -1,0 +1,5 @@
+"""`python -m attnstore ...` = the `attnstore` command."""
+
+from attnstore.cli import run
+
+run()
