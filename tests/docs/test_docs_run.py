@@ -145,12 +145,13 @@ def test_every_command_runs_or_is_marked():
 @pytest.mark.parametrize("where,cmd", [c for c in BASH if not NEEDS.search(c[1]) and c[1].startswith(RUNNABLE)])
 def test_doc_command_runs(where, cmd, workdir, api_server):
     cmd = without_comment(cmd)
-    if re.match(r"attnstore (serve|demo)\b", cmd) and "--no-serve" not in cmd:
+    if re.match(r"attnstore (serve|demo)(\s|$)", cmd) and "--no-serve" not in cmd:
         proc, _ = serve(cmd, workdir)
         proc.terminate()
         proc.wait(timeout=30)
         return
     cmd = re.sub(r"(localhost|127\.0\.0\.1):5001", f"127.0.0.1:{api_server}", cmd)
+    cmd = re.sub(r"^curl ", "curl --fail ", cmd)  # an HTTP error must fail the line, not write an error body
     proc = run(cmd, workdir)
     assert proc.returncode == 0, f"{where}: `{cmd}` failed ({proc.returncode}):\n{proc.stderr[-2000:]}"
     assert "Traceback" not in proc.stderr, f"{where}: `{cmd}` printed a traceback:\n{proc.stderr[-2000:]}"
