@@ -20,10 +20,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[extract,s3]"
+	$(BIN)/python -m pip install -q -e ".[all]"
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[extract,s3,test]"
+	$(BIN)/python -m pip install -q -e ".[all,test]"
 
 # Debian's chromium, driven by playwright from PyPI (never `playwright install`: no browser downloads).
 chromium:
