@@ -55,6 +55,37 @@ def synthetic_attention(
     return weights.astype(np.float16)
 
 
+def synthetic_extraction(
+    grid: tuple[int, int],
+    n_answer: int,
+    rng: np.random.Generator,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    queries: str = "text",
+    seq: int = 64,
+    prompt: str = "Can you describe this image?",
+) -> Extraction:
+    """One image's Extraction: a real SmolVLM token layout for an R x C split (`grid`), an answer of
+    `n_answer` tokens, and synthetic attention on the `queries` rows, drawn a layer at a time (keeps
+    the fp32 logits small at real size)."""
+    tokens, n_prompt = idefics3_tokens(*grid, n_answer, seq=seq)
+    layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=seq), len(tokens) - n_prompt)
+    rows = query_positions(layout.kind, queries)
+    image_keys = np.flatnonzero(layout.patch_tile >= 0)
+    attention = np.concatenate(  # [layer, head, query, key]
+        [synthetic_attention(1, n_heads, rows, len(tokens), image_keys, rng) for _ in range(n_layers)]
+    )
+    return Extraction(
+        attention=attention,
+        query_position=rows,
+        token_id=np.arange(len(tokens), dtype=np.int32),
+        token_text=tokens,
+        layout=layout,
+        prompt=prompt,
+        answer="".join(tokens[n_prompt:]).replace("Ġ", " ").strip(),
+    )
+
+
 def make_synthetic_store(
     path: str,
     n_images: int = 3,

@@ -21,10 +21,9 @@ import numpy as np
 from common import console, dir_bytes, host_load, mb, percentiles, photo_like_image, print_table, timed
 
 import attnstore.store.writer as writer
-from attnstore.models.idefics3 import parse_idefics3_layout
-from attnstore.records import Extraction, extend_layout, query_positions
+from attnstore.records import Extraction
 from attnstore.store import AttnStore, StoreShape, open_dataset
-from attnstore.synthetic import idefics3_tokens, synthetic_attention
+from attnstore.synthetic import synthetic_extraction
 from attnstore.validation import validate_store
 
 N_LAYERS, N_HEADS = 30, 9  # SmolVLM-256M's text model
@@ -32,24 +31,8 @@ VARIANTS = {"no checksum (before)": False, "crc32c (default)": True}
 
 
 def extraction(n_answer: int, seed: int) -> Extraction:
-    """Text query rows of synthetic attention on a 3x4-tile SmolVLM token layout."""
-    tokens, n_prompt = idefics3_tokens(3, 4, n_answer)
-    layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=64), len(tokens) - n_prompt)
-    rows = query_positions(layout.kind)
-    image_keys = np.flatnonzero(layout.patch_tile >= 0)
-    rng = np.random.default_rng(seed)
-    attention = np.concatenate(  # one layer at a time keeps the fp32 logits small  # [layer, head, query, key]
-        [synthetic_attention(1, N_HEADS, rows, len(tokens), image_keys, rng) for _ in range(N_LAYERS)]
-    )
-    return Extraction(
-        attention=attention,
-        query_position=rows,
-        token_id=np.arange(len(tokens), dtype=np.int32),
-        token_text=tokens,
-        layout=layout,
-        prompt="Can you describe this image?",
-        answer="".join(tokens[n_prompt:]),
-    )
+    """Text query rows of synthetic attention on a 3x4-tile SmolVLM token layout, at real size."""
+    return synthetic_extraction((3, 4), n_answer, np.random.default_rng(seed), n_layers=N_LAYERS, n_heads=N_HEADS)
 
 
 def write_store(path: Path, checksum: bool, results: list[Extraction]) -> list[float]:

@@ -17,28 +17,15 @@ from support.servers import BUCKET
 
 from attnstore.cli import main
 from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
-from attnstore.models.idefics3 import parse_idefics3_layout
-from attnstore.records import Extraction, extend_layout, query_positions
+from attnstore.records import Extraction
 from attnstore.store import AttnStore, StoreShape, open_dataset
 from attnstore.store.backend import BACKEND_ENV, open_reader, read_image_rows, read_rows, reader_name
 from attnstore.store.pack import pack_store
-from attnstore.synthetic import _gradient_image, idefics3_tokens, make_synthetic_store, synthetic_attention
+from attnstore.synthetic import _gradient_image, make_synthetic_store, synthetic_extraction
 
 
 def extraction(grid: tuple[int, int], queries: str, n_answer: int, rng, n_layers: int = 2, n_heads: int = 3):
-    tokens, n_prompt = idefics3_tokens(*grid, n_answer, seq=4)
-    layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=4), len(tokens) - n_prompt)
-    rows = query_positions(layout.kind, queries)
-    attention = synthetic_attention(n_layers, n_heads, rows, len(tokens), np.flatnonzero(layout.patch_tile >= 0), rng)
-    return Extraction(
-        attention=attention,
-        query_position=rows,
-        token_id=np.arange(len(tokens), dtype=np.int32),
-        token_text=tokens,
-        layout=layout,
-        prompt="p",
-        answer="a",
-    )
+    return synthetic_extraction(grid, n_answer, rng, n_layers=n_layers, n_heads=n_heads, queries=queries, seq=4)
 
 
 def write_store(path: Path, results: list[Extraction], capacity: tuple[int, int], queries: str) -> str:
