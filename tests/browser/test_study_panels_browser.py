@@ -7,6 +7,7 @@ import logging
 import threading
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from explorer import views
@@ -62,3 +63,38 @@ def test_the_study_panels_render_and_follow_the_view(ui, live):
 def test_an_image_the_second_store_lacks_says_so(ui):
     ui.open("?image=2")
     ui.page.wait_for_function("() => document.getElementById('compare-info').textContent.includes('is not in')")
+
+
+def test_sink_marks_are_drawn_on_the_main_figure(page, synthetic_store):
+    """A store with a sink planted on one image key: the main figure crosses that key's cell."""
+    from werkzeug.serving import make_server
+
+    from attnstore.schema import TokenKind
+    from attnstore.store import open_dataset
+    from explorer import create_app, figures
+
+    ds = open_dataset(synthetic_store).load()
+    key = int(np.flatnonzero(ds["token_kind"].values[0] == int(TokenKind.IMAGE_TILE))[5])
+    attention = ds["attention"].values.copy()
+    attention[0, :, :, :, key] = 0.5
+    ds["attention"].values = attention
+    app = create_app(ds)
+    server = make_server("127.0.0.1", 0, app.server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_port}/")
+        page.wait_for_function(f"() => document.getElementById('sinks-info').textContent.includes('#{key} (tile')")
+        page.wait_for_function(
+            "() => { const d = document.querySelector('#heatmap .js-plotly-plot').data;"
+            " return d[d.length - 1].x.length === 1; }"
+        )
+        x, y = page.evaluate(
+            "() => { const t = document.querySelector('#heatmap .js-plotly-plot').data.at(-1);"
+            " return [t.x[0], t.y[0]]; }"
+        )
+        geom = views.geometry(app.attnstore_state, 0)
+        assert figures.key_at(geom, x, y) == key
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
