@@ -14,19 +14,34 @@ import dash
 import xarray as xr
 
 from explorer import api, layout
-from explorer.panels import controls, exports, gallery, header, heatmap, layers, permalink, picker, reverse, strip
+from explorer.panels import compare as compare_panel
+from explorer.panels import (
+    controls,
+    exports,
+    gallery,
+    header,
+    heatmap,
+    layers,
+    modality,
+    permalink,
+    picker,
+    reverse,
+    sinks,
+    strip,
+)
 from explorer.state import StoreState
 
 ASSETS = Path(__file__).parent / "assets"
 
 # In page order within each panel's column (explorer.layout.COLUMNS).
-PANELS = (header, permalink, picker, strip, heatmap, exports, gallery, controls, layers, reverse)
+PANELS = (header, permalink, picker, strip, heatmap, exports, gallery, controls, layers, modality, sinks, reverse)
 
 
 def create_app(
     store: str | xr.Dataset | StoreState,
     storage_options: dict | None = None,
     panels=PANELS,
+    compare: str | xr.Dataset | StoreState | None = None,
     **dash_kwargs,
 ) -> dash.Dash:
     """Build the explorer for one store.
@@ -38,6 +53,8 @@ def create_app(
         A store given by path follows an extraction that is still writing it.
     storage_options : fsspec options for remote stores (e.g. ``{"anon": True}``).
     panels : the panel modules to show (see explorer/panels/__init__.py), in page order.
+    compare : a second store (same forms as `store`) shown beside it: the compare panel is added
+        after the side column's panels. Without it there is no compare panel.
     **dash_kwargs : passed to `dash.Dash` (e.g. ``url_base_pathname="/explorer/"``).
 
     Returns
@@ -49,6 +66,11 @@ def create_app(
     attnstore.errors.StoreError : no readable attnstore store at `store`.
     """
     state = store if isinstance(store, StoreState) else StoreState(store, storage_options)
+    if compare is not None:
+        state.compare = compare if isinstance(compare, StoreState) else StoreState(compare, storage_options)
+        panels = tuple(panels) if compare_panel in panels else (*panels, compare_panel)
+    elif compare_panel in panels:
+        panels = tuple(p for p in panels if p is not compare_panel)  # nothing to compare with
     app = dash.Dash(
         __name__,
         assets_folder=str(ASSETS),

@@ -19,7 +19,7 @@ from attnstore import render
 from attnstore.render.colors import plotly_colorscale
 from attnstore.render.geometry import FigureGeometry, Panel, grid_shapes
 
-TRACE_TILES, TRACE_GLOBAL, TRACE_MARK = 0, 1, 2
+TRACE_TILES, TRACE_GLOBAL, TRACE_MARK, TRACE_SINKS = 0, 1, 2, 3
 HOVER = "%{customdata[1]} · sub-patch %{customdata[2]}<br>value %{z:.4g}<br>token #%{customdata[0]}<extra></extra>"
 
 
@@ -95,6 +95,15 @@ def overlay_figure(
         "name": "patch",
         "marker": {"symbol": "square-open", "size": 16, "color": "#ff2d55", "line": {"width": 3}},
     }
+    sinks = {
+        "type": "scatter",
+        "x": [],
+        "y": [],
+        "mode": "markers",
+        "hoverinfo": "skip",
+        "name": "sinks",
+        "marker": {"symbol": "x-thin-open", "size": 10, "color": "#ffffff", "line": {"width": 2, "color": "#ffffff"}},
+    }
     layout = {
         "images": images,
         "annotations": annotations,
@@ -118,7 +127,7 @@ def overlay_figure(
     }
     # A plain dict: plotly's validation of go.Figure costs ~20 ms here for nothing (tests validate it).
     traces = [_heatmap_trace(geom.tiles, tiles, opacity, "tiles"), _heatmap_trace(geom.glob, glob, opacity, "global")]
-    return {"data": [*traces, mark], "layout": layout}
+    return {"data": [*traces, mark, sinks], "layout": layout}
 
 
 def _layout_image(src: str, x: float, y: float, w: float, h: float) -> dict:
@@ -163,19 +172,34 @@ def heatmap_patch(
     return patch
 
 
+def key_centres(geom: FigureGeometry, keys) -> tuple[list[float], list[float]]:
+    """Figure coordinates (x, y) of the cell centres of image tokens `keys` (on every grid that has them)."""
+    x, y = [], []
+    wanted = np.asarray(list(keys), np.int64)
+    for panel in (geom.tiles, geom.glob):
+        if panel is None or not wanted.size:
+            continue
+        for r, c in np.argwhere(np.isin(panel.keys, wanted)):
+            x.append(float((panel.x_edges[c] + panel.x_edges[c + 1]) / 2))
+            y.append(float((panel.y_edges[r] + panel.y_edges[r + 1]) / 2))
+    return x, y
+
+
 def mark_patch(geom: FigureGeometry, key: int | None) -> Patch:
     """Outline the image patch of token `key` (the reverse view's patch); None removes the mark."""
     patch = Patch()
-    x, y = [], []
-    for panel in (geom.tiles, geom.glob):
-        if panel is None or key is None:
-            continue
-        where = np.argwhere(panel.keys == key)
-        for r, c in where:
-            x.append(float((panel.x_edges[c] + panel.x_edges[c + 1]) / 2))
-            y.append(float((panel.y_edges[r] + panel.y_edges[r + 1]) / 2))
+    x, y = key_centres(geom, [] if key is None else [key])
     patch["data"][TRACE_MARK]["x"] = x
     patch["data"][TRACE_MARK]["y"] = y
+    return patch
+
+
+def mark_sinks(geom: FigureGeometry, keys) -> Patch:
+    """Cross the cells of the attention-sink image tokens `keys` (empty: no marks)."""
+    patch = Patch()
+    x, y = key_centres(geom, keys)
+    patch["data"][TRACE_SINKS]["x"] = x
+    patch["data"][TRACE_SINKS]["y"] = y
     return patch
 
 
@@ -308,6 +332,89 @@ def reverse_figure(labels: list[str], values: np.ndarray, top: int = 15) -> go.F
         max(160, 18 * len(order) + 40),
         yaxis={"autorange": "reversed", "automargin": True},
         xaxis={"title": {"text": "attention to the patch"}, "gridcolor": "#eee"},
+    )
+
+
+KIND_COLOURS = {"prompt": "#4c78a8", "image": "#54a24b", "generated": "#f58518", "special": "#9d9d9d"}
+
+
+def modality_figure(token: np.ndarray, mean: np.ndarray | None, kinds: list[str], layer: int) -> go.Figure:
+    """The token's attention mass per layer on each token type (solid) beside the dataset mean (dotted).
+
+    token : # [layer, kind]; mean : # [layer, kind] or None (not available); kinds : the names of `kind`.
+    """
+    layers = np.arange(token.shape[0])
+    traces = []
+    for k, kind in enumerate(kinds):
+        colour = KIND_COLOURS.get(kind, "#333")
+        hover = f"layer %{{x}}<br>{kind}: %{{y:.1%}}"
+        line = {"color": colour, "width": 2}
+        traces.append(
+            go.Scatter(x=layers, y=token[:, k], mode="lines+markers", name=kind, marker={"size": 4}, line=line,
+                       hovertemplate=hover + " (token)<extra></extra>")
+        )  # fmt: skip
+        if mean is not None:
+            line = {"color": colour, "width": 1.5, "dash": "dot"}
+            traces.append(
+                go.Scatter(x=layers, y=mean[:, k], mode="lines", name=f"{kind} (dataset)", line=line,
+                           hovertemplate=hover + " (dataset mean)<extra></extra>")
+            )  # fmt: skip
+    fig = go.Figure(traces)
+    fig.add_vline(x=layer, line={"color": "#e4572e", "width": 1})
+    _small_layout(
+        fig,
+        200,
+        yaxis={"range": [0, 1], "tickformat": ".0%", "title": {"text": "attention mass"}, "gridcolor": "#eee"},
+        xaxis={"title": {"text": "layer"}, "dtick": max(1, token.shape[0] // 10)},
+    )
+    fig.update_layout(showlegend=True, legend={"orientation": "h", "y": -0.35, "font": {"size": 10}})
+    fig.update_layout(height=240, margin={"l": 40, "r": 8, "t": 8, "b": 70})
+    return fig
+
+
+def compare_figure(jsd: np.ndarray, share_diff: np.ndarray, layer: int) -> go.Figure:
+    """Per layer, how the second store's attention differs for the token: Jensen-Shannon divergence of the
+    image-attention distributions (bars, bits) and the image-share difference B - A (line, mean over heads).
+
+    jsd : # [layer]; share_diff : # [layer]
+    """
+    layers = np.arange(jsd.shape[0])
+    colours = np.where(layers == layer, "#e4572e", "#72b7b2")
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=layers,
+                y=jsd,
+                marker_color=colours.tolist(),
+                name="JSD",
+                hovertemplate="layer %{x}<br>JSD %{y:.3f} bits<extra></extra>",
+            ),
+            go.Scatter(
+                x=layers,
+                y=share_diff,
+                mode="lines+markers",
+                name="share B - A",
+                yaxis="y2",
+                line={"color": "#222", "width": 1.5},
+                marker={"size": 4},
+                hovertemplate="layer %{x}<br>image share B - A %{y:+.1%}<extra></extra>",
+            ),
+        ]
+    )
+    return _small_layout(
+        fig,
+        190,
+        yaxis={"range": [0, 1], "title": {"text": "JSD (bits)"}, "gridcolor": "#eee"},
+        yaxis2={
+            "overlaying": "y",
+            "side": "right",
+            "range": [-1, 1],
+            "tickformat": "+.0%",
+            "showgrid": False,
+            "title": {"text": "share B - A"},
+        },
+        xaxis={"title": {"text": "layer"}, "dtick": max(1, jsd.shape[0] // 10)},
+        bargap=0.15,
     )
 
 

@@ -110,6 +110,7 @@ class StoreState:
         self._checked = time.monotonic()
         self._seen = self._status() if self._path else None
         self.attrs = dict(self._ds.attrs)
+        self.compare: StoreState | None = None  # a second store shown beside this one (explorer.panels.compare)
 
     # -- the Dataset, kept current --------------------------------------------------------------
     @property

@@ -29,6 +29,7 @@ def serve_store(
     storage_options: dict | None = None,
     seed_frontend: str | None = None,
     workers: int = 0,
+    compare: str | None = None,
 ) -> None:
     """Serve the explorer on `path` at http://host:port and block until interrupted.
 
@@ -36,6 +37,7 @@ def serve_store(
     ----------
     seed_frontend : a seed viewer folder (templates/index.html, static/) to serve instead of the explorer.
     workers : 0 = one process with threads (werkzeug); N >= 1 = gunicorn with N worker processes.
+    compare : a second store shown beside `path` (the explorer's compare panel).
 
     Raises
     ------
@@ -49,18 +51,24 @@ def serve_store(
         _gunicorn_base()  # a missing gunicorn is reported before anything else
     check_port(host, port)  # before opening the store: a busy port is the cheaper mistake to report
     # Opening the store here makes a bad path one line; gunicorn's workers open their own after the fork.
+    if compare and seed_frontend:
+        raise InvalidArgument("compare", "is shown by the explorer, not by a seed frontend: give one of the two")
     wsgi = (
-        _open_only(path, storage_options, seed_frontend) if workers else build_app(path, storage_options, seed_frontend)
+        _open_only(path, storage_options, seed_frontend, compare)
+        if workers
+        else build_app(path, storage_options, seed_frontend, compare)
     )
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     what = "seed frontend" if seed_frontend else "explorer"
     how = f", {workers} worker processes" if workers else ""
+    if compare:
+        path = f"{path} (compared with {compare})"
     typer.secho(f"attnstore {what} on {path}: {url}  (Ctrl+C to stop{how})", fg="green")
     if host not in LOCAL_HOSTS:
         typer.secho(f"note: bound to {host}: anyone who can reach this address can read the store", fg="yellow")
     if workers:
         # Each worker opens the store itself after the fork (remote stores' sessions do not survive one).
-        run_gunicorn(lambda: build_app(path, storage_options, seed_frontend), host, port, workers)
+        run_gunicorn(lambda: build_app(path, storage_options, seed_frontend, compare), host, port, workers)
         return
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     try:
@@ -69,8 +77,11 @@ def serve_store(
         typer.echo("stopped")
 
 
-def build_app(path: str, storage_options: dict | None = None, seed_frontend: str | None = None):
-    """The WSGI app (a Flask app) of the explorer, or of a seed frontend folder, warmed up."""
+def build_app(
+    path: str, storage_options: dict | None = None, seed_frontend: str | None = None, compare: str | None = None
+):
+    """The WSGI app (a Flask app) of the explorer (beside a second store `compare`), or of a seed
+    frontend folder, warmed up."""
     if seed_frontend:
         from explorer.seed_frontend import check_folder, create_seed_app
 
@@ -79,13 +90,13 @@ def build_app(path: str, storage_options: dict | None = None, seed_frontend: str
     from explorer import create_app
     from explorer.app import warm_up
 
-    dash_app = create_app(path, storage_options=storage_options)
+    dash_app = create_app(path, storage_options=storage_options, compare=compare or None)
     warm_up(dash_app)
     return dash_app.server
 
 
-def _open_only(path: str, storage_options: dict | None, seed_frontend: str | None) -> None:
-    """Check what `build_app` would open (folder, store), without building the app. Through
+def _open_only(path: str, storage_options: dict | None, seed_frontend: str | None, compare: str | None) -> None:
+    """Check what `build_app` would open (folder, stores), without building the app. Through
     zarr-python: tensorstore's threads must not start before gunicorn forks (it aborts the workers)."""
     from attnstore.store import open_dataset
 
@@ -93,7 +104,8 @@ def _open_only(path: str, storage_options: dict | None, seed_frontend: str | Non
         from explorer.seed_frontend import check_folder
 
         check_folder(seed_frontend)
-    open_dataset(path, storage_options, read_backend="zarr")
+    for store in (path, compare) if compare else (path,):
+        open_dataset(store, storage_options, read_backend="zarr")
 
 
 def _gunicorn_base():
@@ -169,6 +181,10 @@ def serve(
             help="Serve the seed viewer's frontend folder (templates/index.html, static/) instead of the explorer.",
         ),
     ] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option("--compare", metavar="STORE", help="A second store to show beside the first (same images)."),
+    ] = None,
 ) -> None:
     """Explore a store in the browser: click a token, see where the model looks."""
-    serve_store(store, host=host, port=port, seed_frontend=seed_frontend, workers=workers)
+    serve_store(store, host=host, port=port, seed_frontend=seed_frontend, workers=workers, compare=compare)
