@@ -18,7 +18,7 @@ from explorer.state import StoreState
 from explorer.views import ViewParams, plural
 
 COLUMN = "side"
-MEAN_IMAGES = 200  # the dataset mean reads every answer row of these images: a larger store uses its first ones
+MEAN_IMAGES = 50  # the dataset mean reads every answer row of these images: a larger store uses its first ones
 
 
 def layout(page: Page) -> list:
