@@ -36,7 +36,7 @@ def live(synthetic_store, tmp_path_factory):
 
 
 def sinks_text_of_layer(layer: int) -> str:
-    return f"() => document.getElementById('sinks-info').textContent.startsWith('layer {layer}:')"
+    return f"() => document.getElementById('sinks-info')?.textContent.startsWith('layer {layer}:')"
 
 
 def test_the_study_panels_render_and_follow_the_view(ui, live):
@@ -62,7 +62,7 @@ def test_the_study_panels_render_and_follow_the_view(ui, live):
 
 def test_an_image_the_second_store_lacks_says_so(ui):
     ui.open("?image=2")
-    ui.page.wait_for_function("() => document.getElementById('compare-info').textContent.includes('is not in')")
+    ui.page.wait_for_function("() => document.getElementById('compare-info')?.textContent.includes('is not in')")
 
 
 def test_sink_marks_are_drawn_on_the_main_figure(page, synthetic_store):
@@ -84,10 +84,10 @@ def test_sink_marks_are_drawn_on_the_main_figure(page, synthetic_store):
     thread.start()
     try:
         page.goto(f"http://127.0.0.1:{server.server_port}/")
-        page.wait_for_function(f"() => document.getElementById('sinks-info').textContent.includes('#{key} (tile')")
+        page.wait_for_function(f"() => document.getElementById('sinks-info')?.textContent.includes('#{key} (tile')")
         page.wait_for_function(
-            "() => { const d = document.querySelector('#heatmap .js-plotly-plot').data;"
-            " return d[d.length - 1].x.length === 1; }"
+            "() => { const d = document.querySelector('#heatmap .js-plotly-plot')?.data;"
+            " return d && (d[d.length - 1].x || []).length === 1; }"
         )
         x, y = page.evaluate(
             "() => { const t = document.querySelector('#heatmap .js-plotly-plot').data.at(-1);"
