@@ -6,7 +6,7 @@ Attention comes from two sources, neither of them a trained model:
   synthetic  `attnstore.synthetic.synthetic_attention` (softmax rows with a sink and focused heads)
              on the same token layout.
 Random-weight attention is nearly uniform over the causal keys; a trained model's is peakier with
-many tiny values, so its sizes differ (DESIGN.md §4, measured on the real model: lossless ~100 MB
+many tiny values, so its sizes differ (the design notes, measured on the real model: lossless ~100 MB
 per image, keep 3 bits ~28 MB at ~6 % max relative error).
 
 Formats per image:
@@ -52,7 +52,7 @@ from attnstore.synthetic import idefics3_tokens, synthetic_attention
 
 FP16_MIN_NORMAL = 2.0**-14  # below this fp16 is subnormal: fewer mantissa bits, larger relative error
 DESIGN_REFERENCE = (
-    "DESIGN.md §4 (real SmolVLM-256M, trained): lossless ~100 MB/image; keep 3 bits ~28 MB, ~6 % max rel err"
+    "Design notes (real SmolVLM-256M, trained): lossless ~100 MB/image; keep 3 bits ~28 MB, ~6 % max rel err"
 )
 
 
