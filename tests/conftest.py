@@ -38,6 +38,18 @@ def tiny_adapter(tiny_model_path):
     return load_adapter(str(tiny_model_path))
 
 
+@pytest.fixture
+def images(tmp_path):
+    """Two small images (320x240, 200x300) in tmp_path/images (tests/scale has its own, wider ones)."""
+    from attnstore.synthetic import _gradient_image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, size in enumerate([(320, 240), (200, 300)]):
+        _gradient_image(*size, seed=i).save(folder / f"img{i}.png")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory):
     """A small complete synthetic store (3 images: 3x4, 4x3, 2x2 tiles; 2 layers, 4 heads). Read-only."""

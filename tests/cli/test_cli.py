@@ -13,16 +13,6 @@ import zarr
 
 from attnstore.cli import main
 from attnstore.store import open_dataset
-from attnstore.synthetic import _gradient_image
-
-
-@pytest.fixture
-def images(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i, size in enumerate([(320, 240), (200, 300)]):
-        _gradient_image(*size, seed=i).save(folder / f"img{i}.png")
-    return folder
 
 
 def extract_args(tiny_model_path, out, *more):

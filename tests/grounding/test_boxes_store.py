@@ -18,15 +18,6 @@ from attnstore.synthetic import _gradient_image
 from attnstore.validation import validate_store
 
 
-@pytest.fixture
-def images(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i, size in enumerate([(320, 240), (200, 300)]):
-        _gradient_image(*size, seed=i).save(folder / f"img{i}.png")
-    return folder
-
-
 def extract(tiny_model_path, images, out, *more):
     args = ["extract", "--image-dir", str(images), "--model", str(tiny_model_path), "--out", str(out)]
     return main([*args, "--max-new-tokens", "2", "--no-progress", *map(str, more)])
