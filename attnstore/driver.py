@@ -100,6 +100,8 @@ class RunStore:
         """The store, created (or given its extra variables) now if not yet: an image is about to be written."""
         if self.store is None:
             self.store = AttnStore.create(self.out, self.shape, self.attrs, self.storage_options)
+        elif not self._ready:
+            self.store.repair()  # a run killed while growing the store left its arrays disagreeing
         if not self._ready and self.extras:
             self.store.ensure_extras(self.extras)
         if not self._ready and self.n_objects:

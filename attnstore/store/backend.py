@@ -79,6 +79,19 @@ class AttentionReader:
         """Query rows of one image  # -> [row, layer, head, key] float16 (one stored chunk per row)."""
         raise NotImplementedError
 
+    def bound_to(self, shape: tuple[int, ...]) -> None:
+        """Read only `shape` of the array: the shape the rest of the store agrees on.
+
+        A writer grows an array before the store's consolidated metadata says so (and a killed
+        writer may never say so): what lies beyond is not part of the store yet."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != len(self.shape) or any(s > n for s, n in zip(shape, self.shape)):
+            raise StoreError(
+                f"the attention array is {self.shape} but the store's metadata says {shape}: the store is "
+                "half-written; rerun the extract command that wrote it (it repairs the store)"
+            )
+        self.shape = shape
+
     def read_image_rows(self, image: int, rows: slice = slice(None)) -> np.ndarray:
         """A block of query rows of one image (default: the whole shard)  # -> [row, layer, head, key]."""
         return self.read_rows(image, range(*rows.indices(self.shape[3])))
@@ -121,7 +134,7 @@ class ZarrReader(AttentionReader):
         out = np.empty((len(rows), *self.shape[1:3], self.shape[4]), np.float16)  # [row, layer, head, key]
 
         def read(i: int) -> None:
-            out[i] = self.array[image, :, :, rows[i], :]
+            out[i] = self.array[image, :, :, rows[i], : self.shape[4]]
 
         from attnstore.store.reader import read_concurrently  # reader imports this module
 
@@ -130,7 +143,8 @@ class ZarrReader(AttentionReader):
 
     def read_image_rows(self, image: int, rows: slice = slice(None)) -> np.ndarray:
         image, _ = self._check(image, [])
-        block = self.array[image, :, :, rows, :]  # [layer, head, row, key]: one read, zarr decodes the shard
+        rows = slice(*rows.indices(self.shape[3]))  # within the bound (`bound_to`), not the live array
+        block = self.array[image, :, :, rows, : self.shape[4]]  # [layer, head, row, key]: one read of the shard
         return np.moveaxis(block, 2, 0)
 
 
@@ -252,6 +266,10 @@ class TensorstoreReader(AttentionReader):
         self.layout = layout
         self._indexes: OrderedDict[str, tuple[np.ndarray | None, bytes]] = OrderedDict()  # key -> (index, generation)
         self._lock = threading.Lock()
+
+    def bound_to(self, shape: tuple[int, ...]) -> None:
+        super().bound_to(shape)
+        self.layout.shape = self.shape  # which stored pieces make a row
 
     def __getstate__(self) -> dict:  # dask may ship a graph to other processes: no lock, no cache
         return {k: v for k, v in self.__dict__.items() if k not in ("_indexes", "_lock")}
@@ -471,6 +489,7 @@ def attach(ds: xr.Dataset, reader: AttentionReader, chunks=None) -> xr.Dataset:
     """`ds` with its `attention` variable read through `reader` (lazily; dask-chunked if `chunks` is
     not None: one task per shard or row block, never per stored row)."""
     old = ds[ATTENTION].variable
+    reader.bound_to(old.shape)  # the shape every other variable agrees on (a writer may be growing it)
     data = indexing.LazilyIndexedArray(AttentionArray(reader))
     shard_chunks = attention_chunks(old, chunks if chunks is not None else {})
     preferred = {dim: old.shape[i] if size == -1 else size for i, (dim, size) in enumerate(shard_chunks.items())}

@@ -64,6 +64,13 @@ def open_dataset(
             ds = xr.open_zarr(target, chunks=chunks, storage_options=options, zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
         raise StoreError(f"no attnstore store at '{path}'") from err
+    except ValueError as err:  # no consolidated metadata, and a writer killed while growing the arrays
+        if "conflicting sizes" not in str(err):
+            raise
+        raise StoreError(
+            f"store '{path}' is half-written (its arrays disagree on {str(err).split('dimension ')[1].split(':')[0]}): "
+            "rerun the extract command that wrote it (it repairs the store)"
+        ) from err
     check_attrs(ds.attrs, path)
     return attach(ds, open_reader(path, storage_options, read_backend), chunks)
 

@@ -52,6 +52,8 @@ FP16_MANTISSA_BITS = 10
 # Per-image variables with one writer only (the serial run, or a distributed run's coordinator; workers
 # never write them): many images per chunk, so listing names or counting complete images at 10k+ images
 # reads a few objects instead of one per image (atomic chunk writes keep this crash-safe).
+SCHEMA_VARIABLES = {"attention", "query_position", "patch_box", "pixels", *PER_KEY, *PER_KEY_STRINGS,
+                    *PER_IMAGE_SCALARS, *PER_IMAGE_STRINGS}  # fmt: skip
 SINGLE_WRITER_VARIABLES = ("complete", "image_name", "image_source")
 SINGLE_WRITER_CHUNK = 4096
 
@@ -231,9 +233,35 @@ class AttnStore:
             zarr.consolidate_metadata(self.group.store, path=self.group.path or "")
 
     # -- shape management -----------------------------------------------------------------
+    def _per_image_arrays(self) -> dict[str, zarr.Array]:
+        return {name: arr for name, arr in self.group.arrays() if (arr.metadata.dimension_names or ("",))[0] == IMAGE}
+
     @property
     def n_images(self) -> int:
-        return int(self.group["complete"].shape[0])
+        """Image slots every per-image array has (a run killed while growing the store may leave
+        some arrays longer: `repair`)."""
+        return min(int(arr.shape[0]) for arr in self._per_image_arrays().values())
+
+    def repair(self) -> bool:
+        """Make the arrays agree again after a run killed while it grew them; True if anything changed.
+
+        The image axis goes back to the slots every array has: a slot is named, and written, only once
+        every array has it, so what is cut was never written. The query and key axes grow to the largest
+        (growing keeps data). Readers never saw the disagreement: they go by the consolidated metadata."""
+        arrays = self._per_image_arrays()
+        n_images = self.n_images
+        sizes = [(d, int(s)) for arr in arrays.values() for d, s in zip(arr.metadata.dimension_names, arr.shape)]
+        capacity = {dim: max(s for d, s in sizes if d == dim) for dim in (QUERY, KEY)}
+        changed = False
+        for arr in arrays.values():
+            dims = arr.metadata.dimension_names
+            new = tuple(n_images if d == IMAGE else capacity.get(d, s) for d, s in zip(dims, arr.shape))
+            if new != arr.shape:
+                arr.resize(new)
+                changed = True
+        if changed:
+            self.consolidate()
+        return changed
 
     @property
     def query_capacity(self) -> int:
@@ -310,11 +338,12 @@ class AttnStore:
                 raise StoreError(f"store '{self.path}' has extra variable '{name}' of kind {known[name]}, not {kind}")
             if name in known:
                 continue
-            if kind not in EXTRA_KINDS or name in self.group:
+            if kind not in EXTRA_KINDS or (name in self.group and not self._half_added(name, kind, description)):
                 raise StoreError(f"cannot add extra variable '{name}' ({kind}): name taken or kind unknown")
             dtype, fill = EXTRA_KINDS[kind]
             self.group.create_array(
                 name,
+                overwrite=True,  # an array a killed run created but never recorded (`_half_added`)
                 shape=(self.n_images,),
                 chunks=(1,),  # one chunk per image, like every per-image variable: writers never share one
                 dtype=dtype,
@@ -328,12 +357,24 @@ class AttnStore:
             self.group.attrs[EXTRA_ATTR] = known
             self.consolidate()
 
+    def _half_added(self, name: str, kind: str, description: str) -> bool:
+        """`name` is the extra variable (`kind`, `description`) a run killed before recording it left behind."""
+        arr = self.group.get(name)
+        if name in SCHEMA_VARIABLES or not isinstance(arr, zarr.Array) or arr.metadata.dimension_names != (IMAGE,):
+            return False
+        if arr.attrs.get("long_name") != description:
+            return False
+        dtype, _ = EXTRA_KINDS[kind]
+        return arr.dtype.kind in "OTU" if dtype is str else arr.dtype == np.dtype(dtype)
+
     # -- per-image state ----------------------------------------------------------------------
     def image_names(self) -> list[str]:
-        return [str(n) for n in self.group["image_name"][:]] if self.n_images else []
+        n = self.n_images
+        return [str(v) for v in self.group["image_name"][:n]] if n else []
 
     def complete_flags(self) -> np.ndarray:
-        return np.asarray(self.group["complete"][:], dtype=bool) if self.n_images else np.array([], dtype=bool)
+        n = self.n_images
+        return np.asarray(self.group["complete"][:n], dtype=bool) if n else np.array([], dtype=bool)
 
     # -- writing one image -----------------------------------------------------------------
     # -- optional object boxes (schema.OBJECT_BOX / OBJECT_LABEL) --------------------------------
