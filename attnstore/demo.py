@@ -11,6 +11,7 @@ from pathlib import Path
 
 from attnstore.errors import InvalidArgument, ModelLoadError
 from attnstore.images import DATA_DIR, sample_images
+from attnstore.schema import TARGET_OBJECT
 
 DEMO_PROMPT = "Can you describe this image?"
 DEMO_MAX_NEW_TOKENS = 12
@@ -26,7 +27,7 @@ DEMO_KINDS = ("color", "shape")
 DEMO_EXTRAS = {
     "question_type": ("str", "question template of the scene (scenes.QUESTION_TYPES)"),
     "expected_answer": ("str", "the correct one-word answer"),
-    "target_object": ("int32", "object the question is about (index on the object axis; -1 = none)"),
+    TARGET_OBJECT: ("int32", "object the question is about (index on the object axis; -1 = none)"),
 }
 
 
@@ -94,7 +95,7 @@ def demo_scene_items(folder: Path, n_scenes: int = DEMO_SCENES, seed: int = DEMO
         w, h = scene.image.size
         objects = [(o.label, o.box[0] * w, o.box[1] * h, (o.box[2] - o.box[0]) * w, (o.box[3] - o.box[1]) * h)
                    for o in scene.objects]  # fmt: skip
-        extra = {"question_type": question.kind, "expected_answer": question.answer, "target_object": question.target}
+        extra = {"question_type": question.kind, "expected_answer": question.answer, TARGET_OBJECT: question.target}
         items.append(WorkItem(path.stem, str(path), question.text, extra=extra, objects=objects))
     return items
 

@@ -95,6 +95,7 @@ EXTRA_KINDS: dict[str, tuple[object, object]] = {"str": (str, ""), "int32": ("in
 # Optional object boxes (schema v1 stays v1): created when an extraction has boxes, grown along
 # OBJECT as needed; NaN boxes / empty labels pad images with fewer objects.
 OBJECT_BOX, OBJECT_LABEL = "object_box", "object_label"
+TARGET_OBJECT = "target_object"  # optional (image,) int32 extra: the object slot the question is about (-1: none)
 
 VARIABLE_ATTRS: dict[str, dict] = {
     "attention": {

@@ -17,7 +17,7 @@ from dash import Patch
 
 from attnstore import render
 from attnstore.render.colors import plotly_colorscale
-from attnstore.render.geometry import FigureGeometry, Panel, grid_shapes
+from attnstore.render.geometry import FigureGeometry, Panel, grid_shapes, object_shapes
 
 TRACE_TILES, TRACE_GLOBAL, TRACE_MARK, TRACE_SINKS = 0, 1, 2, 3
 HOVER = "%{customdata[1]} · sub-patch %{customdata[2]}<br>value %{z:.4g}<br>token #%{customdata[0]}<extra></extra>"
@@ -55,6 +55,7 @@ def overlay_figure(
     cmap: str = "viridis",
     opacity: float = 0.6,
     grid_lines: bool = True,
+    boxes: bool = True,
     height_px: int | None = None,
 ) -> dict:
     """The main figure (a plotly figure dict): the image (drawn once) with the heatmap traces over it.
@@ -65,6 +66,7 @@ def overlay_figure(
     image_src : URL or data URI of the display image.
     tiles, glob : # [grid_row, grid_col], # [global_row, global_col] values (None = no overlay yet).
     vmax : top of the colour scale (bottom is 0).
+    boxes : draw the image's object boxes (`geom.objects`), the asked object highlighted.
     """
     w, h = geom.extent
     height_px = height_px or int(np.clip(760 * h / w + 10, 300, 620))  # about the column width times the aspect
@@ -107,7 +109,7 @@ def overlay_figure(
     layout = {
         "images": images,
         "annotations": annotations,
-        "shapes": grid_shapes(geom, grid_lines),
+        "shapes": layout_shapes(geom, grid_lines, boxes),
         "coloraxis": {
             "colorscale": plotly_colorscale(cmap),
             "cmin": 0.0,
@@ -154,6 +156,7 @@ def heatmap_patch(
     cmap: str | None = None,
     opacity: float | None = None,
     grid_lines: bool | None = None,
+    boxes: bool | None = None,
 ) -> Patch:
     """The per-click update of `overlay_figure`: new values and colour range; colours, opacity and
     lines only when given (None = unchanged), so plotly redraws as little as possible."""
@@ -167,9 +170,14 @@ def heatmap_patch(
     patch["layout"]["coloraxis"]["cmax"] = vmax if vmax else 1.0
     if cmap is not None:
         patch["layout"]["coloraxis"]["colorscale"] = plotly_colorscale(cmap)
-    if grid_lines is not None:
-        patch["layout"]["shapes"] = grid_shapes(geom, grid_lines)
+    if grid_lines is not None or boxes is not None:  # one list holds both: the caller gives both
+        patch["layout"]["shapes"] = layout_shapes(geom, bool(grid_lines), bool(boxes))
     return patch
+
+
+def layout_shapes(geom: FigureGeometry, grid_lines: bool, boxes: bool) -> list[dict]:
+    """Tile lines (if `grid_lines`), the global panel's frame, and object boxes (if `boxes`)."""
+    return grid_shapes(geom, grid_lines) + (object_shapes(geom) if boxes else [])
 
 
 def key_centres(geom: FigureGeometry, keys) -> tuple[list[float], list[float]]:
@@ -428,9 +436,12 @@ def empty_figure(text: str, height: int = 160) -> go.Figure:
 # -- gallery ---------------------------------------------------------------------------------
 
 
-def gallery_order(share: np.ndarray, ent: np.ndarray, sort: str) -> list[int]:
-    """Head order of the gallery: "head" (index), "share" (most image attention first) or
-    "entropy" (most focused first)."""
+def gallery_order(share: np.ndarray, ent: np.ndarray, sort: str, lift: np.ndarray | None = None) -> list[int]:
+    """Head order of the gallery: "head" (index), "share" (most image attention first),
+    "entropy" (most focused first) or "grounding" (highest in-box lift first; `lift` # [head],
+    NaN last; by index without one)."""
+    if sort == "grounding" and lift is not None:
+        return [int(i) for i in np.argsort(-np.nan_to_num(lift, nan=-np.inf), kind="stable")]
     if sort == "share":
         return [int(i) for i in np.argsort(-share, kind="stable")]
     if sort == "entropy":

@@ -44,6 +44,7 @@ NORM = "norm"
 OPACITY = "opacity"
 CMAP = "cmap"
 GRID = "grid-lines"
+BOXES = "object-boxes"
 PLAY = "play"
 PLAY_TIMER = "play-timer"
 

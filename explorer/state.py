@@ -25,7 +25,7 @@ from PIL import Image
 
 from attnstore.errors import InvalidArgument, NotFound
 from attnstore.render.text import display_text, quoted, tokenizer_style
-from attnstore.schema import TokenKind
+from attnstore.schema import OBJECT_BOX, TokenKind
 from attnstore.store import open_dataset
 from attnstore.store.remote import store_like
 from explorer.tokens import strip_items
@@ -154,6 +154,11 @@ class StoreState:
     @property
     def n_heads(self) -> int:
         return int(self.ds.sizes["head"])
+
+    @property
+    def has_objects(self) -> bool:
+        """Whether the store keeps object boxes (`object_box`)."""
+        return OBJECT_BOX in self.ds
 
     @property
     def random_weights(self) -> bool:

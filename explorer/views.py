@@ -19,15 +19,19 @@ from attnstore.analysis import (
     compute_map,
     patch_grid,
     reverse_attention,
+    token_grounding,
 )
+from attnstore.analysis.grounding import object_index
 from attnstore.errors import AttnstoreError, InvalidArgument
 from attnstore.render.export import json_grid
 from attnstore.render.geometry import FigureGeometry, figure_geometry
 from attnstore.render.text import quoted
+from attnstore.schema import OBJECT_BOX, OBJECT_LABEL, TARGET_OBJECT
 from explorer.state import StoreState
 
 OVERS = {"heads": "heads of this layer", "layers": "this head, all layers", "all": "all layers and heads"}
 URL_KEYS = ("image", "token", "layer", "head", "mode", "over", "norm", "k")
+GROUNDING_IMAGES = 32  # the default head is the best localising one over this many first images
 
 
 def modes() -> dict[str, str]:
@@ -135,11 +139,13 @@ def parse_query(search: str | None, state: StoreState) -> tuple[ViewParams, list
 
 
 def default_params(state: StoreState) -> ViewParams:
-    """The first complete image, its first answer token, a middle layer, head 0."""
+    """The first complete image, its first answer token, and the head that best localises the asked
+    objects (a store with `target_object`, like the demo's) or else a middle layer's head 0."""
+    layer, head = best_grounding_head(state) or (state.n_layers // 2, 0)
     image = state.first_image()
     if image is None:
-        return ViewParams(layer=state.n_layers // 2)
-    return ViewParams(image=image, token=state.image(image).default_token(), layer=state.n_layers // 2)
+        return ViewParams(layer=layer, head=head)
+    return ViewParams(image=image, token=state.image(image).default_token(), layer=layer, head=head)
 
 
 # -- the map of a view ----------------------------------------------------------------------------
@@ -205,6 +211,56 @@ def head_grids(state: StoreState, params: ViewParams) -> np.ndarray:
     meta = state.image(params.image)
     weights = state.ds.attn.weights(params.image, meta.query_of(params.token), params.norm)  # [layer, head, key]
     return patch_grid(weights.isel(layer=params.layer), meta.img).values
+
+
+@dataclass
+class HeadGrounding:
+    """How well each head of the view's layer localises an object for the selected token."""
+
+    lift: np.ndarray  # [head] in-box share of the image attention / the box's share of the image
+    label: str  # the object
+
+
+def grounding_object(meta, token: int) -> int:
+    """The object a token's map is checked against: the image's asked object (`target_object`),
+    else the object labelled with the token's word; -1 if none."""
+    objects = meta.img.get(OBJECT_LABEL)
+    if objects is None:
+        return -1
+    if TARGET_OBJECT in meta.img:
+        return object_index(meta.img, TARGET_OBJECT)
+    word = meta.display[token].strip().lower()
+    labels = [str(v).strip().lower() for v in objects.values]
+    return labels.index(word) if word and word in labels else -1
+
+
+def head_grounding(state: StoreState, params: ViewParams) -> HeadGrounding | None:
+    """In-box lift of the selected token for every head of the layer; None if there is no object to check."""
+    meta = state.image(params.image)
+    obj = grounding_object(meta, params.token)
+    if obj < 0 or obj >= meta.img.sizes.get("object", 0) or not str(meta.img[OBJECT_LABEL].values[obj]):
+        return None
+    query = meta.query_of(params.token)
+    scores = state.cached("grounding", lambda: token_grounding(meta.img, query, obj), (params.image, query, obj), 64)
+    lift = np.asarray(scores["inbox_lift"].isel(layer=params.layer).values, np.float32)
+    return HeadGrounding(lift, str(meta.img[OBJECT_LABEL].values[obj]))
+
+
+def best_grounding_head(state: StoreState) -> tuple[int, int] | None:
+    """(layer, head) that best localises the asked objects over the store's first images; None
+    if the store has no asked objects (`target_object`) to check."""
+    ds = state.ds
+    if OBJECT_BOX not in ds or TARGET_OBJECT not in ds:
+        return None
+
+    def make() -> tuple[int, int] | None:
+        try:
+            ranked = ds.attn.grounding_heads(target=TARGET_OBJECT, images=range(GROUNDING_IMAGES))
+        except AttnstoreError:
+            return None
+        return int(ranked["layer"].values[0]), int(ranked["head"].values[0])
+
+    return state.cached("best-grounding-head", make)
 
 
 def reverse_view(state: StoreState, params: ViewParams, key: int):

@@ -59,6 +59,16 @@ def synthetic_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def scene_store(tmp_path_factory, tiny_model_path):
+    """Demo scenes (object boxes, `target_object`) run through the tiny random model: 3 images. Read-only."""
+    from attnstore.demo import build_scene_store
+
+    path = str(tmp_path_factory.mktemp("stores") / "scenes.zarr")
+    build_scene_store(path, tiny_model_path, n_scenes=3, seed=3, show_progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_store(tmp_path_factory, tiny_model_path):
     """The demo store (tiny model on the shipped sample images). Read-only."""
     from attnstore.demo import build_demo_store

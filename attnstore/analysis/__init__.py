@@ -34,7 +34,7 @@ from attnstore.analysis.aggregate import (
     summarise_rows,
 )
 from attnstore.analysis.grid import VIEWS, grid_boxes, lattice_cells, patch_grid, resample_density
-from attnstore.analysis.grounding import grounding_scores, rank_heads, store_grounding
+from attnstore.analysis.grounding import grounding_scores, rank_heads, store_grounding, token_grounding
 from attnstore.analysis.kernels import entropy_topk_np, fp16_to_fp32, kth_largest
 from attnstore.analysis.keys import IMAGE_KEY_SETS, NORMALISATIONS, image_key_mask, normalise, sink_keys
 from attnstore.analysis.maps import MapResult, MapSpec, compute_map, row_of_position
@@ -109,6 +109,7 @@ __all__ = [
     "select_layers_heads",
     "sink_keys",
     "store_grounding",
+    "token_grounding",
     "strip_bpe",
     "summarise_rows",
     "token_occurrences",

@@ -23,6 +23,7 @@ from attnstore.analysis.select import select_image, token_weights
 from attnstore.analysis.studies import ANALYSES
 from attnstore.analysis.tokens import ANSWER, find_token
 from attnstore.errors import NotFound
+from attnstore.schema import TARGET_OBJECT
 from attnstore.store.integrity import checksum_guard
 
 # images kept selected (~0.3 MB each; 8 thrashed a team clicking through 20 images), token rows (~1 MB each)
@@ -147,13 +148,20 @@ class AttnAccessor:
         return sorted({*super().__dir__(), *ANALYSES})
 
     # -- grounding (stores with object boxes) --------------------------------------------------------
-    def grounding(self, token: str = ANSWER, target: str | int = "target_object", keys: str = "all") -> xr.Dataset:
-        """In-box share and pointing game of `token` on the `target` object's box, every image
-        (image, layer, head); see `attnstore.analysis.grounding.store_grounding`."""
-        return store_grounding(self._ds, token=token, target=target, keys=keys)
+    def grounding(
+        self, token: str = ANSWER, target: str | int = TARGET_OBJECT, keys: str = "all", images=None
+    ) -> xr.Dataset:
+        """In-box share and pointing game of `token` on the `target` object's box, every image (or
+        `images`) x layer x head; see `attnstore.analysis.grounding.store_grounding`."""
+        return store_grounding(self._ds, token=token, target=target, keys=keys, images=images)
 
     def grounding_heads(
-        self, token: str = ANSWER, target: str | int = "target_object", keys: str = "all", by: str = "inbox_lift"
+        self,
+        token: str = ANSWER,
+        target: str | int = TARGET_OBJECT,
+        keys: str = "all",
+        by: str = "inbox_lift",
+        images=None,
     ) -> xr.Dataset:
         """Heads ranked by how well they localise the target object, best first (`rank_heads`)."""
-        return rank_heads(self.grounding(token, target, keys), by=by)
+        return rank_heads(self.grounding(token, target, keys, images), by=by)

@@ -17,6 +17,8 @@ so tiles, the global view and padded views are handled by the geometry, not by t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import xarray as xr
 
@@ -24,7 +26,7 @@ from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.select import select_image, token_weights
 from attnstore.analysis.tokens import ANSWER, find_token
 from attnstore.errors import AttnstoreError, InvalidArgument, NotFound
-from attnstore.schema import OBJECT_BOX, OBJECT_LABEL
+from attnstore.schema import OBJECT_BOX, OBJECT_LABEL, TARGET_OBJECT
 
 
 def box_area(box: np.ndarray) -> np.ndarray:
@@ -183,8 +185,23 @@ def object_index(img: xr.Dataset, target: str | int) -> int:
     return labels.index(target) if target in labels else -1
 
 
+def token_grounding(img: xr.Dataset, query: int, obj: int, keys: str = "all") -> xr.Dataset:
+    """Grounding scores of one stored query row of one image against its object `obj`  # (layer, head).
+
+    `img` is one image of a store with object boxes (`select_image`); `obj` an object slot
+    (`object_index`)."""
+    weights = token_weights(img, query).values[None]  # [1, layer, head, key]
+    box = img[OBJECT_BOX].values[obj][None]  # [1, 4]
+    scores = grounding_scores(weights, img["patch_box"].values[None], img["token_kind"].values[None], box, keys)
+    return scores.isel(image=0)
+
+
 def store_grounding(
-    ds: xr.Dataset, token: str = ANSWER, target: str | int = "target_object", keys: str = "all"
+    ds: xr.Dataset,
+    token: str = ANSWER,
+    target: str | int = TARGET_OBJECT,
+    keys: str = "all",
+    images: Sequence[int] | None = None,
 ) -> xr.Dataset:
     """Grounding scores of one token against one object box, for every image of a store that has both.
 
@@ -194,6 +211,7 @@ def store_grounding(
     token : "@answer" (the first generated token) or a token text (first occurrence).
     target : which object: see `object_index`.
     keys : "all", "tiles" or "global" patch keys.
+    images : image indices to score (default: every complete image).
 
     Returns
     -------
@@ -201,8 +219,11 @@ def store_grounding(
     """
     if OBJECT_BOX not in ds:
         raise NotFound("the store has no object boxes (extract with boxes, or build the demo)", param="store")
+    complete = np.flatnonzero(ds["complete"].values.astype(bool))
+    if images is not None:
+        complete = np.intersect1d(complete, np.asarray(images, np.int64))
     rows = []
-    for i in np.flatnonzero(ds["complete"].values.astype(bool)):
+    for i in complete:
         img = select_image(ds, int(i))
         obj = object_index(img, target)
         if obj < 0 or obj >= img.sizes["object"] or not str(img[OBJECT_LABEL].values[obj]):

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from attnstore.cli import app
+from attnstore.schema import TARGET_OBJECT
 
 
 @app.command()
@@ -16,7 +17,7 @@ def grounding(
     token: Annotated[str, typer.Option(help="@answer (first generated token) or a token text.")] = "@answer",
     target: Annotated[
         str, typer.Option(help="Object: a per-image index variable (e.g. target_object), an index, or a label.")
-    ] = "target_object",
+    ] = TARGET_OBJECT,
     image_keys: Annotated[str, typer.Option(help="Patch keys that count: all | tiles | global.")] = "all",
     by: Annotated[str, typer.Option(help="Rank heads by inbox_share | inbox_lift | pointing | pointing_lift.")] = (
         "inbox_lift"

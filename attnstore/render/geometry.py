@@ -14,6 +14,8 @@ import numpy as np
 import xarray as xr
 
 from attnstore.analysis.grid import patch_grid
+from attnstore.analysis.grounding import object_index
+from attnstore.schema import OBJECT_BOX, OBJECT_LABEL, TARGET_OBJECT
 
 PANEL_SCALE = 0.5  # global view panel size relative to the image
 
@@ -25,6 +27,19 @@ TILE_LINE = {"color": "rgba(255,255,255,0.85)", "width": 1.5}
 
 
 PANEL_LINE = {"color": "rgba(120,120,120,0.9)", "width": 1}
+
+
+OBJECT_LINE = {"color": "rgba(255,255,255,0.95)", "width": 1.5, "dash": "dot"}
+TARGET_LINE = {"color": "#ff2d55", "width": 2.5}  # the object the question is about
+
+
+@dataclass(frozen=True)
+class ObjectBox:
+    """One object of an image: its label and normalised (x0, y0, x1, y1) box on the original image."""
+
+    label: str
+    box: tuple[float, float, float, float]
+    target: bool = False  # the object the image's question is about
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,7 @@ class FigureGeometry:
     height: int
     tiles: Panel | None
     glob: Panel | None
+    objects: tuple[ObjectBox, ...] = ()  # the store's object boxes of the image, if it has any
 
     @property
     def extent(self) -> tuple[float, float]:
@@ -82,7 +98,21 @@ def figure_geometry(img: xr.Dataset, width: int, height: int) -> FigureGeometry:
         x0 = width * (1 + GAP) if tiles is not None else 0.0
         scale = PANEL_SCALE if tiles is not None else 1.0
         glob = _panel(img, "global", x0, 0.0, width * scale, height * scale)
-    return FigureGeometry(width, height, tiles, glob)
+    return FigureGeometry(width, height, tiles, glob, object_boxes(img))
+
+
+def object_boxes(img: xr.Dataset) -> tuple[ObjectBox, ...]:
+    """The object boxes of one image (`select_image`); empty slots and stores without boxes give none."""
+    if OBJECT_BOX not in img:
+        return ()
+    target = object_index(img, TARGET_OBJECT) if TARGET_OBJECT in img else -1
+    labels = [str(v) for v in img[OBJECT_LABEL].values]
+    boxes = np.asarray(img[OBJECT_BOX].values, np.float64)  # [object, 4]
+    return tuple(
+        ObjectBox(label, tuple(float(v) for v in box), i == target)
+        for i, (label, box) in enumerate(zip(labels, boxes, strict=True))
+        if label and np.isfinite(box).all()
+    )
 
 
 def _panel(img: xr.Dataset, view: str, x0: float, y0: float, width: float, height: float) -> Panel:
@@ -160,6 +190,34 @@ def grid_shapes(geom: FigureGeometry, grid_lines: bool) -> list[dict]:
                 "layer": "above",
             }
         )
+    return shapes
+
+
+def object_shapes(geom: FigureGeometry) -> list[dict]:
+    """The object boxes as labelled rectangles, on the image and on the global view's copy."""
+    shapes = []
+    for panel in (p for p in (geom.tiles, geom.glob) if p is not None):
+        for obj in geom.objects:
+            x0, y0, x1, y1 = obj.box
+            shapes.append(
+                {
+                    "type": "rect",
+                    "xref": "x",
+                    "yref": "y",
+                    "x0": panel.x0 + panel.width * x0,
+                    "y0": panel.y0 + panel.height * y0,
+                    "x1": panel.x0 + panel.width * x1,
+                    "y1": panel.y0 + panel.height * y1,
+                    "line": TARGET_LINE if obj.target else OBJECT_LINE,
+                    "layer": "above",
+                    "name": obj.label,
+                    "label": {
+                        "text": obj.label + (" (asked)" if obj.target else ""),
+                        "textposition": "top left",
+                        "font": {"size": 10, "color": TARGET_LINE["color"] if obj.target else "#ffffff"},
+                    },
+                }
+            )
     return shapes
 
 

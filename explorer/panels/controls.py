@@ -77,6 +77,13 @@ def layout(page: Page) -> list:
             dcc.RadioItems(id=ids.NORM, options=views.norms(), value=params.norm, className="radio"),
             style,
             dcc.Checklist(id=ids.GRID, options={"on": "tile grid lines"}, value=["on"], className="radio"),
+            dcc.Checklist(
+                id=ids.BOXES,
+                options={"on": "object boxes (the asked one in red)"},
+                value=["on"],
+                className="radio",
+                style=None if state.has_objects else {"display": "none"},  # a store without boxes has none to draw
+            ),
             dcc.Interval(id=ids.PLAY_TIMER, interval=800, disabled=True),
         ],
         className="controls",

@@ -1,4 +1,5 @@
-"""Every head of the current layer as a small map, sortable by image share or focus; a click shows it."""
+"""Every head of the current layer as a small map, sortable by image share, focus or (stores with
+object boxes) grounding; a click shows it."""
 
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ from explorer.state import StoreState
 COLUMN = "center"
 
 
+SORTS = {"head": "by index", "share": "by image share", "entropy": "most focused"}
+GROUNDING_SORT = {"grounding": "on the object's box"}  # stores with object boxes
+
+
 def layout(page: Page) -> list:
     head = html.Div(
         [
             html.H3("Heads of this layer"),
             dcc.RadioItems(
                 id=ids.GALLERY_SORT,
-                options={"head": "by index", "share": "by image share", "entropy": "most focused"},
+                options={**SORTS, **(GROUNDING_SORT if page.state.has_objects else {})},
                 value="head",
                 inline=True,
                 className="radio-inline",
@@ -46,19 +51,31 @@ def register(app: dash.Dash, state: StoreState) -> None:
         try:
             grids = views.head_grids(state, params)  # [head, grid_row, grid_col]
             stats = views.layer_head_stats(state, params)
+            grounding = views.head_grounding(state, params) if state.has_objects else None
         except AttnstoreError as err:
             return html.Div(str(err), className="hint")
         share, ent = stats["share"][params.layer], stats["entropy"][params.layer]
-        return [
-            html.Div(
-                [
-                    html.Img(src=figures.thumbnail_uri(grids[h], cmap or "viridis"), className="gallery-img"),
-                    html.Div(f"head {h}", className="gallery-title"),
-                    html.Div(f"image {share[h]:.0%} · H {ent[h]:.2f}", className="gallery-meta"),
-                ],
-                className="gallery-item" + (" current" if h == params.head else ""),
-                title=f"head {h}: {share[h]:.1%} of attention on the image, entropy {ent[h]:.3f} (click to show)",
-                **{"data-head": str(h)},
-            )
-            for h in figures.gallery_order(share, ent, sort or "head")
-        ]
+        lift = grounding.lift if grounding else None
+        items = [_item(h, grids[h], share[h], ent[h], None if lift is None else lift[h], params.head, cmap, grounding)
+                 for h in figures.gallery_order(share, ent, sort or "head", lift)]  # fmt: skip
+        if sort == "grounding" and grounding is None:
+            items.insert(0, html.Div("no object box to check this token against: sorted by index", className="hint"))
+        return items
+
+
+def _item(h: int, grid, share: float, ent: float, lift: float | None, current: int, cmap, grounding) -> html.Div:
+    """One head's thumbnail, its numbers, and (with an object to check) its in-box lift."""
+    meta = f"image {share:.0%} · H {ent:.2f}" + ("" if lift is None else f" · box {lift:.1f}x")
+    title = f"head {h}: {share:.1%} of attention on the image, entropy {ent:.3f}"
+    if lift is not None:
+        title += f", {lift:.2f}x chance inside the {grounding.label} box"
+    return html.Div(
+        [
+            html.Img(src=figures.thumbnail_uri(grid, cmap or "viridis"), className="gallery-img"),
+            html.Div(f"head {h}", className="gallery-title"),
+            html.Div(meta, className="gallery-meta"),
+        ],
+        className="gallery-item" + (" current" if h == current else ""),
+        title=title + " (click to show)",
+        **{"data-head": str(h)},
+    )

@@ -23,8 +23,9 @@ from explorer.state import StoreState
 from explorer.views import ViewParams
 
 COLUMN = "center"
-DEFAULT_STYLE = {"cmap": "viridis", "opacity": 0.6, "grid_lines": True}
-STYLE_IDS = {"cmap": ids.CMAP, "opacity": ids.OPACITY, "grid_lines": ids.GRID}
+DEFAULT_STYLE = {"cmap": "viridis", "opacity": 0.6, "grid_lines": True, "boxes": True}
+STYLE_IDS = {"cmap": ids.CMAP, "opacity": ids.OPACITY, "grid_lines": ids.GRID, "boxes": ids.BOXES}
+SHAPE_STYLES = {"grid_lines", "boxes"}  # drawn as one list of layout shapes: a change to one redraws both
 GRAPH_CONFIG = {
     "displaylogo": False,
     "scrollZoom": False,
@@ -41,12 +42,13 @@ class Drawn:
     message: str
 
 
-def style_of(cmap: str | None, opacity: float | None, grid: list | bool | None) -> dict:
+def style_of(cmap: str | None, opacity: float | None, grid: list | bool | None, boxes: list | bool | None) -> dict:
     """Display options from the controls' values (None = default)."""
     return {
         "cmap": cmap or DEFAULT_STYLE["cmap"],
         "opacity": float(DEFAULT_STYLE["opacity"] if opacity is None else opacity),
         "grid_lines": bool(grid),
+        "boxes": bool(boxes),
     }
 
 
@@ -56,7 +58,7 @@ def draw(
     style: dict,
     drawn_image: int | None,
     image_url: Callable[[int], str],
-    changed: Collection[str] = ("cmap", "opacity", "grid_lines"),
+    changed: Collection[str] = tuple(DEFAULT_STYLE),
 ) -> Drawn:
     """Draw `params`: the whole figure if `drawn_image` is another image, else a Patch of the values
     (and of the style entries named in `changed`). Bad views give a message, not an exception."""
@@ -72,6 +74,7 @@ def draw(
     if drawn_image != params.image:
         fig = figures.overlay_figure(geom, image_url(params.image), tiles, glob, vmax, **style)
     else:
+        changed = {*changed, *SHAPE_STYLES} if SHAPE_STYLES & set(changed) else set(changed)
         fig = figures.heatmap_patch(geom, tiles, glob, vmax, **{k: v for k, v in style.items() if k in changed})
     server_ms = (time.perf_counter() - start) * 1e3
     payload = json.dumps(views.view_state(params, data, style, server_ms))
@@ -129,15 +132,16 @@ def register(app: dash.Dash, state: StoreState) -> None:
         Input(ids.CMAP, "value"),
         Input(ids.OPACITY, "value"),
         Input(ids.GRID, "value"),
+        Input(ids.BOXES, "value"),
         State(ids.DRAWN_IMAGE, "data"),
         prevent_initial_call=True,  # the page arrives with its first view drawn
     )
-    def redraw(image, token, layer, head, mode, over, norm, cmap, opacity, grid, drawn):
+    def redraw(image, token, layer, head, mode, over, norm, cmap, opacity, grid, boxes, drawn):
         """Heatmap of the view: the whole figure when the image changes, else a Patch of the values."""
         if image is None:
             return no_update, no_update, no_update, "", no_update
         params = ViewParams.from_controls(image, token, layer, head, mode, over, norm)
         triggered = set(ctx.triggered_prop_ids.values())
         changed = [name for name, cid in STYLE_IDS.items() if cid in triggered]
-        out = draw(state, params, style_of(cmap, opacity, grid), drawn, image_url, changed)
+        out = draw(state, params, style_of(cmap, opacity, grid, boxes), drawn, image_url, changed)
         return out.figure, params.image, out.view_json, out.status, out.message

@@ -1,0 +1,55 @@
+"""Object boxes in Chromium: drawn on the first view, toggled off and on, and the head gallery
+sorted by grounding (a store of demo scenes run through the tiny random model)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from explorer import views
+
+# JS: how many of the main figure's layout shapes are object boxes (they carry a label)
+COUNT_BOXES = "() => (document.querySelector('#heatmap .js-plotly-plot')?.layout?.shapes || [])" \
+              ".filter(s => s.label && s.label.text).length"  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def live(scene_store):
+    from werkzeug.serving import make_server
+
+    from explorer import create_app
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = create_app(scene_store)
+    server = make_server("127.0.0.1", 0, app.server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}/", app=app, state=app.attnstore_state)
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def test_boxes_toggle_and_gallery_sorts_by_grounding(ui, live):
+    v = ui.open()
+    state = live.state
+    n_boxes = 2 * len(views.geometry(state, v["image"]).objects)  # on the image and the global view
+    assert n_boxes > 0 and ui.page.evaluate(COUNT_BOXES) == n_boxes
+    ui.page.get_by_text("object boxes (the asked one in red)").click()
+    ui.page.wait_for_function(f"() => ({COUNT_BOXES})() === 0")
+    ui.page.get_by_text("object boxes (the asked one in red)").click()
+    ui.page.wait_for_function(f"() => ({COUNT_BOXES})() === {n_boxes}")
+
+    ui.page.get_by_text("on the object's box").click()
+    params = views.ViewParams(image=v["image"], token=v["token"], layer=v["layer"], head=v["head"])
+    lift = views.head_grounding(state, params).lift  # [head]
+    best = int(np.argmax(lift))
+    ui.page.wait_for_function(
+        f"() => document.querySelector('#gallery .gallery-item')?.dataset.head === '{best}'"
+        " && document.querySelector('#gallery .gallery-item .gallery-meta').textContent.includes('box')"
+    )
+    heads = ui.page.eval_on_selector_all("#gallery .gallery-item", "els => els.map(e => +e.dataset.head)")
+    assert heads == [int(h) for h in np.argsort(-lift, kind="stable")]
