@@ -36,6 +36,7 @@ GEOMETRY = dict(longest_edge=128, tile=64, patch=8, scale_factor=2)
 CURRICULUM = [(0.0, (1, 1), "plain"), (0.15, (1, 2), None), (0.35, (1, 4), None)]
 EVAL_OBJECTS = (1, 4)  # held-out scenes: the training distribution
 BINDING_OBJECTS = (2, 4)  # and a held-out subset where a colour or shape must be bound to one of several objects
+SINGLE_OBJECT = (1, 1)  # and one of lone objects: can the model see shapes and places at all?
 IGNORE = -100
 
 
@@ -212,6 +213,7 @@ def _train_rank(rank: int, args, port: int | None) -> None:
     import torch.distributed as dist
 
     world = args.procs
+    GEOMETRY.update(json.loads(args.geometry))  # this process's geometry (scenes, processor, model card)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(args.threads)
@@ -233,6 +235,8 @@ def _train_rank(rank: int, args, port: int | None) -> None:
         pairs = held_out_set(args.seed, args.eval_size)
         binding = held_out_set(args.seed, args.eval_size, BINDING_OBJECTS, "_2to4")
         pairs.update({k: v for k, v in binding.items() if k.startswith(("color", "shape"))})
+        single = held_out_set(args.seed, args.eval_size, SINGLE_OBJECT, "_1")  # tells vision from binding
+        pairs.update({k: v for k, v in single.items() if k.startswith(("shape", "position"))})
         columns = list(pairs)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -353,6 +357,7 @@ def parse_args(argv=None):
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-size", type=int, default=200, help="held-out questions per type")
     ap.add_argument("--dims", default="{}", help="JSON overrides of the model sizes")
+    ap.add_argument("--geometry", default="{}", help='JSON overrides of the image geometry, e.g. {"patch": 4}')
     ap.add_argument(
         "--curriculum", default="", help='stages "start:objects:background,...", e.g. "0:1-1:plain,0.3:1-4:any"'
     )
