@@ -64,8 +64,11 @@ def entropy_np(a: np.ndarray, total: np.ndarray | None = None) -> np.ndarray:
     if n <= 1:
         return np.zeros(total.shape, np.float32)
     safe = np.where(total > 0, total, 1.0)
-    # H = log S - sum(a log a) / S: no per-weight division; log only where a > 0 (0 log 0 = 0).
-    log_a = np.log(a, out=np.zeros_like(a), where=a > 0)
+    # H = log S - sum(a log a) / S: no per-weight division. 0 log 0 = 0 via log(max(a, tiny)): a zero
+    # weight multiplies a finite log. (`np.log(..., where=a > 0)` takes numpy's masked, non-SIMD loop:
+    # 6.5x slower, measured at 30 x 9 x 830.)
+    log_a = np.maximum(a, np.finfo(np.float32).tiny, dtype=np.result_type(a, np.float32))
+    np.log(log_a, out=log_a)
     alog = np.einsum("...n,...n->...", a, log_a)
     h = (np.log(safe) - alog / safe) / np.log(n)
     return np.where(total > 0, np.clip(h, 0.0, 1.0), 0.0).astype(np.float32)
