@@ -6,7 +6,7 @@ PORT   ?= 5001
 
 .PHONY: demo test install install-test chromium lint
 
-# Set everything up, build the demo store (tiny random-weight model, offline), serve the explorer.
+# Set everything up, build the demo store (the shipped toy demo model, offline), serve the explorer.
 demo: install
 	$(BIN)/attnstore demo --port $(PORT)
 
