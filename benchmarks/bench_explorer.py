@@ -125,12 +125,23 @@ def measure_loads(browser, url: str, n: int) -> list[float]:
     return times
 
 
-def measure_clicks(page, n: int, rng: random.Random) -> tuple[list[float], list[float], list[float]]:
+# Where a click's time goes, in page time: action -> first callback request sent -> last callback
+# response received (before the render) -> plotly's afterplot -> the next frame.
+BREAKDOWN = """() => { const t0 = window.__benchT0, r = window.__attnLastRender;
+  const e = performance.getEntriesByType('resource').filter(x => x.name.includes('_dash-update')
+      && x.startTime >= t0 && x.responseEnd <= r.afterplot);
+  if (!e.length) return null;
+  const sent = Math.min(...e.map(x => x.startTime)), back = Math.max(...e.map(x => x.responseEnd));
+  return [sent - t0, back - sent, r.afterplot - back, r.frame - r.afterplot]; }"""
+BREAKDOWN_STEPS = ("action -> request sent", "requests (server + HTTP)", "response -> plotly drawn", "drawn -> frame")
+
+
+def measure_clicks(page, n: int, rng: random.Random) -> tuple[list[float], list[float], list[float], list[list]]:
     """Clicks on random text tokens (cache misses: a new row is read each time)."""
     tokens = page.locator("#token-strip .tok.clickable")
     count = tokens.count()
     order = rng.sample(range(count), min(n, count))
-    latencies, server, rtt = [], [], []
+    latencies, server, rtt, parts = [], [], [], []
     page.evaluate("performance.clearResourceTimings()")
     for i in order:
         settle(page)
@@ -138,8 +149,9 @@ def measure_clicks(page, n: int, rng: random.Random) -> tuple[list[float], list[
         tokens.nth(i).click()
         latencies.append(wait_render(page, before))
         server.append(view_state(page)["server_ms"])
+        parts.append(page.evaluate(BREAKDOWN))
         rtt.append(_last_main_request(page))
-    return latencies, server, rtt
+    return latencies, server, rtt, [p for p in parts if p]
 
 
 def _last_main_request(page) -> float:
@@ -204,13 +216,13 @@ def main() -> None:
                 page.goto(url)
                 page.wait_for_function("() => (window.__attnRenders || 0) > 0", timeout=30_000)
                 rng = random.Random(0)
-                clicks, server_ms, rtt = measure_clicks(page, args.clicks, rng)
+                clicks, server_ms, rtt, parts = measure_clicks(page, args.clicks, rng)
                 layers, layer_server = measure_layers(page, args.clicks)
                 rapid, _ = measure_layers(page, args.clicks, rest=False)
                 page.locator("#mode").get_by_text("entropy-weighted top-k").click()
                 page.locator("#over").get_by_text("all layers and heads").click()
                 page.wait_for_timeout(500)
-                agg, agg_server, _ = measure_clicks(page, min(20, args.clicks), rng)
+                agg, agg_server, _, _ = measure_clicks(page, min(20, args.clicks), rng)
                 browser.close()
         finally:
             server.terminate()
@@ -221,6 +233,8 @@ def main() -> None:
     )
     print(report("page load", loads) + f"   (first load, cold server: {loads[0]:.0f} ms)")
     print(report("click -> heatmap", clicks))
+    for step, values in zip(BREAKDOWN_STEPS, zip(*parts)):
+        print(report(f"  {step}", list(values)))
     print(report("layer change -> heatmap", layers))
     print(report("layer change, back-to-back", rapid) + "   (next key press as soon as the heatmap is drawn)")
     print(report("server callback (function)", server_ms + layer_server))
