@@ -3,31 +3,21 @@
 from __future__ import annotations
 
 import json
-import logging
-import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from support.servers import served
 
 from explorer.screenshot import CHROMIUM, CHROMIUM_ARGS
 
 
 @pytest.fixture(scope="module")
 def live(synthetic_store):
-    """The explorer on the shared synthetic store, served on a free port of 127.0.0.1."""
-    from werkzeug.serving import make_server
-
+    """The explorer on the shared synthetic store."""
     from explorer import create_app
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in failure reports
-    app = create_app(synthetic_store)
-    server = make_server("127.0.0.1", 0, app.server, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}/", app=app, state=app.attnstore_state)
-    server.shutdown()
-    thread.join(timeout=10)
+    with served(create_app(synthetic_store)) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

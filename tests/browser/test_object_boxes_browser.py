@@ -3,12 +3,9 @@ sorted by grounding (a store of demo scenes run through the tiny random model)."
 
 from __future__ import annotations
 
-import logging
-import threading
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
+from support.servers import served
 
 from explorer import views
 
@@ -19,18 +16,10 @@ COUNT_BOXES = "() => (document.querySelector('#heatmap .js-plotly-plot')?.layout
 
 @pytest.fixture(scope="module")
 def live(scene_store):
-    from werkzeug.serving import make_server
-
     from explorer import create_app
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = create_app(scene_store)
-    server = make_server("127.0.0.1", 0, app.server, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}/", app=app, state=app.attnstore_state)
-    server.shutdown()
-    thread.join(timeout=10)
+    with served(create_app(scene_store)) as live:
+        yield live
 
 
 def test_boxes_toggle_and_gallery_sorts_by_grounding(ui, live):

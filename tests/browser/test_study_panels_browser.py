@@ -3,12 +3,9 @@ on an explorer served with `compare=` (as `attnstore serve A --compare B`)."""
 
 from __future__ import annotations
 
-import logging
-import threading
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
+from support.servers import served
 
 from explorer import views
 from explorer.panels import sinks
@@ -19,20 +16,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 @pytest.fixture(scope="module")
 def live(synthetic_store, tmp_path_factory):
     """The explorer on the shared synthetic store beside a second run over its first two images."""
-    from werkzeug.serving import make_server
-
     from attnstore.synthetic import make_synthetic_store
     from explorer import create_app
 
     other = make_synthetic_store(str(tmp_path_factory.mktemp("compare") / "other.zarr"), n_images=2, seed=5)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = create_app(synthetic_store, compare=other)
-    server = make_server("127.0.0.1", 0, app.server, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}/", app=app, state=app.attnstore_state)
-    server.shutdown()
-    thread.join(timeout=10)
+    with served(create_app(synthetic_store, compare=other)) as live:
+        yield live
 
 
 def sinks_text_of_layer(layer: int) -> str:
@@ -67,8 +56,6 @@ def test_an_image_the_second_store_lacks_says_so(ui):
 
 def test_sink_marks_are_drawn_on_the_main_figure(page, synthetic_store):
     """A store with a sink planted on one image key: the main figure crosses that key's cell."""
-    from werkzeug.serving import make_server
-
     from attnstore.schema import TokenKind
     from attnstore.store import open_dataset
     from explorer import create_app, figures
@@ -78,12 +65,8 @@ def test_sink_marks_are_drawn_on_the_main_figure(page, synthetic_store):
     attention = ds["attention"].values.copy()
     attention[0, :, :, :, key] = 0.5
     ds["attention"].values = attention
-    app = create_app(ds)
-    server = make_server("127.0.0.1", 0, app.server, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        page.goto(f"http://127.0.0.1:{server.server_port}/")
+    with served(create_app(ds)) as live:
+        page.goto(live.url)
         page.wait_for_function(f"() => document.getElementById('sinks-info')?.textContent.includes('#{key} (tile')")
         page.wait_for_function(
             "() => { const d = document.querySelector('#heatmap .js-plotly-plot')?.data;"
@@ -93,8 +76,5 @@ def test_sink_marks_are_drawn_on_the_main_figure(page, synthetic_store):
             "() => { const t = document.querySelector('#heatmap .js-plotly-plot').data.at(-1);"
             " return [t.x[0], t.y[0]]; }"
         )
-        geom = views.geometry(app.attnstore_state, 0)
+        geom = views.geometry(live.state, 0)
         assert figures.key_at(geom, x, y) == key
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)

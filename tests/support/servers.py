@@ -1,15 +1,18 @@
-"""Local servers for tests (loopback only): an HTTP server with Range support, and helpers."""
+"""Local servers for tests (loopback only): an HTTP server with Range support, the explorer app, helpers."""
 
 from __future__ import annotations
 
 import functools
 import io
+import logging
 import os
 import re
 import socket
 import threading
+from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 BUCKET = "attnstore-test"
 
@@ -74,3 +77,19 @@ def serve_folder(root: Path, ranges: bool = True) -> ThreadingHTTPServer:
 def stop(server: ThreadingHTTPServer) -> None:
     server.shutdown()
     server.server_close()
+
+
+@contextmanager
+def served(app):
+    """A Dash app of the explorer on a free port of 127.0.0.1 (werkzeug in a thread), for one block."""
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in failure reports
+    server = make_server("127.0.0.1", 0, app.server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}/", app=app, state=app.attnstore_state)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
