@@ -19,7 +19,7 @@ from attnstore.analysis.select import read_rows_fp16, select_image, select_layer
 from attnstore.analysis.tokens import TokenNotFoundError, token_occurrences
 from attnstore.errors import InvalidArgument
 from attnstore.schema import BOX_CORNERS, KEY, QUERY, TokenKind
-from attnstore.store.reader import read_concurrently
+from attnstore.store.backend import load_variables
 
 AGGREGATE_GRID = 32  # side of the common normalised grid the per-occurrence maps are averaged on
 
@@ -162,8 +162,7 @@ def _preload(ds: xr.Dataset, images: list[int], names: tuple[str, ...] = _PRELOA
     `names`: the variables kept and loaded (fewer for a method that needs fewer)."""
     lo, hi = int(min(images)), int(max(images)) + 1
     sub = ds[["attention", *(v for v in names if v in ds)]].isel(image=slice(lo, hi))
-    read_concurrently(lambda name: sub[name].variable.load(), [v for v in names if v in sub])
-    return lo, sub
+    return lo, load_variables(sub, names)
 
 
 def aggregate_token(

@@ -272,3 +272,47 @@ def test_an_image_written_after_the_reader_opened_is_read(tmp_path):
     assert err.value.param == "image"
     with pytest.raises(StoreError, match="no attnstore store"):
         open_reader(str(tmp_path / "nothing.zarr"))
+
+
+SMALL = ("token_kind", "query_position", "patch_box", "n_key", "tile_rows", "token_text", "image_name")
+
+
+@pytest.mark.parametrize("shape", ["padded", "queries all", "grown", "zip"])
+@pytest.mark.parametrize("backend", ["tensorstore", "zarr"])
+def test_small_variables_load_alike_through_the_reader(stores, shape, backend):
+    """`load_variables` (the analyses' batch loads) gives what xarray loads, for slices of the store
+    (read by tensorstore when it can) and for any other selection (xarray's own path)."""
+    from attnstore.store.backend import load_variables, reader_of
+
+    ds = open_dataset(stores[shape], read_backend=backend)
+    n = ds.sizes["image"]
+    region = (slice(1, n), slice(0, ds.sizes["key"]))
+    fast = reader_of(ds).read_variable("token_kind", region)  # tensorstore reads numeric ones itself
+    assert (fast is not None) == (backend == "tensorstore")
+    assert reader_of(ds).read_variable("token_text", region) is None  # strings: zarr-python
+    for selection in (slice(0, n), slice(1, n), slice(None, None, -1), [n - 1, 0]):
+        sub = ds[["attention", *SMALL]].isel(image=selection)
+        loaded = load_variables(sub, SMALL)
+        for name in SMALL:
+            expected = ds[name].isel(image=selection).values
+            assert loaded[name].dims == ds[name].dims and loaded[name].dtype == expected.dtype, name
+            np.testing.assert_array_equal(loaded[name].values, expected, err_msg=f"{name} {selection}")
+
+
+def test_a_damaged_small_chunk_is_still_zarrs_checksum_error(stores, tmp_path):
+    """A small variable's chunk that tensorstore cannot read is read again by zarr-python, whose
+    checksum error the integrity guard names."""
+    from attnstore.store.backend import load_variables
+    from attnstore.validation import is_checksum_error
+
+    path = tmp_path / "flipped.zarr"
+    shutil.copytree(stores["padded"], path)
+    chunk = path / "token_kind" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    ds = open_dataset(str(path), read_backend="tensorstore")
+    assert load_variables(ds.isel(image=slice(0, 1)), ["token_kind"])["token_kind"].values.size  # image 0 is fine
+    with pytest.raises(ValueError) as err:
+        load_variables(ds.isel(image=slice(0, 2)), ["token_kind"])
+    assert is_checksum_error(err.value)
