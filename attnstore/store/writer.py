@@ -127,6 +127,7 @@ class AttnStore:
     def __init__(self, group: zarr.Group, path: str):
         self.group = group
         self.path = path
+        self._n_images: int | None = None  # known after the first look (only this writer grows the image axis)
 
     # -- creation / opening -----------------------------------------------------------------
     @classmethod
@@ -240,7 +241,9 @@ class AttnStore:
     def n_images(self) -> int:
         """Image slots every per-image array has (a run killed while growing the store may leave
         some arrays longer: `repair`)."""
-        return min(int(arr.shape[0]) for arr in self._per_image_arrays().values())
+        if self._n_images is None:  # every array's metadata: one read each, so once per writer
+            self._n_images = min(int(arr.shape[0]) for arr in self._per_image_arrays().values())
+        return self._n_images
 
     def repair(self) -> bool:
         """Make the arrays agree again after a run killed while it grew them; True if anything changed.
@@ -248,6 +251,7 @@ class AttnStore:
         The image axis goes back to the slots every array has: a slot is named, and written, only once
         every array has it, so what is cut was never written. The query and key axes grow to the largest
         (growing keeps data). Readers never saw the disagreement: they go by the consolidated metadata."""
+        self._n_images = None
         arrays = self._per_image_arrays()
         n_images = self.n_images
         sizes = [(d, int(s)) for arr in arrays.values() for d, s in zip(arr.metadata.dimension_names, arr.shape)]
@@ -314,6 +318,7 @@ class AttnStore:
         so a rerun after a crash finds and reuses the slot."""
         start = self.n_images
         self._resize_axis(IMAGE, start + len(names))
+        self._n_images = start + len(names)
         self.consolidate()
         indices = list(range(start, start + len(names)))
         if names:  # one slice write per array: zarr writes the per-image chunks concurrently
