@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import xarray as xr
@@ -67,8 +68,9 @@ def open_dataset(
     except ValueError as err:  # no consolidated metadata, and a writer killed while growing the arrays
         if "conflicting sizes" not in str(err):
             raise
+        dim = re.search(r"dimension ('[^']*')", str(err))
         raise StoreError(
-            f"store '{path}' is half-written (its arrays disagree on {str(err).split('dimension ')[1].split(':')[0]}): "
+            f"store '{path}' is half-written (its arrays disagree on {dim.group(1) if dim else 'a dimension'}): "
             "rerun the extract command that wrote it (it repairs the store)"
         ) from err
     check_attrs(ds.attrs, path)

@@ -49,11 +49,12 @@ from attnstore.store.remote import store_like
 MAX_DISPLAY_SIDE = 1024  # the store keeps a display copy of each image, longest edge at most this
 DEFAULT_KEEP_BITS = 10  # lossless fp16; see README "Storage" for the measured trade-off
 FP16_MANTISSA_BITS = 10
+# The schema's own variables: an extra variable never takes one of their names.
+SCHEMA_VARIABLES = {"attention", "query_position", "patch_box", "pixels", *PER_KEY, *PER_KEY_STRINGS,
+                    *PER_IMAGE_SCALARS, *PER_IMAGE_STRINGS}  # fmt: skip
 # Per-image variables with one writer only (the serial run, or a distributed run's coordinator; workers
 # never write them): many images per chunk, so listing names or counting complete images at 10k+ images
 # reads a few objects instead of one per image (atomic chunk writes keep this crash-safe).
-SCHEMA_VARIABLES = {"attention", "query_position", "patch_box", "pixels", *PER_KEY, *PER_KEY_STRINGS,
-                    *PER_IMAGE_SCALARS, *PER_IMAGE_STRINGS}  # fmt: skip
 SINGLE_WRITER_VARIABLES = ("complete", "image_name", "image_source")
 SINGLE_WRITER_CHUNK = 4096
 

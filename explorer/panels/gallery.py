@@ -4,6 +4,7 @@ object boxes) grounding; a click shows it."""
 from __future__ import annotations
 
 import dash
+import numpy as np
 from dash import Input, Output, State, dcc, html
 
 from attnstore.errors import AttnstoreError
@@ -65,6 +66,7 @@ def register(app: dash.Dash, state: StoreState) -> None:
 
 def _item(h: int, grid, share: float, ent: float, lift: float | None, current: int, cmap, grounding) -> html.Div:
     """One head's thumbnail, its numbers, and (with an object to check) its in-box lift."""
+    lift = lift if lift is not None and np.isfinite(lift) else None  # NaN: no attention on the image at all
     meta = f"image {share:.0%} · H {ent:.2f}" + ("" if lift is None else f" · box {lift:.1f}x")
     title = f"head {h}: {share:.1%} of attention on the image, entropy {ent:.3f}"
     if lift is not None:

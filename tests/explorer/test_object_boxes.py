@@ -119,3 +119,14 @@ def test_without_an_asked_object_the_box_is_the_one_labelled_with_the_clicked_wo
     img = xr.Dataset({"object_label": (("object",), np.array(["dog", "red ball", ""], dtype=object))})
     meta = SimpleNamespace(img=img, display=["a", " Dog", "ball", "cat"])
     assert [views.grounding_object(meta, k) for k in range(4)] == [-1, 0, -1, -1]
+
+
+def test_a_token_before_the_image_shows_no_box_score(scenes):
+    from explorer.panels.gallery import _item
+
+    meta = scenes.image(0)
+    early = int(next(p for p in meta.query_position if meta.before_image(int(p))))
+    grounding = views.head_grounding(scenes, views.ViewParams(image=0, token=early, layer=0))
+    assert not np.isfinite(grounding.lift).any()  # no attention on the image: no share to speak of
+    item = _item(0, np.zeros((2, 2)), 0.0, 0.0, float(grounding.lift[0]), 0, "viridis", grounding)
+    assert "box" not in item.children[2].children and "chance" not in item.title
