@@ -19,17 +19,18 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from explorer.screenshot import CHROMIUM, CHROMIUM_ARGS
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import free_port, wait_until_serving  # noqa: E402
 
 GOALS = {
     "page load": (2000, None),
@@ -57,12 +58,6 @@ SETTLED = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def build_store(path: str) -> str:
     from attnstore.synthetic import make_synthetic_store
 
@@ -75,17 +70,7 @@ def build_store(path: str) -> str:
 def start_server(store: str, port: int) -> subprocess.Popen:
     code = f"from attnstore.cli.serve import serve_store; serve_store({store!r}, port={port})"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/initialize", timeout=5).read()
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit(f"server died: {proc.stderr.read().decode()}") from None
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not start in 60 s")
+    return wait_until_serving(proc, f"http://127.0.0.1:{port}/api/initialize", timeout=60)
 
 
 def pct(values: list[float]) -> tuple[float, float]:

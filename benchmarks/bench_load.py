@@ -28,7 +28,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import host_load, percentiles, print_table  # noqa: E402
+from common import free_port, host_load, percentiles, print_table, wait_until_serving  # noqa: E402
 
 HOST = "127.0.0.1"  # loopback only: this script never loads another machine
 GOAL_P95_MS = 250.0
@@ -57,27 +56,11 @@ def build_store(path: str) -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def start_server(store: str, port: int, workers: int) -> subprocess.Popen:
     cli = [sys.executable, "-c", "from attnstore.cli import run; run()", "serve", store, "--port", str(port)]
     cli += ["--workers", str(workers)]
     proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://{HOST}:{port}/api/initialize", timeout=5).read()
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit(f"server died: {proc.stderr.read()}") from None
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("server did not start in 120 s")
+    return wait_until_serving(proc, f"http://{HOST}:{port}/api/initialize", timeout=120)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -200,7 +183,7 @@ def main() -> None:
         store = args.store or build_store(str(Path(tmp) / "load.zarr"))
         rows_table = []
         for workers in args.workers:
-            port = free_port()
+            port = free_port(HOST)
             server = start_server(store, port, workers)
             try:
                 info = json.loads(urllib.request.urlopen(f"http://{HOST}:{port}/api/initialize", timeout=30).read())

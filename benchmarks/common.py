@@ -11,9 +11,11 @@ import io
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -172,3 +174,26 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
     for row in rows:  # escape: "[i, :, q]" is text here, not rich markup
         table.add_row(*(escape(str(v)) for v in row))
     console.print(table)
+
+
+# -- servers -----------------------------------------------------------------------------------
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str, timeout: float) -> subprocess.Popen:
+    """`proc` once `url` answers (polled); exits the benchmark if the server dies or never answers."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                err = proc.stderr.read() if proc.stderr else ""
+                raise SystemExit(f"server died: {err.decode() if isinstance(err, bytes) else err}") from None
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"server did not start in {timeout:.0f} s")
