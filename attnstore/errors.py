@@ -8,6 +8,8 @@ its notice).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class AttnstoreError(Exception):
     """A problem caused by the user's input (files, arguments, stores), explained in one line.
@@ -48,3 +50,15 @@ class InputImageError(AttnstoreError):
 
 class ModelLoadError(AttnstoreError):
     """Model weights or processor cannot be found or loaded."""
+
+
+def check_output_file(path: str | Path, param: str, formats: tuple[str, ...]) -> str:
+    """The format (lower-case suffix) of an output file given as `param`, after checking it is one of
+    `formats` and that its folder exists: before any work is done, not after."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in formats:
+        raise InvalidArgument(param, f"must end in {', '.join(formats)}, not '{path.name}'")
+    if not path.parent.is_dir():
+        raise InvalidArgument(param, f"{path}: folder {path.parent} does not exist")
+    return suffix

@@ -17,7 +17,7 @@ from attnstore.analysis.keys import image_key_mask, normalise
 from attnstore.analysis.reduce import METHODS, reduce_heads, rollout
 from attnstore.analysis.select import read_rows_fp16, select_image, select_layers_heads
 from attnstore.analysis.tokens import TokenNotFoundError, token_occurrences
-from attnstore.errors import InvalidArgument
+from attnstore.errors import InvalidArgument, check_output_file
 from attnstore.schema import BOX_CORNERS, KEY, QUERY, TokenKind
 from attnstore.store.backend import load_variables
 
@@ -274,12 +274,7 @@ def save_aggregate(result: xr.Dataset, path: str | Path) -> list[Path]:
 
 def check_aggregate_output(path: str | Path) -> str:
     """The output's format (suffix), after checking it can be written here (before any work is done)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in AGGREGATE_FORMATS:
-        raise InvalidArgument("out", f"must end in {', '.join(AGGREGATE_FORMATS)}, not '{path.name}'")
-    if not path.parent.is_dir():
-        raise InvalidArgument("out", f"{path}: folder {path.parent} does not exist")
+    suffix = check_output_file(path, "out", AGGREGATE_FORMATS)
     if suffix == ".parquet" and importlib.util.find_spec("pyarrow") is None:
         raise InvalidArgument(
             "out", "ends in .parquet, which needs pyarrow (pip install pyarrow); or use .csv/.nc/.zarr"

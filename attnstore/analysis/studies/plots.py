@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from attnstore.errors import InvalidArgument
+from attnstore.errors import InvalidArgument, check_output_file
 
 PLOT_FORMATS = (".png", ".svg")
 
@@ -27,12 +27,7 @@ def _pyplot():
 
 def check_plot_output(path: str | Path) -> str:
     """The plot's format (suffix), after checking it can be written (before any work is done)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in PLOT_FORMATS:
-        raise InvalidArgument("plot", f"must end in {', '.join(PLOT_FORMATS)}, not '{path.name}'")
-    if not path.parent.is_dir():
-        raise InvalidArgument("plot", f"{path}: folder {path.parent} does not exist")
+    suffix = check_output_file(path, "plot", PLOT_FORMATS)
     _pyplot()
     return suffix
 
