@@ -43,8 +43,7 @@ from attnstore.store.remote import is_url, is_zip, protocol, resolve_storage_opt
 BACKEND_ENV = "ATTNSTORE_READ_BACKEND"
 BACKENDS = ("auto", "tensorstore", "zarr")
 ATTENTION = "attention"
-READER_ENCODING = "read_backend"  # encoding key of the attention variable naming the reader (for `info`)
-READER_OBJECT = "attnstore_reader"  # encoding key holding the reader itself (`reader_of`)
+READER_OBJECT = "attnstore_reader"  # encoding key of the attention variable holding its reader (`reader_of`)
 INDEX_CACHE_SHARDS = 4096  # shard indexes kept per reader (16 bytes per row each; ~1.5 KB for 95 rows)
 MISSING = 2**64 - 1  # shard index entry of a chunk that is not stored (all fill value)
 INLINE_DECODE = 2  # decode this many chunks or fewer in the calling thread (no pool hand-off)
@@ -527,7 +526,7 @@ def attach(ds: xr.Dataset, reader: AttentionReader, chunks=None) -> xr.Dataset:
     data = indexing.LazilyIndexedArray(AttentionArray(reader))
     shard_chunks = attention_chunks(old, chunks if chunks is not None else {})
     preferred = {dim: old.shape[i] if size == -1 else size for i, (dim, size) in enumerate(shard_chunks.items())}
-    encoding = {**old.encoding, READER_ENCODING: reader.detail, READER_OBJECT: reader, "preferred_chunks": preferred}
+    encoding = {**old.encoding, READER_OBJECT: reader, "preferred_chunks": preferred}
     var = xr.Variable(old.dims, data, old.attrs, encoding)
     if chunks is not None:
         var = var.chunk(shard_chunks)
@@ -587,7 +586,8 @@ def _stored_region(var: xr.Variable) -> tuple[slice, ...] | None:
 
 def reader_name(ds: xr.Dataset) -> str:
     """Which reader the Dataset's attention goes through (one line), or "" if none was attached."""
-    return str(ds[ATTENTION].encoding.get(READER_ENCODING, "")) if ATTENTION in ds else ""
+    reader = reader_of(ds)
+    return reader.detail if reader is not None else ""
 
 
 def read_rows(source, image: int, rows: Sequence[int]) -> np.ndarray:

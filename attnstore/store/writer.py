@@ -294,10 +294,9 @@ class AttnStore:
 
     def _resize_axis(self, dim: str, size: int) -> None:
         """Grow `dim` to `size` on every per-image array (never shrinks: data is kept)."""
-        for name in self.group.array_keys():
-            arr = self.group[name]
-            dims = arr.metadata.dimension_names or ()
-            if dim in dims and dims[0] == IMAGE:
+        for arr in self._per_image_arrays().values():
+            dims = arr.metadata.dimension_names
+            if dim in dims:
                 new = tuple(max(size, s) if d == dim else s for d, s in zip(dims, arr.shape))
                 if new != arr.shape:
                     arr.resize(new)
