@@ -11,6 +11,9 @@ pictures the page loads.
                                             layers, heads, method, k, normalise, keys, view) + "format"
                                             (png, overlay, csv, svg, json) + style (cmap, opacity, grid_lines,
                                             cell_px) -> the file (`attnstore.render.export_map`)
+    GET  /api/view?image=&token_index=&layer=&head=[&mode=&over=&norm=&k=]
+                                            -> {"image", "token", "query_row", "traces", "z", "cmax"}: the values
+                                            of the map as the main figure draws them (the page's click path)
     GET  /api/image/<i>.png                 the display copy of image i
     GET  /api/thumbnail/<i>.png             a small copy (built on first request)
 
@@ -41,8 +44,10 @@ from werkzeug.routing import Map, RequestRedirect, Rule
 
 from attnstore import errors, render
 from attnstore.analysis import MapSpec, TokenNotFoundError, compute_map, find_token
+from attnstore.analysis.maps import MAX_K
+from attnstore.render.export import json_grid
 from attnstore.store.integrity import checksum_guard
-from explorer import views
+from explorer import figures, views
 from explorer.state import StoreState
 from explorer.views import ViewParams
 
@@ -98,6 +103,7 @@ def add_routes(
         "/api/initialize": (("GET",), lambda: initialize(state, flask.request.args, relative_path, token_objects)),
         "/api/generate_attention_map": (("POST",), lambda: generate(state, _json_body())),
         "/api/export": (("POST",), lambda: export(state, _json_body())),
+        "/api/view": (("GET",), lambda: view_map(state, flask.request.args.to_dict())),
         "/api/image/<int:index>.png": (("GET",), lambda index: _png(state.picture_png(state.check_image(index)))),
         "/api/thumbnail/<int:index>.png": (("GET",), lambda index: _png(state.thumbnail_png(index))),
     }
@@ -292,23 +298,13 @@ def generate(state: StoreState, body: dict) -> flask.Response:
     first = state.first_image()
     if first is None:
         raise ApiError("the store has no complete image yet", 404)
-    image = _int_field(body, "image", state.n_images, "Image", default=first)
-    layer = _int_field(body, "layer", state.n_layers, "Layer")
-    head = _int_field(body, "head", state.n_heads, "Head")
-    params = ViewParams(
-        image=image,
-        layer=layer,
-        head=head,
-        mode=_choice_field(body, "mode", views.modes(), "head"),  # the registries, read per request
-        over=_choice_field(body, "over", views.OVERS, "heads"),
-        norm=_choice_field(body, "norm", views.norms(), "raw"),
-    )
     cmap = _choice_field(body, "cmap", render.CMAPS, "viridis")
     threshold = _number_field(body, "threshold")
+    params = _view_params(state, body, default_image=first)
+    image, layer, head, key = params.image, params.layer, params.head, params.token
     with checksum_guard(state.ds, image):  # a damaged chunk names its image, never a wrong map
         meta = state.image(image)
-        key = _token_key(meta, body)
-        data = views.heatmap(state, replace(params, token=key))  # MapSpec.from_controls -> compute_map
+        data = views.heatmap(state, params)  # MapSpec.from_controls -> compute_map
     tiles = data.tiles  # [grid_row, grid_col], NaN where no token
     if threshold is not None:  # the seed frontend's slider: weaker cells drawn as 0 (NaN stays transparent)
         tiles = np.where(tiles < threshold, 0.0, tiles)
@@ -331,6 +327,45 @@ def generate(state: StoreState, body: dict) -> flask.Response:
             "heatmap_width": width,
             "heatmap_height": height,
             "stats": _value_range(data),
+        }
+    )
+
+
+def _view_params(state: StoreState, fields: dict, default_image: int | None = None) -> ViewParams:
+    """The view a request names (JSON body or query string), checked: image, layer, head, mode, over,
+    norm, k and the token (`_token_key`)."""
+    image = _int_field(fields, "image", state.n_images, "Image", default=default_image)
+    params = ViewParams(
+        image=image,
+        layer=_int_field(fields, "layer", state.n_layers, "Layer"),
+        head=_int_field(fields, "head", state.n_heads, "Head"),
+        mode=_choice_field(fields, "mode", views.modes(), "head"),  # the registries, read per request
+        over=_choice_field(fields, "over", views.OVERS, "heads"),
+        norm=_choice_field(fields, "norm", views.norms(), "raw"),
+        k=_int_field(fields, "k", MAX_K + 1, "k", default=10),  # 0: MapSpec says why
+    )
+    with checksum_guard(state.ds, image):
+        return replace(params, token=_token_key(state.image(image), fields))
+
+
+def view_map(state: StoreState, fields: dict) -> flask.Response:
+    """GET /api/view: the values of a view's map as the main figure draws them (`figures.map_values`).
+
+    The page (assets/explorer.js) draws a clicked token's map with them at once, while Dash's
+    callback brings the rest of the page (status, side panels) and the same values again."""
+    params = _view_params(state, fields)
+    with checksum_guard(state.ds, params.image):
+        data = views.heatmap(state, params)
+    z, cmax = figures.map_values(views.geometry(state, params.image), data.tiles, data.glob, data.vmax)
+    return flask.jsonify(
+        {
+            "success": True,
+            "image": params.image,
+            "token": params.token,
+            "query_row": data.query,
+            "traces": list(z),
+            "z": [json_grid(values) for values in z.values()],
+            "cmax": cmax,
         }
     )
 
@@ -381,6 +416,8 @@ def _token_key(meta, body: dict) -> int:
     if len(word) > MAX_WORD_CHARS:
         raise ApiError(f"Field 'word' is too long ({len(word)} characters; at most {MAX_WORD_CHARS})", 400)
     occurrence = body.get("occurrence", 0)
+    if isinstance(occurrence, str) and _INTEGER.fullmatch(occurrence.strip()):  # a query string's
+        occurrence = int(occurrence)
     if not isinstance(occurrence, int) or isinstance(occurrence, bool):
         raise ApiError(f"Field 'occurrence' must be an integer, got {_show(occurrence)}", 400)
     try:

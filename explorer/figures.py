@@ -148,6 +148,17 @@ def _layout_image(src: str, x: float, y: float, w: float, h: float) -> dict:
     }
 
 
+def map_values(
+    geom: FigureGeometry, tiles: np.ndarray | None, glob: np.ndarray | None, vmax: float | None
+) -> tuple[dict[int, np.ndarray], float]:
+    """What a new map changes in `overlay_figure`: the `z` of each heatmap trace the image has, by
+    trace index  # [row, col] (NaN: no value), and the top of the colour range. The one source of
+    the Dash Patch (`heatmap_patch`) and of the page's direct update (`GET /api/view`)."""
+    panels = ((TRACE_TILES, geom.tiles, tiles), (TRACE_GLOBAL, geom.glob, glob))
+    z = {index: _nan_grid(panel) if values is None else values for index, panel, values in panels if panel is not None}
+    return z, (vmax if vmax else 1.0)
+
+
 def heatmap_patch(
     geom: FigureGeometry,
     tiles: np.ndarray | None,
@@ -161,13 +172,12 @@ def heatmap_patch(
     """The per-click update of `overlay_figure`: new values and colour range; colours, opacity and
     lines only when given (None = unchanged), so plotly redraws as little as possible."""
     patch = Patch()
-    for index, panel, values in ((TRACE_TILES, geom.tiles, tiles), (TRACE_GLOBAL, geom.glob, glob)):
-        if panel is None:
-            continue
-        patch["data"][index]["z"] = _nan_grid(panel) if values is None else values
+    z, cmax = map_values(geom, tiles, glob, vmax)
+    for index, values in z.items():
+        patch["data"][index]["z"] = values
         if opacity is not None:
             patch["data"][index]["opacity"] = opacity
-    patch["layout"]["coloraxis"]["cmax"] = vmax if vmax else 1.0
+    patch["layout"]["coloraxis"]["cmax"] = cmax
     if cmap is not None:
         patch["layout"]["coloraxis"]["colorscale"] = plotly_colorscale(cmap)
     if grid_lines is not None or boxes is not None:  # one list holds both: the caller gives both

@@ -87,5 +87,6 @@ def for_js() -> dict[str, str]:
         "mode": MODE,
         "signal": RENDER_SIGNAL,
         "figure": FIGURE,
+        "viewState": VIEW_STATE,
         "settled": SETTLED,
     }

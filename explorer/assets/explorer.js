@@ -103,7 +103,7 @@
     }
   }
 
-  function highlight(box, token, rev) {
+  function markSelected(box, token) {
     // the strip scrolls to the selected token only when the selection changes (a patch picked in an
     // opened chip must not scroll that chip away)
     const moved = box.dataset.token !== String(token);
@@ -115,6 +115,10 @@
       // click's request is even sent
       if (node) { node.classList.add("sel"); if (moved) requestAnimationFrame(() => scrollInto(box, node, false)); }
     }
+  }
+
+  function highlight(box, token, rev) {
+    markSelected(box, token);
     box.querySelectorAll(".tok.rev").forEach((e) => { e.classList.remove("rev"); e.style.removeProperty("--rev"); });
     box.querySelectorAll(".cell.cell-sel").forEach((e) => e.classList.remove("cell-sel"));
     if (rev && rev.rows && String(rev.image) === box.dataset.image) {
@@ -129,16 +133,73 @@
     }
   }
 
+  // -- selecting a token: its map drawn first ----------------------------------------------
+  // Dash's round trip for a click (the callback request, then React and plotly redrawing the whole
+  // figure) takes ~70 ms. The map alone comes from GET /api/view (the same values, by the same
+  // library call) and is drawn with Plotly.update; then the token goes to Dash, whose callback
+  // brings the status line, the side panels and the permalink (and draws the same values again).
+  // The map's request goes alone: sent beside Dash's, both wait on the server and the page.
+  let selectSeq = 0;
+
+  function apiUrl(path) {
+    // Dash's own request prefix (the app may be mounted under a path: url_base_pathname)
+    const config = document.getElementById("_dash-config");
+    const prefix = config ? JSON.parse(config.textContent).requests_pathname_prefix || "/" : "/";
+    return prefix + path;
+  }
+
+  function shownView() {
+    // the view the figure shows, when the page is at rest (no main callback in flight: Dash marks
+    // its outputs while it runs) and the strip belongs to that image; else null
+    const stateEl = document.getElementById(ID.viewState);
+    const box = document.getElementById(ID.strip);
+    const gd = document.querySelector("#" + ID.figure + " .js-plotly-plot");
+    if (!stateEl || !stateEl.textContent || stateEl.hasAttribute("data-dash-is-loading")) return null;
+    if (!gd || !gd.data || !window.Plotly || !box) return null;
+    const text = stateEl.textContent;
+    const view = JSON.parse(text);
+    return String(view.image) === box.dataset.image ? { view: view, text: text, stateEl: stateEl, gd: gd } : null;
+  }
+
+  function drawMap(shown, key, seq) {
+    // the map of token `key` in the shown view, drawn straight into the figure unless a newer
+    // selection came meanwhile (responses may arrive out of order) or Dash has drawn another view
+    // since; resolves when drawn
+    const query = new URLSearchParams(shown.view.permalink);
+    query.delete("token");
+    query.set("token_index", String(key));
+    return fetch(apiUrl("api/view?" + query)).then((r) => (r.ok ? r.json() : null)).then((update) => {
+      if (!update || seq !== selectSeq || shown.stateEl.textContent !== shown.text) return;
+      window.__attnPreviews = (window.__attnPreviews || 0) + 1;
+      return window.Plotly.update(shown.gd, { z: update.z }, { "coloraxis.cmax": update.cmax }, update.traces);
+    });
+  }
+
+  function cancelSelection() {
+    // another action changes the view (Escape, another image): a selection on its way is dropped
+    selectSeq++;
+  }
+
+  function selectToken(key) {
+    window.__attnClickT = performance.now();
+    const seq = ++selectSeq;
+    const shown = shownView();
+    const box = document.getElementById(ID.strip);
+    if (box) markSelected(box, key);  // at once: the next arrow key moves on from here
+    const tellDash = () => { if (seq === selectSeq) setProps(ID.token, { data: key }); };  // a newer one tells its own
+    if (!shown) { tellDash(); return; }
+    // an error (or a token without a row) draws nothing here: Dash's callback shows the message
+    // Dash is told once the map is painted: its work on the page (React, the strip) would delay the frame
+    const afterPaint = () => requestAnimationFrame(() => setTimeout(tellDash, 0));
+    drawMap(shown, key, seq).catch(() => {}).finally(afterPaint);
+  }
+
   // -- document-level events --------------------------------------------------------------
   document.addEventListener("click", (ev) => {
     const target = ev.target;
     if (!(target instanceof Element)) return;
     const tok = target.closest("#" + ID.strip + " .tok.clickable");
-    if (tok) {
-      window.__attnClickT = performance.now();
-      setProps(ID.token, { data: Number(tok.dataset.k) });
-      return;
-    }
+    if (tok) { selectToken(Number(tok.dataset.k)); return; }
     const label = target.closest(".chip-label");
     if (label) { toggleChip(label.parentElement); return; }
     const cell = target.closest("#" + ID.strip + " .cell");
@@ -150,7 +211,7 @@
       return;
     }
     const card = target.closest(".card[data-image]");
-    if (card) { setProps(ID.pick, { data: { image: Number(card.dataset.image), t: Date.now() } }); return; }
+    if (card) { cancelSelection(); setProps(ID.pick, { data: { image: Number(card.dataset.image), t: Date.now() } }); return; }
     const item = target.closest(".gallery-item[data-head]");
     if (item) { setProps(ID.mode, { value: "head" }); setProps(ID.head, { value: Number(item.dataset.head) }); }
   });
@@ -170,12 +231,12 @@
     const current = box.querySelector(".tok.sel");
     let i = current ? tokens.indexOf(current) : (step > 0 ? -1 : tokens.length);
     i = Math.min(Math.max(i + step, 0), tokens.length - 1);
-    window.__attnClickT = performance.now();
-    setProps(ID.token, { data: Number(tokens[i].dataset.k) });
+    selectToken(Number(tokens[i].dataset.k));
   }
 
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape") {
+      cancelSelection();
       setProps(ID.token, { data: null });
       setProps(ID.reverse, { data: null });
       return;
@@ -202,6 +263,7 @@
         window.__attnLastRender = info;
         const signal = document.getElementById(ID.signal);
         if (signal) { signal.dataset.count = String(info.n); signal.dataset.t = info.frame.toFixed(1); }
+        document.dispatchEvent(new CustomEvent("attnstore:render", { detail: info }));
       });
     });
   }
