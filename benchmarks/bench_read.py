@@ -12,6 +12,8 @@ names: the decode work is the same, the disk and page cache hold 20 images, not 
     and the raw codec: numcodecs blosc decode of the same chunk bytes held in memory (1 and 2 threads).
 (2) `aggregate_token` over every image on 2 threads, per backend, against reading the same rows with
     the same backend on the same 2 threads (goal >= 60 %), and against the fast whole-image read speed.
+    Which per-head kernel runs (numba's compiled one, or numpy's), loaded before the clock starts; its
+    load time in fresh interpreters with an empty numba cache (compiles) and with the cache filled.
 Goals on 2 cores: one row <= 1 ms p50, whole image >= 0.8 GB/s, aggregate >= 60 % of the read.
 """
 
@@ -21,6 +23,8 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -175,7 +179,35 @@ def read_same_rows(images: dict, rows: dict[int, list[int]]) -> int:
     return int(sum(dask.compute(*tasks, scheduler="threads", num_workers=2)))
 
 
+def kernel_load(cache_dir: str) -> float:
+    """Seconds to import the compiled kernel (numba imported already) in a fresh interpreter."""
+    probe = (
+        "import time, numba, attnstore.analysis.aggregate as agg; t = time.perf_counter(); "
+        "assert agg.fused_kernel(); print(time.perf_counter() - t)"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    return float(proc.stdout.split()[-1])
+
+
+def describe_kernel() -> str:
+    """Which per-head kernel `aggregate_token` runs; loads it (the timed runs do not pay for it)."""
+    from attnstore.analysis.aggregate import fused_kernel
+
+    t = time.perf_counter()
+    if fused_kernel() is None:
+        return "numpy kernels (numba not installed, or ATTNSTORE_KERNELS=numpy)"
+    loaded = time.perf_counter() - t
+    with tempfile.TemporaryDirectory(prefix="attnstore-numba-") as cache:
+        cold, cached = kernel_load(cache), kernel_load(cache)
+    return (
+        f"numba's compiled kernel, loaded before timing ({loaded:.2f} s here); in a fresh interpreter"
+        f" {cold:.2f} s with an empty numba cache (compiles), {cached:.2f} s cached"
+    )
+
+
 def bench_aggregate(path: str, repeats: int, fast_read: float) -> None:
+    print(f"(2) per-head kernel: {describe_kernel()}")
     datasets = {name: open_dataset(path, read_backend=name) for name in BACKENDS}
     ds0 = datasets["tensorstore"]
     rows = {i: A.token_occurrences(A.select_image(ds0, i), TOKEN) for i in range(ds0.sizes["image"])}
@@ -200,7 +232,7 @@ def bench_aggregate(path: str, repeats: int, fast_read: float) -> None:
                     nbytes = out
                 else:
                     assert out.sizes["occurrence"] == n_occ
-    print(f"(2) aggregate '{TOKEN}': {n_occ} occurrences in {len(rows)} images, {nbytes / 1e6:.0f} MB of fp16 rows,"
+    print(f"    aggregate '{TOKEN}': {n_occ} occurrences in {len(rows)} images, {nbytes / 1e6:.0f} MB of fp16 rows,"
           f" 2 threads, best of {repeats}:")  # fmt: skip
     for name in BACKENDS:
         for kind in ("read", "aggregate"):

@@ -4,6 +4,7 @@ Modules, bottom up (each imports only those above it):
 
     registry   named choices every front end reads (methods, normalisations)
     kernels    numpy kernels (fp16 -> fp32, k-th largest, entropy, entropy-weighted top-k)
+    fused      the aggregate's per-head summaries as one compiled kernel (numba: optional, loaded on first use)
     select     one image at its valid extents, one token's rows, layers/heads, range parsing
     tokens     token text -> query row (BPE-aware)
     keys       image-key masks, attention sinks, normalisations (`NORMALISATIONS`)

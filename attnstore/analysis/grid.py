@@ -24,30 +24,38 @@ def patch_grid(values: xr.DataArray, img: xr.Dataset, view: str = "tiles") -> xr
         "global" -> [..., global_row, global_col], the global thumbnail's grid;
         "tile" -> [..., tile, sub_row, sub_col], one grid per tile.
     """
-    if view not in VIEWS:
-        raise InvalidArgument("view", f"must be one of {', '.join(VIEWS)}, not {view!r}")
-    kind = np.asarray(img["token_kind"].values)
-    row, col = np.asarray(img["patch_row"].values), np.asarray(img["patch_col"].values)
-    wanted = TokenKind.IMAGE_GLOBAL if view == "global" else TokenKind.IMAGE_TILE
-    mask = kind == int(wanted)
     vals = np.asarray(values.transpose(..., KEY).values, np.float32)  # [..., key]
+    grid, dims = place_on_grid(vals, img, view)
     lead = [d for d in values.dims if d != KEY]
-    if view == "global":
-        shape, dims = (int(img["global_rows"]), int(img["global_cols"])), ("global_row", "global_col")
-        index = (row[mask], col[mask])
-    else:
-        shape, dims = (int(img["grid_rows"]), int(img["grid_cols"])), ("grid_row", "grid_col")
-        index = (row[mask], col[mask])
-        if view == "tile":
-            tr, tc = int(img["tile_rows"]), int(img["tile_cols"])
-            sub = (shape[0] // tr, shape[1] // tc) if tr and tc else (0, 0)
-            shape, dims = (tr * tc, *sub), ("tile", "sub_row", "sub_col")
-            tile = np.asarray(img["patch_tile"].values)[mask]
-            index = (tile, row[mask] % max(sub[0], 1), col[mask] % max(sub[1], 1))
-    grid = np.full(vals.shape[:-1] + shape, np.nan, np.float32)
-    grid[(..., *index)] = vals[..., mask]
     coords = {d: c for d, c in values.coords.items() if KEY not in values[d].dims}
     return xr.DataArray(grid, dims=(*lead, *dims), coords=coords, attrs={"view": view})
+
+
+def place_on_grid(vals: np.ndarray, img: xr.Dataset, view: str = "tiles") -> tuple[np.ndarray, tuple[str, ...]]:
+    """`patch_grid` on plain arrays: vals  # [..., key] -> (grid  # [..., *cell], the cell dims' names)."""
+    if view not in VIEWS:
+        raise InvalidArgument("view", f"must be one of {', '.join(VIEWS)}, not {view!r}")
+    var = img.variables  # plain Variables: no DataArray per lookup
+    size = lambda name: int(var[name].values)
+    kind = np.asarray(var["token_kind"].values)
+    row, col = np.asarray(var["patch_row"].values), np.asarray(var["patch_col"].values)
+    wanted = TokenKind.IMAGE_GLOBAL if view == "global" else TokenKind.IMAGE_TILE
+    mask = kind == int(wanted)
+    if view == "global":
+        shape, dims = (size("global_rows"), size("global_cols")), ("global_row", "global_col")
+        index = (row[mask], col[mask])
+    else:
+        shape, dims = (size("grid_rows"), size("grid_cols")), ("grid_row", "grid_col")
+        index = (row[mask], col[mask])
+        if view == "tile":
+            tr, tc = size("tile_rows"), size("tile_cols")
+            sub = (shape[0] // tr, shape[1] // tc) if tr and tc else (0, 0)
+            shape, dims = (tr * tc, *sub), ("tile", "sub_row", "sub_col")
+            tile = np.asarray(var["patch_tile"].values)[mask]
+            index = (tile, row[mask] % max(sub[0], 1), col[mask] % max(sub[1], 1))
+    grid = np.full(vals.shape[:-1] + shape, np.nan, np.float32)
+    grid[(..., *index)] = np.asarray(vals, np.float32)[..., mask]
+    return grid, dims
 
 
 def grid_boxes(img: xr.Dataset, view: str = "tiles") -> xr.DataArray:

@@ -64,7 +64,8 @@ def select_image(ds: xr.Dataset, image: int) -> xr.Dataset:
     if "pixels" in ds and "image_height" in ext:
         sel.update(pixel_y=slice(0, int(ext["image_height"][image])), pixel_x=slice(0, int(ext["image_width"][image])))
     img = ds.isel(sel)
-    lazy = [img[name].variable for name in _SMALL_VARS if name in img and not img[name].variable._in_memory]
+    small = [img.variables[name] for name in _SMALL_VARS if name in img.variables]  # no DataArray per lookup
+    lazy = [var for var in small if not var._in_memory]
     # In place (a DataArray shares its Dataset's Variable); the reads run concurrently in zarr's event loop.
     read_concurrently(lambda var: var.load(), lazy)
     return img

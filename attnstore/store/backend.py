@@ -39,6 +39,7 @@ from xarray.core import indexing
 from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 from attnstore.schema import QUERY
 from attnstore.store.remote import is_url, is_zip, protocol, resolve_storage_options, store_like
+from attnstore.store.strings import StringChunks, strip_crc32c
 
 BACKEND_ENV = "ATTNSTORE_READ_BACKEND"
 BACKENDS = ("auto", "tensorstore", "zarr")
@@ -285,30 +286,35 @@ class TensorstoreReader(AttentionReader):
 
     # -- small variables -------------------------------------------------------------------------
     def read_variable(self, name: str, region: tuple[slice, ...]) -> np.ndarray | None:
-        """A region of a numeric variable through tensorstore's zarr3 driver: one call for many
+        """A region of a variable: numeric ones through tensorstore's zarr3 driver, one call for many
         per-image chunks (32 images of `token_kind`: 1.1 ms against zarr-python's 11-14 ms, whose
-        per-chunk Python also holds the GIL the analysis threads need). Strings, and any error (a
-        damaged chunk included), give None: zarr-python then reads it and reports what is wrong."""
-        array = self._variables.get(name, False)
-        if array is False:
-            array = self._open_variable(name)
+        per-chunk Python also holds the GIL the analysis threads need); strings through
+        `StringChunks`. Other layouts, and any error (a damaged chunk included), give None:
+        zarr-python then reads it and reports what is wrong."""
+        read = self._variables.get(name, False)
+        if read is False:
+            read = self._open_variable(name)
             with self._lock:
-                self._variables[name] = array
-        if array is None:
+                self._variables[name] = read
+        if read is None:
             return None
         try:
-            return np.asarray(array[region].read().result())
-        except Exception:  # tensorstore's errors are plain exceptions with status text
+            return read(region)
+        except Exception:  # tensorstore's errors are plain exceptions with status text; a bad checksum
             return None
 
     def _open_variable(self, name: str):
+        """How to read variable `name` (region -> values), or None (zarr-python reads it)."""
         import tensorstore as ts
 
         try:
             array = ts.open({"driver": "zarr3", "kvstore": (self.kv / f"{name}/").spec().to_json()}, open=True).result()
-        except Exception:  # not an array tensorstore reads (e.g. variable-length strings)
+        except Exception:  # not an array tensorstore's driver reads: variable-length strings are read here
+            strings = StringChunks.open(self.kv, name)
+            return strings.read if strings is not None else None
+        if np.dtype(array.dtype.numpy_dtype).kind not in "biuf":
             return None
-        return array if np.dtype(array.dtype.numpy_dtype).kind in "biuf" else None
+        return lambda region: np.asarray(array[region].read().result())
 
     @classmethod
     def open(cls, path: str, storage_options: dict | None = None) -> TensorstoreReader:
@@ -422,15 +428,7 @@ class TensorstoreReader(AttentionReader):
 
     def _checked(self, data: bytes) -> bytes:
         """The compressed bytes of a chunk, after checking its crc32c (if the store writes one)."""
-        import google_crc32c
-
-        if not self.layout.chunk_checksum:
-            return data
-        body = data[:-4]
-        if google_crc32c.value(body) != int.from_bytes(data[-4:], "little"):
-            # zarr's crc32c codec's words: `attnstore.validation.is_checksum_error` recognises them
-            raise ValueError("Stored and computed checksum do not match")
-        return body
+        return strip_crc32c(data) if self.layout.chunk_checksum else data
 
 
 class _Stale(Exception):
@@ -562,7 +560,7 @@ def load_variables(ds: xr.Dataset, names: Sequence[str]) -> xr.Dataset:
         var = ds[name].variable
         region = _stored_region(var) if reader is not None else None
         values = None if region is None else reader.read_variable(name, region)
-        if values is None or values.shape != var.shape:
+        if values is None or values.shape != var.shape or values.dtype != var.dtype:
             return name, var.load()
         return name, var.copy(data=values)
 

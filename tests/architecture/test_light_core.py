@@ -77,3 +77,11 @@ def test_model_commands_without_the_model_side_say_what_to_install(tmp_path, tin
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "attnstore[extract]" in proc.stderr, proc.stderr
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_importing_the_library_leaves_numba_out():
+    """numba (the optional compiled aggregate kernel) loads on the kernel's first use, not on import."""
+    probe = "import sys, attnstore, attnstore.analysis, attnstore.store; print('numba' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

@@ -19,7 +19,7 @@ from attnstore.cli import main
 from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 from attnstore.records import Extraction
 from attnstore.store import AttnStore, StoreShape, open_dataset
-from attnstore.store.backend import BACKEND_ENV, open_reader, read_image_rows, read_rows, reader_name
+from attnstore.store.backend import BACKEND_ENV, open_reader, read_image_rows, read_rows, reader_name, reader_of
 from attnstore.store.pack import pack_store
 from attnstore.synthetic import _gradient_image, make_synthetic_store, synthetic_extraction
 
@@ -287,9 +287,12 @@ def test_small_variables_load_alike_through_the_reader(stores, shape, backend):
     ds = open_dataset(stores[shape], read_backend=backend)
     n = ds.sizes["image"]
     region = (slice(1, n), slice(0, ds.sizes["key"]))
-    fast = reader_of(ds).read_variable("token_kind", region)  # tensorstore reads numeric ones itself
-    assert (fast is not None) == (backend == "tensorstore")
-    assert reader_of(ds).read_variable("token_text", region) is None  # strings: zarr-python
+    for name in ("token_kind", "token_text"):  # tensorstore reads numbers and strings itself (`StringChunks`)
+        fast = reader_of(ds).read_variable(name, region)
+        assert (fast is not None) == (backend == "tensorstore"), name
+        if fast is not None:
+            assert fast.dtype == ds[name].dtype
+            np.testing.assert_array_equal(fast, ds[name].values[1:n])
     for selection in (slice(0, n), slice(1, n), slice(None, None, -1), [n - 1, 0]):
         sub = ds[["attention", *SMALL]].isel(image=selection)
         loaded = load_variables(sub, SMALL)
@@ -299,20 +302,36 @@ def test_small_variables_load_alike_through_the_reader(stores, shape, backend):
             np.testing.assert_array_equal(loaded[name].values, expected, err_msg=f"{name} {selection}")
 
 
-def test_a_damaged_small_chunk_is_still_zarrs_checksum_error(stores, tmp_path):
-    """A small variable's chunk that tensorstore cannot read is read again by zarr-python, whose
-    checksum error the integrity guard names."""
+@pytest.mark.parametrize("name", ["token_kind", "token_text"])
+def test_a_damaged_small_chunk_is_still_zarrs_checksum_error(stores, tmp_path, name):
+    """A small variable's chunk that tensorstore cannot read (or whose crc32c fails) is read again by
+    zarr-python, whose checksum error the integrity guard names."""
     from attnstore.store.backend import load_variables
     from attnstore.validation import is_checksum_error
 
     path = tmp_path / "flipped.zarr"
     shutil.copytree(stores["padded"], path)
-    chunk = path / "token_kind" / "c" / "1" / "0"
+    chunk = path / name / "c" / "1" / "0"
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0x10
     chunk.write_bytes(bytes(data))
     ds = open_dataset(str(path), read_backend="tensorstore")
-    assert load_variables(ds.isel(image=slice(0, 1)), ["token_kind"])["token_kind"].values.size  # image 0 is fine
+    assert load_variables(ds.isel(image=slice(0, 1)), [name])[name].values.size  # image 0 is fine
+    assert reader_of(ds).read_variable(name, (slice(0, 2), slice(0, ds.sizes["key"]))) is None
     with pytest.raises(ValueError) as err:
-        load_variables(ds.isel(image=slice(0, 2)), ["token_kind"])
+        load_variables(ds.isel(image=slice(0, 2)), [name])
     assert is_checksum_error(err.value)
+
+
+def test_strings_never_written_are_the_fill_value(tmp_path):
+    """An image slot allocated but not written yet: its token texts are the fill value, as zarr reads them."""
+    from attnstore.store.backend import reader_of
+
+    path = tmp_path / "slots.zarr"
+    make_synthetic_store(str(path), n_images=2)
+    AttnStore.open(str(path)).allocate(["later.png"], ["later.png"])
+    ds = open_dataset(str(path), read_backend="tensorstore")
+    region = (slice(0, 3), slice(0, ds.sizes["key"]))
+    fast = reader_of(ds).read_variable("token_text", region)
+    assert fast is not None and (fast[2] == "").all()
+    np.testing.assert_array_equal(fast, open_dataset(str(path), read_backend="zarr")["token_text"].values)
