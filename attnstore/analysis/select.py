@@ -86,7 +86,9 @@ def token_weights(img: xr.Dataset, query: int) -> xr.DataArray:
     row = img["attention"].isel({QUERY: query})
     if is_dask(row):
         return row.astype(np.float32).assign_coords({QUERY: query % n})
-    return row.copy(data=fp16_to_fp32(row.values)).assign_coords({QUERY: query % n})  # reads one chunk
+    # deep=False: the new data is given; a deep copy would also deep-copy the encoding, which holds the
+    # store's reader (~0.4 ms a click, measured)
+    return row.copy(deep=False, data=fp16_to_fp32(row.values)).assign_coords({QUERY: query % n})  # reads one chunk
 
 
 def as_indexer(sel) -> slice | list[int]:

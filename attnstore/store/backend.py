@@ -562,7 +562,7 @@ def load_variables(ds: xr.Dataset, names: Sequence[str]) -> xr.Dataset:
         values = None if region is None else reader.read_variable(name, region)
         if values is None or values.shape != var.shape or values.dtype != var.dtype:
             return name, var.load()
-        return name, var.copy(data=values)
+        return name, var.copy(deep=False, data=values)  # not deep: the encoding holds the reader
 
     return ds.assign(dict(read_concurrently(load, [n for n in names if n in ds])))
 
