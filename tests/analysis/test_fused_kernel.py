@@ -103,6 +103,26 @@ def test_kernel_equals_numpy_kernels(case, k, renorm):
     assert_same_stats(fused_stats(w16, mask, k, renorm), numpy_stats(w16, mask, k, renorm))
 
 
+@pytest.mark.parametrize("k", [1, 10, 40, 100])
+@pytest.mark.parametrize("case", ["random", "zeros", "ties", "zero_rows"])
+def test_kernel_equals_numpy_kernels_at_real_length(case, k):
+    """~830 image keys in runs of 64 between short separators: many chunks of the top-k search, candidate
+    lists of every length (counted in one vector or two, or sorted)."""
+    rng = np.random.default_rng(k)
+    shape = (2, 3, 4, 957)
+    mask = np.zeros(shape[-1], bool)
+    for start in range(5, 900, 68):
+        mask[start : start + 64] = True
+    w16 = {"random": softmax_rows, "zeros": lambda r, s: softmax_rows(r, s, zeros=0.97), "ties": tied_rows}.get(
+        case, softmax_rows
+    )(rng, shape)
+    if case == "zero_rows":
+        w16[0, 1] = 0
+        w16[1, :, 2][..., mask] = 0
+    for renorm in (False, True):
+        assert_same_stats(fused_stats(w16, mask, k, renorm), numpy_stats(w16, mask, k, renorm))
+
+
 def test_ties_at_the_threshold_are_all_kept():
     """One head, values 4 3 3 3 1 on the image keys, k = 2: the three 3s are kept (numpy's rule)."""
     w16 = np.array([4, 3, 3, 3, 1, 9], np.float16).reshape(1, 1, 1, 6) / 10
