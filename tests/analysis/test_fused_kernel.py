@@ -20,7 +20,8 @@ from attnstore.analysis import aggregate as agg
 from attnstore.analysis.kernels import key_runs
 from attnstore.store import open_dataset
 
-fused = pytest.importorskip("attnstore.analysis.fused", reason="numba is not installed (pip install attnstore[fast])")
+pytest.importorskip("numba", reason="numba is not installed (pip install attnstore[fast])")
+from attnstore.analysis import fused  # noqa: E402  (after the skip: a broken kernel module must fail, not skip)
 
 RTOL, ENTROPY_ATOL = 1e-5, 1e-6
 
