@@ -1,7 +1,8 @@
 /* attnstore explorer: the token strip (drawn from JSON), clicks, keyboard, permalink, render signal.
  *
  * Clicks are delegated from the document and sent to Dash with dash_clientside.set_props, so
- * a click costs one callback request, whatever the number of tokens on the page.
+ * a click costs one callback request, whatever the number of tokens on the page. A clicked
+ * token's map is drawn first, from GET /api/view, before Dash is told (selectToken).
  * Component ids are not spelled here: the page carries them (explorer/ids.py `for_js`, written by
  * the layout into the data-attnstore-ids attribute), read on first use once Dash has drawn the page.
  */
@@ -181,15 +182,14 @@
   }
 
   function selectToken(key) {
-    window.__attnClickT = performance.now();
     const seq = ++selectSeq;
     const shown = shownView();
     const box = document.getElementById(ID.strip);
     if (box) markSelected(box, key);  // at once: the next arrow key moves on from here
     const tellDash = () => { if (seq === selectSeq) setProps(ID.token, { data: key }); };  // a newer one tells its own
     if (!shown) { tellDash(); return; }
-    // an error (or a token without a row) draws nothing here: Dash's callback shows the message
-    // Dash is told once the map is painted: its work on the page (React, the strip) would delay the frame
+    // Dash is told once the map is painted: its work on the page (React, the strip) would delay the
+    // frame. An error (or a token without a row) draws nothing here: Dash's callback shows the message.
     const afterPaint = () => requestAnimationFrame(() => setTimeout(tellDash, 0));
     drawMap(shown, key, seq).catch(() => {}).finally(afterPaint);
   }
