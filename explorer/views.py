@@ -21,7 +21,7 @@ from attnstore.analysis import (
     reverse_attention,
     token_grounding,
 )
-from attnstore.analysis.grounding import object_index
+from attnstore.analysis.grounding import has_object, object_index
 from attnstore.errors import AttnstoreError, InvalidArgument
 from attnstore.render.export import json_grid
 from attnstore.render.geometry import FigureGeometry, figure_geometry
@@ -238,7 +238,7 @@ def head_grounding(state: StoreState, params: ViewParams) -> HeadGrounding | Non
     """In-box lift of the selected token for every head of the layer; None if there is no object to check."""
     meta = state.image(params.image)
     obj = grounding_object(meta, params.token)
-    if obj < 0 or obj >= meta.img.sizes.get("object", 0) or not str(meta.img[OBJECT_LABEL].values[obj]):
+    if not has_object(meta.img, obj):
         return None
     query = meta.query_of(params.token)
     scores = state.cached("grounding", lambda: token_grounding(meta.img, query, obj), (params.image, query, obj), 64)

@@ -185,6 +185,11 @@ def object_index(img: xr.Dataset, target: str | int) -> int:
     return labels.index(target) if target in labels else -1
 
 
+def has_object(img: xr.Dataset, obj: int) -> bool:
+    """Whether object slot `obj` of one image holds an object (slots past an image's objects are empty)."""
+    return 0 <= obj < img.sizes.get("object", 0) and bool(str(img[OBJECT_LABEL].values[obj]))
+
+
 def token_grounding(img: xr.Dataset, query: int, obj: int, keys: str = "all") -> xr.Dataset:
     """Grounding scores of one stored query row of one image against its object `obj`  # (layer, head).
 
@@ -226,7 +231,7 @@ def store_grounding(
     for i in complete:
         img = select_image(ds, int(i))
         obj = object_index(img, target)
-        if obj < 0 or obj >= img.sizes["object"] or not str(img[OBJECT_LABEL].values[obj]):
+        if not has_object(img, obj):
             continue
         query = _token_row(img, token)
         if query < 0:

@@ -81,8 +81,8 @@ class AttentionReader:
         raise NotImplementedError
 
     def read_variable(self, name: str, region: tuple[slice, ...]) -> np.ndarray | None:
-        """A region of another (small, numeric) variable of the store, if this backend reads it faster
-        than zarr-python; None: load it through xarray as usual."""
+        """A region of another (small) variable of the store, if this backend reads it faster than
+        zarr-python; None: load it through xarray as usual."""
         return None
 
     def bound_to(self, shape: tuple[int, ...]) -> None:
@@ -271,7 +271,7 @@ class TensorstoreReader(AttentionReader):
         self.kv = kvstore
         self.layout = layout
         self._indexes: OrderedDict[str, tuple[np.ndarray | None, bytes]] = OrderedDict()  # key -> (index, generation)
-        self._variables: dict[str, object] = {}  # name -> opened tensorstore zarr3 array (None: not readable)
+        self._variables: dict[str, object] = {}  # name -> its read (region -> values; `_open_variable`), or None
         self._lock = threading.Lock()
 
     def bound_to(self, shape: tuple[int, ...]) -> None:

@@ -34,7 +34,6 @@ class StringChunks:
 
     def __init__(self, kv, name: str, meta: dict):
         self.kv, self.name = kv, name
-        self.shape = tuple(meta["shape"])
         self.chunk = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
         self.fill = meta.get("fill_value") or ""
         self.separator = meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
