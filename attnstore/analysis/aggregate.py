@@ -22,11 +22,11 @@ from attnstore.analysis.grid import place_on_grid, resample_density
 from attnstore.analysis.kernels import entropy_np, entropy_topk_np, fp16_to_fp32, key_runs, scatter_np, take_keys
 from attnstore.analysis.keys import normalise
 from attnstore.analysis.reduce import METHODS, reduce_heads, rollout
-from attnstore.analysis.select import read_rows_fp16, select_image, select_layers_heads
+from attnstore.analysis.scan import image_list, scan_batches
+from attnstore.analysis.select import read_rows_fp16, select_layers_heads
 from attnstore.analysis.tokens import TokenNotFoundError, token_occurrences
 from attnstore.errors import InvalidArgument, check_output_file
 from attnstore.schema import BOX_CORNERS, IMAGE_PATCH_KINDS, KEY, QUERY, TokenKind, kind_mask
-from attnstore.store.backend import load_variables
 
 AGGREGATE_GRID = 32  # side of the common normalised grid the per-occurrence maps are averaged on
 
@@ -154,9 +154,8 @@ def _view_name(kind: int) -> str:
     return "global" if kind == TokenKind.IMAGE_GLOBAL else "tile"
 
 
-def _image_summary(ds: xr.Dataset, image: int, token: str, opts: dict) -> dict[str, np.ndarray] | None:
-    """Columns for every occurrence of `token` in one image (None if it does not occur)."""
-    img = select_image(ds, image)
+def _image_summary(img: xr.Dataset, image: int, token: str, opts: dict) -> dict[str, np.ndarray] | None:
+    """Columns for every occurrence of `token` in one image (`select_image`; None if it does not occur)."""
     rows = token_occurrences(img, token)
     if not rows:
         return None
@@ -171,7 +170,7 @@ def _image_summary(ds: xr.Dataset, image: int, token: str, opts: dict) -> dict[s
     }
 
 
-_PRELOAD_VARS = (
+_SMALL_VARS = (
     "query_position",
     "token_text",
     "token_kind",
@@ -185,16 +184,7 @@ _PRELOAD_VARS = (
     "tile_cols",
     "grid_rows",
     "grid_cols",
-)
-
-
-def _preload(ds: xr.Dataset, images: list[int], names: tuple[str, ...] = _PRELOAD_VARS) -> tuple[int, xr.Dataset]:
-    """The images lo..hi of a batch with the small variables loaded: one multi-chunk read per
-    variable (zarr fetches the chunks concurrently) instead of one read per image and variable.
-    `names`: the variables kept and loaded (fewer for a method that needs fewer)."""
-    lo, hi = int(min(images)), int(max(images)) + 1
-    sub = ds[["attention", *(v for v in names if v in ds)]].isel(image=slice(lo, hi))
-    return lo, load_variables(sub, names)
+)  # what `_image_summary` reads besides attention: preloaded batch by batch
 
 
 def aggregate_token(
@@ -213,9 +203,10 @@ def aggregate_token(
 ) -> xr.Dataset:
     """Every occurrence of a token across a store: one row per (image, occurrence) + the mean map.
 
-    Streams: images are processed as dask tasks (threads, `num_workers`) in batches of
-    `batch_size`, each task reading only its image's token rows (one chunk per row), so
-    memory stays bounded whatever the store size. Only complete images are used.
+    Streams (`attnstore.analysis.scan`): images are processed as dask tasks (threads,
+    `num_workers`) in batches of `batch_size`, each task reading only its image's token rows
+    (one chunk per row), so memory stays bounded whatever the store size. Only complete images
+    (of `images`, if given) are used.
 
     Returns
     -------
@@ -225,28 +216,20 @@ def aggregate_token(
     density maps on a common grid_size x grid_size grid over the normalised image (tile
     views only; 1 = uniform attention over the image, see `resample_density`).
     """
-    import dask
-
     METHODS.check(method)
     opts = dict(method=method, layers=layers, heads=heads, k=k, normalise_mode=normalise_mode, grid_size=grid_size)
-    todo = list(np.flatnonzero(np.asarray(ds["complete"].values).astype(bool))) if images is None else images
+    todo = image_list(ds, images)
+    summary = functools.partial(_image_summary, token=token, opts=opts)
     parts, total, count = [], np.zeros((grid_size, grid_size)), np.zeros((grid_size, grid_size))
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        lo, sub = _preload(ds, batch)
-        # The batch is bound into the task's function, not passed as an argument: dask inspects
-        # arguments for collections, ~2.5 ms per task on a Dataset (measured).
-        task = dask.delayed(functools.partial(_image_summary, sub), name="attnstore-aggregate", pure=False)
-        calls = [task(int(i) - lo, token, opts, dask_key_name=f"aggregate-image-{i}") for i in batch]
-        for result in dask.compute(*calls, scheduler="threads", num_workers=num_workers):
-            if result is not None:
-                result["image"] += lo
-                dens = result.pop("density")
-                total += np.nansum(dens, axis=0)
-                count += np.isfinite(dens).sum(0)
-                parts.append(result)
+    batches = scan_batches(ds, summary, todo, num_workers, batch_size, name="aggregate", variables=_SMALL_VARS)
+    for results in batches:
+        for result in filter(None, results):
+            dens = result.pop("density")
+            total += np.nansum(dens, axis=0)
+            count += np.isfinite(dens).sum(0)
+            parts.append(result)
         if on_image:
-            on_image(len(batch))
+            on_image(len(results))
     if not parts:
         raise TokenNotFoundError(f"token '{token}' occurs in none of the {len(todo)} complete images")
     table = xr.Dataset({name: ("occurrence", np.concatenate([p[name] for p in parts])) for name in parts[0]})

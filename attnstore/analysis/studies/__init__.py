@@ -2,7 +2,7 @@
 
 Each analysis is a function `fn(ds, **options) -> xr.Dataset`, a tidy table over its natural dims
 (image x layer x head, answer token x layer x head, ...), vectorised over layers and heads, streamed
-over images in batches (`base.scan`), with a plot (`PLOTS`, matplotlib). Reached as
+over images in batches (`attnstore.analysis.scan`), with a plot (`PLOTS`, matplotlib). Reached as
 `ds.attn.<name>(...)`, `attnstore analyze NAME STORE --out table.csv --plot fig.png`, or
 `run_analysis(name, ds, ...)`. Definitions, papers and choices: docs/analyses.md.
 
@@ -20,8 +20,9 @@ from pathlib import Path
 import xarray as xr
 
 from attnstore.analysis.aggregate import WHOLE_DATASET_FORMATS, check_aggregate_output, save_whole
+from attnstore.analysis.scan import scan
 from attnstore.analysis.studies import compare, localisation, modality, sinks, visual_ratio  # noqa: F401 (register)
-from attnstore.analysis.studies.base import ANALYSES, PLOTS, QUERY_SETS, query_rows, register, scan
+from attnstore.analysis.studies.base import ANALYSES, PLOTS, QUERY_SETS, query_rows, register
 from attnstore.analysis.studies.compare import compare_stores, matched_rows, shared_images
 from attnstore.analysis.studies.localisation import localisation_heads
 from attnstore.analysis.studies.modality import modality_allocation, token_allocation

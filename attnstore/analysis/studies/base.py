@@ -1,23 +1,18 @@
 """What every dataset-level analysis shares: the `ANALYSES` registry (and each one's plot), which
-query rows an analysis reads, and the batched scan over a store's images.
-
-The scan follows `aggregate_token`: images in batches, the batch's small variables preloaded in one
-multi-chunk read per variable, one dask task per image (threads), each reading only the rows it
-needs (one stored chunk per row). Per-image results are plain column dicts, concatenated once.
+query rows an analysis reads, and how per-image columns are put together. The scan over a store's
+images is `attnstore.analysis.scan`, shared with `aggregate_token`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xarray as xr
 
-from attnstore.analysis.aggregate import _preload
 from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.registry import Registry
-from attnstore.analysis.select import read_rows_fp16, select_image
+from attnstore.analysis.select import read_rows_fp16
 from attnstore.errors import InvalidArgument
 from attnstore.schema import TokenKind
 
@@ -61,62 +56,6 @@ def read_rows_fp32(img: xr.Dataset, rows: np.ndarray) -> np.ndarray:
         att = img["attention"]
         return np.zeros((0, att.sizes["layer"], att.sizes["head"], att.sizes["key"]), np.float32)
     return fp16_to_fp32(read_rows_fp16(img, [int(r) for r in rows]))
-
-
-def image_list(ds: xr.Dataset, images=None) -> list[int]:
-    """Complete images (all of them, or those among `images`) in store order."""
-    complete = np.asarray(ds["complete"].values).astype(bool)
-    if images is None:
-        return [int(i) for i in np.flatnonzero(complete)]
-    n = ds.sizes["image"]
-    picked = [int(i) for i in images]
-    if any(not 0 <= i < n for i in picked):
-        raise InvalidArgument("images", f"{picked[:8]} is outside 0-{n - 1} (the store has {n} images)")
-    return [i for i in picked if complete[i]]
-
-
-ROW_VARS = ("query_position", "token_kind", "n_query", "n_key")  # what finding the rows of `queries` needs
-TEXT_VARS = (*ROW_VARS, "token_text")
-GRID_VARS = (*ROW_VARS, "patch_tile", "patch_row", "patch_col", "tile_rows", "tile_cols", "grid_rows", "grid_cols",
-             "global_rows", "global_cols")  # fmt: skip
-
-
-def scan(
-    ds: xr.Dataset,
-    per_image: Callable[[xr.Dataset, int], dict | None],
-    images=None,
-    num_workers: int = 2,
-    batch_size: int = 32,
-    name: str = "study",
-    variables: tuple[str, ...] = ROW_VARS,
-) -> list[dict]:
-    """`per_image(img, image)` over the complete images, as dask tasks on threads, batch by batch.
-
-    `img` is `select_image` of the image with the small `variables` loaded (one read per variable
-    for the whole batch; the next batch's are read while this one computes); the returned column
-    dicts (None = nothing to report) come back in image order.
-    """
-    import dask
-
-    if num_workers < 1 or batch_size < 1:
-        raise InvalidArgument("num_workers", "and batch_size must be at least 1")
-    todo = image_list(ds, images)
-    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-
-    def one(sub: xr.Dataset, local: int, image: int) -> dict | None:
-        return per_image(select_image(sub, local), image)
-
-    task = dask.delayed(one, name=f"attnstore-{name}", pure=False)  # named: ds is never hashed
-    parts: list[dict] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnstore-preload") as preload:
-        upcoming = preload.submit(_preload, ds, batches[0], variables) if batches else None
-        for n, batch in enumerate(batches):
-            lo, sub = upcoming.result()
-            if n + 1 < len(batches):
-                upcoming = preload.submit(_preload, ds, batches[n + 1], variables)
-            calls = [task(sub, i - lo, i, dask_key_name=f"{name}-image-{i}") for i in batch]
-            parts += [p for p in dask.compute(*calls, scheduler="threads", num_workers=num_workers) if p is not None]
-    return parts
 
 
 def stack(parts: list[dict], key: str, empty: np.ndarray) -> np.ndarray:

@@ -8,12 +8,12 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from attnstore.analysis.aggregate import _preload
 from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.keys import image_key_mask
+from attnstore.analysis.scan import TEXT_VARS, image_list, preload, scan
 from attnstore.analysis.select import read_rows_fp16, select_image
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import TEXT_VARS, image_list, names_of, query_rows, register, scan, stack
+from attnstore.analysis.studies.base import names_of, query_rows, register, stack
 from attnstore.analysis.studies.stats import jensen_shannon
 from attnstore.errors import InvalidArgument
 
@@ -125,7 +125,7 @@ def compare_stores(
     parts, todo = [], list(pairs)
     for start in range(0, len(todo), batch_size):  # B's small variables preloaded batch by batch, like A's
         batch = todo[start : start + batch_size]
-        batch_b = _preload(other, [pairs[i] for i in batch], TEXT_VARS)
+        batch_b = preload(other, [pairs[i] for i in batch], TEXT_VARS)
         parts += scan(ds, per_image, batch, num_workers, batch_size, name="compare", variables=TEXT_VARS)
     shape = (0, ds.sizes["layer"], ds.sizes["head"])
     image = stack(parts, "image", np.zeros(0, int))

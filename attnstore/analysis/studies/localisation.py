@@ -12,9 +12,10 @@ import xarray as xr
 from attnstore.analysis.grid import patch_grid
 from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.keys import image_key_mask
+from attnstore.analysis.scan import GRID_VARS, scan
 from attnstore.analysis.select import read_rows_fp16, select_image
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import GRID_VARS, names_of, query_rows, register, scan, stack
+from attnstore.analysis.studies.base import names_of, query_rows, register, stack
 from attnstore.analysis.studies.stats import elbow_index, spatial_entropy
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from attnstore.analysis.scan import scan
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, read_rows_fp32, register, scan, stack
+from attnstore.analysis.studies.base import names_of, query_rows, read_rows_fp32, register, stack
 from attnstore.schema import IMAGE_PATCH_KINDS, TokenKind, kind_mask
 
 # Token types the keys are split into; together they cover every non-padding key.

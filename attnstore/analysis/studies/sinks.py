@@ -7,8 +7,9 @@ import numpy as np
 import xarray as xr
 
 from attnstore.analysis.keys import sink_keys
+from attnstore.analysis.scan import scan
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, read_rows_fp32, register, scan, stack
+from attnstore.analysis.studies.base import names_of, query_rows, read_rows_fp32, register, stack
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY
 

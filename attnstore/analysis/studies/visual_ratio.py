@@ -8,9 +8,10 @@ import xarray as xr
 
 from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.keys import image_key_mask
+from attnstore.analysis.scan import TEXT_VARS, scan
 from attnstore.analysis.select import read_rows_fp16
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import TEXT_VARS, names_of, query_rows, register, scan, stack
+from attnstore.analysis.studies.base import names_of, query_rows, register, stack
 from attnstore.analysis.studies.stats import auroc, cluster_bootstrap_weights
 from attnstore.analysis.tokens import strip_bpe
 from attnstore.errors import InvalidArgument

@@ -1,0 +1,93 @@
+"""The batched scan over a store's images that every dataset-level computation shares
+(`aggregate_token` and the studies of `attnstore.analysis.studies`).
+
+Images go in batches: the batch's small variables are preloaded in one multi-chunk read per
+variable (the next batch's while this one computes), then one dask task per image (threads), each
+reading only the attention rows it needs (one stored chunk per row). Memory stays bounded by the
+batch, whatever the store's size.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import xarray as xr
+
+from attnstore.analysis.select import select_image
+from attnstore.errors import InvalidArgument
+from attnstore.store.backend import load_variables
+
+ROW_VARS = ("query_position", "token_kind", "n_query", "n_key")  # what finding query rows needs
+TEXT_VARS = (*ROW_VARS, "token_text")
+GRID_VARS = (*ROW_VARS, "patch_tile", "patch_row", "patch_col", "tile_rows", "tile_cols", "grid_rows", "grid_cols",
+             "global_rows", "global_cols")  # fmt: skip
+
+
+def image_list(ds: xr.Dataset, images=None) -> list[int]:
+    """Complete images (all of them, or those among `images`) in store order."""
+    complete = np.asarray(ds["complete"].values).astype(bool)
+    if images is None:
+        return [int(i) for i in np.flatnonzero(complete)]
+    n = ds.sizes["image"]
+    picked = [int(i) for i in images]
+    if any(not 0 <= i < n for i in picked):
+        raise InvalidArgument("images", f"{picked[:8]} is outside 0-{n - 1} (the store has {n} images)")
+    return [i for i in picked if complete[i]]
+
+
+def preload(ds: xr.Dataset, images: list[int], names: tuple[str, ...] = ROW_VARS) -> tuple[int, xr.Dataset]:
+    """(lo, the images lo..hi of a batch with the small variables `names` loaded): one multi-chunk
+    read per variable (chunks fetched concurrently) instead of one read per image and variable."""
+    lo, hi = int(min(images)), int(max(images)) + 1
+    sub = ds[["attention", *(v for v in names if v in ds)]].isel(image=slice(lo, hi))
+    return lo, load_variables(sub, names)
+
+
+def scan_batches(
+    ds: xr.Dataset,
+    per_image: Callable[[xr.Dataset, int], dict | None],
+    images: list[int],
+    num_workers: int = 2,
+    batch_size: int = 32,
+    name: str = "scan",
+    variables: tuple[str, ...] = ROW_VARS,
+) -> Iterator[list[dict | None]]:
+    """`per_image(img, image)` over `images` (as given: `image_list` picks the complete ones), as
+    dask tasks on threads; yields each batch's results in image order (None = nothing to report).
+
+    `img` is `select_image` of the image with the small `variables` loaded; the next batch's are read
+    (mostly waiting on storage) while this batch computes.
+    """
+    import dask
+
+    if num_workers < 1 or batch_size < 1:
+        raise InvalidArgument("num_workers", "and batch_size must be at least 1")
+    batches = [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnstore-preload") as pool:
+        upcoming = pool.submit(preload, ds, batches[0], variables) if batches else None
+        for n, batch in enumerate(batches):
+            lo, sub = upcoming.result()
+            if n + 1 < len(batches):
+                upcoming = pool.submit(preload, ds, batches[n + 1], variables)
+            # The batch is bound into the task's function, not passed as an argument: dask inspects
+            # arguments for collections, ~2.5 ms per task on a Dataset (measured).
+            one = functools.partial(_one_image, per_image, sub, lo)
+            task = dask.delayed(one, name=f"attnstore-{name}", pure=False)
+            calls = [task(i, dask_key_name=f"{name}-image-{i}") for i in batch]
+            yield list(dask.compute(*calls, scheduler="threads", num_workers=num_workers))
+
+
+def _one_image(per_image: Callable, sub: xr.Dataset, lo: int, image: int) -> dict | None:
+    return per_image(select_image(sub, image - lo), image)
+
+
+def scan(ds: xr.Dataset, per_image: Callable[[xr.Dataset, int], dict | None], images=None, num_workers: int = 2,
+         batch_size: int = 32, name: str = "study", variables: tuple[str, ...] = ROW_VARS) -> list[dict]:  # fmt: skip
+    """`per_image(img, image)` over the complete images (`image_list`): the column dicts it returns,
+    in image order, without the Nones (see `scan_batches`)."""
+    todo = image_list(ds, images)
+    batches = scan_batches(ds, per_image, todo, num_workers, batch_size, name, variables)
+    return [part for results in batches for part in results if part is not None]
