@@ -27,6 +27,19 @@ def fp16_to_fp32(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def mean_fp32(a: np.ndarray) -> np.ndarray:
+    """The mean over axis 0 as float32  # [row, ...] float16 -> [...]: equal to fp16_to_fp32(a).mean(0)
+    (numpy sums axis 0 row by row too), converting one row at a time: no [row, ...] float32
+    temporary, whose fresh pages cost more than the sums (8 x 30 x 9 x 884: 0.8 -> 0.5 ms, measured)."""
+    if len(a) == 0:
+        return fp16_to_fp32(a).mean(0)  # numpy's NaN (and warning) for no rows
+    total = np.zeros(a.shape[1:], np.float32)
+    for row in a:
+        total += fp16_to_fp32(row)
+    total /= np.float32(len(a))
+    return total
+
+
 def kth_largest(a: np.ndarray, k: int, groups: int = 8) -> np.ndarray:
     """The k-th largest value along the last axis  # [..., n] -> [...] (k > n: the smallest).
 

@@ -9,6 +9,7 @@ import pytest
 import xarray as xr
 
 import attnstore.analysis as A
+from attnstore.analysis.keys import NETWORK_ROWS, upper_median
 from attnstore.errors import AttnstoreError
 from attnstore.schema import TokenKind
 from attnstore.store import open_dataset
@@ -158,6 +159,17 @@ def test_no_sinks_removes_bos_first_image_and_outsized_keys(image_factory, rng):
     assert (out[..., [0, idx[0], sink]] == 0).all()
     keep = [i for i in idx if i not in (idx[0], sink)]
     np.testing.assert_allclose(out[..., keep].sum(-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 9, NETWORK_ROWS, NETWORK_ROWS + 1, 40])  # the network, then np.partition
+def test_upper_median_is_the_sorted_middle_row(n, rng):
+    rows = rng.random((3, n, 50), dtype=np.float32)  # [layer, row, key]
+    rows[0, :, :10] = 0.25  # ties
+    rows[1, :, 10:20] = rng.integers(0, 3, (n, 10)) / 4  # few distinct values
+    want = np.sort(rows, axis=1)[:, n // 2]  # a plain sort of each key's column
+    got = upper_median(rows)
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (3, 50) and not np.shares_memory(got, rows)
 
 
 def test_image_share_and_entropy_match_loops(image_factory, rng):

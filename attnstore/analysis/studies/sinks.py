@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from attnstore.analysis.kernels import mean_fp32
 from attnstore.analysis.keys import sink_keys
 from attnstore.analysis.scan import scan
+from attnstore.analysis.select import read_rows_fp16
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, read_rows_fp32, register, stack
+from attnstore.analysis.studies.base import names_of, query_rows, register, stack
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY
 
@@ -57,7 +59,7 @@ def attention_sinks(
                 "sink_mass": nan,
                 "sink_positions": np.array([""], object),
             }
-        heads = read_rows_fp32(img, rows).mean(0)  # [layer, head, key]: each head's mean answer row
+        heads = mean_fp32(read_rows_fp16(img, [int(r) for r in rows]))  # [layer, head, key]: each head's mean row
         mean = heads.mean(1)  # [layer, key]
         # The no_sinks detector on the mean row, one layer at a time: median over heads > factor x median image key.
         sinks = sink_keys(xr.DataArray(heads, dims=("layer", "head", KEY)), img, factor, bos=False,
