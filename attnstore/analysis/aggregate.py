@@ -23,10 +23,11 @@ from attnstore.analysis.kernels import entropy_np, entropy_topk_np, fp16_to_fp32
 from attnstore.analysis.keys import normalise
 from attnstore.analysis.reduce import METHODS, reduce_heads, rollout
 from attnstore.analysis.scan import image_list, scan_batches
-from attnstore.analysis.select import read_rows_fp16, select_layers_heads
+from attnstore.analysis.select import ImageVariables, read_rows_fp16, select_layers_heads, values_of
 from attnstore.analysis.tokens import TokenNotFoundError, token_occurrences
 from attnstore.errors import InvalidArgument, check_output_file
-from attnstore.schema import BOX_CORNERS, IMAGE_PATCH_KINDS, KEY, QUERY, TokenKind, kind_mask
+from attnstore.schema import BOX_CORNERS, IMAGE_PATCH_KINDS, KEY, TokenKind, kind_mask
+from attnstore.store.backend import reader_of
 
 AGGREGATE_GRID = 32  # side of the common normalised grid the per-occurrence maps are averaged on
 
@@ -51,21 +52,25 @@ def summarise_rows(
     peak of the map (key, view, grid row/col, box), and `density` [occurrence, y, x]: the
     map's tile grid resampled onto a grid_size x grid_size normalised grid (`resample_density`).
     """
-    columns = _summarise(img, rows, method, layers, heads, k, normalise_mode, grid_size)
+    columns = _summarise(img, read_rows_fp16(img, rows), rows, method, layers, heads, k, normalise_mode, grid_size)
     density = columns.pop("density")
     return xr.Dataset({name: ("occurrence", v) for name, v in columns.items()}).assign(
         density=(("occurrence", "y", "x"), density)
     )
 
 
-def _summarise(img, rows, method, layers, heads, k, normalise_mode, grid_size) -> dict[str, np.ndarray]:
-    """`summarise_rows` as plain columns (cheap to concatenate across thousands of images)."""
-    w16 = read_rows_fp16(img, rows)  # [occ, layer, head, key] float16
+_ROW_DIMS = ("occurrence", "layer", "head", KEY)  # rows read for some query rows of one image
+
+
+def _summarise(img: ImageVariables, w16, rows, method, layers, heads, k, normalise_mode, grid_size) -> dict:
+    """`summarise_rows` as plain columns (cheap to concatenate across thousands of images), from the
+    rows read  # w16 [occurrence, layer, head, key] float16. `img` may be the image's variables as
+    arrays for entropy_topk with the raw or image normalisation (the compiled kernel's methods); the
+    other methods need its selection (`select_image`)."""
     if layers is not None or heads is not None:
-        dims = ("occurrence", *(d for d in img.variables["attention"].dims if d != QUERY))
-        w16 = select_layers_heads(xr.DataArray(w16, dims=dims), layers, heads).values
-    var = img.variables  # plain Variables: a DataArray per lookup costs ~0.15 ms (measured)
-    mask = kind_mask(np.asarray(var["token_kind"].values), IMAGE_PATCH_KINDS)  # [key] image keys (`image_key_mask`)
+        w16 = select_layers_heads(xr.DataArray(w16, dims=_ROW_DIMS), layers, heads).values
+    value = values_of(img)
+    mask = kind_mask(value("token_kind"), IMAGE_PATCH_KINDS)  # [key] image keys (`image_key_mask`)
     idx = np.flatnonzero(mask)
     fast_topk = method == "entropy_topk" and normalise_mode in ("raw", "image")
     runs = key_runs(idx), key_runs(np.flatnonzero(~mask))  # image keys, other keys
@@ -75,19 +80,19 @@ def _summarise(img, rows, method, layers, heads, k, normalise_mode, grid_size) -
     elif method == "rollout":
         maps = np.stack([rollout(img, r, layers=layers, heads=heads).values for r in rows])
     else:
-        w = xr.DataArray(fp16_to_fp32(w16), dims=("occurrence", "layer", "head", KEY))
+        w = xr.DataArray(fp16_to_fp32(w16), dims=_ROW_DIMS)
         maps = reduce_heads(normalise(w, img, normalise_mode), img, method=method, k=k).values
     on_image = np.where(mask, maps, -np.inf)  # [occ, key]
     peak, best = on_image.argmax(-1), on_image.max(-1)  # [occ]
     has_peak = np.isfinite(best) & (best > 0)
-    kind = np.asarray(var["token_kind"].values)[peak]
-    box = np.where(has_peak[:, None], np.asarray(var["patch_box"].values)[peak], np.nan)  # [occ, 4]
+    kind = value("token_kind")[peak]
+    key_box = value("patch_box")  # [key, box]
+    box = np.where(has_peak[:, None], key_box[peak], np.nan)  # [occ, 4]
     # The maps and the patch boxes (what `grid_boxes` places) onto the tile grid in one call: ~0.3 ms less per image.
-    boxes_t = np.asarray(var["patch_box"].transpose("box", KEY).values, np.float32)  # [box, key]
-    placed, _ = place_on_grid(np.concatenate([maps, boxes_t]), img, "tiles")
+    placed, _ = place_on_grid(np.concatenate([maps, np.asarray(key_box.T, np.float32)]), img, "tiles")
     grid, cell_boxes = placed[: len(rows)], np.moveaxis(placed[len(rows) :], 0, -1)  # [occ, r, c], [r, c, box]
-    positions = np.asarray(var["query_position"].values)[rows]
-    texts = np.asarray(var["token_text"].values)
+    positions = value("query_position")[rows]
+    texts = value("token_text")
     return {
         "query": np.asarray(rows, np.int32),
         "position": positions.astype(np.int32),
@@ -97,8 +102,8 @@ def _summarise(img, rows, method, layers, heads, k, normalise_mode, grid_size) -
         "map_entropy": entropy_np(np.take(maps, idx, axis=-1)),
         "peak_key": np.where(has_peak, peak, -1).astype(np.int32),
         "peak_view": np.array([_view_name(k) if p else "" for k, p in zip(kind, has_peak)], dtype=object),
-        "peak_row": np.where(has_peak, np.asarray(var["patch_row"].values)[peak], -1).astype(np.int16),
-        "peak_col": np.where(has_peak, np.asarray(var["patch_col"].values)[peak], -1).astype(np.int16),
+        "peak_row": np.where(has_peak, value("patch_row")[peak], -1).astype(np.int16),
+        "peak_col": np.where(has_peak, value("patch_col")[peak], -1).astype(np.int16),
         **{f"peak_{c}": box[:, i].astype(np.float32) for i, c in enumerate(BOX_CORNERS)},
         "peak_value": np.where(has_peak, best, np.nan).astype(np.float32),
         "density": resample_density(grid, cell_boxes, grid_size),  # [occ, y, x]
@@ -154,19 +159,26 @@ def _view_name(kind: int) -> str:
     return "global" if kind == TokenKind.IMAGE_GLOBAL else "tile"
 
 
-def _image_summary(img: xr.Dataset, image: int, token: str, opts: dict) -> dict[str, np.ndarray] | None:
-    """Columns for every occurrence of `token` in one image (`select_image`; None if it does not occur)."""
+def _image_summary(img: ImageVariables, image: int, token: str, opts: dict, reader=None) -> dict | None:
+    """Columns for every occurrence of `token` in one image (None if it does not occur). `img`: the
+    image's selection (`select_image`), or its variables as arrays (`scan.BatchArrays.image`), whose
+    rows `reader` (the store's `AttentionReader`) then reads."""
     rows = token_occurrences(img, token)
     if not rows:
         return None
-    n, var = len(rows), img.variables
+    value = values_of(img)
+    if reader is None:
+        w16 = read_rows_fp16(img, rows)  # [occ, layer, head, key]
+    else:
+        w16 = reader.read_rows(image, rows)[..., : value("token_kind").shape[0]]  # the image's keys
+    n = len(rows)
     return {
         "image": np.full(n, image, np.int32),
-        "image_name": np.array([str(var["image_name"].values)] * n, dtype=object),
+        "image_name": np.array([str(value("image_name"))] * n, dtype=object),
         "occurrence_index": np.arange(n, dtype=np.int32),
-        "tile_rows": np.full(n, int(var["tile_rows"].values), np.int16),
-        "tile_cols": np.full(n, int(var["tile_cols"].values), np.int16),
-        **_summarise(img, rows, **opts),
+        "tile_rows": np.full(n, int(value("tile_rows")), np.int16),
+        "tile_cols": np.full(n, int(value("tile_cols")), np.int16),
+        **_summarise(img, w16, rows, **opts),
     }
 
 
@@ -219,9 +231,12 @@ def aggregate_token(
     METHODS.check(method)
     opts = dict(method=method, layers=layers, heads=heads, k=k, normalise_mode=normalise_mode, grid_size=grid_size)
     todo = image_list(ds, images)
-    summary = functools.partial(_image_summary, token=token, opts=opts)
+    # The compiled kernel's methods need only numpy: images as arrays, rows read by the store's reader.
+    reader = reader_of(ds) if method == "entropy_topk" and normalise_mode in ("raw", "image") else None
+    summary = functools.partial(_image_summary, token=token, opts=opts, reader=reader)
     parts, total, count = [], np.zeros((grid_size, grid_size)), np.zeros((grid_size, grid_size))
-    batches = scan_batches(ds, summary, todo, num_workers, batch_size, name="aggregate", variables=_SMALL_VARS)
+    arrays = reader is not None
+    batches = scan_batches(ds, summary, todo, num_workers, batch_size, "aggregate", _SMALL_VARS, arrays)
     for results in batches:
         for result in filter(None, results):
             dens = result.pop("density")

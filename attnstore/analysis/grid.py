@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
+from attnstore.analysis.select import ImageVariables, values_of
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY, TokenKind
 
@@ -31,14 +32,15 @@ def patch_grid(values: xr.DataArray, img: xr.Dataset, view: str = "tiles") -> xr
     return xr.DataArray(grid, dims=(*lead, *dims), coords=coords, attrs={"view": view})
 
 
-def place_on_grid(vals: np.ndarray, img: xr.Dataset, view: str = "tiles") -> tuple[np.ndarray, tuple[str, ...]]:
-    """`patch_grid` on plain arrays: vals  # [..., key] -> (grid  # [..., *cell], the cell dims' names)."""
+def place_on_grid(vals: np.ndarray, img: ImageVariables, view: str = "tiles") -> tuple[np.ndarray, tuple[str, ...]]:
+    """`patch_grid` on plain arrays: vals  # [..., key] -> (grid  # [..., *cell], the cell dims' names).
+    `img`: one image (`select_image`), or its variables as arrays by name (`scan.BatchArrays.image`)."""
     if view not in VIEWS:
         raise InvalidArgument("view", f"must be one of {', '.join(VIEWS)}, not {view!r}")
-    var = img.variables  # plain Variables: no DataArray per lookup
-    size = lambda name: int(var[name].values)
-    kind = np.asarray(var["token_kind"].values)
-    row, col = np.asarray(var["patch_row"].values), np.asarray(var["patch_col"].values)
+    value = values_of(img)
+    size = lambda name: int(value(name))
+    kind = value("token_kind")
+    row, col = value("patch_row"), value("patch_col")
     wanted = TokenKind.IMAGE_GLOBAL if view == "global" else TokenKind.IMAGE_TILE
     mask = kind == int(wanted)
     if view == "global":
@@ -51,7 +53,7 @@ def place_on_grid(vals: np.ndarray, img: xr.Dataset, view: str = "tiles") -> tup
             tr, tc = size("tile_rows"), size("tile_cols")
             sub = (shape[0] // tr, shape[1] // tc) if tr and tc else (0, 0)
             shape, dims = (tr * tc, *sub), ("tile", "sub_row", "sub_col")
-            tile = np.asarray(var["patch_tile"].values)[mask]
+            tile = value("patch_tile")[mask]
             index = (tile, row[mask] % max(sub[0], 1), col[mask] % max(sub[1], 1))
     grid = np.full(vals.shape[:-1] + shape, np.nan, np.float32)
     grid[(..., *index)] = np.asarray(vals, np.float32)[..., mask]

@@ -8,6 +8,7 @@ one reader call (each row its own chunk, decoded concurrently).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import xarray as xr
@@ -69,6 +70,18 @@ def select_image(ds: xr.Dataset, image: int) -> xr.Dataset:
     # In place (a DataArray shares its Dataset's Variable); the reads run concurrently in zarr's event loop.
     read_concurrently(lambda var: var.load(), lazy)
     return img
+
+
+ImageVariables = xr.Dataset | Mapping[str, np.ndarray]  # one image: `select_image`, or its variables as arrays
+
+
+def values_of(img: ImageVariables) -> Callable[[str], np.ndarray]:
+    """name -> one image's variable as a numpy array. `img`: a selection (`select_image`: a lazy
+    variable is read on lookup), or the variables as arrays by name (`scan.BatchArrays.image`)."""
+    if isinstance(img, xr.Dataset):
+        var = img.variables  # plain Variables: a DataArray per lookup costs ~10 us
+        return lambda name: np.asarray(var[name].values)
+    return lambda name: np.asarray(img[name])
 
 
 def token_weights(img: xr.Dataset, query: int) -> xr.DataArray:

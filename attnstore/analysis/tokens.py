@@ -7,6 +7,7 @@ import difflib
 import numpy as np
 import xarray as xr
 
+from attnstore.analysis.select import ImageVariables, values_of
 from attnstore.errors import NotFound
 from attnstore.schema import TokenKind
 
@@ -23,9 +24,14 @@ class TokenNotFoundError(NotFound):
 
 def query_tokens(img: xr.Dataset) -> np.ndarray:
     """Raw token text of each stored query row  # [query] str."""
-    positions = img["query_position"].values
-    texts = np.asarray(img["token_text"].values)[positions]
-    return np.array([str(t) for t in texts], dtype=str)  # StringDType -> fixed width (numpy 2 needs the loop)
+    var = img.variables  # plain Variables: no DataArray per lookup
+    return _texts_at(var["query_position"].values, var["token_text"].values)
+
+
+def _texts_at(positions: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """texts  # [key] at positions  # [query] -> [query] str."""
+    picked = np.asarray(texts)[np.asarray(positions)]
+    return np.array([str(t) for t in picked], dtype=str)  # StringDType -> fixed width (numpy 2 needs the loop)
 
 
 def strip_bpe(token: str) -> str:
@@ -33,14 +39,16 @@ def strip_bpe(token: str) -> str:
     return token.strip(BPE_MARKERS).strip()
 
 
-def token_occurrences(img: xr.Dataset, text: str) -> list[int]:
+def token_occurrences(img: ImageVariables, text: str) -> list[int]:
     """Query rows whose token matches `text`: BPE-aware exact match, else case-insensitive.
 
-    `text` "@answer" matches every generated (answer) token, in order."""
+    `text` "@answer" matches every generated (answer) token, in order. `img`: one image
+    (`select_image`), or its variables as arrays by name (`scan.BatchArrays.image`)."""
+    value = values_of(img)
+    positions = value("query_position")
     if text == ANSWER:
-        kinds = np.asarray(img["token_kind"].values)[np.asarray(img["query_position"].values)]
-        return [int(r) for r in np.flatnonzero(kinds == int(TokenKind.GENERATED))]
-    tokens = query_tokens(img)
+        return [int(r) for r in np.flatnonzero(value("token_kind")[positions] == int(TokenKind.GENERATED))]
+    tokens = _texts_at(positions, value("token_text"))
     wanted = strip_bpe(text)
     stripped = np.array([strip_bpe(t) for t in tokens], dtype=str)
     rows = np.flatnonzero((stripped == wanted) | (tokens == text))

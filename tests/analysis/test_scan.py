@@ -10,8 +10,10 @@ import pytest
 
 import attnstore.analysis as A
 from attnstore.analysis import scan as S
+from attnstore.analysis.grid import place_on_grid
 from attnstore.errors import InvalidArgument
 from attnstore.store import AttnStore, open_dataset
+from attnstore.store.backend import reader_of
 
 
 def test_scan_batches_hand_each_image_its_selection_in_order(synthetic_store):
@@ -63,3 +65,44 @@ def test_aggregate_progress_counts_every_image_once(synthetic_store):
     done = []
     A.aggregate_token(ds, "a", k=5, grid_size=8, batch_size=2, on_image=done.append)
     assert done == [2, 1] and np.sum(done) == ds.sizes["image"]
+
+
+def test_batch_arrays_equal_the_selection_of_each_image(synthetic_store):
+    ds = open_dataset(synthetic_store)
+    names = (*S.TEXT_VARS, "patch_box", "image_name", "tile_rows", "grid_cols")
+    lo, sub = S.preload(ds, [1, 2], names)
+    batch = S.BatchArrays(sub, lo, names)
+    for image in (1, 2):
+        img, arrays = A.select_image(ds, image), batch.image(image)
+        assert set(arrays) == {n for n in names if n in ds}
+        for name, values in arrays.items():  # cut to the image's valid extents, like select_image
+            want = img[name].values
+            assert values.shape == want.shape and values.dtype == want.dtype, name
+            np.testing.assert_array_equal(values, want, err_msg=name)  # NaN boxes equal, strings compared
+
+
+def test_token_rows_and_grid_placement_read_arrays_like_the_selection(synthetic_store):
+    ds = open_dataset(synthetic_store)
+    lo, sub = S.preload(ds, [0], (*S.GRID_VARS, "token_text"))
+    img, arrays = A.select_image(ds, 0), S.BatchArrays(sub, lo, (*S.GRID_VARS, "token_text")).image(0)
+    for token in ("a", "@answer", "A"):
+        assert A.token_occurrences(arrays, token) == A.token_occurrences(img, token)
+    vals = np.random.default_rng(0).random((2, img.sizes["key"]), dtype=np.float32)
+    for view in ("tiles", "global", "tile"):
+        got, dims = place_on_grid(vals, arrays, view)
+        want, want_dims = place_on_grid(vals, img, view)
+        assert dims == want_dims and np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"normalise_mode": "image", "layers": [1], "k": 3}, {"method": "mean"}])
+def test_aggregate_on_arrays_equals_aggregate_on_selections(synthetic_store, kwargs):
+    """A store's reader: images as arrays (`BatchArrays`); plain xarray: `select_image` per image."""
+    import xarray as xr
+
+    fast = open_dataset(synthetic_store)
+    plain = xr.open_zarr(synthetic_store, zarr_format=3)
+    assert reader_of(fast) is not None and reader_of(plain) is None
+    got, want = (A.aggregate_token(ds, "a", grid_size=8, batch_size=2, **kwargs) for ds in (fast, plain))
+    assert set(got.variables) == set(want.variables) and got.sizes == want.sizes
+    for name in want.variables:
+        np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
