@@ -99,7 +99,7 @@ def _summarise(img: ImageVariables, w16, rows, method, layers, heads, k, normali
         "token": np.array([str(texts[p]) for p in positions], dtype=object),
         "image_share": np.where(row_sum > 0, attn_sum / np.where(row_sum > 0, row_sum, 1), 0).mean((1, 2)),
         "entropy": heads_ent.mean((1, 2)).astype(np.float32),
-        "map_entropy": entropy_np(np.take(maps, idx, axis=-1)),
+        "map_entropy": entropy_np(take_keys(maps, runs[0])),
         "peak_key": np.where(has_peak, peak, -1).astype(np.int32),
         "peak_view": np.array([_view_name(k) if p else "" for k, p in zip(kind, has_peak)], dtype=object),
         "peak_row": np.where(has_peak, value("patch_row")[peak], -1).astype(np.int16),

@@ -129,7 +129,8 @@ def key_runs(idx: np.ndarray) -> list[slice]:
 
 
 def take_keys(a: np.ndarray, runs: list[slice]) -> np.ndarray:
-    """`np.take(a, idx, axis=-1)` for the keys of `runs`: block copies, ~2x faster (measured)."""
+    """`np.take(a, idx, axis=-1)` for the keys of `runs`: block copies, ~5x faster (8x on rows cut
+    from a reader's buffer: np.take gathers a strided view slowly; measured)."""
     if not runs:
         return a[..., :0].copy()
     return np.concatenate([a[..., run] for run in runs], axis=-1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from attnstore.analysis.kernels import entropy_np, entropy_topk_np, image_share_np, scatter_np
+from attnstore.analysis.kernels import entropy_np, entropy_topk_np, image_share_np, key_runs, scatter_np, take_keys
 from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.registry import Registry
 from attnstore.analysis.select import as_indexer, select_layers_heads
@@ -35,9 +35,9 @@ def entropy(weights: xr.DataArray, img: xr.Dataset, keys: str = "all") -> xr.Dat
     The image-key weights are renormalised to sum 1 and the entropy divided by log N
     (N = number of image keys). All-zero rows give 0.
     """
-    idx = np.flatnonzero(image_key_mask(img, keys).values)
+    runs = key_runs(np.flatnonzero(image_key_mask(img, keys).values))
     return xr.apply_ufunc(
-        lambda w: entropy_np(np.take(w, idx, axis=-1)), weights, input_core_dims=[[KEY]], dask="parallelized",
+        lambda w: entropy_np(take_keys(w, runs)), weights, input_core_dims=[[KEY]], dask="parallelized",
         output_dtypes=[np.float32],
     )  # fmt: skip
 
@@ -53,8 +53,9 @@ def entropy_topk(weights: xr.DataArray, img: xr.Dataset, k: int = 10, keys: str 
     """
     mask = image_key_mask(img, keys).values
     idx = np.flatnonzero(mask)
+    runs = key_runs(idx)
     return xr.apply_ufunc(
-        lambda w: scatter_np(entropy_topk_np(np.take(w, idx, axis=-1), k), idx, mask.shape[0]),
+        lambda w: scatter_np(entropy_topk_np(take_keys(w, runs), k), idx, mask.shape[0]),
         weights.transpose(..., "layer", "head", KEY),
         input_core_dims=[["layer", "head", KEY]],
         output_core_dims=[[KEY]],

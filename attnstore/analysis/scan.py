@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import xarray as xr
 
-from attnstore.analysis.select import select_image
+from attnstore.analysis.select import ImageVariables, select_image
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY, QUERY
 from attnstore.store.backend import load_variables
@@ -74,7 +74,7 @@ def _cut(dims: tuple[str, ...], extent: dict[str, int]) -> tuple[slice, ...]:
 
 def scan_batches(
     ds: xr.Dataset,
-    per_image: Callable[[xr.Dataset, int], dict | None],
+    per_image: Callable[[ImageVariables, int], dict | None],
     images: list[int],
     num_workers: int = 2,
     batch_size: int = 32,

@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from attnstore.analysis.grid import patch_grid
-from attnstore.analysis.kernels import fp16_to_fp32
+from attnstore.analysis.kernels import fp16_to_fp32, key_runs, take_keys
 from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.scan import GRID_VARS, scan
 from attnstore.analysis.select import read_rows_fp16, select_image
@@ -212,7 +212,7 @@ def image_key_rows(img: xr.Dataset, view: str) -> tuple[np.ndarray, np.ndarray] 
     if not len(rows):
         return None
     keys = np.flatnonzero(image_key_mask(img).values)
-    a16 = np.take(read_rows_fp16(img, [int(rows[0])])[0], keys, axis=-1)
+    a16 = take_keys(read_rows_fp16(img, [int(rows[0])])[0], key_runs(keys))
     at = np.full(img.sizes[KEY], np.nan, np.float32)
     at[keys] = np.arange(keys.size)
     cells = patch_grid(xr.DataArray(at, dims=(KEY,)), img, view).values  # the grid, by the store's geometry
