@@ -62,6 +62,12 @@ def summarise_rows(
 _ROW_DIMS = ("occurrence", "layer", "head", KEY)  # rows read for some query rows of one image
 
 
+def _is_topk_path(method: str, normalise_mode: str) -> bool:
+    """Whether the map comes from the head statistics alone (`_head_stats`'s top-k, compiled when
+    numba is there): entropy_topk, raw or image normalisation. Other methods need the xarray path."""
+    return method == "entropy_topk" and normalise_mode in ("raw", "image")
+
+
 def _summarise(img: ImageVariables, w16, rows, method, layers, heads, k, normalise_mode, grid_size) -> dict:
     """`summarise_rows` as plain columns (cheap to concatenate across thousands of images), from the
     rows read  # w16 [occurrence, layer, head, key] float16. `img` may be the image's variables as
@@ -72,7 +78,7 @@ def _summarise(img: ImageVariables, w16, rows, method, layers, heads, k, normali
     value = values_of(img)
     mask = kind_mask(value("token_kind"), IMAGE_PATCH_KINDS)  # [key] image keys (`image_key_mask`)
     idx = np.flatnonzero(mask)
-    fast_topk = method == "entropy_topk" and normalise_mode in ("raw", "image")
+    fast_topk = _is_topk_path(method, normalise_mode)
     runs = key_runs(idx), key_runs(np.flatnonzero(~mask))  # image keys, other keys
     attn_sum, row_sum, heads_ent, top_maps = _all_head_stats(w16, runs, k, normalise_mode, fast_topk)
     if fast_topk:
@@ -232,7 +238,7 @@ def aggregate_token(
     opts = dict(method=method, layers=layers, heads=heads, k=k, normalise_mode=normalise_mode, grid_size=grid_size)
     todo = image_list(ds, images)
     # The compiled kernel's methods need only numpy: images as arrays, rows read by the store's reader.
-    reader = reader_of(ds) if method == "entropy_topk" and normalise_mode in ("raw", "image") else None
+    reader = reader_of(ds) if _is_topk_path(method, normalise_mode) else None
     summary = functools.partial(_image_summary, token=token, opts=opts, reader=reader)
     parts, total, count = [], np.zeros((grid_size, grid_size)), np.zeros((grid_size, grid_size))
     arrays = reader is not None
