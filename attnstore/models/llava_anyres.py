@@ -15,8 +15,11 @@ Every number comes from what the processor produced for this image: the original
 checked against the number of crops in `pixel_values`), and the block length (checked against
 the `<image>` tokens). The base view is a global view over the whole picture; the crop grid one
 tile view over the unpadded region mapped back to the original picture; newline tokens are image
-specials without a box. When unpadding or resampling leaves crops of unequal token counts the
-crop grid is stored as one tile (the schema's tiles are equal); otherwise each crop is a tile.
+specials without a box. Boxes are exact: where the crop side is not a whole number of patches
+(OneVision's 384 px crops, 14 px patches) the last pixels of each crop reach no patch, so the
+crop grid's boxes are computed crop by crop. When unpadding or resampling leaves crops of unequal
+token counts the crop grid is stored as one tile (the schema's tiles are equal); otherwise each
+crop is a tile.
 """
 
 from __future__ import annotations
@@ -84,22 +87,24 @@ class LlavaNextAdapter(LlavaAdapter):
         return place_anyres(empty_layout(kinds), grid, positions)
 
     def processor_settings(self) -> dict:
+        """Base provenance plus what chooses and cuts the crops."""
         ip = self.processor.image_processor
         return {
             **ModelAdapter.processor_settings(self),
             "image_grid_pinpoints": [[int(h), int(w)] for h, w in ip.image_grid_pinpoints],
+            "crop_side": crop_side(ip),
             "do_pad": bool(getattr(ip, "do_pad", False)),
             "patch_size": self.patch_size,
             "vision_aspect_ratio": getattr(self.processor, "vision_aspect_ratio", None),
         }
 
     def max_image_tokens(self) -> int:
-        """Base view + the largest pinpoint's stitched grid with a newline per row (before unpadding)."""
-        side = int(self.model.config.vision_config.image_size) // self.patch_size
-        pinpoints = self.processor.image_processor.image_grid_pinpoints
-        crop = int(self.model.config.vision_config.image_size)
-        rows_cols = [(h // crop * side, w // crop * side) for h, w in pinpoints]
-        return side * side + max(r * (c + 1) for r, c in rows_cols)
+        """Base view + the largest crop grid any pinpoint can give, with a newline per row."""
+        ip = self.processor.image_processor
+        side = crop_side(ip)
+        n = side // self.patch_size
+        grids = [(h // side * n, w // side * n) for h, w in ip.image_grid_pinpoints]  # stitched patches
+        return n * n + max(_max_crop_tokens(rows, cols, n, self.max_crops) for rows, cols in grids)
 
 
 class LlavaOnevisionAdapter(LlavaNextAdapter):
@@ -155,6 +160,14 @@ def onevision_images_processor_class() -> type:
 
 
 # -- geometry -----------------------------------------------------------------------------
+
+
+def crop_side(image_processor) -> int:
+    """Side in pixels of the crops the image processor cuts (its own rule: crop_size, else size)."""
+    crop, size = getattr(image_processor, "crop_size", None), image_processor.size
+    if crop and crop.get("height"):
+        return int(crop["height"])
+    return int(size.get("height") or size["shortest_edge"])
 
 
 @dataclass(frozen=True)
@@ -239,7 +252,7 @@ def _token_edges(start: int, stop: int, n: int, base: int, side: int, patch: int
     Stitched patch coordinate u lies in crop u // base, at pixel (u % base) * patch of it; a crop's
     last side % patch pixels are seen by no patch, so a span is mapped piecewise, crop by crop.
     """
-    edges = start + (stop - start) * np.arange(n + 1) / n  # [n + 1] in patches (fractional if resampled)
+    edges = start + (stop - start) * np.arange(n + 1) / max(n, 1)  # [n + 1] in patches (fractional if resampled)
     first_crop = np.floor(edges[:-1] / base)  # a start on a crop boundary begins the next crop
     last_crop = np.maximum(np.ceil(edges[1:] / base) - 1, 0)  # an end on a boundary ends the previous one
     starts = first_crop * side + (edges[:-1] - first_crop * base) * patch
@@ -266,6 +279,18 @@ def _resampled(rows: int, cols: int, base: int, max_crops: int | None) -> tuple[
     return int(rows // ratio), int(cols // ratio)
 
 
+def _max_crop_tokens(rows: int, cols: int, base: int, max_crops: int | None) -> int:
+    """Upper bound of crop-grid tokens + newlines from a rows x cols stitched grid, whatever the unpadding.
+
+    Unresampled, the kept area is at most 1.1² x max_crops crops (`_resampled`); resampled, at most
+    max_crops crops; newlines are at most `rows`.
+    """
+    full = rows * (cols + 1)
+    if max_crops is None:
+        return full
+    return min(full, int(1.21 * max_crops * base * base) + rows)
+
+
 def _fitted_size(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int]:
     """Size of the picture resized into the target, aspect kept (the processors' `get_patch_output_size`)."""
     scale_w, scale_h = target_w / width, target_h / height
@@ -287,9 +312,11 @@ def place_anyres(layout: ImageLayout, grid: AnyresGrid, positions: np.ndarray) -
     rows, cols = grid.shape
     block = positions[n_base:].reshape(rows, cols + 1)  # [row, patches + newline]
     tokens = block[:, :cols].ravel()
-    region = (float(grid.xs[0, 0]), float(grid.ys[0, 0]), float(grid.xs[-1, 1]), float(grid.ys[-1, 1]))
-    place_view(layout, View(kind=TokenKind.IMAGE_TILE, region=region, patch_rows=rows, patch_cols=cols, tile=0), tokens)
-    layout.patch_box[tokens] = grid.boxes()  # exact spans (crops may hold unseen pixels between them)
+    if tokens.size:  # an extreme aspect ratio can unpad the crop grid away (newlines may remain)
+        region = (float(grid.xs[0, 0]), float(grid.ys[0, 0]), float(grid.xs[-1, 1]), float(grid.ys[-1, 1]))
+        crop_view = View(kind=TokenKind.IMAGE_TILE, region=region, patch_rows=rows, patch_cols=cols, tile=0)
+        place_view(layout, crop_view, tokens)
+        layout.patch_box[tokens] = grid.boxes()  # exact spans (crops may hold unseen pixels between them)
     layout.kind[block[:, cols]] = int(TokenKind.IMAGE_SPECIAL)  # image_newline: no box
     finish_grids(layout)
     if grid.equal_crops:  # each crop is a tile of base x base patches

@@ -11,7 +11,13 @@ import torch
 from attnstore.cli import main
 from attnstore.extract import extract, extract_batch
 from attnstore.models import load_adapter
-from attnstore.models.llava_anyres import LlavaNextAdapter, LlavaOnevisionAdapter, onevision_images_processor_class
+from attnstore.models.llava_anyres import (
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
+    anyres_grid,
+    crop_side,
+    onevision_images_processor_class,
+)
 from attnstore.schema import TokenKind
 from attnstore.store import open_dataset
 from attnstore.synthetic import _gradient_image
@@ -205,6 +211,22 @@ def test_crop_grid_and_tiles(anyres_adapters, family, width, height, crops, tile
     assert positions.size <= adapter.max_image_tokens()
 
 
+@pytest.mark.parametrize("policy", ["tiny", "real"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_length_matches_the_processor_for_any_aspect(anyres_adapters, family, policy):
+    """Over extreme and ordinary sizes, the grid gives the processor's own token count, within the bound."""
+    adapter = policy_adapter(anyres_adapters(family), policy)
+    ip = adapter.processor.image_processor
+    side = crop_side(ip)
+    views = 1 + max(h // side * (w // side) for h, w in ip.image_grid_pinpoints)
+    sizes = [(h, w) for h in (7, 60, 333, 1000, 4000) for w in (9, 100, 480, 1777, 6000)]
+    counts = adapter.processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"]
+    for (height, width), count in zip(sizes, counts):
+        grid = anyres_grid((height, width), (1, views, 3, side, side), 14, ip.image_grid_pinpoints, adapter.max_crops)
+        assert grid.n_tokens == count, (height, width)
+    assert max(counts) <= adapter.max_image_tokens()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layout_kinds(anyres_adapters, family):
     adapter = anyres_adapters(family)
@@ -329,12 +351,29 @@ def test_load_adapter_picks_the_family(anyres_adapters, family):
     assert isinstance(ADAPTERS[family].description, str)
 
 
-def test_onevision_folder_is_a_plain_processor_loaded_without_torchvision(anyres_adapters):
-    """The saved folder names the real LlavaOnevisionProcessor; the adapter loads it with no video processor."""
+def test_onevision_loads_without_torchvision(anyres_adapters, tmp_path):
+    """A OneVision folder names the real LlavaOnevisionProcessor and, like every real checkpoint, has a
+    video processor config; plain AutoProcessor then needs torchvision, the adapter loads images only."""
+    import shutil
+
+    from transformers import AutoProcessor
+
     from attnstore.demo import tiny_model_dir
 
-    path = tiny_model_dir("llava_onevision")
-    saved = json.loads((path / "processor_config.json").read_text())
+    folder = tmp_path / "tiny-onevision"
+    shutil.copytree(tiny_model_dir("llava_onevision"), folder)
+    saved = json.loads((folder / "processor_config.json").read_text())
     assert saved["processor_class"] == "LlavaOnevisionProcessor" and saved["vision_aspect_ratio"] == "anyres_max_9"
-    processor = anyres_adapters("llava_onevision").processor
+    video = {"video_processor_type": "LlavaOnevisionVideoProcessor", "processor_class": "LlavaOnevisionProcessor"}
+    (folder / "video_preprocessor_config.json").write_text(json.dumps(video))
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="Torchvision"):
+            AutoProcessor.from_pretrained(folder)
+    processor = load_adapter(str(folder)).processor
     assert getattr(processor, "video_processor", None) is None and processor.vision_aspect_ratio == "anyres_max_9"
+    assert (
+        processor.image_processor.image_grid_pinpoints
+        == anyres_adapters("llava_onevision").model.config.image_grid_pinpoints
+    )
