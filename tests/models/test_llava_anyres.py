@@ -64,15 +64,15 @@ def policy_adapter(adapter, policy: str):
     if isinstance(adapter, LlavaOnevisionAdapter):  # llava-onevision-qwen2-*-ov-hf: 384 px, 6 x 6 pinpoints
         ip = LlavaOnevisionImageProcessorPil(image_mean=[0.5] * 3, image_std=[0.5] * 3)
         processor = onevision_images_processor_class()(
-            ip, p.tokenizer, num_image_tokens=(384 // 14) ** 2, vision_feature_select_strategy="full",
-            chat_template=p.chat_template,
-        )  # fmt: skip
+            ip, p.tokenizer, num_image_tokens=(384 // 14) ** 2, vision_feature_select_strategy="full"
+        )
+        processor.chat_template = p.chat_template
     else:  # llava-v1.6-*-hf: 336 px crops, 5 pinpoints
         ip = LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
         processor = LlavaNextProcessor(
-            ip, p.tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-            chat_template=p.chat_template,
-        )  # fmt: skip
+            ip, p.tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1
+        )
+        processor.chat_template = p.chat_template
     return type(adapter)(adapter.model, processor, model_id=adapter.model_id)
 
 
@@ -246,11 +246,15 @@ def test_layout_kinds(anyres_adapters, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_truncated_image_block_is_an_error(anyres_adapters, family):
+def test_outputs_the_geometry_cannot_explain_are_refused(anyres_adapters, family):
+    """A truncated image block, or pixels holding fewer crops than the chosen grid, raise instead of guessing."""
     adapter = anyres_adapters(family)
     inputs, _, positions = run_layout(adapter, 640, 360)
     with pytest.raises(RuntimeError, match="image tokens"):
         adapter.layout(inputs["input_ids"][0].numpy()[: positions[0] + 10], inputs)
+    fewer = {**inputs, "pixel_values": inputs["pixel_values"][:, :2]}
+    with pytest.raises(RuntimeError, match="views, expected a base view"):
+        adapter.layout(inputs["input_ids"][0].numpy(), fewer)
 
 
 # -- capture ------------------------------------------------------------------------------------
