@@ -71,11 +71,17 @@ class LlavaNextAdapter(LlavaAdapter):
         return self.known_token_ids([IMAGE_TOKEN, VIDEO_TOKEN])
 
     def layout(self, input_ids: np.ndarray, inputs: dict) -> ImageLayout:
+        ip = self.processor.image_processor
+        pixel_shape = tuple(int(n) for n in inputs["pixel_values"].shape)
+        if base_side(ip) != pixel_shape[-1]:  # then the base view was also cropped: not one whole-picture view
+            raise RuntimeError(
+                f"image processor squashes the base view to {base_side(ip)} px but its views are {pixel_shape[-1]} px"
+            )
         grid = anyres_grid(
             original_hw=tuple(int(n) for n in np.asarray(inputs["image_sizes"]).reshape(-1, 2)[0]),
-            pixel_shape=tuple(int(n) for n in inputs["pixel_values"].shape),
+            pixel_shape=pixel_shape,
             patch=self.patch_size,
-            pinpoints=self.processor.image_processor.image_grid_pinpoints,
+            pinpoints=ip.image_grid_pinpoints,
             max_crops=self.max_crops,
         )
         specials = set(self.tokenizer.all_special_tokens) - {IMAGE_TOKEN}
@@ -168,6 +174,16 @@ def crop_side(image_processor) -> int:
     if crop and crop.get("height"):
         return int(crop["height"])
     return int(size.get("height") or size["shortest_edge"])
+
+
+def base_side(image_processor) -> int | None:
+    """Side in pixels of the square the base view is squashed to (`size`); None if not a square or not resized."""
+    size = image_processor.size
+    if not getattr(image_processor, "do_resize", True):
+        return None
+    if size.get("height") or size.get("width"):
+        return int(size["height"]) if size.get("height") == size.get("width") else None
+    return int(size["shortest_edge"])
 
 
 @dataclass(frozen=True)

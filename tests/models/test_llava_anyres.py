@@ -255,6 +255,15 @@ def test_outputs_the_geometry_cannot_explain_are_refused(anyres_adapters, family
     fewer = {**inputs, "pixel_values": inputs["pixel_values"][:, :2]}
     with pytest.raises(RuntimeError, match="views, expected a base view"):
         adapter.layout(inputs["input_ids"][0].numpy(), fewer)
+    # A base view squashed to 70 px then centre-cropped to 56 px shows only the middle of the picture.
+    ip = adapter.processor.image_processor
+    saved = ip.size, ip.crop_size, ip.do_center_crop
+    try:
+        ip.size, ip.crop_size, ip.do_center_crop = {"shortest_edge": 70}, {"height": 56, "width": 56}, True
+        with pytest.raises(RuntimeError, match="squashes the base view to 70 px but its views are 56 px"):
+            run_layout(adapter, 640, 360)
+    finally:
+        ip.size, ip.crop_size, ip.do_center_crop = saved
 
 
 # -- capture ------------------------------------------------------------------------------------
