@@ -27,6 +27,7 @@ FAMILIES: dict[str, Family] = {
     "idefics3": Family("attnstore.models.idefics3:Idefics3Adapter", ("idefics3", "smolvlm")),
     "llava": Family("attnstore.models.llava:LlavaAdapter", ("llava",)),
     "qwen2_vl": Family("attnstore.models.qwen2_vl:Qwen2VLAdapter", ("qwen2_vl",)),
+    "gemma3": Family("attnstore.models.gemma3:Gemma3Adapter", ("gemma3",)),
 }
 
 

@@ -1,0 +1,103 @@
+"""Tiny random-weight models of the newer families (Gemma 3, PaliGemma, InternVL, Mistral 3), built offline.
+
+As in `attnstore.models.tiny`: the family's real config, model and processor classes, a tiny
+byte-level BPE tokenizer holding the family's special tokens and chat template, small image
+sizes so tests run fast; only the weights and the dims are not the real ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnstore.models import gemma3
+from attnstore.models.tiny import save_random_model
+from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
+
+TEXT_DIMS = dict(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2)
+
+
+# -- Gemma 3 ----------------------------------------------------------------------------------
+
+
+GEMMA3_TINY = dict(
+    **TEXT_DIMS,
+    vision_hidden=32,
+    image_size=64,  # 8 x 8 SigLIP patches of 8 px (the real model: 896 px, 64 x 64 patches of 14 px)
+    patch=8,
+    tokens_per_image=16,  # pooled to 4 x 4 tokens (the real model: 256 = 16 x 16)
+    sliding_window=32,  # shorter than the prompt, so the sliding layer's mask matters
+)
+
+
+def build_random_gemma3(out_dir: str | Path, dims: dict | None = None, seed: int = 0, pan_and_scan: bool = False):
+    """Save a random-weight Gemma 3 + a real Gemma3Processor to `out_dir`.
+
+    Gemma 3's processing (squash to one square, SigLIP patches average-pooled to an n x n grid,
+    bidirectional image blocks, one sliding and one global layer) at 64 px and 4 x 4 tokens.
+    `pan_and_scan` turns the processor's crops on (at a 32 px minimum crop, so small test
+    images get them).
+    """
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+
+    dims = {**GEMMA3_TINY, **(dims or {})}
+    tokenizer = build_bpe_tokenizer(
+        [*gemma3.CHAT_SPECIALS, gemma3.BOI_TOKEN, gemma3.EOI_TOKEN, gemma3.IMAGE_TOKEN],
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        boi_token=gemma3.BOI_TOKEN,
+        eoi_token=gemma3.EOI_TOKEN,
+        image_token=gemma3.IMAGE_TOKEN,
+    )
+    side = dims["image_size"]
+    scan = dict(do_pan_and_scan=True, pan_and_scan_min_crop_size=32, pan_and_scan_max_num_crops=4) if pan_and_scan else {}
+    image_processor = Gemma3ImageProcessorPil(
+        size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3, **scan
+    )
+    processor = Gemma3Processor(
+        image_processor,
+        tokenizer,
+        image_seq_length=dims["tokens_per_image"],
+        chat_template=gemma3.GEMMA3_CHAT_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = dims["hidden"] // dims["heads"]
+    text_config = dict(
+        **text_config_kwargs(dims, tokenizer, "<bos>", "<end_of_turn>", "<pad>"),
+        head_dim=head_dim,
+        query_pre_attn_scalar=head_dim,
+        sliding_window=dims["sliding_window"],
+        layer_types=["sliding_attention", "full_attention"][: dims["layers"]]
+        + ["full_attention"] * max(0, dims["layers"] - 2),
+    )
+    vision_config = dict(
+        model_type="siglip_vision_model",
+        hidden_size=dims["vision_hidden"],
+        intermediate_size=2 * dims["vision_hidden"],
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=side,
+        patch_size=dims["patch"],
+        vision_use_head=False,
+    )
+    config = Gemma3Config(
+        text_config=text_config,
+        vision_config=vision_config,
+        mm_tokens_per_image=dims["tokens_per_image"],
+        boi_token_index=ids(gemma3.BOI_TOKEN),
+        eoi_token_index=ids(gemma3.EOI_TOKEN),
+        image_token_index=ids(gemma3.IMAGE_TOKEN),
+    )
+    return save_random_model(
+        Gemma3ForConditionalGeneration,
+        config,
+        processor,
+        out_dir,
+        seed,
+        eos=[ids("<end_of_turn>"), ids("<eos>")],
+        pad=ids("<pad>"),
+    )
+
+
+BUILDERS = {"gemma3": build_random_gemma3}
