@@ -51,9 +51,14 @@ def build_random_gemma3(out_dir: str | Path, dims: dict | None = None, seed: int
         image_token=gemma3.IMAGE_TOKEN,
     )
     side = dims["image_size"]
-    scan = dict(do_pan_and_scan=True, pan_and_scan_min_crop_size=32, pan_and_scan_max_num_crops=4) if pan_and_scan else {}
+    scan = (
+        dict(do_pan_and_scan=True, pan_and_scan_min_crop_size=32, pan_and_scan_max_num_crops=4) if pan_and_scan else {}
+    )
     image_processor = Gemma3ImageProcessorPil(
-        size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3, **scan
+        size={"height": side, "width": side},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+        **(scan if pan_and_scan else {}),
     )
     processor = Gemma3Processor(
         image_processor,

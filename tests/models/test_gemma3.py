@@ -152,8 +152,12 @@ def test_grid_follows_the_processor_settings(gemma3_runs):
     adapter = load_adapter(gemma3_runs.path)
     ip = adapter.processor.image_processor
     adapter.processor.image_processor = Gemma3ImageProcessorPil(
-        size={"height": 128, "width": 128}, image_mean=ip.image_mean, image_std=ip.image_std, do_pan_and_scan=True,
-        pan_and_scan_min_crop_size=100, pan_and_scan_max_num_crops=2,
+        size={"height": 128, "width": 128},
+        image_mean=ip.image_mean,
+        image_std=ip.image_std,
+        do_pan_and_scan=True,
+        pan_and_scan_min_crop_size=100,
+        pan_and_scan_max_num_crops=2,
     )
     inputs = adapter.prepare(_gradient_image(640, 110), "Describe.")
     assert inputs["pixel_values"].shape[-1] == 128
@@ -173,7 +177,9 @@ def test_layout_kinds(gemma3_runs):
     patches = np.flatnonzero(np.isin(kinds, [TokenKind.IMAGE_TILE, TokenKind.IMAGE_GLOBAL]))
     assert [tokens[p] for p in patches] == [IMAGE_TOKEN] * patches.size == [IMAGE_TOKEN] * 64
     assert (kinds == TokenKind.IMAGE_GLOBAL).sum() == 16 and (kinds == TokenKind.IMAGE_TILE).sum() == 48
-    markers = [tokens[p] for p in np.flatnonzero(kinds == TokenKind.IMAGE_SPECIAL) if tokens[p] in (BOI_TOKEN, EOI_TOKEN)]
+    markers = [
+        tokens[p] for p in np.flatnonzero(kinds == TokenKind.IMAGE_SPECIAL) if tokens[p] in (BOI_TOKEN, EOI_TOKEN)
+    ]
     assert markers == [BOI_TOKEN, EOI_TOKEN] * 4
     # The processor's words between the blocks ("and here are some crops ...") are image specials.
     first, last = tokens.index(BOI_TOKEN), len(tokens) - 1 - tokens[::-1].index(EOI_TOKEN)
