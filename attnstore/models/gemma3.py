@@ -58,6 +58,7 @@ GEMMA3_CHAT_TEMPLATE = (
 class Gemma3Adapter(ModelAdapter):
     family = "gemma3"
     description = "Gemma 3: fixed square, pooled n x n token grid; pan-and-scan crops; bidirectional image blocks"
+    attention_mask = "image_blocks"  # store attr: each view's tokens see each other (validation's rule)
 
     def prepare(self, image: Image.Image, prompt: str) -> dict:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnstore.models import gemma3
+from attnstore.models import gemma3, paligemma
 from attnstore.models.tiny import save_random_model
 from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
 
@@ -105,4 +105,67 @@ def build_random_gemma3(out_dir: str | Path, dims: dict | None = None, seed: int
     )
 
 
-BUILDERS = {"gemma3": build_random_gemma3}
+# -- PaliGemma --------------------------------------------------------------------------------
+
+
+PALIGEMMA_TINY = dict(**TEXT_DIMS, vision_hidden=32, image_size=64, patch=8)  # 8 x 8 tokens (real: 224 px, 16 x 16)
+
+
+def build_random_paligemma(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
+    """Save a random-weight PaliGemma (Gemma text model) + a real PaliGemmaProcessor to `out_dir`.
+
+    PaliGemma's processing (SigLIP squash to one square, one token per patch, "<image>"s then
+    <bos> PROMPT "\n" as a bidirectional prefix) at 64 px and patch 8.
+    """
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+    )
+
+    dims = {**PALIGEMMA_TINY, **(dims or {})}
+    tokenizer = build_bpe_tokenizer(
+        [*paligemma.CHAT_SPECIALS, paligemma.IMAGE_TOKEN],
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        image_token=paligemma.IMAGE_TOKEN,
+    )
+    side = dims["image_size"]
+    image_processor = SiglipImageProcessorPil(
+        size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    image_processor.image_seq_length = (side // dims["patch"]) ** 2  # PaliGemma's preprocessor_config has it
+    processor = PaliGemmaProcessor(image_processor, tokenizer)  # adds the <loc>/<seg> tokens
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = dims["hidden"] // dims["heads"]
+    text_config = dict(
+        **text_config_kwargs(dims, tokenizer, "<bos>", "<eos>", "<pad>"), model_type="gemma", head_dim=head_dim
+    )
+    text_config["vocab_size"] = len(tokenizer)
+    vision_config = dict(
+        model_type="siglip_vision_model",
+        hidden_size=dims["vision_hidden"],
+        intermediate_size=2 * dims["vision_hidden"],
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=side,
+        patch_size=dims["patch"],
+        projection_dim=dims["hidden"],
+    )
+    config = PaliGemmaConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=ids(paligemma.IMAGE_TOKEN),
+        projection_dim=dims["hidden"],
+        hidden_size=dims["hidden"],
+        vocab_size=len(tokenizer),
+    )
+    return save_random_model(
+        PaliGemmaForConditionalGeneration, config, processor, out_dir, seed, eos=ids("<eos>"), pad=ids("<pad>")
+    )
+
+
+BUILDERS = {"gemma3": build_random_gemma3, "paligemma": build_random_paligemma}

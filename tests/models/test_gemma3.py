@@ -14,6 +14,7 @@ from support.vlm_family_checks import (
     check_batch_equals_one,
     check_mask,
     check_rows_equal_eager,
+    check_store_validates,
     expected_colours,
     image_blocks,
     unnormalise,
@@ -209,3 +210,7 @@ def test_load_adapter_picks_gemma3(gemma3_runs):
         assert json.load(f)["model_type"] == "gemma3"
     settings = json.loads(json.dumps(adapter.processor_settings()))
     assert settings["do_pan_and_scan"] is True and settings["image_seq_length"] == 16
+
+
+def test_store_records_the_mask_and_validates(gemma3_runs, tmp_path):
+    check_store_validates(gemma3_runs, tmp_path, "image_blocks")

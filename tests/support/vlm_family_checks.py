@@ -116,3 +116,23 @@ def expected_colours(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     size = np.array([width, height])
     # pixel i of n has value i / (n - 1); normalised u falls on pixel u * n - 0.5
     return np.clip((centre * size - 0.5) / (size - 1), 0, 1)
+
+
+def check_store_validates(runs: FamilyRuns, folder, mask: str) -> None:
+    """Every row kept, into a store: it records the family's mask and validates; read as causal,
+    the same rows would be refused (the bidirectional part is really there)."""
+    from attnstore.pipeline import run_extraction
+    from attnstore.store import open_dataset
+    from attnstore.validation import check_image, row_sum_tolerance, validate_store
+
+    paths = []
+    for i, image in enumerate(runs.images[:2]):
+        paths.append(folder / f"im{i}.png")
+        image.save(paths[-1])
+    out = str(folder / "store.zarr")
+    run_extraction(runs.adapter(), paths, "What?", out, max_new_tokens=3, queries="all", show_progress=False)
+    assert validate_store(out).problems == []
+    ds = open_dataset(out)
+    assert ds.attrs["attention_mask"] == mask
+    tol = row_sum_tolerance(ds.attrs["keep_bits"])
+    assert "attention on positions after the query token (not causal)" in check_image(ds.isel(image=0), tol)
