@@ -29,6 +29,7 @@ FAMILIES: dict[str, Family] = {
     "qwen2_vl": Family("attnstore.models.qwen2_vl:Qwen2VLAdapter", ("qwen2_vl",)),
     "gemma3": Family("attnstore.models.gemma3:Gemma3Adapter", ("gemma3",)),
     "paligemma": Family("attnstore.models.paligemma:PaliGemmaAdapter", ("paligemma",)),
+    "internvl": Family("attnstore.models.internvl:InternVLAdapter", ("internvl",)),
 }
 
 

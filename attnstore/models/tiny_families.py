@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnstore.models import gemma3, paligemma
+from attnstore.models import gemma3, internvl, paligemma
 from attnstore.models.tiny import save_random_model
 from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
 
@@ -168,4 +168,72 @@ def build_random_paligemma(out_dir: str | Path, dims: dict | None = None, seed: 
     )
 
 
-BUILDERS = {"gemma3": build_random_gemma3, "paligemma": build_random_paligemma}
+# -- InternVL ---------------------------------------------------------------------------------
+
+
+# 64 px tiles of 8 x 8 patches, pixel-shuffled to 4 x 4 tokens (real: 448 px, 32 x 32 -> 16 x 16), up to 6 tiles.
+INTERNVL_TINY = dict(**TEXT_DIMS, vision_hidden=32, tile=64, patch=8, max_tiles=6)
+
+
+def build_random_internvl(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
+    """Save a random-weight InternVL (Qwen2 text model) + a real InternVLProcessor (images only) to `out_dir`.
+
+    InternVL's processing (GotOcr2 dynamic tiles + thumbnail, pixel shuffle 0.5) at 64 px tiles.
+    """
+    from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration
+
+    dims = {**INTERNVL_TINY, **(dims or {})}
+    tokenizer = build_bpe_tokenizer(
+        [*internvl.CHAT_SPECIALS, internvl.START_IMAGE, internvl.END_IMAGE, internvl.IMAGE_TOKEN, internvl.VIDEO_TOKEN],
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        start_image_token=internvl.START_IMAGE,
+        end_image_token=internvl.END_IMAGE,
+        context_image_token=internvl.IMAGE_TOKEN,
+        video_token=internvl.VIDEO_TOKEN,
+    )
+    tile = dims["tile"]
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": tile, "width": tile},
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=dims["max_tiles"],
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    tokens_per_view = (tile // dims["patch"] // 2) ** 2  # pixel shuffle halves each side
+    processor = internvl.images_only_processor_class()(
+        image_processor, tokenizer, image_seq_length=tokens_per_view, chat_template=internvl.INTERNVL_CHAT_TEMPLATE
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    text_config = dict(
+        **text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>"), model_type="qwen2"
+    )
+    vision_config = dict(
+        hidden_size=dims["vision_hidden"],
+        intermediate_size=2 * dims["vision_hidden"],
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=[tile, tile],
+        patch_size=[dims["patch"], dims["patch"]],
+    )
+    config = InternVLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids(internvl.IMAGE_TOKEN),
+        image_seq_length=tokens_per_view,
+        downsample_ratio=0.5,
+    )
+    return save_random_model(
+        InternVLForConditionalGeneration,
+        config,
+        processor,
+        out_dir,
+        seed,
+        eos=[ids("<|im_end|>"), ids("<|endoftext|>")],
+        pad=ids("<|endoftext|>"),
+    )
+
+
+BUILDERS = {"gemma3": build_random_gemma3, "paligemma": build_random_paligemma, "internvl": build_random_internvl}
