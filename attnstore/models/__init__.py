@@ -30,6 +30,7 @@ FAMILIES: dict[str, Family] = {
     "gemma3": Family("attnstore.models.gemma3:Gemma3Adapter", ("gemma3",)),
     "paligemma": Family("attnstore.models.paligemma:PaliGemmaAdapter", ("paligemma",)),
     "internvl": Family("attnstore.models.internvl:InternVLAdapter", ("internvl",)),
+    "mistral3": Family("attnstore.models.mistral3:Mistral3Adapter", ("mistral3",)),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnstore.models import gemma3, internvl, paligemma
+from attnstore.models import gemma3, internvl, mistral3, paligemma
 from attnstore.models.tiny import save_random_model
 from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
 
@@ -236,4 +236,68 @@ def build_random_internvl(out_dir: str | Path, dims: dict | None = None, seed: i
     )
 
 
-BUILDERS = {"gemma3": build_random_gemma3, "paligemma": build_random_paligemma, "internvl": build_random_internvl}
+# -- Mistral 3 --------------------------------------------------------------------------------
+
+
+# Longest edge 128 px, patch 8, 2 x 2 merge: tokens of 16 px, at most 8 x 8 (real: 1540 px, patch 14 -> 55 x 55).
+MISTRAL3_TINY = dict(**TEXT_DIMS, vision_hidden=32, longest_edge=128, patch=8, merge=2)
+
+
+def build_random_mistral3(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
+    """Save a random-weight Mistral 3 (Pixtral vision tower, Mistral text model) + a real PixtralProcessor.
+
+    Mistral Small 3.1's processing (fit within longest_edge, stretch to whole merged patches,
+    [IMG_BREAK] per token row, [IMG_END]) at 128 px.
+    """
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessorPil
+
+    dims = {**MISTRAL3_TINY, **(dims or {})}
+    tokenizer = build_bpe_tokenizer(
+        [*mistral3.CHAT_SPECIALS, mistral3.IMAGE_TOKEN, mistral3.BREAK_TOKEN, mistral3.END_TOKEN],
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+    image_processor = PixtralImageProcessorPil(
+        size={"longest_edge": dims["longest_edge"]},
+        patch_size={"height": dims["patch"], "width": dims["patch"]},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    processor = mistral3.pixtral_processor_class()(
+        image_processor,
+        tokenizer,
+        patch_size=dims["patch"],
+        spatial_merge_size=dims["merge"],
+        chat_template=mistral3.MISTRAL3_CHAT_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    text_config = dict(**text_config_kwargs(dims, tokenizer, "<s>", "</s>", "<pad>"), model_type="mistral")
+    vision_config = dict(
+        model_type="pixtral",
+        hidden_size=dims["vision_hidden"],
+        intermediate_size=2 * dims["vision_hidden"],
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=dims["longest_edge"],
+        patch_size=dims["patch"],
+    )
+    config = Mistral3Config(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=ids(mistral3.IMAGE_TOKEN),
+        spatial_merge_size=dims["merge"],
+        vision_feature_layer=-1,
+    )
+    return save_random_model(
+        Mistral3ForConditionalGeneration, config, processor, out_dir, seed, eos=ids("</s>"), pad=ids("<pad>")
+    )
+
+
+BUILDERS = {
+    "gemma3": build_random_gemma3,
+    "paligemma": build_random_paligemma,
+    "internvl": build_random_internvl,
+    "mistral3": build_random_mistral3,
+}

@@ -16,6 +16,7 @@ from support.vlm_family_checks import (
     check_batch_equals_one,
     check_mask,
     check_rows_equal_eager,
+    check_store_validates,
     expected_colours,
     unnormalise,
 )
@@ -167,3 +168,7 @@ def test_loads_without_torchvision_from_a_checkpoint_layout(internvl_runs, tmp_p
     assert json.loads((folder / "processor_config.json").read_text())["processor_class"] == "InternVLProcessor"
     settings = json.loads(json.dumps(adapter.processor_settings()))
     assert (settings["max_patches"], settings["image_seq_length"]) == (6, 16)
+
+
+def test_store_validates(internvl_runs, tmp_path):
+    check_store_validates(internvl_runs, tmp_path, "causal")
