@@ -100,11 +100,11 @@ class Gemma3Adapter(ModelAdapter):
         }
 
     def max_image_tokens(self) -> int:
-        crops = int(self.pan_and_scan_settings().get("pan_and_scan_max_num_crops", 0) or 0)
-        if not self.pan_and_scan_settings().get("do_pan_and_scan"):
-            crops = 0
-        per_view = int(self.processor.image_seq_length) + 6  # + boi, eoi and the "\n\n" around them
-        return (1 + crops) * per_view + 24  # + the crops' sentence
+        settings = self.pan_and_scan_settings()
+        crops = int(settings.get("pan_and_scan_max_num_crops") or 0) if settings.get("do_pan_and_scan") else 0
+        # The processor's own text for the most crops ("\n\n<start_of_image>...", the crops' sentence).
+        block = self.processor.replace_image_token({"num_crops": [crops]}, 0)
+        return len(self.tokenizer(block, add_special_tokens=False)["input_ids"])
 
 
 def parse_gemma3_layout(tokens: list[str], n_views: int, original_size: tuple[int, int] | None) -> ImageLayout:
