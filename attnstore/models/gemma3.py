@@ -96,6 +96,7 @@ class Gemma3Adapter(ModelAdapter):
         return {
             **super().processor_settings(),
             **self.pan_and_scan_settings(),
+            "do_pan_and_scan": bool(self.pan_and_scan_settings().get("do_pan_and_scan")),
             "image_seq_length": int(self.processor.image_seq_length),
         }
 

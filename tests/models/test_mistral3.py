@@ -71,10 +71,13 @@ def test_patch_merger_keeps_row_major_order(mistral3_runs):
     d = merger.merging_layer.in_features // m**2
     features = torch.zeros(positions.shape[0], d)
     features[:, :2] = positions
-    captured = {}
-    merger.merging_layer.register_forward_hook(lambda mod, args, out: captured.setdefault("x", args[0]))
-    merger(features, torch.tensor([[rows * m * patch, cols * m * patch]]))
-    merged = captured["x"].reshape(rows * cols, d, m * m)[:, :2]  # [token, (y, x), patch in the cell]
+    captured = []
+    hook = merger.merging_layer.register_forward_hook(lambda mod, args, out: captured.append(args[0]) and None)
+    try:
+        merger(features, torch.tensor([[rows * m * patch, cols * m * patch]]))
+    finally:
+        hook.remove()  # the session's model is shared
+    merged = captured[0].reshape(rows * cols, d, m * m)[:, :2]  # [token, (y, x), patch in the cell]
     token = torch.arange(rows * cols)
     assert torch.equal(merged[:, 0].min(1).values // m, token // cols)
     assert torch.equal(merged[:, 1].min(1).values // m, token % cols)
