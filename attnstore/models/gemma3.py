@@ -68,8 +68,13 @@ class Gemma3Adapter(ModelAdapter):
         return inputs
 
     def pan_and_scan_settings(self) -> dict:
+        """The pan-and-scan settings processing uses: the image processor's where set (a checkpoint's
+        preprocessor_config), else the processor's call defaults (off, at most 4 crops)."""
+        defaults = getattr(self.processor, "images_kwargs", None) or {}
         ip = self.processor.image_processor
-        return {k: getattr(ip, k) for k in PAN_AND_SCAN_KEYS if getattr(ip, k, None) is not None}
+        settings = {k: defaults[k] for k in PAN_AND_SCAN_KEYS if k in defaults}
+        settings.update({k: getattr(ip, k) for k in PAN_AND_SCAN_KEYS if getattr(ip, k, None) is not None})
+        return settings
 
     def forward_inputs(self, inputs: dict, sequence: torch.Tensor) -> dict:
         """Pixels, and `token_type_ids` (1 = image token: the bidirectional blocks) extended with
@@ -96,13 +101,12 @@ class Gemma3Adapter(ModelAdapter):
         return {
             **super().processor_settings(),
             **self.pan_and_scan_settings(),
-            "do_pan_and_scan": bool(self.pan_and_scan_settings().get("do_pan_and_scan")),
             "image_seq_length": int(self.processor.image_seq_length),
         }
 
     def max_image_tokens(self) -> int:
         settings = self.pan_and_scan_settings()
-        crops = int(settings.get("pan_and_scan_max_num_crops") or 0) if settings.get("do_pan_and_scan") else 0
+        crops = int(settings["pan_and_scan_max_num_crops"]) if settings.get("do_pan_and_scan") else 0
         # The processor's own text for the most crops ("\n\n<start_of_image>...", the crops' sentence).
         block = self.processor.replace_image_token({"num_crops": [crops]}, 0)
         return len(self.tokenizer(block, add_special_tokens=False)["input_ids"])

@@ -210,6 +210,23 @@ def test_load_adapter_picks_gemma3(gemma3_runs):
         assert json.load(f)["model_type"] == "gemma3"
     settings = json.loads(json.dumps(adapter.processor_settings()))
     assert settings["do_pan_and_scan"] is True and settings["image_seq_length"] == 16
+    assert settings["pan_and_scan_max_num_crops"] == 4 and settings["pan_and_scan_min_crop_size"] == 32
+
+
+def test_pan_and_scan_on_with_the_processor_defaults(gemma3_runs):
+    """A checkpoint that only turns pan-and-scan on gets the processor's defaults (crops >= 256 px, at
+    most 4): a 1200 x 300 picture is cut in 4, and the block bound covers them."""
+    adapter = load_adapter(gemma3_runs.path)
+    ip = adapter.processor.image_processor
+    ip.pan_and_scan_min_crop_size = ip.pan_and_scan_max_num_crops = None
+    assert adapter.pan_and_scan_settings()["pan_and_scan_min_crop_size"] == 256
+    seen, wanted, layout = token_check(adapter, 1200, 300)
+    assert np.abs(seen - wanted).max() < COLOUR_TOLERANCE and (layout.tile_rows, layout.tile_cols) == (1, 4)
+    assert int(np.isin(layout.kind, [TokenKind.IMAGE_TILE, TokenKind.IMAGE_GLOBAL]).sum()) == 5 * 16
+    assert adapter.max_image_tokens() >= 5 * 18
+    ip.do_pan_and_scan = None
+    assert adapter.processor_settings()["do_pan_and_scan"] is False
+    assert adapter.max_image_tokens() == 16 + 2 + 4  # one block: "\n\n", <start_of_image>, 16, <end_of_image>, "\n\n"
 
 
 def test_store_records_the_mask_and_validates(gemma3_runs, tmp_path):
