@@ -24,9 +24,12 @@ class Family(NamedTuple):
 
 
 FAMILIES: dict[str, Family] = {
-    "idefics3": Family("attnstore.models.idefics3:Idefics3Adapter", ("idefics3", "smolvlm")),
+    "idefics3": Family("attnstore.models.idefics3:Idefics3Adapter", ("idefics3",)),
     "llava": Family("attnstore.models.llava:LlavaAdapter", ("llava",)),
     "qwen2_vl": Family("attnstore.models.qwen2_vl:Qwen2VLAdapter", ("qwen2_vl",)),
+    "qwen2_5_vl": Family("attnstore.models.qwen2_5_vl:Qwen2_5_VLAdapter", ("qwen2_5_vl",)),
+    "smolvlm": Family("attnstore.models.smolvlm:SmolVLMAdapter", ("smolvlm",)),
+    "qwen3_vl": Family("attnstore.models.qwen3_vl:Qwen3VLAdapter", ("qwen3_vl",)),
 }
 
 
@@ -51,6 +54,17 @@ def adapter_for_model_type(model_type: str) -> type[ModelAdapter]:
     )
 
 
+def tiny_builder(family: str):
+    """The function building `family`'s tiny random-weight model (`out_dir -> Path`), or None."""
+    info = adapter_class(family).info
+    if info is not None and info.tiny:
+        module, _, name = info.tiny.partition(":")
+        return getattr(importlib.import_module(module), name)
+    from attnstore.models.tiny import BUILDERS
+
+    return BUILDERS.get(family)
+
+
 def load_adapter(
     model_id: str, device: str = "cpu", dtype: str | None = None, attn_kernel: str = "sdpa"
 ) -> ModelAdapter:
@@ -59,4 +73,11 @@ def load_adapter(
     return adapter.load(model_id, device=device, dtype=dtype, attn_kernel=attn_kernel)
 
 
-__all__ = ["FAMILIES", "adapter_class", "adapter_for_model_type", "load_adapter", "supported_model_types"]
+__all__ = [
+    "FAMILIES",
+    "adapter_class",
+    "adapter_for_model_type",
+    "load_adapter",
+    "supported_model_types",
+    "tiny_builder",
+]
