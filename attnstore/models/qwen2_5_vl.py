@@ -10,10 +10,9 @@ template are Qwen2-VL's; only the processor class differs.
 from __future__ import annotations
 
 from attnstore.models.base import FamilyInfo
-from attnstore.models.qwen2_vl import QWEN_TESTS, Qwen2VLAdapter
+from attnstore.models.qwen2_vl import QWEN2_VL_CHAT_TEMPLATE, QWEN_TESTS, Qwen2VLAdapter
 
-# Qwen/Qwen2.5-VL-*-Instruct use Qwen2-VL's chat template.
-from attnstore.models.qwen2_vl import QWEN2_VL_CHAT_TEMPLATE as QWEN2_5_VL_CHAT_TEMPLATE  # noqa: F401
+QWEN2_5_VL_CHAT_TEMPLATE = QWEN2_VL_CHAT_TEMPLATE  # Qwen/Qwen2.5-VL-*-Instruct use Qwen2-VL's
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):  # noqa: N801  (transformers' spelling)

@@ -145,7 +145,8 @@ def images_only_processor_class(base_name: str = "Qwen2VLProcessor") -> type:
         def to_dict(self) -> dict:
             return {**super().to_dict(), "processor_class": base_name}
 
-    ImagesOnlyProcessor.__name__ = ImagesOnlyProcessor.__qualname__ = base_name.removesuffix("Processor") + "ImagesProcessor"
+    name = base_name.removesuffix("Processor") + "ImagesProcessor"  # e.g. Qwen2VLImagesProcessor
+    ImagesOnlyProcessor.__name__ = ImagesOnlyProcessor.__qualname__ = name
     return ImagesOnlyProcessor
 
 

@@ -39,7 +39,7 @@ def images_only_processor_class() -> type:
 
     class SmolVLMImagesProcessor(SmolVLMProcessor):
         # ProcessorMixin loads the sub-processors named in this signature: no video_processor.
-        def __init__(self, image_processor=None, tokenizer=None, image_seq_len: int = 169, chat_template=None, **kwargs):
+        def __init__(self, image_processor=None, tokenizer=None, image_seq_len=169, chat_template=None, **kwargs):
             # SmolVLMProcessor.__init__ sets these, then stops if num2words (video prompts only) is missing.
             self.fake_image_token = getattr(tokenizer, "fake_image_token", "<fake_token_around_image>")
             self.image_token = getattr(tokenizer, "image_token", "<image>")

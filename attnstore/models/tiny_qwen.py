@@ -65,9 +65,9 @@ def build_random_qwen(family: str, out_dir: str | Path, dims: dict | None = None
         list(QWEN_SPECIALS), eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>"
     )
     patch = PATCH_SIZE[family]
-    factor = 2 * patch  # pixels per image token side (2 x 2 merge)
+    token_pixels = (2 * patch) ** 2  # pixels per image token (2 x 2 merge)
     image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": factor * factor * dims["min_tokens"], "longest_edge": factor * factor * dims["max_tokens"]},
+        size={"shortest_edge": token_pixels * dims["min_tokens"], "longest_edge": token_pixels * dims["max_tokens"]},
         patch_size=patch,
         temporal_patch_size=2,
         merge_size=2,
