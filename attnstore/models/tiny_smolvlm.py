@@ -33,6 +33,11 @@ SMOLVLM2_VIDEO_CONFIG = {
 }
 
 
+# Images upscaled to longest edge 1024 (the real 2048 gives up to 17 views): at most 2 x 2 tiles + the
+# thumbnail, so tests stay fast; tiles, patches and the token layout are SmolVLM2's.
+SMOLVLM_TINY_GEOMETRY = dict(longest_edge=1024)
+
+
 def build_random_smolvlm(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
     """Save a random-weight SmolVLM2 + its real processor and video config to `out_dir`."""
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil
@@ -41,7 +46,7 @@ def build_random_smolvlm(out_dir: str | Path, dims: dict | None = None, seed: in
     from attnstore.models.tiny import idefics3_config, save_random_model
 
     # Idefics3's tiny config holds SmolVLM's specials, template and geometry; rebuilt as SmolVLM classes.
-    idefics3, idefics3_processor = idefics3_config(dims)
+    idefics3, idefics3_processor = idefics3_config(dims, SMOLVLM_TINY_GEOMETRY)
     ip = idefics3_processor.image_processor
     image_processor = SmolVLMImageProcessorPil(
         size=dict(ip.size), max_image_size=dict(ip.max_image_size), image_mean=ip.image_mean,
