@@ -48,6 +48,7 @@ def store_attrs(adapter: ModelAdapter, keep_bits: int, queries: str, max_new_tok
         "random_weights": adapter.random_weights,
         "attention_implementation": f"{adapter.attn_kernel} (text model); rows: fp32 softmax captured in generate",
         "model_dtype": str(adapter.model.dtype).removeprefix("torch."),
+        **adapter.geometry_attrs(),
     }
 
 

@@ -18,8 +18,10 @@ PATCH_KINDS = (int(TokenKind.IMAGE_TILE), int(TokenKind.IMAGE_GLOBAL))
 
 def chip_label(tile: int, kind: int, tile_cols: int) -> str:
     """Label of the chip of one tile (1-based row/col, like the model's <row_r_col_c> markers) or of the global view."""
-    if kind == int(TokenKind.IMAGE_GLOBAL) or tile < 0:
+    if kind == int(TokenKind.IMAGE_GLOBAL):
         return "global image"
+    if tile < 0:  # image tokens without geometry (sequence-only mode)
+        return "image tokens"
     row, col = divmod(tile, max(tile_cols, 1))
     return f"tile {row + 1},{col + 1}"
 

@@ -23,6 +23,7 @@ class Family(NamedTuple):
     model_types: tuple[str, ...]  # config.model_type values this adapter handles
 
 
+SEQUENCE_ONLY = "sequence_only"
 FAMILIES: dict[str, Family] = {
     "idefics3": Family("attnstore.models.idefics3:Idefics3Adapter", ("idefics3",)),
     "llava": Family("attnstore.models.llava:LlavaAdapter", ("llava",)),
@@ -30,6 +31,8 @@ FAMILIES: dict[str, Family] = {
     "qwen2_5_vl": Family("attnstore.models.qwen2_5_vl:Qwen2_5_VLAdapter", ("qwen2_5_vl",)),
     "smolvlm": Family("attnstore.models.smolvlm:SmolVLMAdapter", ("smolvlm",)),
     "qwen3_vl": Family("attnstore.models.qwen3_vl:Qwen3VLAdapter", ("qwen3_vl",)),
+    # Every other type AutoModelForImageTextToText loads: rows and token kinds, no patch geometry.
+    SEQUENCE_ONLY: Family("attnstore.models.sequence_only:SequenceOnlyAdapter", ()),
 }
 
 
@@ -44,11 +47,17 @@ def adapter_class(family: str) -> type[ModelAdapter]:
 
 
 def adapter_for_model_type(model_type: str) -> type[ModelAdapter]:
+    """The family adapter of `model_type`; sequence-only mode for other image-text-to-text models."""
     for name, family in FAMILIES.items():
         if model_type in family.model_types:
             return adapter_class(name)
+    from attnstore.models.sequence_only import image_text_to_text_model_types
+
+    if model_type in image_text_to_text_model_types():
+        return adapter_class(SEQUENCE_ONLY)
     raise ModelLoadError(
-        f"unsupported model type '{model_type}'; supported: {', '.join(supported_model_types())}. "
+        f"unsupported model type '{model_type}': not an image-text-to-text model that transformers loads; "
+        f"families with patch geometry: {', '.join(supported_model_types())}. "
         "A new family is one ModelAdapter subclass in attnstore/models/ (see docs/adding-a-model.md).",
         param="model",
     )
@@ -75,6 +84,7 @@ def load_adapter(
 
 __all__ = [
     "FAMILIES",
+    "SEQUENCE_ONLY",
     "adapter_class",
     "adapter_for_model_type",
     "load_adapter",

@@ -234,6 +234,10 @@ class ModelAdapter(ABC):
         """Upper bound of image-block length for any image (sizes the store's key axis)."""
         return 0
 
+    def geometry_attrs(self) -> dict:
+        """Store attrs about the image geometry; sequence-only mode says `geometry: none` and why."""
+        return {}
+
 
 def _left_pad(values: torch.Tensor, width: int, fill) -> torch.Tensor:
     """# [1, n] -> [1, width], `fill` on the left."""
