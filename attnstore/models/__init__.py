@@ -29,8 +29,8 @@ FAMILIES: dict[str, Family] = {
     "llava": Family("attnstore.models.llava:LlavaAdapter", ("llava",)),
     "qwen2_vl": Family("attnstore.models.qwen2_vl:Qwen2VLAdapter", ("qwen2_vl",)),
     "qwen2_5_vl": Family("attnstore.models.qwen2_5_vl:Qwen2_5_VLAdapter", ("qwen2_5_vl",)),
-    "smolvlm": Family("attnstore.models.smolvlm:SmolVLMAdapter", ("smolvlm",)),
     "qwen3_vl": Family("attnstore.models.qwen3_vl:Qwen3VLAdapter", ("qwen3_vl",)),
+    "smolvlm": Family("attnstore.models.smolvlm:SmolVLMAdapter", ("smolvlm",)),
     # Every other type AutoModelForImageTextToText loads: rows and token kinds, no patch geometry.
     SEQUENCE_ONLY: Family("attnstore.models.sequence_only:SequenceOnlyAdapter", ()),
 }

@@ -10,7 +10,7 @@ template are Qwen2-VL's; only the processor class differs.
 from __future__ import annotations
 
 from attnstore.models.base import FamilyInfo
-from attnstore.models.qwen2_vl import QWEN2_VL_CHAT_TEMPLATE, QWEN_TESTS, Qwen2VLAdapter
+from attnstore.models.qwen2_vl import QWEN2_VL_CHAT_TEMPLATE, CAPTURE_TESTS, Qwen2VLAdapter
 
 QWEN2_5_VL_CHAT_TEMPLATE = QWEN2_VL_CHAT_TEMPLATE  # Qwen/Qwen2.5-VL-*-Instruct use Qwen2-VL's
 
@@ -20,7 +20,7 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):  # noqa: N801  (transformers' spelling)
     info = FamilyInfo(
         name="Qwen2.5-VL",
         geometry="dynamic resolution: one grid over the whole image, m x m patches merged per token",
-        tests=QWEN_TESTS + "; vision window attention on images wider than a window",
+        tests="pixel boxes on wide, tall, tiny images (window attention in the tower); " + CAPTURE_TESTS,
         tiny="attnstore.models.tiny_qwen:build_random_qwen2_5_vl",
     )
     processor_class_name = "Qwen2_5_VLProcessor"

@@ -52,7 +52,7 @@ QWEN2_VL_CHAT_TEMPLATE = (
 )
 
 
-QWEN_TESTS = "pixel boxes on 5 shapes (tiny and real pixel budget), rows vs eager (sdpa, eager), batch, generate"
+CAPTURE_TESTS = "rows vs eager (sdpa, eager), batch 3 = 1, generate"
 
 
 class Qwen2VLAdapter(ModelAdapter):
@@ -63,7 +63,7 @@ class Qwen2VLAdapter(ModelAdapter):
     info = FamilyInfo(
         name="Qwen2-VL",
         geometry="dynamic resolution: one grid over the whole image, m x m patches merged per token",
-        tests=QWEN_TESTS,
+        tests="pixel boxes on 5 shapes (tiny and real pixel budget); " + CAPTURE_TESTS,
         tiny="attnstore.models.tiny:build_random_qwen2_vl",
     )
     processor_class_name = "Qwen2VLProcessor"  # the family's processor in transformers

@@ -10,7 +10,7 @@ geometry is Qwen2-VL's. The chat template has no default system turn.
 from __future__ import annotations
 
 from attnstore.models.base import FamilyInfo
-from attnstore.models.qwen2_vl import QWEN_TESTS, Qwen2VLAdapter
+from attnstore.models.qwen2_vl import CAPTURE_TESTS, Qwen2VLAdapter
 
 # Qwen/Qwen3-VL-*-Instruct chat template, images and text only (no tools, no reasoning blocks).
 QWEN3_VL_CHAT_TEMPLATE = (
@@ -30,7 +30,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     info = FamilyInfo(
         name="Qwen3-VL",
         geometry="dynamic resolution: one grid over the whole image, m x m patches merged per token",
-        tests=QWEN_TESTS + "; DeepStack and interleaved M-RoPE in the tiny model",
+        tests="pixel boxes on wide, tall, tiny images (DeepStack, interleaved M-RoPE); " + CAPTURE_TESTS,
         tiny="attnstore.models.tiny_qwen:build_random_qwen3_vl",
     )
     processor_class_name = "Qwen3VLProcessor"

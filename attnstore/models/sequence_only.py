@@ -18,6 +18,7 @@ from PIL import Image
 from attnstore.errors import ModelLoadError
 from attnstore.geometry import ImageLayout, empty_layout
 from attnstore.models.base import FamilyInfo, ModelAdapter
+from attnstore.models.qwen2_vl import CAPTURE_TESTS
 from attnstore.schema import TokenKind
 
 # Families whose image tokens are not image regions at all (the note says so instead of "no adapter yet").
@@ -48,7 +49,7 @@ class SequenceOnlyAdapter(ModelAdapter):
     info = FamilyInfo(
         name="any other image-text-to-text model",
         geometry="none: rows, tokens and token kinds; patch_box NaN, the store says why",
-        tests="idefics2 (perceiver): rows vs eager (sdpa, eager), batch, generate, image kinds from the token id",
+        tests="idefics2 (perceiver): " + CAPTURE_TESTS + "; image kinds by token id; no patch map drawn",
         tiny="attnstore.models.tiny_idefics2:build_random_idefics2",
     )
 

@@ -14,6 +14,7 @@ import functools
 
 from attnstore.models.base import FamilyInfo
 from attnstore.models.idefics3 import Idefics3Adapter
+from attnstore.models.qwen2_vl import CAPTURE_TESTS
 
 
 class SmolVLMAdapter(Idefics3Adapter):
@@ -21,8 +22,7 @@ class SmolVLMAdapter(Idefics3Adapter):
     info = FamilyInfo(
         name="SmolVLM2",
         geometry="R x C tiles + a global thumbnail, from the <row_r_col_c> markers",
-        tests="pixel boxes per tile and thumbnail, rows vs eager (sdpa, eager), batch, generate; "
-        "a SmolVLM2 folder (video config) loads without torchvision",
+        tests="pixel boxes per tile and thumbnail; " + CAPTURE_TESTS + "; loads without torchvision",
         tiny="attnstore.models.tiny_smolvlm:build_random_smolvlm",
     )
 
