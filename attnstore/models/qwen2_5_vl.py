@@ -10,7 +10,7 @@ template are Qwen2-VL's; only the processor class differs.
 from __future__ import annotations
 
 from attnstore.models.base import FamilyInfo
-from attnstore.models.qwen2_vl import QWEN2_VL_CHAT_TEMPLATE, CAPTURE_TESTS, Qwen2VLAdapter
+from attnstore.models.qwen2_vl import CAPTURE_TESTS, QWEN2_VL_CHAT_TEMPLATE, Qwen2VLAdapter
 
 QWEN2_5_VL_CHAT_TEMPLATE = QWEN2_VL_CHAT_TEMPLATE  # Qwen/Qwen2.5-VL-*-Instruct use Qwen2-VL's
 
