@@ -56,8 +56,9 @@ def adapter_for_model_type(model_type: str) -> type[ModelAdapter]:
     if model_type in image_text_to_text_model_types():
         return adapter_class(SEQUENCE_ONLY)
     raise ModelLoadError(
-        f"unsupported model type '{model_type}': not an image-text-to-text model that transformers loads; "
-        f"families with patch geometry: {', '.join(supported_model_types())}. "
+        f"unsupported model type '{model_type}' (not an image-text-to-text model transformers loads); "
+        f"supported: {', '.join(supported_model_types())} (with patch geometry) and, in sequence-only mode, "
+        "every image-text-to-text type. "
         "A new family is one ModelAdapter subclass in attnstore/models/ (see docs/adding-a-model.md).",
         param="model",
     )
