@@ -48,6 +48,8 @@ def take(store: str, out: str, query: str = "", width: int = 1500, height: int =
             geom = views.geometry(app.attnstore_state, image)
             if geom.tiles is not None:  # a patch to click (sequence-only stores have none)
                 _click_patch(page, geom.tiles)
+            else:  # nothing to wait on: give the side panels the time the click would have
+                page.wait_for_timeout(3000)
             page.mouse.move(5, 5)
             page.wait_for_timeout(800)  # side panels settle
             page.evaluate("document.getElementById('token-strip').scrollTop = 0")

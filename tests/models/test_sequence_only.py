@@ -84,7 +84,7 @@ def test_explorer_shows_tokens_and_charts_and_says_why_no_patch_map(store):
     from explorer import create_app, views
     from explorer.panels import heatmap, modality
     from explorer.state import StoreState
-    from explorer.tokens import chip_label
+    from explorer.tokens import chip_label, strip_items
 
     state = StoreState(store)
     params = views.default_params(state)
@@ -97,6 +97,16 @@ def test_explorer_shows_tokens_and_charts_and_says_why_no_patch_map(store):
     assert stats["share"].shape == (state.n_layers, state.n_heads) and np.isfinite(stats["entropy"]).all()
     assert np.isfinite(modality.allocation(state, params)).all()
     assert chip_label(-1, int(TokenKind.IMAGE_TILE), 0) == "image tokens"
+    meta = state.image(0)
+    img = meta.img
+    n = int(img.n_key)
+    chips = [item for item in strip_items(
+        list(img.token_text.values[:n]), img.token_kind.values[:n], img.patch_tile.values[:n],
+        img.patch_row.values[:n], img.patch_col.values[:n], img.query_position.values[: int(img.n_query)], 0,
+    ) if item["t"] == "chip"]  # fmt: skip
+    assert len(chips) == 1 and chips[0]["label"] == "image tokens"
+    cells = np.array(chips[0]["cells"])  # [token, (key, row, col)]: in sequence order, one cell each
+    assert len({(r, c) for _, r, c in cells}) == len(cells) and (cells[:, 1:] >= 0).all()
     page = create_app(state).server.test_client().get("/")
     assert page.status_code == 200
 
