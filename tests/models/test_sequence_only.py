@@ -66,6 +66,8 @@ def test_store_says_geometry_none_and_why(store, capsys):
     assert (kinds == TokenKind.IMAGE_TILE).sum() > 0 and np.isnan(ds.patch_box.values).all()
     assert main(["validate", store]) == 0
     capsys.readouterr()
+    assert main(["info", store]) == 0
+    assert "geometry: none, model type 'idefics2'" in " ".join(capsys.readouterr().out.split())
     assert main(["heatmap", store, "--token", "@answer", "--image", "0", "--output", store + ".png"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no patch map" in err and "perceiver" in err
