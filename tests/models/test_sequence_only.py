@@ -123,3 +123,19 @@ def test_validate_catches_boxes_in_a_store_that_says_none(store, tmp_path):
     boxes = zarr.open_group(str(copy))["patch_box"]
     boxes[0, 0] = [0, 0, 0.5, 0.5]
     assert main(["validate", str(copy)]) == 1
+
+
+def test_a_layer_outside_the_attention_interface_is_an_error_not_zero_rows(adapter, monkeypatch):
+    """Sequence-only mode takes any model: one whose attention bypasses the interface must not store zeros."""
+    from attnstore import capture
+    from attnstore.extract import extract
+
+    record = capture.RowCapture.record
+
+    def skip_layer_one(self, layer, *args):
+        if layer != 1:
+            record(self, layer, *args)
+
+    monkeypatch.setattr(capture.RowCapture, "record", skip_layer_one)
+    with pytest.raises(ModelLoadError, match="layers 1 never called"):
+        extract(adapter, _gradient_image(120, 80), "Describe.", max_new_tokens=2)
