@@ -251,6 +251,11 @@ def _check_geometry(img: xr.Dataset, nk: int) -> list[str]:
     valid = {int(k) for k in TokenKind} - {int(TokenKind.PAD)}
     if not np.isin(kinds, list(valid)).all():
         problems.append("token_kind has values outside the TokenKind flags")
+    if img.attrs.get("geometry") == "none":  # sequence-only mode: image tokens have no cell and no box
+        boxes = img["patch_box"].values[:nk]
+        if not np.isnan(boxes).all() or int(img["grid_rows"]) or int(img["global_rows"]):
+            problems.append("the store says geometry: none but holds patch boxes or grids")
+        return problems
     grid = int(img["grid_rows"]) * int(img["grid_cols"])
     glob = int(img["global_rows"]) * int(img["global_cols"])
     n_tile, n_global = int((kinds == TokenKind.IMAGE_TILE).sum()), int((kinds == TokenKind.IMAGE_GLOBAL).sum())

@@ -161,6 +161,13 @@ class StoreState:
         return OBJECT_BOX in self.ds
 
     @property
+    def no_patch_map(self) -> str:
+        """Why the store has no patch map (extracted in sequence-only mode), or "" when it has one."""
+        if self.attrs.get("geometry") != "none":
+            return ""
+        return f"no patch map: {self.attrs.get('geometry_note', 'the store has no patch geometry')}"
+
+    @property
     def random_weights(self) -> bool:
         return bool(self.attrs.get("random_weights", False))
 

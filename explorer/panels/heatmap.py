@@ -64,7 +64,7 @@ def draw(
     (and of the style entries named in `changed`). Bad views give a message, not an exception."""
     start = time.perf_counter()
     data, message = None, ""
-    if params.token is not None:
+    if params.token is not None and not state.no_patch_map:  # sequence-only stores: the picture and the note
         try:
             data = views.heatmap(state, params)
         except AttnstoreError as err:
@@ -84,6 +84,10 @@ def draw(
 def status(state: StoreState, params: ViewParams, data: views.ViewMap | None) -> list:
     """The line above the figure: image, token, what is shown (and why it is blank, when it is)."""
     meta = state.image(params.image)
+    if params.token is not None and state.no_patch_map:
+        token = html.Span(quoted(meta.display[params.token]), className="status-token")
+        return [html.B(meta.name), " · token ", token, f" #{params.token}",
+                html.Div(state.no_patch_map, className="status-note")]  # fmt: skip
     if params.token is None or data is None:
         return [html.B(meta.name), " · no token selected: click a token of the prompt or the answer"]
     line = [
