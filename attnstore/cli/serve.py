@@ -126,10 +126,12 @@ def run_waitress(wsgi, host: str, port: int) -> None:
         channel_timeout=60,  # a connection silent for a minute is closed
     )
     try:
-        server.run()
+        server.run()  # returns on Ctrl+C (waitress takes the KeyboardInterrupt)
     except KeyboardInterrupt:
+        pass
+    finally:
         server.close()
-        typer.echo("stopped")
+    typer.echo("stopped")
 
 
 def _raise_open_file_limit() -> None:
