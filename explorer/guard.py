@@ -137,19 +137,17 @@ def _refuse(start_response, status: int, message: str):
 
 
 class BoundedBody:
-    """ASGI middleware: the body bound of `Guard` for an ASGI server, applied before the WSGI adapter
-    (asgiref's `WsgiToAsgi` spools any body to disk before the app could refuse it). The body is
-    read on the event loop, so a slow client costs a socket, never a worker thread.
+    """ASGI middleware: the body bound of `Guard` for an ASGI server, and the whole body read on the
+    event loop before the WSGI adapter starts the app: a slow or stalled sender costs a socket, never
+    one of the adapter's threads (a2wsgi's threads would otherwise wait on the network for it).
     """
 
     def __init__(self, app, max_body: int = MAX_BODY_BYTES):
         self.app, self.max_body = app, max_body
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "lifespan":  # nothing to start or stop: the app is ready when built
-            return await _lifespan(receive, send)
-        if scope["type"] != "http":
-            return None  # no websockets
+        if scope["type"] != "http":  # lifespan: the adapter answers it
+            return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body:
             return await _asgi_too_large(send, self.max_body)
@@ -176,21 +174,12 @@ class BoundedBody:
         return await self.app(scope, replay, send)
 
 
-def asgi_app(flask_app, max_body: int = MAX_BODY_BYTES):
-    """The Flask app (with its `Guard`) as an ASGI app for uvicorn's workers, its bodies bounded."""
-    from asgiref.wsgi import WsgiToAsgi
+def asgi_app(flask_app, threads: int, max_body: int = MAX_BODY_BYTES):
+    """The Flask app (with its `Guard`) as an ASGI app for uvicorn's workers: its bodies bounded and
+    read whole (`BoundedBody`), then run in a pool of `threads` threads (a2wsgi)."""
+    from a2wsgi import WSGIMiddleware
 
-    return BoundedBody(WsgiToAsgi(flask_app), max_body)
-
-
-async def _lifespan(receive, send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    return BoundedBody(WSGIMiddleware(flask_app, workers=threads), max_body)
 
 
 async def _asgi_too_large(send, max_body: int) -> None:

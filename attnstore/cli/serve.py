@@ -27,7 +27,7 @@ from attnstore.errors import AttnstoreError, InvalidArgument
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-THREADS = 8  # waitress's app threads: overlap I/O (chunk reads); the CPU work shares one GIL
+THREADS = 8  # app threads per process: overlap I/O (chunk reads); the CPU work shares one GIL
 # Connections held open at once (slow ones included): 1,000 stalled clients plus room for real ones.
 # The limit on open files is raised to fit (`_raise_open_file_limit`).
 CONNECTION_LIMIT = 4096
@@ -86,7 +86,7 @@ def serve_store(
         # Each worker opens the store itself after the fork (remote stores' sessions do not survive one).
         from explorer.guard import asgi_app
 
-        load = lambda: asgi_app(build_app(path, storage_options, seed_frontend, compare, allow_hosts))
+        load = lambda: asgi_app(build_app(path, storage_options, seed_frontend, compare, allow_hosts), THREADS)
         run_gunicorn(load, host, port, workers)
         return
     run_waitress(wsgi, host, port)
