@@ -175,3 +175,40 @@ def test_the_seed_frontend_checks_hosts_too(synthetic_store):
     client = create_seed_app(synthetic_store, CLIENT).test_client()
     assert client.get("/", headers={"Host": "evil.example"}).status_code == 403
     assert client.post(GEN, data=json.dumps(CLICK), content_type="text/plain").status_code == 415
+
+
+def _asgi_call(app, headers: list, chunks: list[bytes]) -> list[dict]:
+    """Run an ASGI app on one HTTP request whose body arrives in `chunks`; the messages it sent."""
+    import asyncio
+
+    sent, pending = (
+        [],
+        [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)],
+    )
+
+    async def receive():
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_the_workers_read_bodies_whole_and_bounded():
+    """`--workers`: the body is read on the event loop, bounded, before the app's thread starts."""
+    from explorer.guard import BoundedBody
+
+    seen = []
+
+    async def inner(scope, receive, send):
+        seen.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    app = BoundedBody(inner, max_body=10)
+    assert _asgi_call(app, [(b"content-length", b"1500000000")], [b""])[0]["status"] == 413 and not seen
+    assert _asgi_call(app, [], [b"12345", b"67890", b"1"])[0]["status"] == 413 and not seen  # chunked, cut
+    assert _asgi_call(app, [], [b"12345", b"67890"])[0]["status"] == 200
+    assert seen == [{"type": "http.request", "body": b"1234567890", "more_body": False}]
