@@ -39,7 +39,10 @@ def cache_dir() -> Path:
 
 def tiny_model_dir(family: str = "idefics3") -> Path:
     """Path of the tiny random-weight model of `family`, built on first use."""
-    from attnstore.models.tiny import BUILDERS as builders
+    from attnstore.models.tiny import BUILDERS
+    from attnstore.models.tiny_families import BUILDERS as NEWER_BUILDERS
+
+    builders = {**BUILDERS, **NEWER_BUILDERS}
 
     path = cache_dir() / f"tiny-{family}-v{TINY_MODEL_VERSION}"
     if not (path / "config.json").is_file() or not (path / "processor_config.json").is_file():

@@ -12,8 +12,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+from attnstore.progress import progress_bar
 from attnstore.store import AttnStore, StoreShape
 from attnstore.store.reader import exists
 
@@ -33,15 +32,7 @@ class RunDriver:
     def __init__(self, description: str, total: int, show_progress: bool = True):
         self.stop_requested = False
         self._previous = None
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            disable=not show_progress,
-        )
+        self._progress = progress_bar(total, show_progress)
         self._task = self._progress.add_task(description, total=total)
 
     def __enter__(self) -> RunDriver:

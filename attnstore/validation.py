@@ -87,7 +87,8 @@ def validate_store(
         if i in report.damaged:
             continue  # already named by the deep scan
         try:
-            report.problems += [f"image {i} ({names[i]}): {p}" for p in check_image(ds.isel(image=i), tol)]
+            problems = check_image(ds.isel(image=i), tol, mask=ds.attrs.get("attention_mask", "causal"))
+            report.problems += [f"image {i} ({names[i]}): {p}" for p in problems]
         except Exception as err:  # a damaged chunk: name the image instead of failing the whole check
             report.damaged[int(i)] = str(names[i])
             report.problems.append(f"image {i} ({names[i]}): damaged, {_describe_read_error(err)}")
@@ -197,8 +198,11 @@ def _names_or_indices(group: zarr.Group, n: int) -> list[str]:
     return names
 
 
-def check_image(img: xr.Dataset, tol: float) -> list[str]:
-    """Problems of one complete image (a Dataset without the image dim)."""
+def check_image(img: xr.Dataset, tol: float, mask: str = "causal") -> list[str]:
+    """Problems of one complete image (a Dataset without the image dim).
+
+    mask : the text model's attention mask (store attr `attention_mask`, see `bidirectional_keys`).
+    """
     nq, nk = int(img["n_query"]), int(img["n_key"])
     Q, K = img.sizes["query"], img.sizes["key"]
     if not (0 < nq <= Q and 0 < nk <= K):
@@ -216,11 +220,29 @@ def check_image(img: xr.Dataset, tol: float) -> list[str]:
     if worst > tol:
         problems.append(f"attention rows do not sum to 1 (worst off by {worst:.3g}, tolerance {tol:.3g})")
     future = np.arange(K)[None, :] > qpos[:, None]  # [query, key]: positions after the query
+    future[:, :nk] &= ~bidirectional_keys(img["token_kind"].values[:nk], mask)[qpos]
     if np.abs(att[:, :, future]).max(initial=0) > 0:
         problems.append("attention on positions after the query token (not causal)")
     if np.isnan(att).any():
         problems.append("attention contains NaN")
     return problems
+
+
+def bidirectional_keys(kinds: np.ndarray, mask: str) -> np.ndarray:
+    """Where a query may see a later key  # [query, key] bool, over the positions of `kinds`.
+
+    "causal": nowhere; "image_blocks" (Gemma 3): within one contiguous run of image patch tokens
+    (a view); "prefix" (PaliGemma): within the prompt (everything before the answer).
+    """
+    n = kinds.shape[0]
+    if mask == "prefix":
+        prompt = kinds != int(TokenKind.GENERATED)
+        return prompt[:, None] & prompt[None, :]
+    if mask == "image_blocks":
+        patch = np.isin(kinds, [int(TokenKind.IMAGE_TILE), int(TokenKind.IMAGE_GLOBAL)])
+        block = np.cumsum(np.diff(np.concatenate([[0], patch.astype(np.int8)])) == 1)  # run number of each patch
+        return patch[:, None] & patch[None, :] & (block[:, None] == block[None, :])
+    return np.zeros((n, n), bool)
 
 
 def _check_geometry(img: xr.Dataset, nk: int) -> list[str]:

@@ -148,7 +148,7 @@ def rank_heads(scores: xr.Dataset, by: str = "inbox_lift") -> xr.Dataset:
 
     Returns
     -------
-    xr.Dataset over `rank` with `layer`, `head`, `inbox_share`, `inbox_lift`, `pointing`,
+    xr.Dataset over `rank` (1 = best, as a reader counts) with `layer`, `head`, `inbox_share`, `inbox_lift`, `pointing`,
     `pointing_lift`, `chance` (mean box area).
     """
     if by not in ("inbox_share", "inbox_lift", "pointing", "pointing_lift"):
@@ -167,7 +167,7 @@ def rank_heads(scores: xr.Dataset, by: str = "inbox_lift") -> xr.Dataset:
     order = np.argsort(-np.nan_to_num(table[by].values, nan=-np.inf), kind="stable")
     ranked = table.isel(rank=order)
     layer, head = ranked["layer"].values, ranked["head"].values
-    ranked = ranked.drop_vars(["rank", "layer", "head"]).assign_coords(rank=np.arange(order.size))
+    ranked = ranked.drop_vars(["rank", "layer", "head"]).assign_coords(rank=np.arange(1, order.size + 1))
     return ranked.assign(layer=("rank", layer), head=("rank", head), chance=chance)
 
 

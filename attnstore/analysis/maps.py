@@ -192,6 +192,13 @@ class MapResult:
         return all(int(self.img[d].values) > 0 for d in dims)
 
     @property
+    def sees_no_image(self) -> bool:
+        """True for a token before every image patch whose map is all zero (causal attention cannot see them)."""
+        kinds = np.asarray(self.img["token_kind"].values)
+        patches = np.flatnonzero((kinds == TokenKind.IMAGE_TILE) | (kinds == TokenKind.IMAGE_GLOBAL))
+        return patches.size > 0 and self.position < int(patches[0]) and self.vmax == 0.0
+
+    @property
     def vmax(self) -> float:
         """The largest value on any drawn grid (tiles and global), i.e. over the image-patch keys; 0 if none."""
         kinds = np.asarray(self.img["token_kind"].values)

@@ -177,6 +177,8 @@ def parse_range(spec: str | None, n: int, what: str = "layers") -> list[int] | N
         if not match:
             raise InvalidArgument(what, f"{short_repr(spec)} is not a list of numbers or ranges like 0-29 or 0,3,5-7")
         lo, hi = _bounded_int(match[1]), _bounded_int(match[2] or match[1])
+        if 0 <= hi < lo < n:
+            raise InvalidArgument(what, f"{short_repr(part.strip())} is reversed: write it low-high ({hi}-{lo})")
         if not 0 <= lo <= hi < n:
             raise InvalidArgument(what, f"{short_repr(spec)} is outside 0-{n - 1} (the store has {n} {what})")
         picked.update(range(lo, hi + 1))

@@ -62,6 +62,11 @@ def heatmap(
         normalise=normalise, keys=image_keys, view=view,
     )  # fmt: skip
     result = compute_map(ds, spec)
+    if result.sees_no_image:
+        raise AttnstoreError(
+            f"token {result.token!r} (position {result.position}) comes before the image: causal attention cannot "
+            "see image patches, so its map is all zero; pick a token after the image (e.g. --token @answer)"
+        )
     grid = result.grid().values
     if grid.size == 0:
         raise AttnstoreError(f"image {spec.image} has no {view} grid (0 tiles); try --view global")
@@ -106,10 +111,8 @@ def aggregate(
     Maps from images with different tile grids are resampled onto one grid_size x grid_size grid
     over the normalised image, as densities (value / cell area; 1 = uniform), then averaged.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from attnstore import analysis as A
+    from attnstore.progress import progress_bar
     from attnstore.store import open_dataset
 
     A.check_aggregate_output(out)  # before the work: a missing writer fails at once
@@ -119,8 +122,7 @@ def aggregate(
     lay = A.parse_range(layers, ds.sizes["layer"], "layers")
     hea = A.parse_range(heads, ds.sizes["head"], "heads")
     n = int(np.asarray(ds["complete"].values).astype(bool).sum())
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:
+    with progress_bar(n, progress) as bar:
         task = bar.add_task(f"aggregating '{token}'", total=n)
         result = A.aggregate_token(
             ds, token, method=method, layers=lay, heads=hea, k=topk, normalise_mode=normalise,

@@ -129,6 +129,10 @@ def demo(
     from attnstore.demo import RANDOM_WEIGHTS_NOTICE, build_demo_store, has_trained_model, trained_notice
     from attnstore.quiet import quiet_transformers
 
+    if serve:
+        from attnstore.cli.serve import check_port
+
+        check_port(host, port)  # before minutes of building: a busy port fails at once
     quiet_transformers()
     model = "random" if random or not has_trained_model() else "trained"
     typer.secho(RANDOM_WEIGHTS_NOTICE if model == "random" else trained_notice(), fg="yellow")

@@ -45,17 +45,15 @@ def import_legacy(
     an object array of strings, read by an unpickler that can build nothing else. The store is
     built in a temporary folder and renamed to --out only when complete.
     """
-    from rich.console import Console
-    from rich.progress import Progress
-
     from attnstore.legacy import find_sources, parse_grid
     from attnstore.legacy import import_legacy as run_import
+    from attnstore.progress import progress_bar
     from attnstore.records import QUERY_MODES
 
     if queries not in QUERY_MODES:
         raise AttnstoreError(f"--queries must be one of {', '.join(QUERY_MODES)}, not '{queries}'")
     n = len(find_sources(path, image_dir, attn_dir))
-    with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
+    with progress_bar(n, progress) as bar:
         task = bar.add_task("importing", total=n)
         names = run_import(
             path, out, grid=parse_grid(grid), prompt_tokens=prompt_tokens, queries=queries, model_id=model_id,

@@ -23,7 +23,7 @@ from typing import Annotated
 import typer
 
 from attnstore.cli import app
-from attnstore.errors import AttnstoreError, InvalidArgument
+from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -65,7 +65,11 @@ def serve_store(
     if workers:
         _gunicorn_base()  # a missing gunicorn is reported before anything else
     allow_hosts = allowed_hosts(host, allow_hosts)
-    check_port(host, port)  # before opening the store: a busy port is the cheaper mistake to report
+    from attnstore.store.reader import exists
+
+    if not exists(path, storage_options):  # a wrong path is the user's first mistake to hear about
+        raise StoreError(f"no attnstore store at '{path}'")
+    check_port(host, port)  # before opening the store: a busy port is cheaper to report than a warmed-up app
     # Opening the store here makes a bad path one line; gunicorn's workers open their own after the fork.
     if compare and seed_frontend:
         raise InvalidArgument("compare", "is shown by the explorer, not by a seed frontend: give one of the two")

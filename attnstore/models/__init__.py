@@ -26,7 +26,13 @@ class Family(NamedTuple):
 FAMILIES: dict[str, Family] = {
     "idefics3": Family("attnstore.models.idefics3:Idefics3Adapter", ("idefics3", "smolvlm")),
     "llava": Family("attnstore.models.llava:LlavaAdapter", ("llava",)),
+    "llava_next": Family("attnstore.models.llava_anyres:LlavaNextAdapter", ("llava_next",)),
+    "llava_onevision": Family("attnstore.models.llava_anyres:LlavaOnevisionAdapter", ("llava_onevision",)),
     "qwen2_vl": Family("attnstore.models.qwen2_vl:Qwen2VLAdapter", ("qwen2_vl",)),
+    "gemma3": Family("attnstore.models.gemma3:Gemma3Adapter", ("gemma3",)),
+    "paligemma": Family("attnstore.models.paligemma:PaliGemmaAdapter", ("paligemma",)),
+    "internvl": Family("attnstore.models.internvl:InternVLAdapter", ("internvl",)),
+    "mistral3": Family("attnstore.models.mistral3:Mistral3Adapter", ("mistral3",)),
 }
 
 

@@ -312,3 +312,12 @@ def build_random_qwen2_vl(out_dir: str | Path, dims: dict | None = None, seed: i
 
 
 BUILDERS = {"idefics3": build_random_idefics3, "llava": build_random_llava, "qwen2_vl": build_random_qwen2_vl}
+
+
+def _anyres_builders() -> dict:
+    from attnstore.models.tiny_llava_anyres import build_random_llava_next, build_random_llava_onevision
+
+    return {"llava_next": build_random_llava_next, "llava_onevision": build_random_llava_onevision}
+
+
+BUILDERS.update(_anyres_builders())

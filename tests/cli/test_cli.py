@@ -142,3 +142,29 @@ def test_usage_errors_are_clicks_message_not_a_traceback(args):
     proc = subprocess.run([sys.executable, "-m", "attnstore", *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "Error:" in proc.stderr
+
+
+def test_positional_arguments_are_named_as_arguments_not_flags(synthetic_store, capsys):
+    """`grounding STORE` on a store without boxes names no '--store' flag (there is none)."""
+    assert main(["grounding", synthetic_store]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the store has no object boxes") and "--store" not in err, err
+
+
+def test_heatmap_of_a_token_before_the_image_is_an_error_not_a_zero_map(synthetic_store, tmp_path, capsys):
+    out = tmp_path / "user.png"
+    assert main(["heatmap", synthetic_store, "--token", "User", "--output", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "comes before the image" in err and err.count("\n") == 0, err
+    assert not out.exists()
+
+
+def test_help_lists_commands_in_workflow_order_with_whole_descriptions(capsys):
+    from attnstore.cli import COMMAND_ORDER
+
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    commands = text.split("Commands:")[1].splitlines()
+    listed = [line.split()[0] for line in commands if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == [name for name in COMMAND_ORDER if name in listed] and {"demo", "extract", "serve"} <= set(listed)
+    assert "..." not in text.split("Commands:")[1]

@@ -141,3 +141,11 @@ def test_aggregate_refuses_in_one_line(synthetic_store, tmp_path, flag):
                                flag, "1_0", "--no-progress"])  # fmt: skip
     assert code == 1 and stderr.count("\n") == 1 and stderr.startswith(f"error: {flag} '1_0'"), stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("spec, named", [("3-1", "'3-1' is reversed: write it low-high (1-3)"),
+                                          ("0, 5-3", "'5-3' is reversed: write it low-high (3-5)")])  # fmt: skip
+def test_a_reversed_range_is_named_as_reversed(spec, named):
+    with pytest.raises(InvalidArgument) as err:
+        parse_range(spec, 8, "layers")
+    assert named in str(err.value) and "outside" not in str(err.value)

@@ -29,6 +29,25 @@ def test_serve_busy_port_is_one_line(synthetic_store, capsys):
     assert code == 1 and "cannot listen on 127.0.0.1" in err and "pass another --port" in err
 
 
+def test_missing_store_is_named_before_a_busy_port(tmp_path, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code = main(["serve", str(tmp_path / "nope.zarr"), "--port", str(busy.getsockname()[1])])
+    err = capsys.readouterr().err
+    assert code == 1 and "no attnstore store" in err and "cannot listen" not in err, err
+
+
+def test_demo_with_a_busy_port_fails_before_building(tmp_path, capsys):
+    out = tmp_path / "demo.zarr"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code = main(["demo", "--out", str(out), "--port", str(busy.getsockname()[1])])
+    assert code == 1 and "cannot listen on 127.0.0.1" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_serve_bad_port(synthetic_store, capsys):
     assert main(["serve", synthetic_store, "--port", "70000"]) == 1
     assert "--port must be between 1 and 65535" in capsys.readouterr().err

@@ -126,6 +126,7 @@ def test_a_head_looking_at_the_box_scores_high_and_ranks_first():
     ranked = rank_heads(scores)
     assert (int(ranked["layer"][0]), int(ranked["head"][0])) == (1, 2)
     assert float(ranked["inbox_lift"][0]) > 2.5
+    assert int(ranked["rank"][0]) == 1  # ranks count from 1, as the CLI's table prints them
     assert keys.sum() > 0
 
 

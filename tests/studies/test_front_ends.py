@@ -93,7 +93,7 @@ def test_cli_compare_with_other(edge_store, other_store, tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["analyze", "nope", "STORE", "--out", "OUT/t.csv"], "error: --analysis must be one of"),
+        (["analyze", "nope", "STORE", "--out", "OUT/t.csv"], "error: ANALYSIS must be one of"),  # positional
         (["analyze", "modality", "STORE", "--factor", "3", "--out", "OUT/t.csv"], "error: --factor does not apply"),
         (["analyze", "modality", "STORE", "--out", "OUT/t.csv", "--plot", "OUT/f.gif"], "error: --plot must end in"),
         (["analyze", "modality", "STORE", "--out", "OUT/t.txt"], "error: --out must end in"),
