@@ -210,6 +210,9 @@ def _show(value: Any, limit: int = 40) -> str:
 
 def _json_body() -> dict:
     request = flask.request
+    if not request.is_json:  # text/plain or a form is what a cross-site page can send without asking
+        shown = _show(request.mimetype or "none", 60)
+        raise ApiError(f"send JSON with Content-Type: application/json (got {shown})", 415)
     too_large = ApiError(f"request body too large (at most {MAX_BODY_BYTES} bytes)", 413)
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise too_large
