@@ -252,6 +252,18 @@ def check_port(host: str, port: int) -> None:
         raise AttnstoreError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
 
 
+# `--allow-host`, shared by `serve` and `demo`.
+ALLOW_HOST_OPTION = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-host",
+        metavar="NAME",
+        help="A Host name clients may use besides 127.0.0.1/localhost/[::1] (repeatable; '*' = any). "
+        "Other names are refused (DNS rebinding). A specific --host address is allowed by itself.",
+    ),
+]
+
+
 @app.command()
 def serve(
     store: Annotated[str, typer.Argument(help="Store path or fsspec URL (s3://..., https://...).")],
@@ -273,15 +285,7 @@ def serve(
         str | None,
         typer.Option("--compare", metavar="STORE", help="A second store to show beside the first (same images)."),
     ] = None,
-    allow_host: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-host",
-            metavar="NAME",
-            help="A Host name clients may use besides 127.0.0.1/localhost/[::1] (repeatable; '*' = any). "
-            "Other names are refused (DNS rebinding). A specific --host address is allowed by itself.",
-        ),
-    ] = None,
+    allow_host: ALLOW_HOST_OPTION = None,
 ) -> None:
     """Explore a store in the browser: click a token, see where the model looks."""
     serve_store(
