@@ -45,9 +45,9 @@ def colour_top(vmax: float | None, share: float | None, shared_top: float | None
 
 
 def share_label(share: float | None) -> str:
-    """'37 % on image', or '≈0 % on image' for a negligible share."""
+    """'37% on image', or '≈0% on image' for a negligible share."""
     if negligible(share):
-        return "≈0 % on image" if not share or share < 0.0005 else f"{share:.1%} on image (negligible)"
+        return "≈0% on image" if not share or share < 0.0005 else f"{share:.1%} on image (negligible)"
     return f"{share:.0%} on image"
 
 
