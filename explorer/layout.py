@@ -38,15 +38,18 @@ def side_panel(
     title: str,
     tip: str | None = None,
     info: str | None = None,
-    hint: str = "select a token",
+    hint: str | None = "select a token",
     graphs: Sequence[str] = (),
     controls=None,
 ) -> list:
     """The skeleton every side panel shares: header (`panel_head`), a hint line (the element `info`
-    when the panel rewrites it), then its small charts (component ids `graphs`)."""
-    line = html.Div(hint, id=info, className="hint") if info else html.Div(hint, className="hint")
+    when the panel rewrites it; none when `hint` is None), then its small charts (ids `graphs`)."""
+    if info:
+        lines = [html.Div(hint, id=info, className="hint")]
+    else:
+        lines = [] if hint is None else [html.Div(hint, className="hint")]
     charts = [dcc.Graph(id=graph, config=SMALL_GRAPH, className="small-figure") for graph in graphs]
-    return [panel_head(title, tip, controls), line, *charts]
+    return [panel_head(title, tip, controls), *lines, *charts]
 
 
 @dataclass

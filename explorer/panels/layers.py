@@ -6,7 +6,6 @@ from __future__ import annotations
 import dash
 from dash import Input, Output, dcc, no_update
 
-from attnstore.render.scale import NEGLIGIBLE_SHARE
 from explorer import figures, ids, views
 from explorer.layout import Page, side_panel
 from explorer.panels.permalink import follow_token
@@ -20,9 +19,7 @@ def layout(page: Page) -> list:
                             value="share", inline=True, className="radio-inline")  # fmt: skip
     share_tip = "fraction of the token's attention on image patches"
     return [
-        *side_panel(
-            "Image share per layer", share_tip, hint=f"under {NEGLIGIBLE_SHARE:.0%}: negligible", graphs=[ids.SHARE]
-        ),
+        *side_panel("Image share per layer", share_tip, hint=None, graphs=[ids.SHARE]),
         *side_panel("Layer × head", hint="click a cell to jump there", graphs=[ids.MATRIX], controls=metric),
     ]
 

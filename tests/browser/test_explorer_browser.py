@@ -171,6 +171,7 @@ def test_gallery_matrix_and_play(ui, live):
     assert ui.wait_view("v.head === 3")["mode"] == "head"
     ui.page.wait_for_selector("#matrix .js-plotly-plot .heatmaplayer")
     # click the matrix cell (layer 0, head 1): map its data coordinates to the page
+    ui.page.locator("#matrix").scroll_into_view_if_needed()  # below the fold under the view controls
     box = ui.page.locator("#matrix .js-plotly-plot").bounding_box()
     px, py = ui.page.evaluate(
         """() => { const gd = document.querySelector('#matrix .js-plotly-plot');

@@ -38,7 +38,12 @@ def test_permalink_problems_are_explained_and_fall_back(state):
     assert "image=99 in the link is not in 0-2" in text and "layer=7" in text and "head=x" in text
     assert "mode=bogus in the link is not one of head, mean" in text
     default = views.default_params(state)
-    assert (params.image, params.layer, params.head, params.mode) == (default.image, default.layer, default.head, "head")
+    assert (params.image, params.layer, params.head, params.mode) == (
+        default.image,
+        default.layer,
+        default.head,
+        "head",
+    )
     # a token without a stored row (an image token) is refused with the reason, the default shown instead
     params, problems = views.parse_query("?image=0&token=10", state)
     assert params.token == default.token
