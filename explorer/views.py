@@ -27,7 +27,7 @@ from attnstore.analysis.grounding import has_object, object_index
 from attnstore.errors import AttnstoreError, InvalidArgument
 from attnstore.render.export import json_grid
 from attnstore.render.geometry import FigureGeometry, figure_geometry
-from attnstore.render.scale import SCALES, colour_top, negligible, share_label
+from attnstore.render.scale import NEGLIGIBLE_SHARE, SCALES, colour_top, negligible
 from attnstore.render.text import quoted
 from attnstore.schema import OBJECT_BOX, OBJECT_LABEL, TARGET_OBJECT, TokenKind
 from explorer.state import StoreState
@@ -295,8 +295,9 @@ def _note(state: StoreState, params: ViewParams, share: float) -> str:
         )
     if negligible(share):
         return (
-            f"this map holds {share_label(share)} of the token's attention: it barely looks at the image here, so "
-            "the map is drawn faded (in proportion to its share), not stretched to full colour"
+            f"only {share:.1%} of the token's attention is on the image here (negligible: under "
+            f"{NEGLIGIBLE_SHARE:.0%}): it barely looks at the image, so the map is drawn faded in proportion, "
+            "not stretched to full colour"
         )
     return ""
 

@@ -7,7 +7,7 @@ import dash
 import numpy as np
 from dash import Input, Output, State, dcc, html
 
-from attnstore.render.scale import negligible, share_label
+from attnstore.render.scale import negligible
 from explorer import figures, ids, views
 from explorer.layout import Page, panel_head
 from explorer.panels.permalink import follow_token
@@ -69,7 +69,7 @@ def _item(
     if lift is not None:
         title += f", {lift:.2f}x chance inside the {grounding.label} box"
     faint = negligible(share)
-    badge = [html.Div(share_label(share), className="gallery-badge")] if faint else []
+    badge = [html.Div(f"≈{share:.0%} on image", className="gallery-badge")] if faint else []
     return html.Div(
         [
             html.Img(src=figures.thumbnail_uri(grid, cmap or "viridis", top), className="gallery-img"),
