@@ -46,6 +46,7 @@ from attnstore import errors, render
 from attnstore.analysis import MapSpec, TokenNotFoundError, compute_map, find_token
 from attnstore.analysis.maps import MAX_K
 from attnstore.render.export import json_grid
+from attnstore.render.scale import colourbar_title
 from attnstore.store.integrity import checksum_guard
 from explorer import figures, views
 from explorer.state import StoreState
@@ -346,6 +347,7 @@ def _view_params(state: StoreState, fields: dict, default_image: int | None = No
         over=_choice_field(fields, "over", views.OVERS, "heads"),
         norm=_choice_field(fields, "norm", views.norms(), "raw"),
         k=_int_field(fields, "k", MAX_K + 1, "k", default=10),  # 0: MapSpec says why
+        scale=_choice_field(fields, "scale", views.SCALES, "own"),
     )
     with checksum_guard(state.ds, image):
         return replace(params, token=_token_key(state.image(image), fields))
@@ -359,7 +361,7 @@ def view_map(state: StoreState, fields: dict) -> flask.Response:
     params = _view_params(state, fields)
     with checksum_guard(state.ds, params.image):
         data = views.heatmap(state, params)
-    z, cmax = figures.map_values(views.geometry(state, params.image), data.tiles, data.glob, data.vmax)
+    z, cmax = figures.map_values(views.geometry(state, params.image), data.tiles, data.glob, data.cmax)
     return flask.jsonify(
         {
             "success": True,
@@ -369,6 +371,7 @@ def view_map(state: StoreState, fields: dict) -> flask.Response:
             "traces": list(z),
             "z": [json_grid(values) for values in z.values()],
             "cmax": cmax,
+            "colourbar": colourbar_title(data.share, params.scale),
         }
     )
 

@@ -61,11 +61,14 @@ def export_map(result: MapResult, fmt: str, style: Style = Style()) -> bytes:
 
 
 def file_name(result: MapResult, fmt: str, stem: str) -> str:
-    """e.g. 'beach_tok812_mean-L5H2_raw_heatmap.png' for downloads."""
+    """e.g. 'beach_tok812_mean-L5H2-3_raw_heatmap.png' for downloads; one layer's one head is named
+    as such ('beach_tok812_head-L5H2_raw_heatmap.png'), not as the mean it is computed by."""
     s = result.spec
     layers = "all" if s.layers is None else "-".join(map(str, s.layers[:4]))
     heads = "all" if s.heads is None else "-".join(map(str, s.heads[:4]))
-    return f"{stem}_tok{result.position}_{s.method}-L{layers}H{heads}_{s.normalise}{FORMATS[fmt][0]}"
+    one_head = s.layers is not None and s.heads is not None and len(s.layers) == len(s.heads) == 1
+    method = "head" if one_head and s.method in ("mean", "max") else s.method  # a mean/max of one head is that head
+    return f"{stem}_tok{result.position}_{method}-L{layers}H{heads}_{s.normalise}{FORMATS[fmt][0]}"
 
 
 def title(result: MapResult, image_name: str) -> str:
