@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from attnstore.analysis import notebook
 from attnstore.analysis.cache import LRU
 from attnstore.analysis.grounding import rank_heads, store_grounding
 from attnstore.analysis.keys import normalise
@@ -125,6 +126,38 @@ class AttnAccessor:
         if isinstance(sel, (int, np.integer)):
             return (int(sel),)
         return tuple(int(i) for i in sel)
+
+    # -- figures (the explorer's, in a notebook: `attnstore.analysis.notebook`) ---------------------
+    def show(self, token: str | int, image: int | str = 0, layer: int | None = None, head: int | None = None,
+             method: str | None = None, normalise: str = "raw", **options):  # fmt: skip
+        """The explorer's map of `token` over the image, as a plotly Figure (renders in Jupyter).
+
+        One head when `layer` and `head` are given; else `method` (default "entropy_topk") over the
+        heads of `layer`, the layers of `head`, or all. Options: k, occurrence, scale ("own" |
+        "shared"), cmap, opacity, grid_lines, boxes."""
+        return notebook.show(self._ds, token, image, layer, head, method, normalise, **options)
+
+    def show_heads(self, token: str | int, image: int | str = 0, layer: int = 0, **options):
+        """The explorer's gallery: every head of `layer` for `token` (a plotly Figure)."""
+        return notebook.show_heads(self._ds, token, image, layer, **options)
+
+    def show_layers(self, token: str | int, image: int | str = 0, layer: int = 0, head: int = 0, **options):
+        """The explorer's layer panel: image share per layer and the layer x head chart (two figures)."""
+        return notebook.show_layers(self._ds, token, image, layer, head, **options)
+
+    def plot_overlay(self, token: str | int, image: int | str = 0, layer: int | None = None,
+                     head: int | None = None, method: str | None = None, ax=None, **options):  # fmt: skip
+        """The map of `show` as a static matplotlib figure on `ax` (papers); returns the Axes."""
+        return notebook.plot_overlay(self._ds, token, image, layer, head, method, ax=ax, **options)
+
+    def summary(self, max_rows: int = 20):
+        """What `attnstore info` prints, as an object with an HTML view (thumbnails) in Jupyter."""
+        from attnstore.store.summary import store_summary
+
+        return store_summary(self._ds, max_rows=max_rows, thumbnails=True)
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
 
     # -- per-head statistics --------------------------------------------------------------------------
     def image_share(self, token: str | int, image: int | str = 0, occurrence: int = 0) -> xr.DataArray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import fsspec
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -12,54 +11,32 @@ from rich.table import Table
 
 from attnstore.cli import app
 from attnstore.store import open_dataset
-from attnstore.store.backend import reader_name
+from attnstore.store.summary import store_size_bytes, store_summary  # noqa: F401  (re-exported)
 
 MAX_ROWS = 50
 
 
-def store_size_bytes(path: str, storage_options: dict | None = None) -> int | None:
-    """Total bytes of the store's files; None over http(s), which cannot list files."""
-    from attnstore.store.remote import protocol, resolve_storage_options
-
-    if protocol(path) in ("http", "https"):
-        return None
-    fs, root = fsspec.core.url_to_fs(path, **(resolve_storage_options(path, storage_options) or {}))
-    return int(fs.du(root))
-
-
 def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
-    ds = open_dataset(path)
+    summary = store_summary(open_dataset(path), path, max_rows)
     console = Console()
-    a = ds.attrs
-    complete = ds["complete"].values.astype(bool)
-    sizes = ", ".join(f"{d}={n}" for d, n in ds["attention"].sizes.items())
+    a = summary.attrs
+    sizes = ", ".join(f"{d}={n}" for d, n in summary.sizes.items())
     console.print(f"[bold]{path}[/bold]  schema v{a['schema_version']}, attnstore {a['attnstore_version']}")
     random = " [yellow]RANDOM WEIGHTS[/yellow]" if a.get("random_weights") else ""
     console.print(f"model: {a['model_id']} ({a.get('model_family', '?')}){random}")
     if a.get("geometry") == "none":  # sequence-only mode
         console.print(f"geometry: none, {escape(str(a.get('geometry_note', '')))}")
     console.print(f"attention({sizes}) float16, keep_bits={a.get('keep_bits')}, queries={a.get('queries', 'text')}")
-    size = store_size_bytes(path)
-    on_disk = "unknown (http)" if size is None else f"{size / 1e6:.1f} MB"
-    console.print(f"images: {complete.size} ({int(complete.sum())} complete); size on disk: {on_disk}")
-    console.print(f"read backend: {escape(reader_name(ds))}")
+    console.print(f"images: {summary.n_images} ({summary.n_complete} complete); size on disk: {summary.size_text}")
+    console.print(f"read backend: {escape(summary.backend)}")
     table = Table("#", "image", "tiles", "tokens", "answer", "ok")
-    # Only the rows shown are read: at 10,000 images reading every answer chunk takes seconds.
-    head = ds[["image_name", "answer", "tile_rows", "tile_cols", "n_key"]].isel(image=slice(0, max_rows))
-    names, answers = head["image_name"].values, head["answer"].values
-    rows, cols, nkey = head["tile_rows"].values, head["tile_cols"].values, head["n_key"].values
-    for i in range(min(complete.size, max_rows)):
+    for r in summary.rows:
         table.add_row(
-            str(i),
-            str(names[i]),
-            f"{rows[i]}x{cols[i]}",
-            str(nkey[i]),
-            str(answers[i])[:60],
-            "yes" if complete[i] else "[red]no[/red]",
+            str(r.index), r.name, r.tiles, str(r.n_key), r.answer[:60], "yes" if r.complete else "[red]no[/red]"
         )
     console.print(table)
-    if complete.size > max_rows:
-        console.print(f"... {complete.size - max_rows} more images")
+    if summary.n_images > max_rows:
+        console.print(f"... {summary.n_images - max_rows} more images")
 
 
 @app.command()
