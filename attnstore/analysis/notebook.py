@@ -184,9 +184,10 @@ def show_heads(ds: xr.Dataset, token: str | int, image: int | str = 0, layer: in
         fig.add_trace(go.Heatmap(z=grids[h], zmin=0, zmax=tops[h], colorscale=plotly_colorscale(cmap), showscale=False,
                                  hovertemplate=f"head {h}<br>cell %{{y}},%{{x}}<br>value %{{z:.4g}}<extra></extra>"),
                       row=h // columns + 1, col=h % columns + 1)  # fmt: skip
+    fig.update_annotations(font_size=12)  # the head titles: smaller than the figure's title
     fig.update_yaxes(autorange="reversed", visible=False, scaleanchor="x")
     fig.update_xaxes(visible=False)
-    fig.update_layout(height=200 * rows + 60, margin={"l": 4, "r": 4, "t": 50, "b": 4}, plot_bgcolor="white",
+    fig.update_layout(height=200 * rows + 60, margin={"l": 4, "r": 4, "t": 60, "b": 4}, plot_bgcolor="white",
                       title={"text": f"layer {layer}: every head (row {row})", "font": {"size": 13}})  # fmt: skip
     return fig
 
