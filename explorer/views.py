@@ -24,6 +24,7 @@ from attnstore.analysis import (
     token_grounding,
 )
 from attnstore.analysis.grounding import has_object, object_index
+from attnstore.analysis.notebook import shared_top as token_shared_top
 from attnstore.errors import AttnstoreError, InvalidArgument
 from attnstore.render.export import json_grid
 from attnstore.render.geometry import FigureGeometry, figure_geometry
@@ -272,11 +273,7 @@ def shared_top(state: StoreState, params: ViewParams) -> float:
     meta = state.image(params.image)
     row = meta.query_of(params.token)
 
-    def make() -> float:
-        weights = state.ds.attn.weights(params.image, row, params.norm).values  # [layer, head, key]
-        values = weights[..., image_key_mask(meta.img).values]  # [layer, head, patch]
-        return float(np.nanmax(values)) if values.size and np.isfinite(values).any() else 0.0
-
+    make = lambda: token_shared_top(state.ds, params.image, row, params.norm)  # the notebook's `show` too
     return state.cached("shared-top", make, (params.image, row, params.norm), 64)
 
 
