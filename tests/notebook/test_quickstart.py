@@ -125,3 +125,41 @@ def browser_executable():
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     return CHROMIUM
+
+
+@pytest.mark.browser
+def test_the_explorer_runs_inline_in_the_notebook_and_stops(tmp_path, browser_executable):
+    """With the kernel alive, the notebook's explorer cell is a live explorer in its page (an iframe
+    on 127.0.0.1 that draws the map); its `.stop()` cell frees the port."""
+    import nbformat
+    import requests
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+    from playwright.sync_api import sync_playwright
+
+    from explorer.screenshot import CHROMIUM_ARGS
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": tmp_path}})
+    repo = str(NOTEBOOK.parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    stop = next(i for i, c in enumerate(nb.cells) if "stop" in c.metadata.get("tags", []))
+    with client.setup_kernel(env=env):
+        for index in range(stop):
+            client.execute_cell(nb.cells[index], index)
+        url = re.search(r"http://127\.0\.0\.1:\d+/", text_of(nb, "explore")).group(0)
+        page_file = tmp_path / "live.html"
+        page_file.write_text(HTMLExporter().from_notebook_node(nb)[0])
+        with sync_playwright() as pw:
+            chromium = pw.chromium.launch(executable_path=browser_executable, args=CHROMIUM_ARGS)
+            page = chromium.new_page(viewport={"width": 1300, "height": 1000})
+            page.goto(page_file.as_uri())
+            frame = page.frame_locator("iframe").first
+            frame.locator(".js-plotly-plot .heatmaplayer image").first.wait_for(state="attached", timeout=60_000)
+            if SHOTS:
+                page.locator("iframe").first.scroll_into_view_if_needed()
+                page.locator("iframe").first.screenshot(path=f"{SHOTS}/explore_inline.png")
+            chromium.close()
+        client.execute_cell(nb.cells[stop], stop)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url, timeout=5)
