@@ -17,6 +17,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from zarr.storage import LocalStore
 
@@ -75,40 +76,47 @@ class CheckedLocalStore(LocalStore):
 # -- declared shapes and dtypes -----------------------------------------------------------------------
 
 
-def declared_problems(arrays: Iterable[tuple[str, dict]]) -> Iterator[str]:
-    """Problems of each (name, zarr.json document) of a store's arrays: a dimension longer than the
-    schema allows (`DIM_LIMITS`), a chunk larger than MAX_CHUNK_BYTES, a dtype other than the schema's.
+class Declared(NamedTuple):
+    """What an array's metadata declares (read before any of its data)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dims: tuple[str | None, ...]
+    data_type: str
+    chunks: tuple[int, ...]  # the chunks a read decodes (inner chunks of a sharded array)
+
+    @classmethod
+    def of(cls, name: str, arr) -> Declared:
+        """From a zarr.Array (metadata only)."""
+        dims = tuple(arr.metadata.dimension_names or (None,) * len(arr.shape))
+        return cls(name, tuple(arr.shape), dims, str(arr.metadata.to_dict()["data_type"]), tuple(arr.chunks))
+
+
+def declared_problems(arrays: Iterable[Declared]) -> Iterator[str]:
+    """Problems of a store's arrays as declared: a dimension longer than the schema allows
+    (`DIM_LIMITS`), a chunk larger than MAX_CHUNK_BYTES, a dtype other than the schema's.
     Reads nothing but the metadata, so it runs before any allocation."""
-    for name, meta in arrays:
-        shape = meta.get("shape") or []
-        dims = meta.get("dimension_names") or [None] * len(shape)
-        for dim, size in zip(dims, shape):
+    for arr in arrays:
+        for dim, size in zip(arr.dims, arr.shape):
             limit = DIM_LIMITS.get(dim)
             if limit is not None and not 0 <= int(size) <= limit:
-                yield f"array '{name}' declares {dim} of {int(size):,}, outside the schema's limit of {limit:,}"
-        dtype = meta.get("data_type")
-        wanted = expected_dtype(name)
-        if wanted is not None and dtype != wanted:
-            yield f"array '{name}' is declared {dtype}, but the schema says {wanted}"
-        chunk = _stored_chunk(meta)
-        itemsize = 2 if dtype == "float16" else 8  # strings and wider types: a generous bound
-        n = itemsize
-        for size in chunk:
+                yield f"array '{arr.name}' declares {dim} of {int(size):,}, outside the schema's limit of {limit:,}"
+        wanted = expected_dtype(arr.name)
+        if wanted is not None and arr.data_type != wanted:
+            yield f"array '{arr.name}' is declared {arr.data_type}, but the schema says {wanted}"
+        n = 2 if arr.data_type == "float16" else 8  # bytes per value: strings and wider types, a generous bound
+        for size in arr.chunks:
             n *= max(int(size), 1)
         if n > MAX_CHUNK_BYTES:
-            yield f"array '{name}' declares chunks {tuple(chunk)} ({n:,} bytes), more than the schema allows"
+            yield f"array '{arr.name}' declares chunks {arr.chunks} ({n:,} bytes), more than the schema allows"
 
 
-def _stored_chunk(meta: dict) -> list[int]:
-    """The shape of the chunks a read decodes (the inner chunks of a sharded array)."""
-    chunk = list(meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape") or [])
-    for codec in meta.get("codecs") or []:
-        if isinstance(codec, dict) and codec.get("name") == "sharding_indexed":
-            chunk = list(codec.get("configuration", {}).get("chunk_shape") or chunk)
-    return chunk
+def store_declared(group) -> list[Declared]:
+    """Every array of an open zarr group, as declared."""
+    return [Declared.of(name, arr) for name, arr in group.arrays()]
 
 
-def check_declared(arrays: Iterable[tuple[str, dict]], path: str) -> None:
+def check_declared(arrays: Iterable[Declared], path: str) -> None:
     """Raise StoreError (one line) for the first problem `declared_problems` finds."""
     for problem in declared_problems(arrays):
         raise StoreError(f"store '{path}' is damaged: {problem}")
