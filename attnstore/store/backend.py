@@ -388,7 +388,12 @@ class TensorstoreReader(AttentionReader):
         span = slice(-size, None) if self.layout.index_at_end else slice(0, size)
         futures = {k: self.kv.read(k, byte_range=span) for k in todo}
         for key, future in futures.items():
-            found[key] = self._parse_index(key, future.result())
+            try:
+                result = future.result()
+            except Exception as err:  # shorter than its index (a zero-length shard): tensorstore's OUT_OF_RANGE
+                why = (str(err).splitlines() or [""])[0][:160]
+                raise StoreError(f"shard '{key}' cannot be read ({why}): the store is damaged") from err
+            found[key] = self._parse_index(key, result)
         with self._lock:
             for key in todo:
                 if found[key][0] is not None:  # a missing shard may be written later: ask again next time
