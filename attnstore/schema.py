@@ -134,9 +134,10 @@ MAX_CHUNK_BYTES = 256 * 2**20  # one decoded chunk, and one chunk file read whol
 MAX_METADATA_BYTES = 64 * 2**20  # one zarr.json (the consolidated one lists every array)
 
 # Per-image variables a complete image always stores (a chunk of them is never all fill value:
-# n_key > 0 tokens, positions >= 0, a display copy of the image), so an absent chunk means a
-# deleted one. (`attention` is checked per query row below n_query: each row sums to 1.)
-REQUIRED_PER_IMAGE = ("query_position", "token_id", "token_kind", "token_text", "pixels")
+# n_key > 0 tokens of some kind and text, positions >= 0, a display copy of the image), so an
+# absent chunk means a deleted one. (`attention` is checked per query row below n_query: each row
+# sums to 1. Not token_id: imported seed folders have none, all -1.)
+REQUIRED_PER_IMAGE = ("query_position", "token_kind", "token_text", "pixels")
 
 
 def is_fill(name: str, values: np.ndarray) -> bool:
