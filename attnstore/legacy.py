@@ -53,6 +53,7 @@ _ROW_COL = re.compile(r"^<row_\d+_col_\d+>$")
 # Bounds checked from headers before anything is loaded: small files must not load huge arrays.
 MAX_ARRAY_BYTES = 4 * 2**30  # one attention array (a layer file, or the seed000 square) as declared
 MAX_INFLATION = 200  # declared bytes per compressed byte of an npz member (real attention: < 10; zeros: ~1000)
+INFLATION_FROM = 64 * 2**20  # ... checked for members declaring more than this (small ones cost nothing)
 MAX_TOKEN_CHARS = 64 * 2**20  # characters of all tokens of one folder
 ROW_SUM_TOLERANCE = 1e-2  # fp16 softmax rows: off by more and the import warns
 
@@ -136,7 +137,8 @@ def check_attention_header(path: Path, shape: tuple[int, ...], dtype: np.dtype, 
     if dtype.kind != "f":
         raise LegacyFormatError(f"{path}: attention is {dtype}, expected floating-point weights (softmax outputs)")
     declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-    if declared > MAX_ARRAY_BYTES or (stored_bytes is not None and declared > MAX_INFLATION * max(stored_bytes, 1)):
+    inflated = stored_bytes is not None and declared > max(INFLATION_FROM, MAX_INFLATION * stored_bytes)
+    if declared > MAX_ARRAY_BYTES or inflated:
         held = f" from {stored_bytes:,} stored bytes" if stored_bytes is not None else ""
         raise LegacyFormatError(f"{path}: declares a {shape} array ({declared:,} bytes{held}); refusing to load it")
 
