@@ -79,10 +79,12 @@ def require_stored(variables: Mapping[str, object], label: Callable[[], str]) ->
     """Raise if a per-image variable a complete image always stores reads as its fill value only:
     its chunk is absent (zarr reads an absent chunk as the fill value, e.g. empty token texts)."""
     for name in REQUIRED_PER_IMAGE:
-        if name in variables and name != "pixels":  # pixels stay lazy here (`validate --deep` checks them)
-            values = np.asarray(variables[name].values if hasattr(variables[name], "values") else variables[name])
-            if values.size and is_fill(name, values):
-                raise missing_chunk_error(label(), name)
+        var = variables.get(name)
+        if var is None or (isinstance(var, xr.Variable) and not var._in_memory):
+            continue  # not read here (pixels stay lazy: `validate --deep` checks them)
+        values = np.asarray(var.values if isinstance(var, xr.Variable) else var)
+        if values.size and is_fill(name, values):
+            raise missing_chunk_error(label(), name)
 
 
 ImageVariables = xr.Dataset | Mapping[str, np.ndarray]  # one image: `select_image`, or its variables as arrays

@@ -133,3 +133,18 @@ def test_validate_checks_every_dtype_against_the_schema(store, name, dtype, caps
 
 def test_an_intact_store_stays_valid(store):
     assert validate_store(str(store), deep=True).ok
+
+
+@pytest.mark.parametrize("damage", ["attention", "token_text", "token_kind"])
+def test_dataset_analyses_refuse_a_missing_chunk(store, damage):
+    from attnstore.analysis import aggregate_token
+
+    word = query_word(store, 1)
+    if damage == "attention":
+        delete_attention_shard(store, 1)
+    else:
+        (store / damage / "c" / "1" / "0").unlink()
+    ds = open_dataset(str(store))
+    with pytest.raises(StoreError, match=rf"image 1\b.* is damaged: its '{damage}' chunk"):
+        aggregate_token(ds, word)
+    assert aggregate_token(ds, word, images=[0, 2]) is not None  # the intact images still aggregate
