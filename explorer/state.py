@@ -27,6 +27,7 @@ from attnstore.errors import InvalidArgument, NotFound
 from attnstore.render.text import display_text, quoted, tokenizer_style
 from attnstore.schema import OBJECT_BOX, TokenKind
 from attnstore.store import open_dataset
+from attnstore.store.integrity import missing_chunk_error
 from attnstore.store.remote import store_like
 from explorer.tokens import strip_items
 
@@ -221,7 +222,11 @@ class StoreState:
     # -- pictures ------------------------------------------------------------------------------------
     def pixels(self, index: int) -> np.ndarray:
         """The display copy of an image  # [y, x, rgb] uint8 (one chunk read)."""
-        return np.asarray(self.image(index).img["pixels"].values)
+        meta = self.image(index)
+        pixels = np.asarray(meta.img["pixels"].values)
+        if pixels.size and not pixels.any():  # all fill value: the chunk of this complete image is missing
+            raise missing_chunk_error(f"{index} ({meta.name})", "pixels")
+        return pixels
 
     def picture_png(self, index: int) -> bytes:
         return self.cached("picture", lambda: _png(self.pixels(index)), key=index)

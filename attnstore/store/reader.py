@@ -17,6 +17,7 @@ from attnstore.store.safety import check_declared, store_declared
 
 # What zarr raises for a damaged, empty or deeply nested zarr.json (json's errors are ValueErrors)
 METADATA_ERRORS = (ValueError, TypeError, KeyError, RecursionError, AttributeError)
+NOT_FOUND = (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError)
 
 
 def check_target(path: str) -> None:
@@ -43,9 +44,9 @@ def exists(path: str, storage_options: dict | None = None) -> bool:
     try:
         open_group(path, storage_options)
     except StoreError as err:
-        if isinstance(err.__cause__, METADATA_ERRORS) or "is damaged" in str(err):
-            raise
-        return False
+        if isinstance(err.__cause__, NOT_FOUND) or err.__cause__ is None and "no attnstore store" in str(err):
+            return False
+        raise  # there is something, but damaged: never taken for "no store" (a writer would overwrite it)
     return True
 
 
@@ -64,7 +65,7 @@ def open_group(
             store=target, mode="r", zarr_format=3, storage_options=options, use_consolidated=use_consolidated
         )
         declared = store_declared(group)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as err:
+    except NOT_FOUND as err:
         raise StoreError(f"no attnstore store at '{path}'") from err
     except METADATA_ERRORS as err:
         raise metadata_error(path, err) from err

@@ -148,3 +148,13 @@ def test_dataset_analyses_refuse_a_missing_chunk(store, damage):
     with pytest.raises(StoreError, match=rf"image 1\b.* is damaged: its '{damage}' chunk"):
         aggregate_token(ds, word)
     assert aggregate_token(ds, word, images=[0, 2]) is not None  # the intact images still aggregate
+
+
+def test_the_explorer_refuses_a_missing_picture(store):
+    from explorer import create_app
+
+    (store / "pixels" / "c" / "1" / "0" / "0" / "0").unlink()
+    client = create_app(str(store)).server.test_client()
+    response = client.get("/api/image/1.png")
+    assert response.status_code >= 400 and "its 'pixels' chunk is missing" in response.get_json()["error"]
+    assert client.get("/api/image/0.png").status_code == 200
