@@ -52,6 +52,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # CLI subprocesses under a memory limit
 @pytest.mark.parametrize(("dim", "size"), [("key", 10**9), ("image", 10**12), ("layer", 10**7)])
 def test_a_huge_declared_axis_is_one_problem_not_an_allocation(store, dim, size):
     declare_size(store, dim, size)
@@ -62,6 +63,7 @@ def test_a_huge_declared_axis_is_one_problem_not_an_allocation(store, dim, size)
     assert f"declares {dim} of {size:,}" in one_line_error(run_cli(*heatmap_args(store)))
 
 
+@pytest.mark.slow  # CLI subprocesses under a memory limit
 @pytest.mark.parametrize("backend", ["tensorstore", "zarr"])
 def test_a_fifo_chunk_does_not_hang_any_reader(store, backend):
     for chunk in (SHARD_1, Path("token_kind", "c", "1", "0")):
@@ -73,6 +75,7 @@ def test_a_fifo_chunk_does_not_hang_any_reader(store, backend):
     assert "damaged image(s): 1 (synthetic_00001.png)" in result.stdout
 
 
+@pytest.mark.slow  # CLI subprocesses under a memory limit
 @pytest.mark.parametrize("backend", ["tensorstore", "zarr"])
 @pytest.mark.parametrize("chunk", [SHARD_1, Path("token_text", "c", "1", "0")])
 def test_a_chunk_linked_outside_the_store_is_not_followed(store, backend, chunk):
@@ -133,3 +136,21 @@ def test_damaged_array_metadata_is_one_line(store, capsys):
     (store / "zarr.json").write_text(json.dumps(root))
     assert main(["info", str(store)]) == 1
     assert capsys.readouterr().err.startswith(f"error: store '{store}' is damaged")
+
+
+def test_check_local_file_refuses_what_would_block_or_never_end(tmp_path):
+    from attnstore.errors import StoreError
+    from attnstore.store.safety import check_local_file
+
+    root = tmp_path / "s.zarr"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "ok").write_bytes(b"x")
+    (root / "a" / "inside").symlink_to(root / "a" / "ok")
+    os.mkfifo(root / "a" / "fifo")
+    (root / "a" / "zero").symlink_to("/dev/zero")
+    (root / "a" / "loop").symlink_to("loop")
+    for key in ("a/ok", "a/inside", "a/absent", "a/ok/below-a-file"):
+        check_local_file(root, key)  # regular files inside the store, or nothing there: fine
+    for key, why in [("a/fifo", "not a regular file"), ("a/zero", "links outside"), ("a/loop", "cannot be read")]:
+        with pytest.raises(StoreError, match=why):
+            check_local_file(root, key)

@@ -58,6 +58,7 @@ def seed004(tmp_path: Path, rng, n_layers: int = 2) -> tuple[Path, list[str]]:
     return write_seed004(tmp_path / "seed", tokens, causal_square(rng, n_layers, 1, len(tokens))), tokens
 
 
+@pytest.mark.slow  # a CLI subprocess under a memory limit
 def test_an_npz_declaring_a_huge_array_is_refused_from_its_header(tmp_path, rng):
     folder, tokens = seed004(tmp_path, rng)
     n = len(tokens)
@@ -81,6 +82,7 @@ def test_a_compression_bomb_is_refused_from_its_header(tmp_path, rng):
         L.import_legacy(folder, tmp_path / "s.zarr")
 
 
+@pytest.mark.slow  # a CLI subprocess under a memory limit
 def test_tokens_repeating_one_long_string_are_refused(tmp_path, rng):
     tokens = seed_tokens()
     folder = write_seed000(tmp_path / "seed", tokens, causal_square(rng, 1, 1, len(tokens)))
