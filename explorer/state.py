@@ -23,11 +23,11 @@ import xarray as xr
 import zarr
 from PIL import Image
 
+from attnstore.analysis.select import stored_pixels
 from attnstore.errors import InvalidArgument, NotFound
 from attnstore.render.text import display_text, quoted, tokenizer_style
 from attnstore.schema import OBJECT_BOX, TokenKind
 from attnstore.store import open_dataset
-from attnstore.store.integrity import missing_chunk_error
 from attnstore.store.remote import store_like
 from explorer.tokens import strip_items
 
@@ -222,11 +222,7 @@ class StoreState:
     # -- pictures ------------------------------------------------------------------------------------
     def pixels(self, index: int) -> np.ndarray:
         """The display copy of an image  # [y, x, rgb] uint8 (one chunk read)."""
-        meta = self.image(index)
-        pixels = np.asarray(meta.img["pixels"].values)
-        if pixels.size and not pixels.any():  # all fill value: the chunk of this complete image is missing
-            raise missing_chunk_error(f"{index} ({meta.name})", "pixels")
-        return pixels
+        return stored_pixels(self.image(index).img, index)
 
     def picture_png(self, index: int) -> bytes:
         return self.cached("picture", lambda: _png(self.pixels(index)), key=index)

@@ -87,6 +87,18 @@ def require_stored(variables: Mapping[str, object], label: Callable[[], str]) ->
             raise missing_chunk_error(label(), name)
 
 
+def stored_pixels(img: xr.Dataset, image: int) -> np.ndarray:
+    """The display copy of complete image `image` (`select_image`)  # [y, x, rgb] uint8.
+
+    All fill value (black everywhere) means its chunk is missing: an error, not a black picture
+    under a heatmap. (A truly all-black image is not told apart: zarr does not store it either.)
+    """
+    pixels = np.asarray(img["pixels"].values)
+    if pixels.size and not pixels.any():
+        raise missing_chunk_error(f"{image} ({img['image_name'].values})", "pixels")
+    return pixels
+
+
 ImageVariables = xr.Dataset | Mapping[str, np.ndarray]  # one image: `select_image`, or its variables as arrays
 
 

@@ -158,3 +158,13 @@ def test_the_explorer_refuses_a_missing_picture(store):
     response = client.get("/api/image/1.png")
     assert response.status_code >= 400 and "its 'pixels' chunk is missing" in response.get_json()["error"]
     assert client.get("/api/image/0.png").status_code == 200
+
+
+def test_an_overlay_refuses_a_missing_picture(store, capsys):
+    word = query_word(store, 1)
+    (store / "pixels" / "c" / "1" / "0" / "0" / "0").unlink()
+    png, overlay = store.parent / "h.png", store.parent / "o.png"
+    args = ["heatmap", str(store), "--token", word, "--image", "1", "--output", str(png), "--overlay", str(overlay)]
+    assert main(args) == 1
+    assert "image 1 (synthetic_00001.png) is damaged: its 'pixels' chunk is missing" in capsys.readouterr().err
+    assert not overlay.exists()
