@@ -33,7 +33,7 @@ def check_local_file(root: Path, key: str, whole: bool = True) -> None:
     `whole`, a file larger than any the schema allows (metadata: MAX_METADATA_BYTES; chunks:
     MAX_CHUNK_BYTES). Shards are read by byte range (their index bounds each range): no size limit.
     """
-    path = Path(root) / key
+    path = f"{root}/{key}"  # not pathlib: this runs on every click (~1 us against ~10)
     try:
         info = os.lstat(path)
         if stat.S_ISLNK(info.st_mode):
