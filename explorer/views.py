@@ -23,6 +23,7 @@ from attnstore.analysis import (
     sink_keys,
     token_grounding,
 )
+from attnstore.analysis.correctness import RIGHT, WRONG
 from attnstore.analysis.grounding import has_object, object_index
 from attnstore.errors import AttnstoreError, InvalidArgument
 from attnstore.render.export import json_grid
@@ -420,6 +421,25 @@ def view_state(params: ViewParams, data: ViewMap | None, style: dict, server_ms:
         "server_ms": round(server_ms, 3),
         **style,
     }
+
+
+@dataclass
+class Verdict:
+    """Whether an image's answer is right, as the picker card and the answer line show it."""
+
+    css: str  # "right" / "wrong" / "" (unknown)
+    text: str  # e.g. "✓ right" or "✗ wrong · expected purple"; "" for an unknown one
+
+
+def verdict(state: StoreState, index: int) -> Verdict:
+    """The answer of image `index` judged against the store's expected answer (`answer_correct`)."""
+    catalog = state.catalog()
+    correct, expected = int(catalog["correct"][index]), str(catalog["expected"][index])
+    if correct == RIGHT:
+        return Verdict("right", "✓ right" + (f" · expected {expected}" if expected else ""))
+    if correct == WRONG:
+        return Verdict("wrong", "✗ wrong" + (f" · expected {expected}" if expected else ""))
+    return Verdict("", "")
 
 
 def plural(n: int, word: str) -> str:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from attnstore.analysis.correctness import EXPECTED_ANSWER, RIGHT, WRONG, accuracy, has_correctness
 from attnstore.cli import app
 from attnstore.store import open_dataset
 from attnstore.store.backend import reader_name
@@ -43,7 +44,13 @@ def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     on_disk = "unknown (http)" if size is None else f"{size / 1e6:.1f} MB"
     console.print(f"images: {complete.size} ({int(complete.sum())} complete); size on disk: {on_disk}")
     console.print(f"read backend: {escape(reader_name(ds))}")
-    table = Table("#", "image", "tiles", "tokens", "answer", "ok")
+    judged = has_correctness(ds)
+    if judged:  # reads every answer: a store with expected answers says how many are right
+        right, known = accuracy(ds.attn.answer_correct().values)
+        share = f" ({right / known:.0%})" if known else ""
+        console.print(f"answers: {right} of {known} right{share} (against expected_answer / pope_correct)")
+    expected = ["expected", "right"] if judged else []
+    table = Table("#", "image", "tiles", "tokens", "answer", *expected, "complete")
     # Only the rows shown are read: at 10,000 images reading every answer chunk takes seconds.
     head = ds[["image_name", "answer", "tile_rows", "tile_cols", "n_key"]].isel(image=slice(0, max_rows))
     names, answers = head["image_name"].values, head["answer"].values
@@ -51,15 +58,24 @@ def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     for i in range(min(complete.size, max_rows)):
         table.add_row(
             str(i),
-            str(names[i]),
+            escape(str(names[i])),
             f"{rows[i]}x{cols[i]}",
             str(nkey[i]),
-            str(answers[i])[:60],
+            escape(str(answers[i])[:60]),
+            *(_judgement(ds, i) if judged else []),
             "yes" if complete[i] else "[red]no[/red]",
         )
     console.print(table)
     if complete.size > max_rows:
         console.print(f"... {complete.size - max_rows} more images")
+
+
+def _judgement(ds, i: int) -> list[str]:
+    """The expected answer of image `i` and whether its answer is right (table cells)."""
+    verdict = int(ds.attn.answer_correct().values[i])
+    expected = str(ds[EXPECTED_ANSWER].values[i]) if EXPECTED_ANSWER in ds else ""
+    mark = {RIGHT: "[green]right[/green]", WRONG: "[red]wrong[/red]"}.get(verdict, "?")
+    return [escape(expected[:30]), mark]
 
 
 @app.command()
