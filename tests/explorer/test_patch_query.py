@@ -48,7 +48,7 @@ def test_patch_view_draws_the_patch_row_on_both_grids_and_the_text(rows_state):
     assert view.vmax == pytest.approx(max(np.nanmax(view.tiles), np.nanmax(view.glob)))
     np.testing.assert_allclose(view.text_values, row[view.text_positions], rtol=1e-6)
     assert view.text_labels[1].endswith("#1") and "User" in view.text_labels[1]
-    assert "patch token #%d" % key in pq.describe(rows_state, view)
+    assert f"patch token #{key}" in pq.describe(rows_state, view)
 
 
 def test_text_bars_figure_lists_the_top_tokens_largest_first():
