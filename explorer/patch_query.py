@@ -84,12 +84,15 @@ def has_patch_rows(state: StoreState, image: int) -> bool:
 # -- figures (pure: data in, plotly figure out) -------------------------------------------------
 
 
-def text_bars_figure(labels: list[str], values: np.ndarray, top: int = TOP_TEXT) -> go.Figure:
-    """The text tokens a patch attends to most (top `top`, largest first) as horizontal bars.
+def text_bars_figure(labels: list[str], values: np.ndarray, top: int = TOP_TEXT, title: str = "") -> go.Figure:
+    """The text tokens a patch attends to most (top `top` with a weight above 0, largest first) as
+    horizontal bars; text it gives nothing (e.g. after it, under causal attention) is left out.
 
     labels : # [text] token labels; values : # [text] attention on each
     """
-    order = np.argsort(-np.nan_to_num(values, nan=-1.0), kind="stable")[:top]
+    values = np.nan_to_num(np.asarray(values, np.float64), nan=0.0)
+    order = np.argsort(-values, kind="stable")[:top]
+    order = order[values[order] > 0]
     fig = go.Figure(
         go.Bar(
             x=np.asarray(values)[order],
@@ -100,8 +103,9 @@ def text_bars_figure(labels: list[str], values: np.ndarray, top: int = TOP_TEXT)
         )
     )
     fig.update_layout(
-        height=max(160, 18 * len(order) + 40),
-        margin={"l": 40, "r": 8, "t": 8, "b": 32},
+        height=max(160, 18 * len(order) + (60 if title else 40)),
+        margin={"l": 40, "r": 8, "t": 28 if title else 8, "b": 32},
+        title={"text": title, "font": {"size": 11}, "x": 0, "xanchor": "left"},
         showlegend=False,
         plot_bgcolor="white",
         paper_bgcolor="white",
@@ -115,8 +119,10 @@ def text_bars_figure(labels: list[str], values: np.ndarray, top: int = TOP_TEXT)
 def patch_map_figure(state: StoreState, view: PatchView, image_src: str, cmap: str = "viridis") -> dict:
     """The patch's map over the image (the main figure's drawing, smaller), the patch outlined."""
     geom = views.geometry(state, view.result.spec.image)
+    w, h = geom.extent
+    height = int(np.clip(330 * h / w + 10, 160, 360))  # about the side column's width times the aspect
     fig = figures.overlay_figure(geom, image_src, view.tiles, view.glob, view.vmax or None, cmap=cmap,
-                                 boxes=False, height_px=320)  # fmt: skip
+                                 boxes=False, height_px=height)  # fmt: skip
     x, y = figures.key_centres(geom, [view.key])
     fig["data"][figures.TRACE_MARK].update(x=x, y=y)
     return fig

@@ -67,8 +67,7 @@ def panel_content(state: StoreState, params, rev: dict | None, on: bool, image_u
     info = pq.describe(state, view)
     if view.sees_no_text:
         info += " · it gives the text nothing (causal: it sees only the tokens before it)"
-    bars = pq.text_bars_figure(view.text_labels, view.text_values)
-    bars.update_layout(title={"text": f"text tokens · {view.text_what}", "font": {"size": 11}})
+    bars = pq.text_bars_figure(view.text_labels, view.text_values, title=f"text tokens · {view.text_what}")
     return pq.patch_map_figure(state, view, image_url(params.image)), bars, info
 
 

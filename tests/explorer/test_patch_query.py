@@ -52,11 +52,13 @@ def test_patch_view_draws_the_patch_row_on_both_grids_and_the_text(rows_state):
 
 
 def test_text_bars_figure_lists_the_top_tokens_largest_first():
-    fig = pq.text_bars_figure(["a #0", "b #1", "c #2", "d #3"], np.array([0.1, np.nan, 0.5, 0.2]), top=3)
+    fig = pq.text_bars_figure(["a #0", "b #1", "c #2", "d #3", "e #4"], np.array([0.1, np.nan, 0.5, 0.2, 0.05]), top=3)
     bar = fig.data[0]
     assert list(bar.y) == ["c #2", "d #3", "a #0"]
     np.testing.assert_allclose(bar.x, [0.5, 0.2, 0.1])
     assert bar.orientation == "h"
+    unseen = pq.text_bars_figure(["a #0", "b #1", "c #2"], np.array([0.3, 0.0, np.nan]), title="t")
+    assert list(unseen.data[0].y) == ["a #0"] and unseen.layout.title.text == "t"  # text it gives nothing: left out
 
 
 def test_patch_map_figure_outlines_the_clicked_patch(rows_state):
@@ -80,7 +82,10 @@ def test_panel_content_hints_errors_and_off(rows_state, state):
     assert panel.panel_content(rows_state, params, {"image": 0, "key": key}, False, url)[2].startswith("off")
     fig, bars, info = panel.panel_content(rows_state, params, {"image": 0, "key": key}, True, url)
     assert info.startswith(f"patch token #{key} ") and fig["data"][figures.TRACE_MARK]["x"]
-    assert len(bars.data[0].y) == pq.TOP_TEXT
+    view = pq.patch_view(rows_state, params, key)
+    seen = np.flatnonzero(view.text_values > 0)  # the text before the patch (causal)
+    assert sorted(bars.data[0].y) == sorted(view.text_labels[i] for i in seen) and len(seen) < pq.TOP_TEXT
+    assert list(bars.data[0].x) == sorted(bars.data[0].x, reverse=True)
 
 
 def test_the_callback_answers_a_patch_click(rows_app, rows_state, run_callback):
