@@ -125,6 +125,7 @@ def patch_map_figure(state: StoreState, view: PatchView, image_src: str, cmap: s
                                  boxes=False, height_px=height)  # fmt: skip
     x, y = figures.key_centres(geom, [view.key])
     fig["data"][figures.TRACE_MARK].update(x=x, y=y)
+    fig["layout"]["annotations"] = []  # the global view's caption: no room for it at this size
     return fig
 
 
