@@ -105,3 +105,20 @@ def test_rest_bodies_and_controls_name_a_patch(ds):
     spec = MapSpec.from_controls(ds, image=0, position=None, patch=key, layer=1, head=0, mode="head", over="heads",
                                  norm="raw", k=10)  # fmt: skip
     assert (spec.patch, spec.position, spec.layers, spec.heads) == (key, None, (1,), (0,))
+
+
+def test_studies_read_the_same_text_rows_whatever_the_store_keeps(ds, synthetic_store):
+    """`query_rows` of a text+image store skips the patch rows: "text" is the text rows, "prompt" the
+    text rows before the answer, "last_prompt" the last of them (as on a --queries text store)."""
+    from attnstore.analysis.studies.base import query_rows
+
+    text_store = open_dataset(synthetic_store)
+    for img in (ds.attn.image(0), text_store.attn.image(0)):
+        positions = np.asarray(img["query_position"].values)
+        kinds = np.asarray(img["token_kind"].values)[positions]
+        text = np.flatnonzero(kind_mask(kinds, TEXT_KINDS))
+        np.testing.assert_array_equal(query_rows(img, "text"), text)
+        prompt = query_rows(img, "prompt")
+        assert set(prompt) < set(text) and (kinds[prompt] != TokenKind.GENERATED).all()
+        assert kinds[query_rows(img, "last_prompt")[0]] in TEXT_KINDS
+    assert query_rows(text_store.attn.image(0), "text").size == text_store.attn.image(0).sizes["query"]
