@@ -34,9 +34,7 @@ def test_clicking_a_patch_shows_where_it_looks(ui, live):
     # the panel's map: the patch's stored row, at the view's layer and head (read without the explorer)
     q = int(np.flatnonzero(np.asarray(state.ds["query_position"].values[0]) == key)[0])
     row = np.asarray(state.ds["attention"][0, v["layer"], v["head"], q, :].values, np.float32)
-    z = ui.page.evaluate(
-        f"() => document.querySelector('#{ids.PATCH_QUERY_MAP} .js-plotly-plot').data[0].z[{r}][{c}]"
-    )
+    z = ui.page.evaluate(f"() => document.querySelector('#{ids.PATCH_QUERY_MAP} .js-plotly-plot').data[0].z[{r}][{c}]")
     assert z == pytest.approx(float(row[key]), rel=1e-3)
     bars = ui.page.locator(f"#{ids.PATCH_QUERY_TEXT} .js-plotly-plot .bars path")
     assert bars.count() >= 3  # the text tokens before the image, drawn as bars
