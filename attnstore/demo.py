@@ -39,15 +39,12 @@ def cache_dir() -> Path:
 
 def tiny_model_dir(family: str = "idefics3") -> Path:
     """Path of the tiny random-weight model of `family`, built on first use."""
-    from attnstore.models.tiny import BUILDERS
-    from attnstore.models.tiny_families import BUILDERS as NEWER_BUILDERS
-
-    builders = {**BUILDERS, **NEWER_BUILDERS}
+    from attnstore.models import tiny_builder
 
     path = cache_dir() / f"tiny-{family}-v{TINY_MODEL_VERSION}"
     if not (path / "config.json").is_file() or not (path / "processor_config.json").is_file():
         tmp = path.with_name(path.name + ".partial")
-        builders[family](tmp)
+        tiny_builder(family)(tmp)
         tmp.rename(path) if not path.exists() else None
     return path
 

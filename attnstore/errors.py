@@ -52,6 +52,10 @@ class ModelLoadError(AttnstoreError):
     """Model weights or processor cannot be found or loaded."""
 
 
+class NoGeometry(AttnstoreError):
+    """A patch map was asked of a store without patch geometry (extracted in sequence-only mode)."""
+
+
 def check_output_file(path: str | Path, param: str, formats: tuple[str, ...]) -> str:
     """The format (lower-case suffix) of an output file given as `param`, after checking it is one of
     `formats` and that its folder exists: before any work is done, not after."""

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from attnstore.capture import RowCapture, capturing
-from attnstore.errors import InvalidArgument
+from attnstore.errors import InvalidArgument, ModelLoadError
 from attnstore.models.base import ModelAdapter
 from attnstore.records import Extraction, extend_layout, query_positions
 
@@ -86,6 +86,7 @@ def extract_batch(
     )
     with capturing(capture):
         output = _generate_fed_back(adapter, batch, max_new_tokens).cpu().numpy()
+    _check_every_layer_captured(adapter, capture)
     results = []
     for b, (ids, layout) in enumerate(zip(prompt_ids, layouts)):
         generated = _answer_ids(output[b, width:], adapter.eos_token_ids, max_new_tokens)
@@ -104,6 +105,17 @@ def extract_batch(
             )
         )
     return results
+
+
+def _check_every_layer_captured(adapter: ModelAdapter, capture: RowCapture) -> None:
+    """Rows of a layer whose attention bypassed transformers' attention interface would stay all zero."""
+    missed = np.flatnonzero(capture.seen == 0)
+    if missed.size:
+        raise ModelLoadError(
+            f"{type(adapter.model).__name__}: text layers {', '.join(map(str, missed))} never called transformers' "
+            "attention interface with a layer index, so their attention cannot be captured",
+            param="model",
+        )
 
 
 def _kept_positions(prompt_kinds: np.ndarray, max_new_tokens: int, queries: str) -> np.ndarray:

@@ -49,6 +49,7 @@ def store_attrs(adapter: ModelAdapter, keep_bits: int, queries: str, max_new_tok
         "attention_implementation": f"{adapter.attn_kernel} (text model); rows: fp32 softmax captured in generate",
         "attention_mask": getattr(adapter, "attention_mask", "causal"),  # bidirectional parts: validation's rule
         "model_dtype": str(adapter.model.dtype).removeprefix("torch."),
+        **adapter.geometry_attrs(),
     }
 
 

@@ -16,8 +16,15 @@ connection error), throughput, latency p50/p95/p99/max, the server's CPU time pe
 processes' user + system time: the figure that does not depend on what else runs on the machine),
 against the goal (0 errors, p95 <= 250 ms).
 
+`--slow N` measures slow clients instead: per variant, the normal clients' load without and then
+with N stalled connections held open (each sends part of a request, half stop inside the headers,
+half inside a declared body, then send nothing; at most 5,000, all closed at the end of the run).
+Prints the normal clients' requests, errors and p50/p95 in both phases, and how many of the stalled
+connections the server still held at the end. Goal: the same 0 errors, p95 <= 250 ms with them.
+
     .venv/bin/python benchmarks/bench_load.py [--store PATH] [--workers 0 2] [--clients 16] [--duration 60]
     .venv/bin/python benchmarks/bench_load.py --quick        # 10 s per variant
+    .venv/bin/python benchmarks/bench_load.py --slow 1000 --clients 4 --duration 15
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import http.client
 import json
 import os
 import random
+import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +51,7 @@ from common import free_port, host_load, percentiles, print_table, wait_until_se
 
 HOST = "127.0.0.1"  # loopback only: this script never loads another machine
 GOAL_P95_MS = 250.0
+MAX_SLOW = 5000  # stalled connections at most (each is one file descriptor here and one in the server)
 # (mode, over) of a click; "head" most often, as in the explorer.
 MODES = [("head", "heads")] * 6 + [("mean", "heads"), ("max", "heads"), ("entropy_topk", "heads")]
 MODES += [("mean", "layers"), ("entropy_topk", "all")]
@@ -165,6 +175,56 @@ def run_load(port: int, scripts: list[list[dict]], seconds: float, think: float,
     return tally
 
 
+def open_stalled(port: int, n: int) -> list[socket.socket]:
+    """n connections that send part of a request and then nothing: half stop inside the headers,
+    half inside a body they declared (1,000 bytes, 1 sent). Connections the server refuses are skipped."""
+    head = f"POST /api/generate_attention_map HTTP/1.1\r\nHost: {HOST}:{port}\r\n".encode()
+    partial = (head + b"Content-Type: appl", head + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+    socks = []
+    for i in range(min(n, MAX_SLOW)):
+        try:
+            sock = socket.create_connection((HOST, port), timeout=5)
+            sock.sendall(partial[i % 2])
+        except OSError:
+            continue
+        socks.append(sock)
+    return socks
+
+
+def still_open(socks: list[socket.socket]) -> int:
+    """How many of `socks` the server has not closed (a closed one reads as end of file)."""
+    count = 0
+    for sock in socks:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable or sock.recv(1, socket.MSG_PEEK):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def slow_run(port: int, scripts: list[list[dict]], args) -> list:
+    """Normal clients' load without, then with `args.slow` stalled connections: one table row."""
+    calm = run_load(port, scripts, args.duration, args.think, args.max_requests)
+    socks = open_stalled(port, args.slow)
+    try:
+        loaded = run_load(port, scripts, args.duration, args.think, args.max_requests)
+        held = still_open(socks)
+    finally:
+        for sock in socks:
+            sock.close()
+    return [*phase(calm), f"{held}/{len(socks)}", *phase(loaded)]
+
+
+def phase(tally: Tally) -> list:
+    if not tally.latencies_ms:
+        return [0, len(tally.errors), "-", "-"]
+    p50, p95 = percentiles(tally.latencies_ms, (50, 95))
+    errors = f"{len(tally.errors)}" + (f" ({sorted(set(tally.errors))[0]}...)" if tally.errors else "")
+    return [len(tally.latencies_ms), errors, f"{p50:.0f}", f"{p95:.0f}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", help="existing store (default: build a real-size synthetic one in a temp dir)")
@@ -175,6 +235,7 @@ def main() -> None:
     parser.add_argument("--think", type=float, default=0.0, help="seconds each client waits between clicks")
     parser.add_argument("--max-requests", type=int, default=200_000, help="hard cap per variant")
     parser.add_argument("--quick", action="store_true", help="10 s per variant")
+    parser.add_argument("--slow", type=int, default=0, help=f"stalled connections (at most {MAX_SLOW}): see above")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup = 10.0, 3.0
@@ -193,6 +254,10 @@ def main() -> None:
                 ]
                 run_load(port, scripts, args.warmup, args.think, args.max_requests)
                 load_before = host_load()
+                if args.slow:
+                    rows_table.append([variant_name(workers), *slow_run(port, scripts, args)])
+                    print(f"  {rows_table[-1][0]}: done ({load_before} before the run)", flush=True)
+                    continue
                 cpu_before = server_cpu_seconds(server.pid)
                 tally = run_load(port, scripts, args.duration, args.think, args.max_requests)
                 cpu = server_cpu_seconds(server.pid) - cpu_before
@@ -200,6 +265,16 @@ def main() -> None:
                 stop_server(server)
             rows_table.append(summary(workers, tally, args.duration, cpu))
             print(f"  {rows_table[-1][0]}: done ({load_before} before the run)", flush=True)
+        if args.slow:
+            print_table(
+                f"{args.clients} normal clients, {args.duration:.0f} s without then {args.duration:.0f} s with "
+                f"{args.slow} stalled connections, per variant",
+                ["server", "requests", "errors", "p50 ms", "p95 ms", "stalled held"]
+                + ["requests (stalled)", "errors (stalled)", "p50 ms (stalled)", "p95 ms (stalled)"],
+                rows_table,
+                caption=f"stalled held: connections the server still held open at the end; {host_load()}",
+            )
+            return
         print_table(
             f"{args.clients} clients, {args.duration:.0f} s per variant, think {args.think} s, "
             f"{info['num_layers']} layers x {info['num_heads']} heads, {info['num_images']} images",
@@ -210,8 +285,12 @@ def main() -> None:
         )
 
 
+def variant_name(workers: int) -> str:
+    return "one process (threads)" if workers == 0 else f"--workers {workers}"
+
+
 def summary(workers: int, tally: Tally, seconds: float, cpu_seconds: float) -> list:
-    name = "threads (1 process)" if workers == 0 else f"gunicorn --workers {workers}"
+    name = variant_name(workers)
     if not tally.latencies_ms:
         return [name, 0, len(tally.errors), 0, "-", "-", "-", "-", "-", "MISSED"]
     p50, p95, p99 = percentiles(tally.latencies_ms, (50, 95, 99))

@@ -52,6 +52,7 @@ from attnstore import errors, render
 from attnstore.analysis import MapSpec, TokenNotFoundError, compute_map, find_token
 from attnstore.analysis.maps import MAX_K
 from attnstore.render.export import json_grid
+from attnstore.render.scale import colourbar_title
 from attnstore.store.integrity import checksum_guard
 from explorer import figures, patch_query, views
 from explorer.state import StoreState
@@ -217,6 +218,9 @@ def _show(value: Any, limit: int = 40) -> str:
 
 def _json_body() -> dict:
     request = flask.request
+    if not request.is_json:  # text/plain or a form is what a cross-site page can send without asking
+        shown = _show(request.mimetype or "none", 60)
+        raise ApiError(f"send JSON with Content-Type: application/json (got {shown})", 415)
     too_large = ApiError(f"request body too large (at most {MAX_BODY_BYTES} bytes)", 413)
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise too_large
@@ -357,6 +361,7 @@ def _view_controls(state: StoreState, fields: dict, default_image: int | None = 
         over=_choice_field(fields, "over", views.OVERS, "heads"),
         norm=_choice_field(fields, "norm", views.norms(), "raw"),
         k=_int_field(fields, "k", MAX_K + 1, "k", default=10),  # 0: MapSpec says why
+        scale=_choice_field(fields, "scale", views.SCALES, "own"),
     )
     return params
 
@@ -369,7 +374,7 @@ def view_map(state: StoreState, fields: dict) -> flask.Response:
     params = _view_params(state, fields)
     with checksum_guard(state.ds, params.image):
         data = views.heatmap(state, params)
-    z, cmax = figures.map_values(views.geometry(state, params.image), data.tiles, data.glob, data.vmax)
+    z, cmax = figures.map_values(views.geometry(state, params.image), data.tiles, data.glob, data.cmax)
     return flask.jsonify(
         {
             "success": True,
@@ -379,6 +384,7 @@ def view_map(state: StoreState, fields: dict) -> flask.Response:
             "traces": list(z),
             "z": [json_grid(values) for values in z.values()],
             "cmax": cmax,
+            "colourbar": colourbar_title(data.share, params.scale),
         }
     )
 

@@ -8,12 +8,15 @@ WSGI hosts (gunicorn: ``create_app("store.zarr").server``) can mount as many app
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import dash
+import flask
 import xarray as xr
 
 from explorer import api, layout
+from explorer.guard import guard
 from explorer.panels import compare as compare_panel
 from explorer.panels import (
     controls,
@@ -57,6 +60,7 @@ def create_app(
     storage_options: dict | None = None,
     panels=PANELS,
     compare: str | xr.Dataset | StoreState | None = None,
+    allowed_hosts: Iterable[str] = (),
     **dash_kwargs,
 ) -> dash.Dash:
     """Build the explorer for one store.
@@ -70,6 +74,7 @@ def create_app(
     panels : the panel modules to show (see explorer/panels/__init__.py), in page order.
     compare : a second store (same forms as `store`) shown beside it: the compare panel is added
         after the side column's panels. Without it there is no compare panel.
+    allowed_hosts : Host header names accepted besides the loopback ones (`explorer.guard`; "*": any).
     **dash_kwargs : passed to `dash.Dash` (e.g. ``url_base_pathname="/explorer/"``).
 
     Returns
@@ -101,8 +106,15 @@ def create_app(
     for panel in panels:
         panel.register(app, state)
     api.register(app, state)
+    # A client's unknown script path is its mistake: 404, not a logged traceback (Dash raises).
+    app.server.register_error_handler(dash.exceptions.DependencyException, _no_such_script)
+    guard(app.server, allowed_hosts)
     app.attnstore_state = state
     return app
+
+
+def _no_such_script(_err) -> flask.Response:
+    return flask.Response("no such file\n", 404, mimetype="text/plain")
 
 
 def warm_up(app: dash.Dash) -> None:

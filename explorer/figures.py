@@ -18,6 +18,7 @@ from dash import Patch
 from attnstore import render
 from attnstore.render.colors import plotly_colorscale
 from attnstore.render.geometry import FigureGeometry, Panel, grid_shapes, object_shapes
+from attnstore.render.scale import colour_top
 
 TRACE_TILES, TRACE_GLOBAL, TRACE_MARK, TRACE_SINKS = 0, 1, 2, 3
 HOVER = "%{customdata[1]} · sub-patch %{customdata[2]}<br>value %{z:.4g}<br>token #%{customdata[0]}<extra></extra>"
@@ -57,6 +58,8 @@ def overlay_figure(
     grid_lines: bool = True,
     boxes: bool = True,
     height_px: int | None = None,
+    colourbar: str = "attention",
+    compact: bool = False,
 ) -> dict:
     """The main figure (a plotly figure dict): the image (drawn once) with the heatmap traces over it.
 
@@ -65,8 +68,11 @@ def overlay_figure(
     geom : `figure_geometry` of the image.
     image_src : URL or data URI of the display image.
     tiles, glob : # [grid_row, grid_col], # [global_row, global_col] values (None = no overlay yet).
-    vmax : top of the colour scale (bottom is 0).
+    vmax : top of the colour scale (bottom is 0; `attnstore.render.scale.colour_top`).
     boxes : draw the image's object boxes (`geom.objects`), the asked object highlighted.
+    colourbar : the colour bar's title (`attnstore.render.scale.colourbar_title`: says the image share).
+    compact : a small copy (the compare panel): a horizontal colour bar under the picture, a short
+        caption under the global view, box labels only on the main picture.
     """
     w, h = geom.extent
     height_px = height_px or int(np.clip(760 * h / w + 10, 300, 620))  # about the column width times the aspect
@@ -82,7 +88,7 @@ def overlay_figure(
                 "xref": "x",
                 "yref": "y",
                 "yanchor": "top",
-                "text": f"global view (whole image, {g.shape[0]}x{g.shape[1]} tokens)",
+                "text": "global view" if compact else f"global view (whole image, {g.shape[0]}x{g.shape[1]} tokens)",
                 "showarrow": False,
                 "font": {"size": 11, "color": "#555"},
                 "yshift": -4,
@@ -109,16 +115,16 @@ def overlay_figure(
     layout = {
         "images": images,
         "annotations": annotations,
-        "shapes": layout_shapes(geom, grid_lines, boxes),
+        "shapes": layout_shapes(geom, grid_lines, boxes, compact),
         "coloraxis": {
             "colorscale": plotly_colorscale(cmap),
             "cmin": 0.0,
             "cmax": vmax if vmax else 1.0,
-            "colorbar": {"thickness": 12, "len": 0.8, "title": {"text": "attention", "side": "right"}},
+            "colorbar": _colourbar(colourbar, compact),
         },
         "xaxis": {"range": [0, w], "visible": False, "constrain": "domain"},
         "yaxis": {"range": [h, 0], "visible": False, "scaleanchor": "x", "constrain": "domain"},
-        "margin": {"l": 4, "r": 4, "t": 4, "b": 4},
+        "margin": {"l": 4, "r": 4, "t": 4, "b": 48 if compact else 4},  # compact: room for the colour bar
         "height": height_px,
         "dragmode": False,
         "showlegend": False,
@@ -130,6 +136,14 @@ def overlay_figure(
     # A plain dict: plotly's validation of go.Figure costs ~20 ms here for nothing (tests validate it).
     traces = [_heatmap_trace(geom.tiles, tiles, opacity, "tiles"), _heatmap_trace(geom.glob, glob, opacity, "global")]
     return {"data": [*traces, mark, sinks], "layout": layout}
+
+
+def _colourbar(title: str, compact: bool) -> dict:
+    """The colour bar: beside the picture, or (compact) a thin bar under it, clear of the global view's caption."""
+    if compact:
+        return {"orientation": "h", "thickness": 8, "len": 0.9, "y": -0.02, "yanchor": "top",
+                "title": {"text": title, "side": "top"}, "tickfont": {"size": 9}}  # fmt: skip
+    return {"thickness": 12, "len": 0.8, "title": {"text": title, "side": "right"}}
 
 
 def _layout_image(src: str, x: float, y: float, w: float, h: float) -> dict:
@@ -168,6 +182,7 @@ def heatmap_patch(
     opacity: float | None = None,
     grid_lines: bool | None = None,
     boxes: bool | None = None,
+    colourbar: str | None = None,
 ) -> Patch:
     """The per-click update of `overlay_figure`: new values and colour range; colours, opacity and
     lines only when given (None = unchanged), so plotly redraws as little as possible."""
@@ -178,6 +193,8 @@ def heatmap_patch(
         if opacity is not None:
             patch["data"][index]["opacity"] = opacity
     patch["layout"]["coloraxis"]["cmax"] = cmax
+    if colourbar is not None:
+        patch["layout"]["coloraxis"]["colorbar"]["title"]["text"] = colourbar
     if cmap is not None:
         patch["layout"]["coloraxis"]["colorscale"] = plotly_colorscale(cmap)
     if grid_lines is not None or boxes is not None:  # one list holds both: the caller gives both
@@ -185,9 +202,10 @@ def heatmap_patch(
     return patch
 
 
-def layout_shapes(geom: FigureGeometry, grid_lines: bool, boxes: bool) -> list[dict]:
-    """Tile lines (if `grid_lines`), the global panel's frame, and object boxes (if `boxes`)."""
-    return grid_shapes(geom, grid_lines) + (object_shapes(geom) if boxes else [])
+def layout_shapes(geom: FigureGeometry, grid_lines: bool, boxes: bool, compact: bool = False) -> list[dict]:
+    """Tile lines (if `grid_lines`), the global panel's frame, and object boxes (if `boxes`; labelled
+    on the main picture, none when `compact`: small labels overlap)."""
+    return grid_shapes(geom, grid_lines) + (object_shapes(geom, labels=not compact) if boxes else [])
 
 
 def key_centres(geom: FigureGeometry, keys) -> tuple[list[float], list[float]]:
@@ -371,11 +389,11 @@ def modality_figure(token: np.ndarray, mean: np.ndarray | None, kinds: list[str]
             go.Scatter(x=layers, y=token[:, k], mode="lines+markers", name=kind, marker={"size": 4}, line=line,
                        hovertemplate=hover + " (token)<extra></extra>")
         )  # fmt: skip
-        if mean is not None:
+        if mean is not None:  # one legend entry per kind: the legend's title explains the dotted lines
             line = {"color": colour, "width": 1.5, "dash": "dot"}
             traces.append(
                 go.Scatter(x=layers, y=mean[:, k], mode="lines", name=f"{kind} (dataset)", line=line,
-                           hovertemplate=hover + " (dataset mean)<extra></extra>")
+                           hovertemplate=hover + " (dataset mean)<extra></extra>", showlegend=False)
             )  # fmt: skip
     fig = go.Figure(traces)
     fig.add_vline(x=layer, line={"color": "#e4572e", "width": 1})
@@ -385,8 +403,12 @@ def modality_figure(token: np.ndarray, mean: np.ndarray | None, kinds: list[str]
         yaxis={"range": [0, 1], "tickformat": ".0%", "title": {"text": "attention mass"}, "gridcolor": "#eee"},
         xaxis={"title": {"text": "layer"}, "dtick": max(1, token.shape[0] // 10)},
     )
-    fig.update_layout(showlegend=True, legend={"orientation": "h", "y": -0.35, "font": {"size": 10}})
-    fig.update_layout(height=240, margin={"l": 40, "r": 8, "t": 8, "b": 70})
+    # a legend of one entry per kind under a title, inside the figure: 8 entries overflowed
+    # the side column at 1500 px into a legend with its own scroll bar
+    legend = {"orientation": "h", "y": -0.3, "yanchor": "top", "font": {"size": 10}}
+    if mean is not None:
+        legend["title"] = {"text": "dotted: dataset mean", "side": "top", "font": {"size": 10, "color": "#666"}}
+    fig.update_layout(showlegend=True, legend=legend, height=250, margin={"l": 40, "r": 8, "t": 8, "b": 80})
     return fig
 
 
@@ -457,6 +479,16 @@ def gallery_order(share: np.ndarray, ent: np.ndarray, sort: str, lift: np.ndarra
     if sort == "entropy":
         return [int(i) for i in np.argsort(ent, kind="stable")]
     return list(range(share.shape[0]))
+
+
+def head_tops(grids: np.ndarray, share: np.ndarray, shared_top: float | None, scale: str) -> list[float]:
+    """The colour top of each head's thumbnail (`attnstore.render.scale.colour_top`): its own maximum,
+    or the token's one shared top; a head with a negligible image share faded either way.
+
+    grids : # [head, grid_row, grid_col]; share : # [head] image share of each head.
+    """
+    own = [float(np.nanmax(g)) if np.isfinite(g).any() else 0.0 for g in grids]
+    return [colour_top(o, float(s), shared_top, scale) for o, s in zip(own, share, strict=True)]
 
 
 def thumbnail_uri(grid: np.ndarray, cmap: str, vmax: float | None = None, cell_px: int = 3) -> str:

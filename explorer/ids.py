@@ -45,6 +45,7 @@ OPACITY = "opacity"
 CMAP = "cmap"
 GRID = "grid-lines"
 BOXES = "object-boxes"
+SCALE = "colour-scale"
 PLAY = "play"
 PLAY_TIMER = "play-timer"
 

@@ -25,6 +25,31 @@ from explorer.state import StoreState
 from explorer.views import ViewParams
 
 COLUMNS = ("top", "picker", "center", "controls", "side", "hidden")  # where a panel goes (its COLUMN)
+SMALL_GRAPH = {"displayModeBar": False}  # the side panels' charts: no plotly toolbar
+
+
+def panel_head(title: str, tip: str | None = None, controls=None):
+    """A panel's header: its title (with a tooltip) and, when given, its own controls beside it."""
+    heading = html.H3(title, title=tip) if tip else html.H3(title)
+    return heading if controls is None else html.Div([heading, controls], className="panel-head")
+
+
+def side_panel(
+    title: str,
+    tip: str | None = None,
+    info: str | None = None,
+    hint: str | None = "select a token",
+    graphs: Sequence[str] = (),
+    controls=None,
+) -> list:
+    """The skeleton every side panel shares: header (`panel_head`), a hint line (the element `info`
+    when the panel rewrites it; none when `hint` is None), then its small charts (ids `graphs`)."""
+    if info:
+        lines = [html.Div(hint, id=info, className="hint")]
+    else:
+        lines = [] if hint is None else [html.Div(hint, className="hint")]
+    charts = [dcc.Graph(id=graph, config=SMALL_GRAPH, className="small-figure") for graph in graphs]
+    return [panel_head(title, tip, controls), *lines, *charts]
 
 
 @dataclass

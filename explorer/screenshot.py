@@ -46,15 +46,10 @@ def take(store: str, out: str, query: str = "", width: int = 1500, height: int =
             page.wait_for_function("() => (window.__attnRenders || 0) > 0", timeout=30_000)
             image = int(page.evaluate("JSON.parse(document.getElementById('view-state').textContent).image"))
             geom = views.geometry(app.attnstore_state, image)
-            r, c = geom.tiles.shape[0] // 3, geom.tiles.shape[1] // 3
-            xy = page.evaluate(
-                """([x, y]) => { const gd = document.querySelector('#heatmap .js-plotly-plot');
-                    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, b = gd.getBoundingClientRect();
-                    return [b.left + xa._offset + xa.l2p(x), b.top + ya._offset + ya.l2p(y)]; }""",
-                [float(geom.tiles.x_edges[c : c + 2].mean()), float(geom.tiles.y_edges[r : r + 2].mean())],
-            )
-            page.mouse.click(*xy)
-            page.wait_for_selector("#token-strip .tok.rev", timeout=15_000)
+            if geom.tiles is not None:  # a patch to click (sequence-only stores have none)
+                _click_patch(page, geom.tiles)
+            else:  # nothing to wait on: give the side panels the time the click would have
+                page.wait_for_timeout(3000)
             page.mouse.move(5, 5)
             page.wait_for_timeout(800)  # side panels settle
             page.evaluate("document.getElementById('token-strip').scrollTop = 0")
@@ -62,6 +57,19 @@ def take(store: str, out: str, query: str = "", width: int = 1500, height: int =
             browser.close()
     finally:
         server.shutdown()
+
+
+def _click_patch(page, tiles) -> None:
+    """Select a patch a third of the way into the grid, for the reverse view."""
+    r, c = tiles.shape[0] // 3, tiles.shape[1] // 3
+    xy = page.evaluate(
+        """([x, y]) => { const gd = document.querySelector('#heatmap .js-plotly-plot');
+            const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, b = gd.getBoundingClientRect();
+            return [b.left + xa._offset + xa.l2p(x), b.top + ya._offset + ya.l2p(y)]; }""",
+        [float(tiles.x_edges[c : c + 2].mean()), float(tiles.y_edges[r : r + 2].mean())],
+    )
+    page.mouse.click(*xy)
+    page.wait_for_selector("#token-strip .tok.rev", timeout=15_000)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ against any attnstore store.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import flask
@@ -15,6 +16,7 @@ import xarray as xr
 
 from attnstore.errors import InvalidArgument
 from explorer import api
+from explorer.guard import guard
 from explorer.state import StoreState
 
 
@@ -29,7 +31,10 @@ def check_folder(folder: str | Path) -> Path:
 
 
 def create_seed_app(
-    store: str | xr.Dataset | StoreState, folder: str | Path, storage_options: dict | None = None
+    store: str | xr.Dataset | StoreState,
+    folder: str | Path,
+    storage_options: dict | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> flask.Flask:
     """A Flask app serving the seed frontend in `folder` on `store`.
 
@@ -38,6 +43,7 @@ def create_seed_app(
     store : store path, fsspec URL, open Dataset or StoreState (as for `explorer.create_app`).
     folder : the seed viewer's folder (templates/index.html, static/).
     storage_options : fsspec options for remote stores.
+    allowed_hosts : Host header names accepted besides the loopback ones (`explorer.guard`).
 
     Returns
     -------
@@ -54,10 +60,21 @@ def create_seed_app(
         __name__,
         root_path=str(path),
         template_folder=str(path / "templates"),
-        static_folder=str(path / "static"),
-        static_url_path="/static",
+        static_folder=None,  # Flask's static view follows symlinks out of the folder: `_static_file` does not
     )
+    static = (path / "static").resolve()
     server.add_url_rule("/", "index", lambda: flask.render_template("index.html"))
+    server.add_url_rule("/static/<path:filename>", "static", lambda filename: _static_file(static, filename))
     api.add_routes(server, state, token_objects=True)
+    guard(server, allowed_hosts)
     server.attnstore_state = state
     return server
+
+
+def _static_file(static: Path, filename: str) -> flask.Response:
+    """A regular file inside `static` (a resolved path), symlinks resolved first: a link to a file
+    outside the folder, or to a FIFO or device, is 404 like a missing file."""
+    target = (static / filename).resolve()
+    if not target.is_relative_to(static) or not target.is_file():
+        flask.abort(404)
+    return flask.send_file(target)

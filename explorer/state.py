@@ -23,6 +23,7 @@ import xarray as xr
 import zarr
 from PIL import Image
 
+from attnstore.analysis.select import stored_pixels
 from attnstore.errors import InvalidArgument, NotFound
 from attnstore.render.text import display_text, quoted, tokenizer_style
 from attnstore.schema import OBJECT_BOX, TokenKind
@@ -161,6 +162,13 @@ class StoreState:
         return OBJECT_BOX in self.ds
 
     @property
+    def no_patch_map(self) -> str:
+        """Why the store has no patch map (extracted in sequence-only mode), or "" when it has one."""
+        if self.attrs.get("geometry") != "none":
+            return ""
+        return f"no patch map: {self.attrs.get('geometry_note', 'the store has no patch geometry')}"
+
+    @property
     def random_weights(self) -> bool:
         return bool(self.attrs.get("random_weights", False))
 
@@ -221,7 +229,7 @@ class StoreState:
     # -- pictures ------------------------------------------------------------------------------------
     def pixels(self, index: int) -> np.ndarray:
         """The display copy of an image  # [y, x, rgb] uint8 (one chunk read)."""
-        return np.asarray(self.image(index).img["pixels"].values)
+        return stored_pixels(self.image(index).img, index)
 
     def picture_png(self, index: int) -> bytes:
         return self.cached("picture", lambda: _png(self.pixels(index)), key=index)

@@ -14,12 +14,15 @@ from attnstore.schema import TokenKind
 
 IMAGE_KINDS = (int(TokenKind.IMAGE_TILE), int(TokenKind.IMAGE_GLOBAL), int(TokenKind.IMAGE_SPECIAL))
 PATCH_KINDS = (int(TokenKind.IMAGE_TILE), int(TokenKind.IMAGE_GLOBAL))
+TOKENS_PER_CHIP_ROW = 16  # image tokens without geometry, laid out in sequence order when their chip opens
 
 
 def chip_label(tile: int, kind: int, tile_cols: int) -> str:
     """Label of the chip of one tile (1-based row/col, like the model's <row_r_col_c> markers) or of the global view."""
-    if kind == int(TokenKind.IMAGE_GLOBAL) or tile < 0:
+    if kind == int(TokenKind.IMAGE_GLOBAL):
         return "global image"
+    if tile < 0:  # image tokens without geometry (sequence-only mode)
+        return "image tokens"
     row, col = divmod(tile, max(tile_cols, 1))
     return f"tile {row + 1},{col + 1}"
 
@@ -92,6 +95,8 @@ def _add_chip(items, pending, start, kinds, patch_tile, patch_row, patch_col, ti
     while end < kinds.shape[0] and int(kinds[end]) == kind and int(patch_tile[end]) == tile:
         end += 1
     rows, cols = np.asarray(patch_row[start:end]), np.asarray(patch_col[start:end])
+    if (rows < 0).any():  # no geometry (sequence-only mode): the tokens in sequence order, a picker only
+        rows, cols = np.divmod(np.arange(end - start), TOKENS_PER_CHIP_ROW)
     rows, cols = rows - rows.min(), cols - cols.min()  # position inside the tile
     items.append(
         {

@@ -17,21 +17,30 @@ from attnstore.analysis import (
     MapResult,
     MapSpec,
     compute_map,
+    image_key_mask,
     patch_grid,
     reverse_attention,
+    sink_keys,
     token_grounding,
 )
 from attnstore.analysis.grounding import has_object, object_index
 from attnstore.errors import AttnstoreError, InvalidArgument
 from attnstore.render.export import json_grid
 from attnstore.render.geometry import FigureGeometry, figure_geometry
+from attnstore.render.scale import NEGLIGIBLE_SHARE, SCALES, colour_top, negligible
 from attnstore.render.text import quoted
-from attnstore.schema import OBJECT_BOX, OBJECT_LABEL, TARGET_OBJECT
+from attnstore.schema import OBJECT_BOX, OBJECT_LABEL, TARGET_OBJECT, TokenKind
 from explorer.state import StoreState
 
 OVERS = {"heads": "heads of this layer", "layers": "this head, all layers", "all": "all layers and heads"}
-URL_KEYS = ("image", "token", "layer", "head", "mode", "over", "norm", "k")
+DEFAULT_OVER = {"rollout": "all"}  # a method's own default reach (rollout is defined through all layers)
+URL_KEYS = ("image", "token", "layer", "head", "mode", "over", "norm", "k", "scale")
 GROUNDING_IMAGES = 32  # the default head is the best localising one over this many first images
+FIRST_VIEW_TOKENS = 48  # the measured first view weighs at most this many answer tokens (one chunk read each)
+STOP_WORDS = frozenset(
+    "the and with this that there these those are for from its has have was were which into onto near over "
+    "under what who how where when image picture photo shows".split()
+)  # answer words that say nothing about where to look
 
 
 def modes() -> dict[str, str]:
@@ -56,13 +65,14 @@ class ViewParams:
     over: str = "heads"  # what a method reduces over (see OVERS)
     norm: str = "raw"  # a name of `NORMALISATIONS`
     k: int = 10  # top-k of "entropy_topk"
+    scale: str = "own"  # colour scale, a name of `SCALES` (display only: the map's values do not change)
 
     @classmethod
-    def from_controls(cls, image, token, layer, head, mode, over, norm, k=None) -> ViewParams:
+    def from_controls(cls, image, token, layer, head, mode, over, norm, k=None, scale=None) -> ViewParams:
         """From the controls' values (None = the default)."""
         return cls(image=int(image), token=None if token is None else int(token), layer=int(layer or 0),
                    head=int(head or 0), mode=mode or "head", over=over or "heads", norm=norm or "raw",
-                   k=int(k or 10))  # fmt: skip
+                   k=int(k or 10), scale=scale if scale in SCALES else "own")  # fmt: skip
 
     def to_query(self) -> str:
         """The permalink query string (without '?')."""
@@ -93,6 +103,12 @@ class ViewParams:
         return f"{modes().get(self.mode, self.mode)} over {where.get(self.over, 'all layers and heads')}"
 
 
+def over_for_mode(mode: str | None, over: str | None) -> str:
+    """What a method reduces over once the user picks it from the menu: its own default reach where it
+    has one (rollout: through all layers, as it is defined), else the current choice."""
+    return DEFAULT_OVER.get(mode or "head", over or "heads")
+
+
 def parse_query(search: str | None, state: StoreState) -> tuple[ViewParams, list[str]]:
     """A permalink query string -> checked ViewParams and the problems found (bad values fall back to defaults)."""
     fields = {k: v[-1] for k, v in parse_qs((search or "").lstrip("?")).items()}
@@ -111,7 +127,7 @@ def parse_query(search: str | None, state: StoreState) -> tuple[ViewParams, list
             params = replace(params, **{name: value})
         except ValueError:
             problems.append(f"{name}={fields[name]} in the link is not in {lo}-{hi}; showing {getattr(params, name)}")
-    for name, allowed in (("mode", modes()), ("over", OVERS), ("norm", norms())):
+    for name, allowed in (("mode", modes()), ("over", OVERS), ("norm", norms()), ("scale", SCALES)):
         if name in fields:
             if fields[name] in allowed:
                 params = replace(params, **{name: fields[name]})
@@ -121,9 +137,10 @@ def parse_query(search: str | None, state: StoreState) -> tuple[ViewParams, list
         meta = state.image(params.image)
     except AttnstoreError as err:
         problems.append(str(err))
-        kept = {k: getattr(params, k) for k in ("layer", "head", "mode", "over", "norm", "k")}
+        kept = {k: getattr(params, k) for k in ("layer", "head", "mode", "over", "norm", "k", "scale")}
         return replace(default, **kept), problems
-    token = meta.default_token()
+    # the default view's (measured) token on its image, else the image's first answer token
+    token = default.token if params.image == default.image and default.token is not None else meta.default_token()
     if fields.get("token") == "none":
         token = None
     elif "token" in fields:
@@ -140,12 +157,69 @@ def parse_query(search: str | None, state: StoreState) -> tuple[ViewParams, list
 
 def default_params(state: StoreState) -> ViewParams:
     """The first complete image, its first answer token, and the head that best localises the asked
-    objects (a store with `target_object`, like the demo's) or else a middle layer's head 0."""
+    objects (a store with `target_object`, like the demo's); a store without asked objects opens on
+    a view chosen by measurement (`measured_first_view`)."""
+    if TARGET_OBJECT not in state.ds:
+        return measured_first_view(state)
     layer, head = best_grounding_head(state) or (state.n_layers // 2, 0)
     image = state.first_image()
     if image is None:
         return ViewParams(layer=layer, head=head)
     return ViewParams(image=image, token=state.image(image).default_token(), layer=layer, head=head)
+
+
+def content_tokens(meta) -> list[int]:
+    """Answer tokens that name something (alphabetic, 3+ letters, not a stop word) and have a stored row."""
+    kinds = np.asarray(meta.img["token_kind"].values)
+    words = {int(p): meta.display[int(p)].strip() for p in meta.query_position[:] if kinds[p] == TokenKind.GENERATED}
+    return [p for p, w in words.items() if w.isalpha() and len(w) >= 3 and w.lower() not in STOP_WORDS]
+
+
+def focus_scores(state: StoreState, image: int, row: int) -> np.ndarray:
+    """How much each head's map of one token shows a place in the picture  # [layer, head]: the share
+    of its attention on image patches that are not sinks, times 1 - the normalised entropy of that
+    attention (the weight `entropy_topk` gives a head; a head that looks at a sink, or at nothing,
+    scores 0)."""
+    meta = state.image(image)
+    weights = state.ds.attn.weights(image, row)  # [layer, head, key] raw
+    clean = image_key_mask(meta.img).values & ~sink_keys(weights, meta.img).values  # [key]
+    picture = np.asarray(weights.values)[..., clean]  # [layer, head, patch]
+    share = picture.sum(-1)  # [layer, head]
+    if picture.shape[-1] < 2:
+        return np.zeros(share.shape, np.float32)
+    p = picture / np.where(share > 0, share, 1.0)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), -1) / np.log(picture.shape[-1])  # 0..1
+    return np.nan_to_num(share * (1.0 - ent)).astype(np.float32)
+
+
+def measured_first_view(state: StoreState) -> ViewParams:
+    """The first view of a store without asked objects, chosen by measurement on its first image: the
+    content answer token (`content_tokens`; any answer token if none) whose most focused head
+    (`focus_scores`) scores highest, at that layer and head. Measured once per opened store (one
+    chunk read per candidate token)."""
+    image = state.first_image()
+    fallback = ViewParams(layer=state.n_layers // 2)
+    if image is None:
+        return fallback
+
+    def make() -> ViewParams:
+        meta = state.image(image)
+        kinds = np.asarray(meta.img["token_kind"].values)
+        answer = [int(p) for p in meta.query_position if kinds[p] == TokenKind.GENERATED]
+        candidates = (content_tokens(meta) or answer)[:FIRST_VIEW_TOKENS]
+        if not candidates:
+            return replace(fallback, image=image, token=meta.default_token())
+        scores = np.stack([focus_scores(state, image, meta.query_of(p)) for p in candidates])  # [token, layer, head]
+        best = scores.reshape(len(candidates), -1).max(1)  # [token]
+        # ties (e.g. nothing focused anywhere) go to the longer word, then the earlier one
+        pick = max(range(len(candidates)), key=lambda i: (best[i], len(meta.display[candidates[i]].strip()), -i))
+        layer, head = (int(v) for v in np.unravel_index(int(np.argmax(scores[pick])), scores.shape[1:]))
+        if best[pick] <= 0:
+            layer, head = fallback.layer, 0
+        return ViewParams(image=image, token=candidates[pick], layer=layer, head=head)
+
+    return state.cached("measured-first-view", make, key=image)
 
 
 # -- the map of a view ----------------------------------------------------------------------------
@@ -159,8 +233,10 @@ class ViewMap:
     result: MapResult
     tiles: np.ndarray | None
     glob: np.ndarray | None
-    vmax: float
+    vmax: float  # the map's own largest value
     note: str  # why the map looks as it does, when that is not obvious (e.g. all zero)
+    share: float = float("nan")  # the token's image share over the view's layers and heads (0..1)
+    cmax: float = 1.0  # the top of the colour range it is drawn with (`attnstore.render.scale.colour_top`)
 
     @property
     def query(self) -> int:
@@ -168,14 +244,40 @@ class ViewMap:
 
 
 def heatmap(state: StoreState, params: ViewParams) -> ViewMap:
-    """The view's map through the library pipeline (`compute_map`), on both grids of the image."""
+    """The view's map through the library pipeline (`compute_map`), on both grids of the image, with
+    its image share and an honest colour range (`attnstore.render.scale`)."""
     result = compute_map(state.ds, params.spec(state))
     geom = geometry(state, params.image)  # which grids the image has (cached)
     # patch_grid, not result.grid(): no labels needed here, and each grid is made once (MapResult.vmax
     # and has_view would rebuild them: ~15 ms a click)
     tiles = patch_grid(result.values, result.img, "tiles").values if geom.tiles is not None else None
     glob = patch_grid(result.values, result.img, "global").values if geom.glob is not None else None
-    return ViewMap(params, result, tiles, glob, _vmax(tiles, glob), _note(state, params))
+    vmax, share = _vmax(tiles, glob), view_share(state, params)
+    top = shared_top(state, params) if params.scale == "shared" or negligible(share) else None
+    cmax = colour_top(vmax, share, top, params.scale)
+    return ViewMap(params, result, tiles, glob, vmax, _note(state, params, share), share, cmax)
+
+
+def view_share(state: StoreState, params: ViewParams) -> float:
+    """The token's image share over the view's layers and heads (their mean)."""
+    share = layer_head_stats(state, params)["share"]  # [layer, head]
+    layers, heads = params.selection()
+    return float(share[layers or slice(None)][:, heads or slice(None)].mean())
+
+
+def shared_top(state: StoreState, params: ViewParams) -> float:
+    """The top of the token's shared colour scale: the largest value any layer's head gives an image
+    patch, under the view's normalisation (a method's map of those heads never exceeds it, except
+    rollout, whose own maximum `colour_top` keeps)."""
+    meta = state.image(params.image)
+    row = meta.query_of(params.token)
+
+    def make() -> float:
+        weights = state.ds.attn.weights(params.image, row, params.norm).values  # [layer, head, key]
+        values = weights[..., image_key_mask(meta.img).values]  # [layer, head, patch]
+        return float(np.nanmax(values)) if values.size and np.isfinite(values).any() else 0.0
+
+    return state.cached("shared-top", make, (params.image, row, params.norm), 64)
 
 
 def _vmax(*grids: np.ndarray | None) -> float:
@@ -184,12 +286,18 @@ def _vmax(*grids: np.ndarray | None) -> float:
     return max(parts) if parts else 0.0
 
 
-def _note(state: StoreState, params: ViewParams) -> str:
+def _note(state: StoreState, params: ViewParams, share: float) -> str:
     meta = state.image(params.image)
     if meta.before_image(params.token):
         return (
             f"token #{params.token} {quoted(meta.display[params.token])} comes before the image: causal attention "
             "cannot see image patches, so its map is all zero"
+        )
+    if negligible(share):
+        return (
+            f"only {share:.1%} of the token's attention is on the image here (negligible: under "
+            f"{NEGLIGIBLE_SHARE:.0%}): it barely looks at the image, so the map is drawn faded in proportion, "
+            "not stretched to full colour"
         )
     return ""
 
@@ -305,6 +413,8 @@ def view_state(params: ViewParams, data: ViewMap | None, style: dict, server_ms:
         "query": data.query if data else None,
         "permalink": params.to_query(),
         "vmax": data.vmax if data else None,
+        "cmax": data.cmax if data else None,
+        "image_share": data.share if data and np.isfinite(data.share) else None,
         "tiles": json_grid(data.tiles) if data and data.tiles is not None else None,
         "global": json_grid(data.glob) if data and data.glob is not None else None,
         "server_ms": round(server_ms, 3),

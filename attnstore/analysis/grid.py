@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 
 from attnstore.analysis.select import ImageVariables, values_of
-from attnstore.errors import InvalidArgument
+from attnstore.errors import InvalidArgument, NoGeometry
 from attnstore.schema import KEY, TokenKind
 
 VIEWS = ("tiles", "global", "tile")
@@ -25,6 +25,8 @@ def patch_grid(values: xr.DataArray, img: xr.Dataset, view: str = "tiles") -> xr
         "global" -> [..., global_row, global_col], the global thumbnail's grid;
         "tile" -> [..., tile, sub_row, sub_col], one grid per tile.
     """
+    if img.attrs.get("geometry") == "none":
+        raise NoGeometry(f"no patch map: {img.attrs.get('geometry_note', 'the store has no patch geometry')}")
     vals = np.asarray(values.transpose(..., KEY).values, np.float32)  # [..., key]
     grid, dims = place_on_grid(vals, img, view)
     lead = [d for d in values.dims if d != KEY]
@@ -43,6 +45,8 @@ def place_on_grid(vals: np.ndarray, img: ImageVariables, view: str = "tiles") ->
     row, col = value("patch_row"), value("patch_col")
     wanted = TokenKind.IMAGE_GLOBAL if view == "global" else TokenKind.IMAGE_TILE
     mask = kind == int(wanted)
+    if (row[mask] < 0).any():  # image tokens without a cell (sequence-only mode): -1 would index the last one
+        raise NoGeometry("no patch map: this store's image tokens have no patch geometry (geometry: none)")
     if view == "global":
         shape, dims = (size("global_rows"), size("global_cols")), ("global_row", "global_col")
         index = (row[mask], col[mask])

@@ -58,6 +58,7 @@ from attnstore.cli import extract as _extract  # noqa: E402,F401
 from attnstore.cli import grounding as _grounding  # noqa: E402,F401
 from attnstore.cli import inspect as _inspect  # noqa: E402,F401
 from attnstore.cli import legacy as _legacy  # noqa: E402,F401
+from attnstore.cli import models as _models  # noqa: E402,F401
 from attnstore.cli import pack as _pack  # noqa: E402,F401
 from attnstore.cli import pope as _pope  # noqa: E402,F401
 from attnstore.cli import serve as _serve  # noqa: E402,F401

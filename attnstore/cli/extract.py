@@ -9,6 +9,7 @@ import typer
 
 from attnstore.cli import app
 from attnstore.cli.runs import BATCH_HELP, DEVICE_HELP, DTYPE_HELP, KERNEL_HELP, summarise_run
+from attnstore.cli.serve import ALLOW_HOST_OPTION, allowed_hosts, check_port, serve_store
 from attnstore.errors import AttnstoreError
 
 
@@ -126,6 +127,7 @@ def demo(
     random: Annotated[
         bool, typer.Option("--random", help="Use the random-weight tiny model on the sample images (geometry only).")
     ] = False,
+    allow_host: ALLOW_HOST_OPTION = None,
 ) -> None:
     """Build a demo store offline (the shipped demo model on synthetic scenes if this installation
     has it, else the tiny random-weight model), then explore it."""
@@ -133,10 +135,9 @@ def demo(
     from attnstore.demo import RANDOM_WEIGHTS_NOTICE, build_demo_store, has_trained_model, trained_notice
     from attnstore.quiet import quiet_transformers
 
-    if serve:
-        from attnstore.cli.serve import check_port
-
-        check_port(host, port)  # before minutes of building: a busy port fails at once
+    if serve:  # before minutes of building: a wildcard host without --allow-host, or a busy port, fails at once
+        allowed_hosts(host, tuple(allow_host or ()))
+        check_port(host, port)
     quiet_transformers()
     model = "random" if random or not has_trained_model() else "trained"
     typer.secho(RANDOM_WEIGHTS_NOTICE if model == "random" else trained_notice(), fg="yellow")
@@ -144,6 +145,4 @@ def demo(
     summarise_run(report, out)
     print_info(out)
     if serve:
-        from attnstore.cli.serve import serve_store
-
-        serve_store(out, host=host, port=port)
+        serve_store(out, host=host, port=port, allow_hosts=tuple(allow_host or ()))

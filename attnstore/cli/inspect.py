@@ -36,6 +36,8 @@ def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     console.print(f"[bold]{path}[/bold]  schema v{a['schema_version']}, attnstore {a['attnstore_version']}")
     random = " [yellow]RANDOM WEIGHTS[/yellow]" if a.get("random_weights") else ""
     console.print(f"model: {a['model_id']} ({a.get('model_family', '?')}){random}")
+    if a.get("geometry") == "none":  # sequence-only mode
+        console.print(f"geometry: none, {escape(str(a.get('geometry_note', '')))}")
     console.print(f"attention({sizes}) float16, keep_bits={a.get('keep_bits')}, queries={a.get('queries', 'text')}")
     size = store_size_bytes(path)
     on_disk = "unknown (http)" if size is None else f"{size / 1e6:.1f} MB"

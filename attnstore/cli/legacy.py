@@ -60,6 +60,7 @@ def import_legacy(
         names = run_import(
             path, out, grid=parse_grid(grid), prompt_tokens=prompt_tokens, queries=queries, model_id=model_id,
             image_dir=image_dir, attn_dir=attn_dir, tile_tokens=tile_tokens, on_image=lambda name: bar.advance(task),
+            on_warning=lambda text: typer.secho(f"warning: {text}", err=True, fg="yellow"),
         )  # fmt: skip
     typer.echo(f"{out}: {len(names)} image(s) imported ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
 

@@ -29,10 +29,32 @@ from attnstore.models.hub import (  # noqa: F401  (hub_offline: re-exported for 
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class FamilyInfo:
+    """What `attnstore models` says about a family (declared on its adapter class).
+
+    Parameters
+    ----------
+    name : the models people know it by ("Qwen2.5-VL").
+    geometry : how image tokens map to the picture ("dynamic grid, 2 x 2 merge"), or "none".
+    tests : what the tests check for it.
+    tiny : "module:function" building its tiny random-weight model (tests, demo, device check), or "".
+    """
+
+    name: str
+    geometry: str
+    tests: str
+    tiny: str = ""
+
+
+CAPTURE_TESTS = "rows vs eager (sdpa, eager), batch 3 = 1, generate"  # what every family's capture tests check
+
+
 class ModelAdapter(ABC):
     """One VLM family. Instances hold a loaded model and its processor."""
 
     family: ClassVar[str]
+    info: ClassVar[FamilyInfo | None] = None  # for `attnstore models`
     attn_kernel: str = "sdpa"  # set by `load`
 
     def __init__(self, model: torch.nn.Module, processor, model_id: str, revision: str | None = None):
@@ -214,6 +236,10 @@ class ModelAdapter(ABC):
     def max_image_tokens(self) -> int:
         """Upper bound of image-block length for any image (sizes the store's key axis)."""
         return 0
+
+    def geometry_attrs(self) -> dict:
+        """Store attrs about the image geometry; sequence-only mode says `geometry: none` and why."""
+        return {}
 
 
 def _left_pad(values: torch.Tensor, width: int, fill) -> torch.Tensor:

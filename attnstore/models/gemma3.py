@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, global_view, place_view
-from attnstore.models.base import ModelAdapter
+from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<image_soft_token>"
@@ -57,7 +57,12 @@ GEMMA3_CHAT_TEMPLATE = (
 
 class Gemma3Adapter(ModelAdapter):
     family = "gemma3"
-    description = "Gemma 3: fixed square, pooled n x n token grid; pan-and-scan crops; bidirectional image blocks"
+    info = FamilyInfo(
+        name="Gemma 3",
+        geometry="fixed square, pooled n x n token grid; pan-and-scan crops as tiles; bidirectional image blocks",
+        tests="pixel boxes (wide, tall, pan-and-scan), the real image-block mask; " + CAPTURE_TESTS,
+        tiny="attnstore.models.tiny_families:build_random_gemma3",
+    )
     attention_mask = "image_blocks"  # store attr: each view's tokens see each other (validation's rule)
 
     def prepare(self, image: Image.Image, prompt: str) -> dict:

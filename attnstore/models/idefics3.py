@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from attnstore.geometry import ImageLayout
-from attnstore.models.base import ModelAdapter
+from attnstore.models.base import FamilyInfo, ModelAdapter
 from attnstore.models.idefics3_layout import (  # noqa: F401  (re-exported for adapters' users)
     FAKE_TOKEN,
     GLOBAL_TOKEN,
@@ -20,6 +20,12 @@ from attnstore.models.idefics3_layout import (  # noqa: F401  (re-exported for a
 
 class Idefics3Adapter(ModelAdapter):
     family = "idefics3"
+    info = FamilyInfo(
+        name="Idefics3, SmolVLM",
+        geometry="R x C tiles + a global thumbnail, from the <row_r_col_c> markers",
+        tests="pixel boxes per tile and thumbnail, rows vs eager (sdpa, eager), batch, generate",
+        tiny="attnstore.models.tiny:build_random_idefics3",
+    )
 
     def attention_modules(self) -> list[torch.nn.Module]:
         return [layer.self_attn for layer in self.model.model.text_model.layers]

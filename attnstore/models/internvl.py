@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, global_view, place_view, tile_views
-from attnstore.models.base import ModelAdapter
+from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<IMG_CONTEXT>"
@@ -43,7 +43,12 @@ INTERNVL_CHAT_TEMPLATE = (
 
 class InternVLAdapter(ModelAdapter):
     family = "internvl"
-    description = "InternVL: dynamic C x R tiles + thumbnail, pixel-shuffled n x n tokens per view"
+    info = FamilyInfo(
+        name="InternVL",
+        geometry="dynamic C x R tiles + thumbnail, pixel-shuffled n x n tokens per view",
+        tests="pixel boxes per tile and thumbnail, pixel-shuffle order; " + CAPTURE_TESTS,
+        tiny="attnstore.models.tiny_families:build_random_internvl",
+    )
 
     @classmethod
     def _load_processor(cls, source: str, local_files_only: bool):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, global_view, place_view
-from attnstore.models.base import ModelAdapter
+from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.models.llava import IMAGE_TOKEN, LlavaAdapter
 from attnstore.schema import TokenKind
 
@@ -56,7 +56,12 @@ class LlavaNextAdapter(LlavaAdapter):
     """LLaVA-NeXT (LLaVA-1.6): CLIP crops, unpadded crop grid with a newline token per row."""
 
     family = "llava_next"
-    description = "LLaVA-NeXT: any-resolution, base view + unpadded crop grid, newline token per row"
+    info = FamilyInfo(
+        name="LLaVA-NeXT",
+        geometry="any-resolution: base view + unpadded crop grid, a newline token per row",
+        tests="pixel boxes on 5 shapes (tiny and real settings), token counts; " + CAPTURE_TESTS,
+        tiny="attnstore.models.tiny_llava_anyres:build_random_llava_next",
+    )
 
     def prepare(self, image, prompt: str) -> dict:
         # `image_sizes` keeps the original size: no need for LLaVA-1.5's attribute.
@@ -117,7 +122,12 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     """LLaVA-OneVision: SigLIP crops, unpadded grid resampled down to about nine crops, newline per row."""
 
     family = "llava_onevision"
-    description = "LLaVA-OneVision: any-resolution, base view + unpadded (resampled) crop grid, newline per row"
+    info = FamilyInfo(
+        name="LLaVA-OneVision",
+        geometry="any-resolution: base view + unpadded (resampled) crop grid, a newline token per row",
+        tests="pixel boxes on 5 shapes (tiny and real settings), token counts; " + CAPTURE_TESTS,
+        tiny="attnstore.models.tiny_llava_anyres:build_random_llava_onevision",
+    )
 
     @classmethod
     def _load_processor(cls, source: str, local_files_only: bool):

@@ -20,7 +20,7 @@ import torch
 
 from attnstore.errors import ModelLoadError
 from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, place_view
-from attnstore.models.base import ModelAdapter
+from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN, BREAK_TOKEN, END_TOKEN = "[IMG]", "[IMG_BREAK]", "[IMG_END]"
@@ -39,7 +39,12 @@ MISTRAL3_CHAT_TEMPLATE = (
 
 class Mistral3Adapter(ModelAdapter):
     family = "mistral3"
-    description = "Mistral 3 / Pixtral: variable resolution, m x m merged R x C grid, [IMG_BREAK] per row"
+    info = FamilyInfo(
+        name="Mistral 3 / Pixtral",
+        geometry="variable resolution, m x m merged R x C grid, [IMG_BREAK] per row",
+        tests="pixel boxes, patch-merger order, break tokens; " + CAPTURE_TESTS,
+        tiny="attnstore.models.tiny_families:build_random_mistral3",
+    )
 
     @classmethod
     def _load_processor(cls, source: str, local_files_only: bool):

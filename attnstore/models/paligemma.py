@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, place_view
-from attnstore.models.base import ModelAdapter
+from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<image>"
@@ -29,7 +29,12 @@ CHAT_SPECIALS = ("<bos>", "<eos>", "<pad>", "<unk>")
 
 class PaliGemmaAdapter(ModelAdapter):
     family = "paligemma"
-    description = "PaliGemma: fixed square, P x P SigLIP patch grid; bidirectional prefix (image + prompt)"
+    info = FamilyInfo(
+        name="PaliGemma",
+        geometry="fixed square, P x P SigLIP patch grid; bidirectional prefix (image + prompt)",
+        tests="pixel boxes, the real prefix mask; " + CAPTURE_TESTS,
+        tiny="attnstore.models.tiny_families:build_random_paligemma",
+    )
     attention_mask = "prefix"  # store attr: the prompt's tokens see each other (validation's rule)
 
     @property

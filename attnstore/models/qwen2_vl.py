@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from attnstore.geometry import ImageLayout, empty_layout, finish_grids, place_view, tile_views
-from attnstore.models.base import ModelAdapter
+from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -52,14 +52,27 @@ QWEN2_VL_CHAT_TEMPLATE = (
 )
 
 
+
+
 class Qwen2VLAdapter(ModelAdapter):
+    """Qwen2-VL and, by subclassing, the later Qwen-VL families with the same token layout
+    (`qwen2_5_vl`, `qwen3_vl`): only the processor class and the module holding the layers differ."""
+
     family = "qwen2_vl"
+    info = FamilyInfo(
+        name="Qwen2-VL",
+        geometry="dynamic resolution: one grid over the whole image, m x m patches merged per token",
+        tests="pixel boxes on 5 shapes (tiny and real pixel budget); " + CAPTURE_TESTS,
+        tiny="attnstore.models.tiny:build_random_qwen2_vl",
+    )
+    processor_class_name = "Qwen2VLProcessor"  # the family's processor in transformers
 
     @classmethod
     def _load_processor(cls, source: str, local_files_only: bool):
-        # Qwen2VLProcessor insists on a video processor, which needs torchvision (transformers#48558)
+        # Qwen's processors insist on a video processor, which needs torchvision (transformers#48558)
         # and a video config; we only process images.
-        return images_only_processor_class().from_pretrained(source, local_files_only=local_files_only)
+        images_only = images_only_processor_class(cls.processor_class_name)
+        return images_only.from_pretrained(source, local_files_only=local_files_only)
 
     @property
     def merge_size(self) -> int:
@@ -115,22 +128,25 @@ class Qwen2VLAdapter(ModelAdapter):
 
 
 @functools.cache
-def images_only_processor_class() -> type:
-    """`Qwen2VLProcessor` without its video processor (which needs torchvision; images are all we use).
-
-    It saves as, and loads from, a plain Qwen2VLProcessor folder.
+def images_only_processor_class(base_name: str = "Qwen2VLProcessor") -> type:
+    """The transformers processor `base_name` without its video processor (which needs torchvision;
+    images are all we use). It saves as, and loads from, a plain `base_name` folder.
     """
-    from transformers import Qwen2VLProcessor
+    import transformers
 
-    class Qwen2VLImagesProcessor(Qwen2VLProcessor):
+    base = getattr(transformers, base_name)
+
+    class ImagesOnlyProcessor(base):
         # The sub-processors ProcessorMixin loads and checks come from this signature: no video_processor.
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
         def to_dict(self) -> dict:
-            return {**super().to_dict(), "processor_class": Qwen2VLProcessor.__name__}
+            return {**super().to_dict(), "processor_class": base_name}
 
-    return Qwen2VLImagesProcessor
+    name = base_name.removesuffix("Processor") + "ImagesProcessor"  # e.g. Qwen2VLImagesProcessor
+    ImagesOnlyProcessor.__name__ = ImagesOnlyProcessor.__qualname__ = name
+    return ImagesOnlyProcessor
 
 
 def parse_qwen2_vl_layout(tokens: list[str], grids: np.ndarray, merge_size: int) -> ImageLayout:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from attnstore.models import llava, qwen2_vl
+from attnstore.models import llava
 from attnstore.models.base import RANDOM_WEIGHTS_KEY
 from attnstore.models.idefics3_layout import (
     CHAT_SPECIALS as IDEFICS3_SPECIALS,
@@ -230,17 +230,7 @@ def build_random_llava(out_dir: str | Path, dims: dict | None = None, seed: int 
 # -- Qwen2-VL --------------------------------------------------------------------------------
 
 
-QWEN2_VL_TINY_DIMS = dict(
-    hidden=64,
-    intermediate=128,
-    layers=2,
-    heads=4,
-    kv_heads=2,
-    vision_embed=32,
-    vision_layers=1,
-    min_pixels=56 * 56,
-    max_pixels=28 * 28 * 64,  # at most 64 image tokens (the real model allows 1280)
-)
+QWEN2_VL_TINY_DIMS = dict(vision_layers=1, max_tokens=64)  # at most 64 image tokens (the real model allows 1280)
 
 
 def build_random_qwen2_vl(out_dir: str | Path, dims: dict | None = None, seed: int = 0) -> Path:
@@ -248,76 +238,9 @@ def build_random_qwen2_vl(out_dir: str | Path, dims: dict | None = None, seed: i
 
     The processing policy is Qwen2-VL's (smart_resize to multiples of 28 px,
     patch 14, 2 x 2 merge, temporal patch 2) with a smaller `max_pixels` so tests
-    stay fast; the token layout is the real one, the weights are random.
+    stay fast; the token layout is the real one, the weights are random
+    (`attnstore.models.tiny_qwen`, shared with Qwen2.5-VL and Qwen3-VL).
     """
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from attnstore.models.tiny_qwen import build_random_qwen
 
-    dims = {**QWEN2_VL_TINY_DIMS, **(dims or {})}
-    tokenizer = build_bpe_tokenizer(
-        [
-            *qwen2_vl.CHAT_SPECIALS,
-            qwen2_vl.VISION_START,
-            qwen2_vl.VISION_END,
-            qwen2_vl.VISION_PAD,
-            qwen2_vl.IMAGE_TOKEN,
-            qwen2_vl.VIDEO_TOKEN,
-        ],
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": dims["min_pixels"], "longest_edge": dims["max_pixels"]},
-        patch_size=14,
-        temporal_patch_size=2,
-        merge_size=2,
-    )
-    processor = qwen2_vl.images_only_processor_class()(
-        image_processor, tokenizer, chat_template=qwen2_vl.QWEN2_VL_CHAT_TEMPLATE
-    )
-    ids = tokenizer.convert_tokens_to_ids
-    head_dim = dims["hidden"] // dims["heads"]
-    half = head_dim // 2  # rotary frequencies, split over (t, h, w) like Qwen2-VL's [16, 24, 24] of 64
-    mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    text_config = dict(
-        **text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>"),
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
-    )
-    vision_config = dict(
-        depth=dims["vision_layers"],
-        embed_dim=dims["vision_embed"],
-        hidden_size=dims["hidden"],  # the merger projects straight to the text width
-        num_heads=2,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-    )
-    config = Qwen2VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids(qwen2_vl.IMAGE_TOKEN),
-        video_token_id=ids(qwen2_vl.VIDEO_TOKEN),
-        vision_start_token_id=ids(qwen2_vl.VISION_START),
-        vision_end_token_id=ids(qwen2_vl.VISION_END),
-    )
-    return save_random_model(
-        Qwen2VLForConditionalGeneration,
-        config,
-        processor,
-        out_dir,
-        seed,
-        eos=[ids("<|im_end|>"), ids("<|endoftext|>")],
-        pad=ids("<|endoftext|>"),
-    )
-
-
-BUILDERS = {"idefics3": build_random_idefics3, "llava": build_random_llava, "qwen2_vl": build_random_qwen2_vl}
-
-
-def _anyres_builders() -> dict:
-    from attnstore.models.tiny_llava_anyres import build_random_llava_next, build_random_llava_onevision
-
-    return {"llava_next": build_random_llava_next, "llava_onevision": build_random_llava_onevision}
-
-
-BUILDERS.update(_anyres_builders())
+    return build_random_qwen("qwen2_vl", out_dir, {**QWEN2_VL_TINY_DIMS, **(dims or {})}, seed)

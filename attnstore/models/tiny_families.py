@@ -293,11 +293,3 @@ def build_random_mistral3(out_dir: str | Path, dims: dict | None = None, seed: i
     return save_random_model(
         Mistral3ForConditionalGeneration, config, processor, out_dir, seed, eos=ids("</s>"), pad=ids("<pad>")
     )
-
-
-BUILDERS = {
-    "gemma3": build_random_gemma3,
-    "paligemma": build_random_paligemma,
-    "internvl": build_random_internvl,
-    "mistral3": build_random_mistral3,
-}

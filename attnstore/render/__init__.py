@@ -3,6 +3,7 @@
 colors    colour maps as lookup tables (shared by PNGs, SVGs and the explorer's figures)
 raster    grids -> heatmap / overlay images placed by the store's geometry
 geometry  where an image's grids go in a picture (shared by the explorer and the exports)
+scale     honest colour scales: a map's colour top from its image share (negligible maps faded)
 text      token text as a reader sees it (BPE markers, byte-level tokens), one way everywhere
 export    MapResult -> PNG / overlay PNG / CSV / SVG / JSON bytes: the one export path
 """

@@ -18,6 +18,7 @@ import numpy as np
 
 from attnstore.analysis.grid import grid_boxes
 from attnstore.analysis.maps import MapResult
+from attnstore.analysis.select import stored_pixels
 from attnstore.errors import InvalidArgument
 from attnstore.render.colors import CMAPS, colormap_lut
 from attnstore.render.geometry import FigureGeometry, figure_geometry, grid_shapes
@@ -61,11 +62,14 @@ def export_map(result: MapResult, fmt: str, style: Style = Style()) -> bytes:
 
 
 def file_name(result: MapResult, fmt: str, stem: str) -> str:
-    """e.g. 'beach_tok812_mean-L5H2_raw_heatmap.png' for downloads."""
+    """e.g. 'beach_tok812_mean-L5H2-3_raw_heatmap.png' for downloads; one layer's one head is named
+    as such ('beach_tok812_head-L5H2_raw_heatmap.png'), not as the mean it is computed by."""
     s = result.spec
     layers = "all" if s.layers is None else "-".join(map(str, s.layers[:4]))
     heads = "all" if s.heads is None else "-".join(map(str, s.heads[:4]))
-    return f"{stem}_tok{result.position}_{s.method}-L{layers}H{heads}_{s.normalise}{FORMATS[fmt][0]}"
+    one_head = s.layers is not None and s.heads is not None and len(s.layers) == len(s.heads) == 1
+    method = "head" if one_head and s.method in ("mean", "max") else s.method  # a mean/max of one head is that head
+    return f"{stem}_tok{result.position}_{method}-L{layers}H{heads}_{s.normalise}{FORMATS[fmt][0]}"
 
 
 def title(result: MapResult, image_name: str) -> str:
@@ -86,7 +90,7 @@ def _heatmap_png(result: MapResult, style: Style) -> bytes:
 
 
 def _overlay_png(result: MapResult, style: Style) -> bytes:
-    pixels = np.asarray(result.img["pixels"].values)
+    pixels = stored_pixels(result.img, result.spec.image)
     grid = _grid(result)
     if grid.size == 0:
         return png_bytes(pixels)
@@ -132,7 +136,7 @@ def _csv(result: MapResult, style: Style) -> bytes:
 def _svg(result: MapResult, style: Style) -> bytes:
     """The overlay as standalone SVG: the image (embedded PNG), one rect per cell, tile lines, a colour bar."""
     geom = _geometry(result)
-    href = "data:image/png;base64," + base64.b64encode(png_bytes(np.asarray(result.img["pixels"].values))).decode()
+    href = "data:image/png;base64," + base64.b64encode(png_bytes(stored_pixels(result.img, result.spec.image))).decode()
     name = str(result.img["image_name"].values)
     w, h = geom.extent
     caption = title(result, name)

@@ -193,31 +193,39 @@ def grid_shapes(geom: FigureGeometry, grid_lines: bool) -> list[dict]:
     return shapes
 
 
-def object_shapes(geom: FigureGeometry) -> list[dict]:
-    """The object boxes as labelled rectangles, on the image and on the global view's copy."""
+LABEL_FONT = {"size": 11, "color": "#ffffff", "shadow": "0 0 2px #000, 0 0 3px #000"}  # white on a dark halo:
+# readable on any picture and on the red box (red text on the red line was not)
+
+
+def object_shapes(geom: FigureGeometry, labels: bool = True) -> list[dict]:
+    """The object boxes as rectangles on the image and on the global view's copy; labelled (if
+    `labels`) on the main picture only: the global copy is small and its labels were clipped."""
     shapes = []
-    for panel in (p for p in (geom.tiles, geom.glob) if p is not None):
+    panels = [p for p in (geom.tiles, geom.glob) if p is not None]
+    for i, panel in enumerate(panels):
         for obj in geom.objects:
             x0, y0, x1, y1 = obj.box
-            shapes.append(
-                {
-                    "type": "rect",
-                    "xref": "x",
-                    "yref": "y",
-                    "x0": panel.x0 + panel.width * x0,
-                    "y0": panel.y0 + panel.height * y0,
-                    "x1": panel.x0 + panel.width * x1,
-                    "y1": panel.y0 + panel.height * y1,
-                    "line": TARGET_LINE if obj.target else OBJECT_LINE,
-                    "layer": "above",
-                    "name": obj.label,
-                    "label": {
-                        "text": obj.label + (" (asked)" if obj.target else ""),
-                        "textposition": "top left",
-                        "font": {"size": 10, "color": TARGET_LINE["color"] if obj.target else "#ffffff"},
-                    },
+            shape = {
+                "type": "rect",
+                "xref": "x",
+                "yref": "y",
+                "x0": panel.x0 + panel.width * x0,
+                "y0": panel.y0 + panel.height * y0,
+                "x1": panel.x0 + panel.width * x1,
+                "y1": panel.y0 + panel.height * y1,
+                "line": TARGET_LINE if obj.target else OBJECT_LINE,
+                "layer": "above",
+                "name": obj.label,
+            }
+            if labels and i == 0:
+                text = obj.label + (" (asked)" if obj.target else "")
+                # inside the box's top-left corner: a label above the box leaves the picture at its top edge
+                shape["label"] = {
+                    "text": text,
+                    "textposition": "top left",
+                    "font": {**LABEL_FONT, "weight": 700 if obj.target else 400},
                 }
-            )
+            shapes.append(shape)
     return shapes
 
 

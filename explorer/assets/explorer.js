@@ -172,7 +172,8 @@
     return fetch(apiUrl("api/view?" + query)).then((r) => (r.ok ? r.json() : null)).then((update) => {
       if (!update || seq !== selectSeq || shown.stateEl.textContent !== shown.text) return;
       window.__attnPreviews = (window.__attnPreviews || 0) + 1;
-      return window.Plotly.update(shown.gd, { z: update.z }, { "coloraxis.cmax": update.cmax }, update.traces);
+      const layout = { "coloraxis.cmax": update.cmax, "coloraxis.colorbar.title.text": update.colourbar };
+      return window.Plotly.update(shown.gd, { z: update.z }, layout, update.traces);
     });
   }
 

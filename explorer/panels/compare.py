@@ -13,14 +13,15 @@ from dataclasses import dataclass, replace
 
 import dash
 import numpy as np
-from dash import Input, Output, dcc, html
+from dash import Input, Output
 
 from attnstore.analysis.studies import matched_rows, shared_images
-from attnstore.errors import AttnstoreError, NotFound
+from attnstore.errors import NotFound
+from attnstore.render.scale import colourbar_title
 from attnstore.render.text import quoted
 from explorer import figures, ids, views
-from explorer.layout import Page
-from explorer.panels.permalink import settled_view
+from explorer.layout import Page, side_panel
+from explorer.panels.permalink import follow_token
 from explorer.state import StoreState
 from explorer.views import ViewParams
 
@@ -77,12 +78,9 @@ def compare_view(state: StoreState, params: ViewParams) -> Compared:
 
 def layout(page: Page) -> list:
     other = page.state.compare
-    return [
-        html.H3(f"Compared with {other.label if other else '?'}", title="the same token in the second store"),
-        html.Div("select a token", id=ids.COMPARE_INFO, className="hint"),
-        dcc.Graph(id=ids.COMPARE_FIGURE, config={"displayModeBar": False}, className="small-figure"),
-        dcc.Graph(id=ids.COMPARE_CHART, config={"displayModeBar": False}, className="small-figure"),
-    ]
+    title = f"Compared with {other.label if other else '?'}"
+    graphs = (ids.COMPARE_FIGURE, ids.COMPARE_CHART)
+    return side_panel(title, "the same token in the second store", info=ids.COMPARE_INFO, graphs=graphs)
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
@@ -94,21 +92,23 @@ def register(app: dash.Dash, state: StoreState) -> None:
         prevent_initial_call=True,
     )
     def compare_panel(view_json):
-        params = settled_view(view_json)
-        if params is None or params.token is None:
-            hint = figures.empty_figure("select a token")
-            return hint, hint, "select a token"
-        try:
-            shown = compare_view(state, params)
-        except AttnstoreError as err:
-            hint = figures.empty_figure(str(err))
-            return hint, hint, str(err)
-        vmax = max(shown.data.vmax, json.loads(view_json).get("vmax") or 0.0)  # one colour scale for A and B
-        geom = views.geometry(state.compare, shown.params.image)
-        # The same picture as A's (matched by name): the browser has it already; B's geometry places B's cells.
-        picture = app.get_relative_path(f"/api/image/{params.image}.png")
-        figure = figures.overlay_figure(geom, picture, shown.data.tiles, shown.data.glob, vmax, height_px=FIGURE_PX)
-        info = (
-            f"{state.compare.label}: image {shown.params.image}, {shown.data.result.spec.describe()}, same colour scale"
-        )
-        return figure, figures.compare_figure(shown.jsd, shown.share_diff, params.layer), info
+        return follow_token(view_json, lambda params: _panel(app, state, params, view_json), _blank)
+
+
+def _blank(reason: str) -> tuple:
+    hint = figures.empty_figure(reason)
+    return hint, hint, reason
+
+
+def _panel(app: dash.Dash, state: StoreState, params: ViewParams, view_json: str) -> tuple:
+    """B's map on A's picture (one colour scale), the per-layer differences, and the line above them."""
+    shown = compare_view(state, params)
+    cmax = max(shown.data.cmax, json.loads(view_json).get("cmax") or 0.0)  # one colour scale for A and B
+    geom = views.geometry(state.compare, shown.params.image)
+    # The same picture as A's (matched by name): the browser has it already; B's geometry places B's cells.
+    picture = app.get_relative_path(f"/api/image/{params.image}.png")
+    title = colourbar_title(shown.data.share, params.scale)
+    figure = figures.overlay_figure(geom, picture, shown.data.tiles, shown.data.glob, cmax, height_px=FIGURE_PX,
+                                    colourbar=title, compact=True)  # fmt: skip
+    info = f"{state.compare.label}: image {shown.params.image}, {shown.data.result.spec.describe()}, same colour scale"
+    return figure, figures.compare_figure(shown.jsd, shown.share_diff, params.layer), info

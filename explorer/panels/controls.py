@@ -5,15 +5,20 @@ library's registries on every page load."""
 from __future__ import annotations
 
 import dash
-from dash import ClientsideFunction, Input, Output, State, dcc, html
+from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html, no_update
 
 from attnstore.render import CMAPS
+from attnstore.render.scale import NEGLIGIBLE_SHARE
 from explorer import ids, views
 from explorer.layout import Page
 from explorer.state import StoreState
 from explorer.views import OVERS
 
 COLUMN = "controls"
+SCALE_TIP = (
+    "own: each map up to its own maximum; shared: every layer and every head of the gallery on one scale. "
+    f"Either way a map holding under {NEGLIGIBLE_SHARE:.0%} of the token's attention is drawn faded"
+)
 
 
 def _marks(n: int) -> dict[int, str]:
@@ -75,6 +80,8 @@ def layout(page: Page) -> list:
             dcc.RadioItems(id=ids.OVER, options=OVERS, value=params.over, className="radio"),
             html.Label("Normalisation"),
             dcc.RadioItems(id=ids.NORM, options=views.norms(), value=params.norm, className="radio"),
+            html.Label("Colour scale", title=SCALE_TIP),
+            dcc.RadioItems(id=ids.SCALE, options=views.SCALES, value=params.scale, className="radio"),
             style,
             dcc.Checklist(id=ids.GRID, options={"on": "tile grid lines"}, value=["on"], className="radio"),
             dcc.Checklist(
@@ -96,14 +103,19 @@ def register(app: dash.Dash, state: StoreState) -> None:
         Output(ids.LAYER, "disabled"),
         Output(ids.HEAD, "disabled"),
         Output(ids.OVER, "options"),
+        Output(ids.OVER, "value"),
         Input(ids.MODE, "value"),
         Input(ids.OVER, "value"),
     )
     def relevant_controls(mode, over):
-        """Grey out what the current map ignores (e.g. the head slider for a mean over heads)."""
+        """Grey out what the current map ignores (e.g. the head slider for a mean over heads); a method
+        picked from the menu starts at its own reach (rollout: all layers). A permalink sets the mode and
+        `over` together: then its `over` stands."""
+        new = views.over_for_mode(mode, over) if set(ctx.triggered_prop_ids) == {f"{ids.MODE}.value"} else over
         single = mode == "head"
         options = [{"label": label, "value": value, "disabled": single} for value, label in OVERS.items()]
-        return (not single and over in ("layers", "all"), not single and over in ("heads", "all"), options)
+        disabled = (not single and new in ("layers", "all"), not single and new in ("heads", "all"))
+        return (*disabled, options, no_update if new == over else new)  # unchanged: no second redraw
 
     @app.callback(
         Output(ids.PLAY_TIMER, "disabled"),

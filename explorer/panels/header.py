@@ -17,7 +17,8 @@ def layout(page: Page) -> list:
     state = page.state
     badge = (
         html.Span(
-            "random-weight demo: attention is meaningless, geometry is real",
+            "random-weight demo: attention is meaningless, "
+            + ("no patch geometry" if state.no_patch_map else "geometry is real"),
             id=ids.HEADER_BADGE,
             className="badge-random",
             title="the store's attrs say random_weights = true",

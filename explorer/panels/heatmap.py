@@ -16,6 +16,7 @@ import dash
 from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
 
 from attnstore.errors import AttnstoreError
+from attnstore.render.scale import colourbar_title, negligible, share_label
 from attnstore.render.text import quoted
 from explorer import figures, ids, views
 from explorer.layout import Page
@@ -64,18 +65,20 @@ def draw(
     (and of the style entries named in `changed`). Bad views give a message, not an exception."""
     start = time.perf_counter()
     data, message = None, ""
-    if params.token is not None:
+    if params.token is not None and not state.no_patch_map:  # sequence-only stores: the picture and the note
         try:
             data = views.heatmap(state, params)
         except AttnstoreError as err:
             message = str(err)
     geom = views.geometry(state, params.image)
-    tiles, glob, vmax = (data.tiles, data.glob, data.vmax) if data else (None, None, None)
+    tiles, glob, cmax = (data.tiles, data.glob, data.cmax) if data else (None, None, None)
+    title = colourbar_title(data.share, params.scale) if data else "attention"
     if drawn_image != params.image:
-        fig = figures.overlay_figure(geom, image_url(params.image), tiles, glob, vmax, **style)
+        fig = figures.overlay_figure(geom, image_url(params.image), tiles, glob, cmax, **style, colourbar=title)
     else:
         changed = {*changed, *SHAPE_STYLES} if SHAPE_STYLES & set(changed) else set(changed)
-        fig = figures.heatmap_patch(geom, tiles, glob, vmax, **{k: v for k, v in style.items() if k in changed})
+        only = {k: v for k, v in style.items() if k in changed}
+        fig = figures.heatmap_patch(geom, tiles, glob, cmax, **only, colourbar=title)
     server_ms = (time.perf_counter() - start) * 1e3
     payload = json.dumps(views.view_state(params, data, style, server_ms))
     return Drawn(fig, payload, status(state, params, data), message)
@@ -84,6 +87,10 @@ def draw(
 def status(state: StoreState, params: ViewParams, data: views.ViewMap | None) -> list:
     """The line above the figure: image, token, what is shown (and why it is blank, when it is)."""
     meta = state.image(params.image)
+    if params.token is not None and state.no_patch_map:
+        token = html.Span(quoted(meta.display[params.token]), className="status-token")
+        return [html.B(meta.name), " · token ", token, f" #{params.token}",
+                html.Div(state.no_patch_map, className="status-note")]  # fmt: skip
     if params.token is None or data is None:
         return [html.B(meta.name), " · no token selected: click a token of the prompt or the answer"]
     line = [
@@ -92,7 +99,14 @@ def status(state: StoreState, params: ViewParams, data: views.ViewMap | None) ->
         html.Span(quoted(meta.display[params.token]), className="status-token"),
         f" #{params.token}",
         f" · {data.result.spec.describe()} · max {data.vmax:.3g}",
+        html.Span(
+            f" · {share_label(data.share)}",
+            className="status-share" + (" negligible" if negligible(data.share) else ""),
+            title="how much of the token's attention this map holds: its share on the image's patches",
+        ),
     ]
+    if params.scale == "shared":
+        line.append(f" · shared scale (top {data.cmax:.3g})")
     if data.note:
         line.append(html.Div(data.note, className="status-note"))
     return line
@@ -133,14 +147,15 @@ def register(app: dash.Dash, state: StoreState) -> None:
         Input(ids.OPACITY, "value"),
         Input(ids.GRID, "value"),
         Input(ids.BOXES, "value"),
+        Input(ids.SCALE, "value"),
         State(ids.DRAWN_IMAGE, "data"),
         prevent_initial_call=True,  # the page arrives with its first view drawn
     )
-    def redraw(image, token, layer, head, mode, over, norm, cmap, opacity, grid, boxes, drawn):
+    def redraw(image, token, layer, head, mode, over, norm, cmap, opacity, grid, boxes, scale, drawn):
         """Heatmap of the view: the whole figure when the image changes, else a Patch of the values."""
         if image is None:
             return no_update, no_update, no_update, "", no_update
-        params = ViewParams.from_controls(image, token, layer, head, mode, over, norm)
+        params = ViewParams.from_controls(image, token, layer, head, mode, over, norm, scale=scale)
         triggered = set(ctx.triggered_prop_ids.values())
         changed = [name for name, cid in STYLE_IDS.items() if cid in triggered]
         out = draw(state, params, style_of(cmap, opacity, grid, boxes), drawn, image_url, changed)

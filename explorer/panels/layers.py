@@ -4,36 +4,23 @@ of image share or entropy; a matrix cell jumps to that layer and head."""
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, dcc, html, no_update
+from dash import Input, Output, dcc, no_update
 
-from attnstore.errors import AttnstoreError
 from explorer import figures, ids, views
-from explorer.layout import Page
-from explorer.panels.permalink import settled_view
+from explorer.layout import Page, side_panel
+from explorer.panels.permalink import follow_token
 from explorer.state import StoreState
 
 COLUMN = "side"
 
 
 def layout(page: Page) -> list:
+    metric = dcc.RadioItems(id=ids.MATRIX_METRIC, options={"share": "image share", "entropy": "entropy"},
+                            value="share", inline=True, className="radio-inline")  # fmt: skip
+    share_tip = "fraction of the token's attention on image patches"
     return [
-        html.H3("Image share per layer", title="fraction of the token's attention on image patches"),
-        dcc.Graph(id=ids.SHARE, config={"displayModeBar": False}, className="small-figure"),
-        html.Div(
-            [
-                html.H3("Layer × head"),
-                dcc.RadioItems(
-                    id=ids.MATRIX_METRIC,
-                    options={"share": "image share", "entropy": "entropy"},
-                    value="share",
-                    inline=True,
-                    className="radio-inline",
-                ),
-            ],
-            className="panel-head",
-        ),
-        html.Div("click a cell to jump there", className="hint"),
-        dcc.Graph(id=ids.MATRIX, config={"displayModeBar": False}, className="small-figure"),
+        *side_panel("Image share per layer", share_tip, hint=None, graphs=[ids.SHARE]),
+        *side_panel("Layer × head", hint="click a cell to jump there", graphs=[ids.MATRIX], controls=metric),
     ]
 
 
@@ -46,20 +33,14 @@ def register(app: dash.Dash, state: StoreState) -> None:
         prevent_initial_call=True,  # runs once the main callback has produced the view
     )
     def layer_charts(view_json, metric):
-        params = settled_view(view_json)
-        if params is None or params.token is None:
-            hint = figures.empty_figure("select a token")
-            return hint, hint
-        try:
+        def show(params) -> tuple:
             stats = views.layer_head_stats(state, params)
-        except AttnstoreError as err:
-            hint = figures.empty_figure(str(err))
-            return hint, hint
-        metric = metric or "share"
-        return (
-            figures.share_figure(stats["share"], params.layer, params.head),
-            figures.matrix_figure(stats[metric], metric, params.layer, params.head),
-        )
+            return (
+                figures.share_figure(stats["share"], params.layer, params.head),
+                figures.matrix_figure(stats[metric or "share"], metric or "share", params.layer, params.head),
+            )
+
+        return follow_token(view_json, show, lambda reason: (figures.empty_figure(reason),) * 2)
 
     @app.callback(
         Output(ids.LAYER, "value", allow_duplicate=True),

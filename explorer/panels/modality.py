@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import dash
 import numpy as np
-from dash import Input, Output, dcc, html
+from dash import Input, Output
 
 from attnstore.analysis.studies import token_allocation
 from attnstore.analysis.studies.modality import KEY_GROUPS
-from attnstore.errors import AttnstoreError
 from attnstore.schema import TokenKind
 from explorer import figures, ids
-from explorer.layout import Page
-from explorer.panels.permalink import settled_view
+from explorer.layout import Page, side_panel
+from explorer.panels.permalink import follow_token
 from explorer.state import StoreState
 from explorer.views import ViewParams, plural
 
@@ -22,11 +21,8 @@ MEAN_IMAGES = 50  # the dataset mean reads every answer row of these images: a l
 
 
 def layout(page: Page) -> list:
-    return [
-        html.H3("Modality allocation", title="attention mass on each token type, per layer (FastV)"),
-        html.Div("select a token", id=ids.MODALITY_INFO, className="hint"),
-        dcc.Graph(id=ids.MODALITY_CHART, config={"displayModeBar": False}, className="small-figure"),
-    ]
+    tip = "attention mass on each token type, per layer (FastV)"
+    return side_panel("Modality allocation", tip, info=ids.MODALITY_INFO, graphs=[ids.MODALITY_CHART])
 
 
 def queries_of(state: StoreState, params: ViewParams) -> str:
@@ -71,15 +67,10 @@ def register(app: dash.Dash, state: StoreState) -> None:
         prevent_initial_call=True,
     )
     def modality_chart(view_json):
-        params = settled_view(view_json)
-        if params is None or params.token is None:
-            return figures.empty_figure("select a token"), "select a token"
-        try:
-            token = allocation(state, params)
-            queries = queries_of(state, params)
+        def show(params) -> tuple:
+            token, queries = allocation(state, params), queries_of(state, params)
             mean, used, complete = dataset_mean(state, queries)
-        except AttnstoreError as err:
-            return figures.empty_figure(str(err)), str(err)
-        return figures.modality_figure(token, mean, list(KEY_GROUPS), params.layer), describe_mean(
-            queries, used, complete
-        )
+            chart = figures.modality_figure(token, mean, list(KEY_GROUPS), params.layer)
+            return chart, describe_mean(queries, used, complete)
+
+        return follow_token(view_json, show, lambda reason: (figures.empty_figure(reason), reason))

@@ -5,12 +5,12 @@ the tokens of the strip."""
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, State, ctx, dcc, html, no_update
+from dash import Input, Output, State, ctx, dcc, no_update
 
 from attnstore.errors import AttnstoreError
 from attnstore.render.text import quoted
 from explorer import figures, ids, views
-from explorer.layout import Page
+from explorer.layout import Page, side_panel
 from explorer.panels.permalink import settled_view
 from explorer.state import StoreState
 
@@ -19,17 +19,11 @@ HINT = "click a patch on the image (or a cell of an expanded tile chip)"
 
 
 def layout(page: Page) -> list:
-    return [
-        dcc.Store(id=ids.REVERSE_DATA),
-        html.H3("Who looks at a patch?"),
-        html.Div(HINT, id=ids.REVERSE_INFO, className="hint"),
-        dcc.Graph(
-            id=ids.REVERSE_CHART,
-            figure=figures.empty_figure("no patch selected"),
-            config={"displayModeBar": False},
-            className="small-figure",
-        ),
-    ]
+    header, info, chart = side_panel(
+        "Who looks at a patch?", info=ids.REVERSE_INFO, hint=HINT, graphs=[ids.REVERSE_CHART]
+    )
+    chart.figure = figures.empty_figure("no patch selected")
+    return [dcc.Store(id=ids.REVERSE_DATA), header, info, chart]
 
 
 def register(app: dash.Dash, state: StoreState) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dash
 import numpy as np
-from dash import Input, Output, html, no_update
+from dash import Input, Output, no_update
 
 from attnstore.analysis import sink_keys
 from attnstore.errors import AttnstoreError
 from attnstore.render.text import quoted
 from explorer import figures, ids, views
-from explorer.layout import Page
+from explorer.layout import Page, side_panel
 from explorer.panels.permalink import settled_view
 from explorer.state import StoreState
 from explorer.views import ViewParams
@@ -21,10 +21,8 @@ SHOWN = 6  # sink tokens named in the text (all of them are marked on the figure
 
 
 def layout(page: Page) -> list:
-    return [
-        html.H3("Attention sinks", title="image tokens that take outsized attention in most heads of the layer"),
-        html.Div("select a token", id=ids.SINKS_INFO, className="hint"),
-    ]
+    return side_panel("Attention sinks", "image tokens that take outsized attention in most heads of the layer",
+                      info=ids.SINKS_INFO)  # fmt: skip
 
 
 def layer_sinks(state: StoreState, params: ViewParams) -> tuple[list[int], float]:

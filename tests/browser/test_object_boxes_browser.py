@@ -9,9 +9,9 @@ from support.servers import served
 
 from explorer import views
 
-# JS: how many of the main figure's layout shapes are object boxes (they carry a label)
+# JS: how many of the main figure's layout shapes are object boxes (they carry the object's name)
 COUNT_BOXES = "() => (document.querySelector('#heatmap .js-plotly-plot')?.layout?.shapes || [])" \
-              ".filter(s => s.label && s.label.text).length"  # fmt: skip
+              ".filter(s => s.name).length"  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,18 @@ def test_corrupt_image_is_reported_and_others_are_kept(tmp_path, images, tiny_mo
     assert sorted(map(str, ds.image_name.values)) == ["img0.png", "img1.png"] and ds.complete.values.all()
 
 
+def test_an_image_over_the_pixel_limit_is_skipped_like_other_bad_images(tmp_path, images, tiny_model_path, capsys):
+    from PIL import Image
+
+    Image.new("1", (14_000, 14_000)).save(images / "huge.png")  # 196 MP (24 MB decoded as 1-bit, ~20 KB on disk)
+    out = tmp_path / "s.zarr"
+    assert main(extract_args(tiny_model_path, out, "--image-dir", images)) == 1
+    err = capsys.readouterr().err
+    assert "huge.png" in err and "too large to decode safely" in err and "Traceback" not in err
+    ds = open_dataset(str(out))
+    assert sorted(map(str, ds.image_name.values)) == ["img0.png", "img1.png"] and ds.complete.values.all()
+
+
 def test_validate_finds_damaged_rows(tmp_path, synthetic_store, capsys):
     path = tmp_path / "s.zarr"
     shutil.copytree(synthetic_store, path)

@@ -109,9 +109,9 @@ def scene_row(img) -> int:
     return int(np.flatnonzero(img["token_kind"].values == int(TokenKind.GENERATED))[0])
 
 
-def test_a_store_without_boxes_opens_on_a_middle_layer_and_offers_no_box_controls(state):
+def test_a_store_without_boxes_opens_on_a_measured_view_and_offers_no_box_controls(state):
     params = views.default_params(state)
-    assert (params.layer, params.head) == (state.n_layers // 2, 0) and not state.has_objects
+    assert params == views.measured_first_view(state) and not state.has_objects  # tests/explorer/test_colour_scale.py
     assert views.head_grounding(state, params) is None
 
 

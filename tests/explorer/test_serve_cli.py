@@ -87,3 +87,26 @@ def _wait_json(url: str, proc: subprocess.Popen) -> dict:
         except OSError:
             time.sleep(0.2)
     raise AssertionError("server did not answer in 30 s")
+
+
+def test_a_wildcard_host_needs_allow_host(synthetic_store, capsys):
+    """0.0.0.0 has no one name clients use: the Host allow-list must be given (one line)."""
+    assert main(["serve", synthetic_store, "--host", "0.0.0.0", "--port", str(_free_port())]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--allow-host is needed with --host 0.0.0.0" in err
+
+
+def test_allowed_hosts_by_bind_address():
+    from attnstore.cli.serve import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", ()) == ()
+    assert allowed_hosts("192.168.1.5", ("box.lan",)) == ("box.lan", "192.168.1.5")  # the bound address itself
+    assert allowed_hosts("0.0.0.0", ("box.lan",)) == ("box.lan",)
+
+
+def test_demo_on_a_wildcard_host_without_allow_host_fails_before_building(tmp_path, capsys):
+    out = tmp_path / "demo.zarr"
+    assert main(["demo", "--out", str(out), "--host", "0.0.0.0", "--port", str(_free_port())]) == 1
+    err = capsys.readouterr().err
+    assert "--allow-host is needed" in err and err.count("\n") == 1, err
+    assert not out.exists()

@@ -38,17 +38,22 @@ def test_permalink_problems_are_explained_and_fall_back(state):
     assert "image=99 in the link is not in 0-2" in text and "layer=7" in text and "head=x" in text
     assert "mode=bogus in the link is not one of head, mean" in text
     default = views.default_params(state)
-    assert (params.image, params.layer, params.head, params.mode) == (default.image, default.layer, 0, "head")
+    assert (params.image, params.layer, params.head, params.mode) == (
+        default.image,
+        default.layer,
+        default.head,
+        "head",
+    )
     # a token without a stored row (an image token) is refused with the reason, the default shown instead
     params, problems = views.parse_query("?image=0&token=10", state)
-    assert params.token == state.image(0).default_token()
+    assert params.token == default.token
     assert "no stored attention row" in problems[0]
 
 
-def test_default_view_is_first_answer_token(state):
+def test_default_view_is_a_content_answer_token(state):
     params = views.default_params(state)
-    assert params.image == 0 and params.token == _answer_token(state, 0)
-    assert params.layer == state.n_layers // 2
+    assert params.image == 0 and params.token in views.content_tokens(state.image(0))
+    assert views.parse_query("", state) == (params, [])  # a page without a permalink opens on it
 
 
 def test_single_head_map_equals_the_stored_row(state, synthetic_store):

@@ -10,12 +10,13 @@ import pytest
 from attnstore import capture
 from attnstore.errors import InvalidArgument
 from attnstore.extract import extract, extract_batch, query_positions
-from attnstore.models import load_adapter
+from attnstore.models import FAMILIES as REGISTERED
+from attnstore.models import load_adapter, tiny_builder
 from attnstore.models.base import resolve_device, resolve_dtype
 from attnstore.schema import TEXT_KINDS, TokenKind, kind_mask
 from attnstore.synthetic import _gradient_image
 
-FAMILIES = ("idefics3", "llava", "qwen2_vl")
+FAMILIES = tuple(f for f in REGISTERED if tiny_builder(f) is not None)  # every family with a tiny model
 KERNELS = ("sdpa", "eager")
 # Different sizes (Idefics3: different tile counts in one batch) and prompt lengths (left padding).
 IMAGES = [(640, 480), (300, 700), (1200, 300)]

@@ -5,12 +5,13 @@ import pytest
 
 from attnstore.cli import main
 from attnstore.demo import tiny_model_dir
+from attnstore.models import FAMILIES, SEQUENCE_ONLY, tiny_builder
 from attnstore.schema import TokenKind
 from attnstore.store import open_dataset
 from attnstore.synthetic import _gradient_image
 
 
-@pytest.mark.parametrize("family", ["idefics3", "llava", "qwen2_vl"])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if tiny_builder(f) is not None and f != SEQUENCE_ONLY])
 def test_family_extracts_into_a_valid_store(family, tmp_path, attnstore_cache):
     for i, size in enumerate([(320, 200), (150, 260)]):
         _gradient_image(*size, seed=i).save(tmp_path / f"im{i}.png")

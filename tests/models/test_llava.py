@@ -195,6 +195,7 @@ def test_load_adapter_picks_llava(adapter, model_path):
 
 
 def test_unsupported_model_type_is_a_clear_error(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "blip-2"}))
-    with pytest.raises(ModelLoadError, match=r"unsupported model type 'blip-2'.*llava.*qwen2_vl"):
+    # (blip-2, an image-text-to-text type without an adapter, runs in sequence-only mode: test_sequence_only.py)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelLoadError, match=r"unsupported model type 'bert'.*llava.*qwen2_vl"):
         load_adapter(str(tmp_path))

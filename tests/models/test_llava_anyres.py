@@ -361,7 +361,7 @@ def test_load_adapter_picks_the_family(anyres_adapters, family):
     assert adapter.processor.image_processor.image_grid_pinpoints == adapter.model.config.image_grid_pinpoints
     settings = json.loads(json.dumps(adapter.processor_settings()))  # JSON-serialisable provenance
     assert settings["patch_size"] == 14 and settings["image_grid_pinpoints"][0][0] % 56 == 0
-    assert isinstance(ADAPTERS[family].description, str)
+    assert ADAPTERS[family].info.tiny.endswith(f"build_random_{family}")  # its tiny model, declared
 
 
 def test_onevision_loads_without_torchvision(anyres_adapters, tmp_path):
