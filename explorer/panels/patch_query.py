@@ -7,12 +7,12 @@ explorer/patch_query.py; the callback only routes."""
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, dcc, html
+from dash import Input, Output, dcc
 
 from attnstore.errors import AttnstoreError
 from explorer import figures, ids
 from explorer import patch_query as pq
-from explorer.layout import Page
+from explorer.layout import Page, side_panel
 from explorer.panels.permalink import settled_view
 from explorer.state import StoreState
 
@@ -24,27 +24,17 @@ NO_ROWS = "this store keeps no image-patch rows: extract with --queries text+ima
 
 def layout(page: Page) -> list:
     hint = hint_for(page.state, page.params.image if page.has_view else None)
-    return [
-        html.H3("Where does a patch look?"),
-        dcc.Checklist(
-            id=ids.PATCH_QUERY_ON,
-            options=[{"label": " show where the clicked patch looks", "value": ON}],
-            value=[ON],
-        ),
-        html.Div(hint, id=ids.PATCH_QUERY_INFO, className="hint"),
-        dcc.Graph(
-            id=ids.PATCH_QUERY_MAP,
-            figure=figures.empty_figure("no patch selected"),
-            config={"displayModeBar": False},
-            className="small-figure",
-        ),  # fmt: skip
-        dcc.Graph(
-            id=ids.PATCH_QUERY_TEXT,
-            figure=figures.empty_figure("no patch selected"),
-            config={"displayModeBar": False},
-            className="small-figure",
-        ),  # fmt: skip
-    ]
+    switch = dcc.Checklist(
+        id=ids.PATCH_QUERY_ON, options=[{"label": " show where the clicked patch looks", "value": ON}], value=[ON]
+    )
+    header, info, patch_map, bars = side_panel(
+        "Where does a patch look?",
+        info=ids.PATCH_QUERY_INFO,
+        hint=hint,
+        graphs=[ids.PATCH_QUERY_MAP, ids.PATCH_QUERY_TEXT],
+    )
+    patch_map.figure = bars.figure = figures.empty_figure("no patch selected")
+    return [header, switch, info, patch_map, bars]
 
 
 def hint_for(state: StoreState, image: int | None) -> str:
