@@ -31,7 +31,7 @@ def store_shape_for(adapter: ModelAdapter, prompt: str, max_new_tokens: int, que
     """Capacities from the model's worst-case image block + this prompt + the answer budget."""
     text = len(adapter.tokenizer(prompt)["input_ids"]) + 16  # + chat template tokens
     keys = adapter.max_image_tokens() + text + max_new_tokens + QUERY_MARGIN
-    rows = keys if queries == "all" else text + max_new_tokens + QUERY_MARGIN
+    rows = keys if queries in ("all", "text+image") else text + max_new_tokens + QUERY_MARGIN
     return StoreShape(adapter.n_layers, adapter.n_heads, query_capacity=rows, key_capacity=keys)
 
 

@@ -96,19 +96,22 @@ def make_synthetic_store(
     image_size: tuple[int, int] = (640, 480),
     keep_bits: int = 10,
     seed: int = 0,
+    queries: str = "text",
 ) -> str:
-    """Write a complete synthetic store; `grids` cycles through tile grids (default 3x4, 4x3, 2x2)."""
+    """Write a complete synthetic store; `grids` cycles through tile grids (default 3x4, 4x3, 2x2);
+    `queries` says which rows it holds (`attnstore.records.QUERY_MODES`)."""
     rng = np.random.default_rng(seed)
     grids = grids or [(3, 4), (4, 3), (2, 2)]
     longest = max(idefics3_tokens(r, c, n_answer)[0].__len__() for r, c in grids)
     n_text = len(PROMPT_WORDS) + 7 + n_answer
-    shape = StoreShape(n_layers, n_heads, query_capacity=n_text + 2, key_capacity=longest)
+    query_capacity = n_text + 2 if queries == "text" else longest
+    shape = StoreShape(n_layers, n_heads, query_capacity=query_capacity, key_capacity=longest)
     attrs = {
         "model_id": "synthetic",
         "model_family": "idefics3",
         "random_weights": True,
         "keep_bits": keep_bits,
-        "queries": "text",
+        "queries": queries,
     }
     store = AttnStore.create(path, shape, attrs)
     names = [f"synthetic_{i:05d}.png" for i in range(n_images)]
@@ -116,7 +119,7 @@ def make_synthetic_store(
         rows, cols = grids[index % len(grids)]
         tokens, n_prompt = idefics3_tokens(rows, cols, n_answer)
         layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=64), len(tokens) - n_prompt)
-        qrows = query_positions(layout.kind)
+        qrows = query_positions(layout.kind, queries)
         image_keys = np.flatnonzero(layout.patch_tile >= 0)
         attention = synthetic_attention(n_layers, n_heads, qrows, len(tokens), image_keys, rng)
         result = Extraction(

@@ -33,7 +33,11 @@ def extract(
         ),
     ] = None,
     queries: Annotated[
-        str, typer.Option(help="'text': prompt text + answer rows; 'all': every row (full square).")
+        str,
+        typer.Option(
+            help="'text': prompt text + answer rows; 'text+image': those + the image patches' rows (where a "
+            "patch looks); 'all': every row (full square)."
+        ),
     ] = "text",
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP)] = None,

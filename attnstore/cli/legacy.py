@@ -22,7 +22,9 @@ def import_legacy(
     prompt_tokens: Annotated[
         int | None, typer.Option(help="Number of prompt tokens (default: up to the last 'Assistant:').")
     ] = None,
-    queries: Annotated[str, typer.Option(help="'text': text rows only; 'all': every stored row.")] = "text",
+    queries: Annotated[
+        str, typer.Option(help="'text': text rows only; 'text+image': + image patch rows; 'all': every stored row.")
+    ] = "text",
     image_dir: Annotated[
         Path | None, typer.Option(help="Where to find <folder name>.png/.jpg when a folder has no image.png.")
     ] = None,

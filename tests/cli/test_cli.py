@@ -180,3 +180,24 @@ def test_help_lists_commands_in_workflow_order_with_whole_descriptions(capsys):
     listed = [line.split()[0] for line in commands if line.startswith("  ") and not line.startswith("   ")]
     assert listed == [name for name in COMMAND_ORDER if name in listed] and {"demo", "extract", "serve"} <= set(listed)
     assert "..." not in text.split("Commands:")[1]
+
+
+@pytest.mark.slow
+def test_extract_queries_text_image_stores_the_patch_rows(tmp_path, images, tiny_model_path, capsys):
+    """`--queries text+image`: the text rows plus the image patches' (no image markers), valid, and a
+    patch's map reads its own stored row through `heatmap --patch`."""
+    from attnstore.schema import IMAGE_PATCH_KINDS, TEXT_KINDS, TokenKind, kind_mask
+
+    out = tmp_path / "s.zarr"
+    assert main(extract_args(tiny_model_path, out, images / "img0.png", "--queries", "text+image")) == 0
+    assert main(["validate", str(out)]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    assert "queries=text+image" in capsys.readouterr().out
+    img = open_dataset(str(out)).attn.image(0)
+    kinds = np.asarray(img["token_kind"].values)[: int(img["n_key"])]
+    stored = np.asarray(img["query_position"].values)[: int(img["n_query"])]
+    np.testing.assert_array_equal(stored, np.flatnonzero(kind_mask(kinds, (*TEXT_KINDS, *IMAGE_PATCH_KINDS))))
+    assert (kinds == TokenKind.IMAGE_SPECIAL).any()  # there were markers to leave out
+    assert main(["heatmap", str(out), "--patch", "0,0", "--output", str(tmp_path / "p.png")]) == 0
+    assert "patch 0,0: row" in capsys.readouterr().out
