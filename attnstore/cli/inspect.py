@@ -27,6 +27,27 @@ def store_size_bytes(path: str, storage_options: dict | None = None) -> int | No
     return int(fs.du(root))
 
 
+def storage_lines(attrs: dict) -> list[str]:
+    """How the attention is stored: codec (and why), every measured candidate, rounding, lossy mode."""
+    from attnstore.store.codecs import CODEC_ATTR, DEFAULT_CODEC
+
+    codec = attrs.get(CODEC_ATTR) or {"name": DEFAULT_CODEC, "chosen_by": "the default (store made before codec choice)"}
+    portable = "" if codec.get("portable", True) else " (integer codes: numcodecs.fixedscaleoffset; not tensorstore's driver)"
+    lines = [f"codec: {codec['name']}, {codec.get('chosen_by', '')}{portable}"]
+    candidates = codec.get("candidates") or {}
+    for name, f in sorted(candidates.items(), key=lambda kv: kv[1]["bytes"]):
+        mark = "*" if name == codec["name"] else " "
+        lines.append(f"  {mark} {name:<28} {f['bytes'] / 1e6:8.2f} MB/image  decode {f['decode_gbps']:.2f} GB/s  "
+                     f"row {f['row_ms']:.3f} ms")  # fmt: skip
+    if attrs.get("round_decimals") is not None:
+        lines.append(f"rounded to {attrs['round_decimals']} decimals ({attrs.get('round_source', '--round')})")
+    if attrs.get("map_error") is not None:
+        lines.append(f"map-faithful lossy: error <= {attrs['map_error']} x each drawn map's maximum")
+        for key, value in (attrs.get("map_error_measured") or {}).items():
+            lines.append(f"  measured {key}: {value}")
+    return lines
+
+
 def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     ds = open_dataset(path)
     console = Console()
@@ -41,6 +62,8 @@ def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     on_disk = "unknown (http)" if size is None else f"{size / 1e6:.1f} MB"
     console.print(f"images: {complete.size} ({int(complete.sum())} complete); size on disk: {on_disk}")
     console.print(f"read backend: {escape(reader_name(ds))}")
+    for line in storage_lines(a):
+        console.print(escape(line))
     table = Table("#", "image", "tiles", "tokens", "answer", "ok")
     # Only the rows shown are read: at 10,000 images reading every answer chunk takes seconds.
     head = ds[["image_name", "answer", "tile_rows", "tile_cols", "n_key"]].isel(image=slice(0, max_rows))

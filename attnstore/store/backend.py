@@ -38,6 +38,7 @@ from xarray.core import indexing
 
 from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 from attnstore.schema import QUERY
+from attnstore.store.codecs import chunk_decoder
 from attnstore.store.remote import is_url, is_zip, protocol, resolve_storage_options, store_like
 from attnstore.store.strings import StringChunks, strip_crc32c
 
@@ -180,10 +181,10 @@ class ShardLayout:
         n_layer, n_head = self.shape[1:3]
         if self.shard[:3] != (1, n_layer, n_head) or self.chunk[:4] != (1, n_layer, n_head, 1):
             raise Unsupported(f"shards {self.shard} / chunks {self.chunk} are not one image / one query row each")
-        names = [c["name"] for c in cfg["codecs"]]
-        if names not in (["bytes", "blosc"], ["bytes", "blosc", "crc32c"]) or _big_endian(cfg["codecs"][0]):
-            raise Unsupported(f"chunk codecs {names} are not bytes + blosc (+ crc32c)")
-        self.chunk_checksum = names[-1] == "crc32c"  # stores written before chunk checksums have none
+        decoder = chunk_decoder(cfg["codecs"])  # the pipelines the writer makes (`attnstore.store.codecs`)
+        if decoder is None:
+            raise Unsupported(f"chunk codecs {[c['name'] for c in cfg['codecs']]} are not ones attnstore writes")
+        self.decode, self.chunk_checksum = decoder  # stores written before chunk checksums have none
         if [c["name"] for c in cfg["index_codecs"]] != ["bytes", "crc32c"] or _big_endian(cfg["index_codecs"][0]):
             raise Unsupported("the shard index is not bytes + crc32c")
         self.index_at_end = cfg.get("index_location", "end") == "end"
@@ -331,7 +332,7 @@ class TensorstoreReader(AttentionReader):
         if meta.state != "value":
             raise Unsupported(f"no {ATTENTION}/zarr.json")
         layout = ShardLayout(json.loads(bytes(meta.value)))
-        return cls(kv, layout, f"tensorstore ({spec['driver']} kvstore), numcodecs blosc decode")
+        return cls(kv, layout, f"tensorstore ({spec['driver']} kvstore), {layout.decode.pipeline.name} decoded by numcodecs")
 
     # -- shard indexes ---------------------------------------------------------------------------
     def _fetch_indexes(self, keys: list[str]) -> dict[str, tuple[np.ndarray | None, bytes]]:
@@ -409,8 +410,6 @@ class TensorstoreReader(AttentionReader):
 
     def _decode(self, out: np.ndarray, read, indexes) -> str | None:
         """Decode one chunk into its place in `out`; returns the shard key if it changed meanwhile."""
-        from numcodecs import blosc
-
         i, start, stop, key, future = read
         result = future.result()
         generation = indexes[key][1]
@@ -419,10 +418,10 @@ class TensorstoreReader(AttentionReader):
         data = self._checked(result.value)
         n_key = self.layout.chunk[4]
         if start == 0 and stop == n_key == self.shape[4]:
-            blosc.decompress(data, out[i])  # the common case: straight into the output row
+            self.layout.decode(data, out[i])  # the common case: straight into the output row
         else:
             chunk = np.empty((*self.shape[1:3], n_key), np.float16)
-            blosc.decompress(data, chunk)
+            self.layout.decode(data, chunk)
             out[i, ..., start:stop] = chunk[..., : stop - start]
         return None
 
