@@ -35,7 +35,9 @@ def store_shape_for(adapter: ModelAdapter, prompt: str, max_new_tokens: int, que
     return StoreShape(adapter.n_layers, adapter.n_heads, query_capacity=rows, key_capacity=keys)
 
 
-def storage_settings(codec: str | None = None, round_decimals: int | None = None, map_error: float | None = None) -> dict:
+def storage_settings(
+    codec: str | None = None, round_decimals: int | None = None, map_error: float | None = None
+) -> dict:
     """Run attrs of how attention is stored (None: the default, or the store's own when appending)."""
     from attnstore.store.codecs import MAX_DECIMALS, check_request
     from attnstore.store.lossy import check_eps
@@ -45,7 +47,7 @@ def storage_settings(codec: str | None = None, round_decimals: int | None = None
         out["codec"] = check_request(codec)
     if round_decimals is not None:
         if not 1 <= round_decimals <= MAX_DECIMALS:
-            raise InvalidArgument("round", f"must be 1-{MAX_DECIMALS} decimals (fp16 holds no finer grid), not {round_decimals}")
+            raise InvalidArgument("round", f"must be 1-{MAX_DECIMALS} decimals not {round_decimals}")
         out["round_decimals"] = int(round_decimals)
     if map_error is not None:
         out["map_error"] = check_eps(map_error)

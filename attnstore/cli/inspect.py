@@ -31,8 +31,8 @@ def storage_lines(attrs: dict) -> list[str]:
     """How the attention is stored: codec (and why), every measured candidate, rounding, lossy mode."""
     from attnstore.store.codecs import CODEC_ATTR, DEFAULT_CODEC
 
-    codec = attrs.get(CODEC_ATTR) or {"name": DEFAULT_CODEC, "chosen_by": "the default (store made before codec choice)"}
-    portable = "" if codec.get("portable", True) else " (integer codes: numcodecs.fixedscaleoffset; not tensorstore's driver)"
+    codec = attrs.get(CODEC_ATTR) or {"name": DEFAULT_CODEC, "chosen_by": "the default (made before codec choice)"}
+    portable = "" if codec.get("portable", True) else " (numcodecs.fixedscaleoffset codes: not tensorstore's driver)"
     lines = [f"codec: {codec['name']}, {codec.get('chosen_by', '')}{portable}"]
     candidates = codec.get("candidates") or {}
     for name, f in sorted(candidates.items(), key=lambda kv: kv[1]["bytes"]):

@@ -332,7 +332,8 @@ class TensorstoreReader(AttentionReader):
         if meta.state != "value":
             raise Unsupported(f"no {ATTENTION}/zarr.json")
         layout = ShardLayout(json.loads(bytes(meta.value)))
-        return cls(kv, layout, f"tensorstore ({spec['driver']} kvstore), {layout.decode.pipeline.name} decoded by numcodecs")
+        codec = layout.decode.pipeline.name
+        return cls(kv, layout, f"tensorstore ({spec['driver']} kvstore), {codec} decoded by numcodecs")
 
     # -- shard indexes ---------------------------------------------------------------------------
     def _fetch_indexes(self, keys: list[str]) -> dict[str, tuple[np.ndarray | None, bytes]]:

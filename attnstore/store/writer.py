@@ -139,7 +139,12 @@ class AttnStore:
     # -- creation / opening -----------------------------------------------------------------
     @classmethod
     def create(
-        cls, path: str, shape: StoreShape, attrs: dict, storage_options: dict | None = None, first: Extraction | None = None
+        cls,
+        path: str,
+        shape: StoreShape,
+        attrs: dict,
+        storage_options: dict | None = None,
+        first: Extraction | None = None,
     ) -> AttnStore:
         """Create an empty store (0 images). Fails if a store is already there.
 
@@ -311,10 +316,11 @@ class AttnStore:
                 f"the model has {shape.n_layers} x {shape.n_heads}: write to another store",
                 param="out",
             )
-        request = attrs.get(CODEC_REQUEST, codecs.AUTO)
-        if request != codecs.AUTO and codecs.store_pipeline(dict(self.group.attrs)).name != codecs.check_request(request):
+        request = codecs.check_request(attrs.get(CODEC_REQUEST))
+        codec = codecs.store_pipeline(dict(self.group.attrs)).name
+        if request != codecs.AUTO and codec != request:
             raise StoreError(
-                f"store '{self.path}' stores attention with codec {codecs.store_pipeline(dict(self.group.attrs)).name}, "
+                f"store '{self.path}' stores attention with codec {codec}, "
                 f"this run asks for {request}: write to another store",
                 param="out",
             )
