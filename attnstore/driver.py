@@ -102,6 +102,11 @@ class RunStore:
         `first`: the Extraction about to be written (a new store measures its codec on it)."""
         if self.store is None:
             self.store = AttnStore.create(self.out, self.shape, self.attrs, self.storage_options, first=first)
+            if first is not None:  # a lossy store measures its maps' error on the first image (attrs, `info`)
+                from attnstore.analysis.fidelity import record_fidelity
+                from attnstore.store.writer import stored_values
+
+                record_fidelity(self.store, first, stored_values(first, dict(self.store.group.attrs)))
         elif not self._ready:
             self.store.repair()  # a run killed while growing the store left its arrays disagreeing
         if not self._ready and self.extras:

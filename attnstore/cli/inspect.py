@@ -43,8 +43,10 @@ def storage_lines(attrs: dict) -> list[str]:
         lines.append(f"rounded to {attrs['round_decimals']} decimals ({attrs.get('round_source', '--round')})")
     if attrs.get("map_error") is not None:
         lines.append(f"map-faithful lossy: error <= {attrs['map_error']} x each drawn map's maximum")
-        for key, value in (attrs.get("map_error_measured") or {}).items():
-            lines.append(f"  measured {key}: {value}")
+    measured = attrs.get("map_error_measured") or {}
+    if measured:
+        lines.append("map error measured on the first image (normalisation/method: worst |error| / map max):")
+        lines += [f"  {key:<24} {100 * value:.3f} %" for key, value in measured.items()]
     return lines
 
 

@@ -15,7 +15,9 @@ sinks) still has a maximum >= REF, so:
   - raw map (as stored) over image keys, with or without sinks: error <= EPS x the map's maximum;
   - a map renormalised over its keys (normalisations "image", "no_sinks"): error <= 5 EPS / (1 - 4 EPS)
     x its maximum (the renormalising sum moves by at most 4 EPS of itself).
-A row whose REF is 0 (no image attention past the sinks) is kept exactly. Aggregates over heads
+A row whose REF is 0 (no image attention past the sinks) is kept exactly; a non-zero value never
+becomes 0 (it becomes 2^-24), so the sinks found in the stored rows are the ones of the model's rows
+(sparse rows; in dense rows a key near `sink_keys`' threshold may still change side: measured). Aggregates over heads
 and layers ("mean", "max") stay within EPS x the mean / max of the heads' REF; top-k selection and
 rollout are not bounded by construction: their errors are measured (`attnstore.fidelity`) and
 recorded in the store's attrs.
@@ -74,7 +76,12 @@ def _quantise_rows(x: np.ndarray, image_keys: np.ndarray, eps: float) -> np.ndar
 
 
 def _on_steps(x: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """x rounded to multiples of its row's step (rows with step 0 unchanged)  # [..., key]."""
+    """x rounded to multiples of its row's step (rows with step 0 unchanged)  # [..., key].
+
+    A value rounded to 0 becomes 2^-24 (fp16's smallest) instead: which keys a row attends to at all
+    stays as it was, so the attention sinks `analysis.sink_keys` finds in sparse rows (keys most heads
+    attend to, against a median of 0) are the same keys, and "no_sinks" maps drop the same keys."""
     s = step[..., None]
     safe = np.where(s > 0, s, 1.0)
-    return np.where(s > 0, np.rint(x / safe) * safe, x)
+    q = np.where(s > 0, np.rint(x / safe) * safe, x)
+    return np.where((q == 0) & (x > 0), np.float32(2.0**-24), q)
