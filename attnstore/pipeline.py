@@ -47,7 +47,7 @@ def storage_settings(
         out["codec"] = check_request(codec)
     if round_decimals is not None:
         if not 1 <= round_decimals <= MAX_DECIMALS:
-            raise InvalidArgument("round", f"must be 1-{MAX_DECIMALS} decimals not {round_decimals}")
+            raise InvalidArgument("round", f"must be 1-{MAX_DECIMALS} decimals, not {round_decimals}")
         out["round_decimals"] = int(round_decimals)
     if map_error is not None:
         out["map_error"] = check_eps(map_error)

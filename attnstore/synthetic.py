@@ -96,9 +96,18 @@ def make_synthetic_store(
     image_size: tuple[int, int] = (640, 480),
     keep_bits: int = 10,
     seed: int = 0,
+    rows: str = "synthetic",
+    measure_codec: bool = False,
 ) -> str:
-    """Write a complete synthetic store; `grids` cycles through tile grids (default 3x4, 4x3, 2x2)."""
+    """Write a complete synthetic store; `grids` cycles through tile grids (default 3x4, 4x3, 2x2).
+
+    rows : "synthetic" (`synthetic_attention`) or "seed-style" (`seed_style_attention`: a trained model's
+        statistics, rounded to 3 decimals as seed 004 stores them).
+    measure_codec : choose the attention codec by measuring the first image (what extraction does); by
+        default the store keeps the default codec (the same bytes whatever the machine's speed).
+    """
     rng = np.random.default_rng(seed)
+    attention_fn = {"synthetic": synthetic_attention, "seed-style": seed_style_attention}[rows]
     grids = grids or [(3, 4), (4, 3), (2, 2)]
     longest = max(idefics3_tokens(r, c, n_answer)[0].__len__() for r, c in grids)
     n_text = len(PROMPT_WORDS) + 7 + n_answer
@@ -110,16 +119,14 @@ def make_synthetic_store(
         "keep_bits": keep_bits,
         "queries": "text",
     }
-    store = AttnStore.create(path, shape, attrs)
-    names = [f"synthetic_{i:05d}.png" for i in range(n_images)]
-    for index in store.allocate(names, names):
-        rows, cols = grids[index % len(grids)]
-        tokens, n_prompt = idefics3_tokens(rows, cols, n_answer)
+    def image(index: int) -> Extraction:
+        n_rows, n_cols = grids[index % len(grids)]
+        tokens, n_prompt = idefics3_tokens(n_rows, n_cols, n_answer)
         layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=64), len(tokens) - n_prompt)
         qrows = query_positions(layout.kind)
         image_keys = np.flatnonzero(layout.patch_tile >= 0)
-        attention = synthetic_attention(n_layers, n_heads, qrows, len(tokens), image_keys, rng)
-        result = Extraction(
+        attention = attention_fn(n_layers, n_heads, qrows, len(tokens), image_keys, rng)
+        return Extraction(
             attention=attention,
             query_position=qrows,
             token_id=np.array([abs(hash(t)) % 49000 for t in tokens], np.int32),
@@ -128,6 +135,12 @@ def make_synthetic_store(
             prompt="Can you describe this image?",
             answer="".join(tokens[n_prompt:]).replace("Ġ", " ").strip(),
         )
+
+    first = image(0) if n_images else None
+    store = AttnStore.create(path, shape, attrs, first=first if measure_codec else None)
+    names = [f"synthetic_{i:05d}.png" for i in range(n_images)]
+    for index in store.allocate(names, names):
+        result = first if index == 0 else image(index)
         store.write_image(index, result, _gradient_image(*image_size, seed=index))
     return path
 

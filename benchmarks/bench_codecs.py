@@ -68,10 +68,12 @@ def codec_table(name: str, ex: Extraction) -> None:
     for codec, f in sorted(figures.items(), key=lambda kv: kv[1]["bytes"]):
         mb = f["bytes"] / 1e6
         label = codec + (" (auto)" if codec == auto else "") + (" (old default)" if codec == C.DEFAULT_CODEC else "")
-        rows.append([label, f"{mb:.2f}", f"{mb / ent:.2f}", f"{mb / npz:.2f}", f"{f['decode_gbps']:.2f}", f"{f['row_ms']:.3f}"])  # fmt: skip
+        speed = [f"{f['decode_gbps']:.2f}", f"{f['row_ms']:.3f}"]
+        rows.append([label, f"{mb:.2f}", f"{mb / ent:.2f}", f"{mb / npz:.2f}", *speed])
     rows += [["order-0 entropy of the values", f"{ent:.2f}", "1.00", f"{ent / npz:.2f}", "", ""],
              ["np.savez_compressed (the seed's)", f"{npz:.2f}", f"{npz / ent:.2f}", "1.00", "", ""]]  # fmt: skip
-    print_table(f"One image, lossless — {name}", ["coding", "MB", "x entropy", "x npz", "decode GB/s (1 thread)", "row ms"], rows)  # fmt: skip
+    columns = ["coding", "MB", "x entropy", "x npz", "decode GB/s (1 thread)", "row ms"]
+    print_table(f"One image, lossless — {name}", columns, rows)
     print_store_check(name, ex)
 
 
@@ -107,13 +109,9 @@ def tradeoff_table(name: str, ex: Extraction) -> None:
         choice = C.choose(stored, stored.shape[3])
         mb = choice["candidates"][choice["name"]]["bytes"] / 1e6
         err = map_errors(original, original.assign(attention=(original["attention"].dims, stored)))
-        worst = lambda keys: max(err[k] for k in keys)  # noqa: E731
-        rows.append(
-            [label, choice["name"], f"{mb:.2f}"]
-            + [f"{100 * worst([f'{n}/head' for n in ('raw', 'image', 'no_sinks')]):.3f} %"]
-            + [f"{100 * worst([f'{n}/{m}' for n in ('raw', 'image', 'no_sinks')]):.3f} %" for m in ("mean", "max")]
-            + [f"{100 * worst([f'{n}/{m}' for n in ('raw', 'image', 'no_sinks')]):.3f} %" for m in ("entropy_topk", "rollout")]  # fmt: skip
-        )
+        methods = ("head", "mean", "max", "entropy_topk", "rollout")
+        worst = [max(err[f"{n}/{m}"] for n in ("raw", "image", "no_sinks")) for m in methods]
+        rows.append([label, choice["name"], f"{mb:.2f}"] + [f"{100 * w:.3f} %" for w in worst])
     print_table(
         f"Lossy modes: size and map error — {name}",
         ["setting", "auto codec", "MB/image", "single head", "mean", "max", "entropy_topk", "rollout"],
