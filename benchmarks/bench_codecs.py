@@ -69,9 +69,9 @@ def codec_table(name: str, ex: Extraction) -> None:
         mb = f["bytes"] / 1e6
         label = codec + (" (auto)" if codec == auto else "") + (" (old default)" if codec == C.DEFAULT_CODEC else "")
         speed = [f"{f['decode_gbps']:.2f}", f"{f['row_ms']:.3f}"]
-        rows.append([label, f"{mb:.2f}", f"{mb / ent:.2f}", f"{mb / npz:.2f}", *speed])
-    rows += [["order-0 entropy of the values", f"{ent:.2f}", "1.00", f"{ent / npz:.2f}", "", ""],
-             ["np.savez_compressed (the seed's)", f"{npz:.2f}", f"{npz / ent:.2f}", "1.00", "", ""]]  # fmt: skip
+        rows.append([label, f"{mb:.4g}", f"{mb / ent:.2f}", f"{mb / npz:.2f}", *speed])
+    rows += [["order-0 entropy of the values", f"{ent:.4g}", "1.00", f"{ent / npz:.2f}", "", ""],
+             ["np.savez_compressed (the seed's)", f"{npz:.4g}", f"{npz / ent:.2f}", "1.00", "", ""]]  # fmt: skip
     columns = ["coding", "MB", "x entropy", "x npz", "decode GB/s (1 thread)", "row ms"]
     print_table(f"One image, lossless — {name}", columns, rows)
     print_store_check(name, ex)
@@ -111,7 +111,7 @@ def tradeoff_table(name: str, ex: Extraction) -> None:
         err = map_errors(original, original.assign(attention=(original["attention"].dims, stored)))
         methods = ("head", "mean", "max", "entropy_topk", "rollout")
         worst = [max(err[f"{n}/{m}"] for n in ("raw", "image", "no_sinks")) for m in methods]
-        rows.append([label, choice["name"], f"{mb:.2f}"] + [f"{100 * w:.3f} %" for w in worst])
+        rows.append([label, choice["name"], f"{mb:.4g}"] + [f"{100 * w:.3f} %" for w in worst])
     print_table(
         f"Lossy modes: size and map error — {name}",
         ["setting", "auto codec", "MB/image", "single head", "mean", "max", "entropy_topk", "rollout"],

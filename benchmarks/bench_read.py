@@ -103,11 +103,11 @@ def raw_decoder(chunks: list[bytes], shape: tuple[int, ...], threads: int, decod
     out = np.empty((len(chunks), shape[1], shape[2], shape[4]), np.float16)
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
-    def decode(i: int) -> None:
+    def decode_one(i: int) -> None:
         decode(chunks[i], out[i])
 
     def run(_) -> np.ndarray:
-        list(pool.map(decode, range(len(chunks))) if pool else map(decode, range(len(chunks))))
+        list(pool.map(decode_one, range(len(chunks))) if pool else map(decode_one, range(len(chunks))))
         return out
 
     return run
