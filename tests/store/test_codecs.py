@@ -206,3 +206,22 @@ def test_map_error_mode_is_smaller_and_recorded(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         xr.open_zarr(tmp_path / "b.zarr").attention.values  # noqa: B018
+
+
+def test_extraction_records_codec_and_lossy_map_errors(tmp_path, tiny_adapter):
+    """A run with --map-error: the codec measured on its first image, every method x normalisation's
+    error measured and recorded, and `info` prints both."""
+    from attnstore.pipeline import image_items, run_items
+    from attnstore.synthetic import _gradient_image
+
+    _gradient_image(300, 200).save(tmp_path / "a.png")
+    out = str(tmp_path / "s.zarr")
+    items = image_items([tmp_path / "a.png"], "Describe.")
+    run_items(tiny_adapter, items, out, show_progress=False, storage=storage_settings(map_error=0.01))
+    attrs = dict(AttnStore.open(out).group.attrs)
+    assert attrs[C.CODEC_ATTR]["chosen_by"].startswith("measured") and attrs["map_error"] == 0.01
+    measured = attrs["map_error_measured"]
+    assert len(measured) == 15 and measured["raw/head"] <= 0.01 * (1 + 1e-3)
+    lines = storage_lines(attrs)
+    assert any(line.startswith("map-faithful lossy") for line in lines)
+    assert any("raw/head" in line for line in lines)
