@@ -155,6 +155,7 @@ def run_distributed(
     client=None,
     torch_threads: int | None = None,
     show_progress: bool = True,
+    storage: dict | None = None,
 ) -> RunReport:
     """Extract `items` into the store at `out` on a dask cluster; same result as `pipeline.run_items`.
 
@@ -176,6 +177,7 @@ def run_distributed(
     with dask_client(workers, scheduler, client) as (cluster, default_threads):
         config = WorkerConfig(model, device, torch_threads or default_threads, dtype, attn_kernel)
         shape, attrs = _warm_up(cluster, config, sorted({it.prompt for it in items}), settings, keep_bits)
+        attrs = {**attrs, **(storage or {})}  # no first image here: the codec is forced or the default
         n_objects = max((len(it.objects) for it in items), default=0)
         run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
         plan = plan_run(run_store.store, items)

@@ -87,10 +87,17 @@ class RunStore:
             self.store = AttnStore.open(out, storage_options=storage_options)
             self.store.check_compatible(shape, attrs)
 
-    def ready(self) -> AttnStore:
-        """The store, created (or given its extra variables) now if not yet: an image is about to be written."""
+    def ready(self, first=None) -> AttnStore:
+        """The store, created (or given its extra variables) now if not yet: an image is about to be written.
+
+        `first`: the Extraction about to be written (a new store measures its codec on it)."""
         if self.store is None:
-            self.store = AttnStore.create(self.out, self.shape, self.attrs, self.storage_options)
+            self.store = AttnStore.create(self.out, self.shape, self.attrs, self.storage_options, first=first)
+            if first is not None:  # a lossy store measures its maps' error on the first image (attrs, `info`)
+                from attnstore.analysis.fidelity import record_fidelity
+                from attnstore.store.writer import stored_values
+
+                record_fidelity(self.store, first, stored_values(first, dict(self.store.group.attrs)))
         elif not self._ready:
             self.store.repair()  # a run killed while growing the store left its arrays disagreeing
         if not self._ready and self.extras:
@@ -100,8 +107,8 @@ class RunStore:
         self._ready = True
         return self.store
 
-    def fit(self, n_query: int, n_key: int) -> None:
+    def fit(self, n_query: int, n_key: int, first=None) -> None:
         """Grow the ready store so an image of n_query x n_key fits (to at least the planned capacity)."""
-        store = self.ready()
+        store = self.ready(first)
         if n_query > store.query_capacity or n_key > store.key_capacity:
             store.ensure_capacity(max(n_query, self.shape.query_capacity), max(n_key, self.shape.key_capacity))

@@ -624,9 +624,13 @@ def import_legacy(
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        store = AttnStore.create(str(tmp), _shape(items), _attrs(sources, model_id, queries))
+        first = to_extraction(items[0])
+        rounding = detected_rounding(first.attention)
+        attrs = {**_attrs(sources, model_id, queries), **rounding}
+        store = AttnStore.create(str(tmp), _shape(items), attrs, first=first)
         for index, item, name in zip(store.allocate(names, [str(s.folder) for s in sources]), items, names):
-            extraction = to_extraction(item)
+            extraction = first if item is items[0] else to_extraction(item)
+            _check_rounding(extraction, rounding, item.src.folder)
             worst = row_sum_error(extraction.attention)
             if worst > ROW_SUM_TOLERANCE and on_warning:
                 off = f"worst off by {worst:.3g}"
@@ -640,6 +644,27 @@ def import_legacy(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return names
+
+
+def detected_rounding(attention: np.ndarray) -> dict:
+    """Store attrs recording that the seed rounded its values (seed 004 keeps fp16 rounded to 3 decimals):
+    the store then keeps them as integer codes where that is smallest (`attnstore.store.codecs`)."""
+    from attnstore.store.codecs import grid_decimals
+
+    decimals = grid_decimals(attention)
+    return {} if decimals is None else {"round_decimals": decimals, "round_source": "detected on import"}
+
+
+def _check_rounding(extraction, rounding: dict, folder) -> None:
+    """Every folder of one import rounded alike: the store would otherwise round the others silently."""
+    from attnstore.store.codecs import on_grid
+
+    decimals = rounding.get("round_decimals")
+    if decimals is not None and not on_grid(extraction.attention, decimals):
+        raise LegacyFormatError(
+            f"{folder}: its attention is not rounded to {decimals} decimals like the first folder's: import the "
+            "rounded and the unrounded folders into two stores"
+        )
 
 
 def _check_same_model(sources: list[LegacySource]) -> None:

@@ -35,6 +35,25 @@ def store_shape_for(adapter: ModelAdapter, prompt: str, max_new_tokens: int, que
     return StoreShape(adapter.n_layers, adapter.n_heads, query_capacity=rows, key_capacity=keys)
 
 
+def storage_settings(
+    codec: str | None = None, round_decimals: int | None = None, map_error: float | None = None
+) -> dict:
+    """Run attrs of how attention is stored (None: the default, or the store's own when appending)."""
+    from attnstore.store.codecs import MAX_DECIMALS, check_request
+    from attnstore.store.lossy import check_eps
+
+    out: dict = {}
+    if codec is not None:
+        out["codec"] = check_request(codec)
+    if round_decimals is not None:
+        if not 1 <= round_decimals <= MAX_DECIMALS:
+            raise InvalidArgument("round", f"must be 1-{MAX_DECIMALS} decimals, not {round_decimals}")
+        out["round_decimals"] = int(round_decimals)
+    if map_error is not None:
+        out["map_error"] = check_eps(map_error)
+    return out
+
+
 def store_attrs(adapter: ModelAdapter, keep_bits: int, queries: str, max_new_tokens: int) -> dict:
     return {
         "model_id": adapter.model_id,
@@ -224,17 +243,20 @@ def run_items(
     extras: dict | None = None,
     show_progress: bool = True,
     batch_size: int = 1,
+    storage: dict | None = None,
 ) -> RunReport:
     """Extract every entry into the store at `out` in this process; skip complete ones.
 
     The store is created, grown or given new variables only once an image is ready to be written:
     a run that writes nothing leaves an existing store byte-identical and creates none.
     `extras` (name -> (kind, description)) adds extra per-image variables; see AttnStore.ensure_extras.
-    `batch_size` entries run through the model in one generate.
+    `batch_size` entries run through the model in one generate. `storage` (`storage_settings`): codec,
+    rounding and map-faithful lossy mode of a new store (checked against an existing one).
     """
     if batch_size < 1:
         raise InvalidArgument("batch_size", f"must be at least 1, got {batch_size}")
     shape, attrs = store_plan(adapter, [it.prompt for it in items], settings, keep_bits)
+    attrs.update(storage or {})
     n_objects = max((len(it.objects) for it in items), default=0)
     run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
     plan = plan_run(run_store.store, items)
@@ -265,7 +287,7 @@ def _load_images(items: list[WorkItem], report: RunReport, driver: RunDriver) ->
 
 def _write_entries(run_store: RunStore, plan: RunPlan, entries, results, settings, report, driver) -> None:
     for (item, image), result in zip(entries, results):
-        run_store.fit(result.n_query, result.n_key)
+        run_store.fit(result.n_query, result.n_key, first=result)
         store = run_store.ready()
         index = plan.reserve(store, [item])[item.name]
         objects = normalised_boxes(item.objects, image.width, image.height)

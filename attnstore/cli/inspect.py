@@ -28,6 +28,29 @@ def store_size_bytes(path: str, storage_options: dict | None = None) -> int | No
     return int(fs.du(root))
 
 
+def storage_lines(attrs: dict) -> list[str]:
+    """How the attention is stored: codec (and why), every measured candidate, rounding, lossy mode."""
+    from attnstore.store.codecs import CODEC_ATTR, DEFAULT_CODEC
+
+    codec = attrs.get(CODEC_ATTR) or {"name": DEFAULT_CODEC, "chosen_by": "the default (made before codec choice)"}
+    portable = "" if codec.get("portable", True) else " (numcodecs.fixedscaleoffset codes: not tensorstore's driver)"
+    lines = [f"codec: {codec['name']}, {codec.get('chosen_by', '')}{portable}"]
+    candidates = codec.get("candidates") or {}
+    for name, f in sorted(candidates.items(), key=lambda kv: kv[1]["bytes"]):
+        mark = "*" if name == codec["name"] else " "
+        lines.append(f"  {mark} {name:<28} {f['bytes'] / 1e6:8.2f} MB/image  decode {f['decode_gbps']:.2f} GB/s  "
+                     f"row {f['row_ms']:.3f} ms")  # fmt: skip
+    if attrs.get("round_decimals") is not None:
+        lines.append(f"rounded to {attrs['round_decimals']} decimals ({attrs.get('round_source', '--round')})")
+    if attrs.get("map_error") is not None:
+        lines.append(f"map-faithful lossy: error <= {attrs['map_error']} x each drawn map's maximum")
+    measured = attrs.get("map_error_measured") or {}
+    if measured:
+        lines.append("map error measured on the first image (normalisation/method: worst |error| / map max):")
+        lines += [f"  {key:<24} {100 * value:.3f} %" for key, value in measured.items()]
+    return lines
+
+
 def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     ds = open_dataset(path)
     console = Console()
@@ -44,6 +67,8 @@ def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     on_disk = "unknown (http)" if size is None else f"{size / 1e6:.1f} MB"
     console.print(f"images: {complete.size} ({int(complete.sum())} complete); size on disk: {on_disk}")
     console.print(f"read backend: {escape(reader_name(ds))}")
+    for line in storage_lines(a):
+        console.print(escape(line))
     judged = has_correctness(ds)
     if judged:  # reads every answer: a store with expected answers says how many are right
         right, known = accuracy(ds.attn.answer_correct().values)

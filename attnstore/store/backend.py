@@ -38,6 +38,7 @@ from xarray.core import indexing
 
 from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 from attnstore.schema import QUERY
+from attnstore.store.codecs import chunk_decoder
 from attnstore.store.integrity import missing_rows_error
 from attnstore.store.remote import is_url, is_zip, protocol, resolve_storage_options, store_like
 from attnstore.store.safety import check_local_file, chunk_keys
@@ -201,10 +202,10 @@ class ShardLayout:
         n_layer, n_head = self.shape[1:3]
         if self.shard[:3] != (1, n_layer, n_head) or self.chunk[:4] != (1, n_layer, n_head, 1):
             raise Unsupported(f"shards {self.shard} / chunks {self.chunk} are not one image / one query row each")
-        names = [c["name"] for c in cfg["codecs"]]
-        if names not in (["bytes", "blosc"], ["bytes", "blosc", "crc32c"]) or _big_endian(cfg["codecs"][0]):
-            raise Unsupported(f"chunk codecs {names} are not bytes + blosc (+ crc32c)")
-        self.chunk_checksum = names[-1] == "crc32c"  # stores written before chunk checksums have none
+        decoder = chunk_decoder(cfg["codecs"])  # the pipelines the writer makes (`attnstore.store.codecs`)
+        if decoder is None:
+            raise Unsupported(f"chunk codecs {[c['name'] for c in cfg['codecs']]} are not ones attnstore writes")
+        self.decode, self.chunk_checksum = decoder  # stores written before chunk checksums have none
         if [c["name"] for c in cfg["index_codecs"]] != ["bytes", "crc32c"] or _big_endian(cfg["index_codecs"][0]):
             raise Unsupported("the shard index is not bytes + crc32c")
         self.index_at_end = cfg.get("index_location", "end") == "end"
@@ -373,7 +374,8 @@ class TensorstoreReader(AttentionReader):
             layout = ShardLayout(json.loads(bytes(meta.value)))
         except (ValueError, KeyError, TypeError, IndexError, RecursionError) as err:  # zarr-python says what is wrong
             raise Unsupported(f"unreadable {ATTENTION}/zarr.json ({type(err).__name__})") from err
-        return cls(kv, layout, f"tensorstore ({spec['driver']} kvstore), numcodecs blosc decode", root)
+        codec = layout.decode.pipeline.name
+        return cls(kv, layout, f"tensorstore ({spec['driver']} kvstore), {codec} decoded by numcodecs", root)
 
     # -- shard indexes ---------------------------------------------------------------------------
     def _fetch_indexes(self, keys: list[str]) -> dict[str, tuple[np.ndarray | None, bytes]]:
@@ -462,8 +464,6 @@ class TensorstoreReader(AttentionReader):
 
     def _decode(self, out: np.ndarray, read, indexes) -> str | None:
         """Decode one chunk into its place in `out`; returns the shard key if it changed meanwhile."""
-        from numcodecs import blosc
-
         i, start, stop, key, future = read
         result = future.result()
         generation = indexes[key][1]
@@ -472,10 +472,10 @@ class TensorstoreReader(AttentionReader):
         data = self._checked(result.value)
         n_key = self.layout.chunk[4]
         if start == 0 and stop == n_key == self.shape[4]:
-            blosc.decompress(data, out[i])  # the common case: straight into the output row
+            self.layout.decode(data, out[i])  # the common case: straight into the output row
         else:
             chunk = np.empty((*self.shape[1:3], n_key), np.float16)
-            blosc.decompress(data, chunk)
+            self.layout.decode(data, chunk)
             out[i, ..., start:stop] = chunk[..., : stop - start]
         return None
 

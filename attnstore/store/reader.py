@@ -100,6 +100,7 @@ def open_dataset(
     try:
         with warnings.catch_warnings():  # attention's dask chunks are replaced below (`attach`)
             warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)
+            warnings.filterwarnings("ignore", "Numcodecs codecs are not in the Zarr", UserWarning)  # store/codecs.py
             ds = xr.open_zarr(target, chunks=chunks, storage_options=options, zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
         raise StoreError(f"no attnstore store at '{path}'") from err

@@ -28,6 +28,7 @@ from attnstore.schema import (
     EXTRA_KINDS,
     FORMAT_NAME,
     IMAGE,
+    IMAGE_PATCH_KINDS,
     KEY,
     OBJECT,
     OBJECT_BOX,
@@ -42,13 +43,18 @@ from attnstore.schema import (
     RGB,
     SCHEMA_VERSION,
     VARIABLE_ATTRS,
+    kind_mask,
 )
+from attnstore.store import codecs
+from attnstore.store.lossy import MAP_ERROR_ATTR, map_quantise
 from attnstore.store.reader import check_attrs, check_target, exists
 from attnstore.store.remote import store_like
 
 MAX_DISPLAY_SIDE = 1024  # the store keeps a display copy of each image, longest edge at most this
 DEFAULT_KEEP_BITS = 10  # lossless fp16; see README "Storage" for the measured trade-off
 FP16_MANTISSA_BITS = 10
+ROUND_ATTR = "round_decimals"  # group attr: values rounded to this many decimals (`--round`, seed files)
+CODEC_REQUEST = "codec"  # run attr (never stored): "auto" or a codec name forced with --codec
 # The schema's own variables: an extra variable never takes one of their names.
 SCHEMA_VARIABLES = {"attention", "query_position", "patch_box", "pixels", *PER_KEY, *PER_KEY_STRINGS,
                     *PER_IMAGE_SCALARS, *PER_IMAGE_STRINGS}  # fmt: skip
@@ -132,9 +138,29 @@ class AttnStore:
 
     # -- creation / opening -----------------------------------------------------------------
     @classmethod
-    def create(cls, path: str, shape: StoreShape, attrs: dict, storage_options: dict | None = None) -> AttnStore:
-        """Create an empty store (0 images). Fails if a store is already there."""
+    def create(
+        cls,
+        path: str,
+        shape: StoreShape,
+        attrs: dict,
+        storage_options: dict | None = None,
+        first: Extraction | None = None,
+    ) -> AttnStore:
+        """Create an empty store (0 images). Fails if a store is already there.
+
+        `first`: the first image to be written; the attention codec is chosen by measuring its rows
+        (`attnstore.store.codecs`). Without it the codec is the one `attrs["codec"]` forces, else the default.
+        """
         check_target(path)
+        attrs = dict(attrs)
+        request = codecs.check_request(attrs.pop(CODEC_REQUEST, None))
+        if first is not None:
+            sample = stored_values(first, {"keep_bits": DEFAULT_KEEP_BITS, **attrs})
+            codec = codecs.choose(sample, shape.key_capacity, request)
+        elif request != codecs.AUTO:
+            codec = codecs.record(codecs.parse(request), "forced (--codec)", {}, 0, None)
+        else:
+            codec = codecs.default_record()
         target, storage_options = store_like(path, storage_options, mode="w-")
         try:
             group = zarr.open_group(store=target, mode="w-", zarr_format=3, storage_options=storage_options)
@@ -151,10 +177,11 @@ class AttnStore:
                 "keep_bits": DEFAULT_KEEP_BITS,
                 "random_weights": False,
                 **attrs,
+                codecs.CODEC_ATTR: codec,
             }
         )
         store = cls(group, path)
-        store._create_arrays(shape)
+        store._create_arrays(shape, codecs.parse(codec["name"]))
         store.consolidate()
         return store
 
@@ -182,10 +209,10 @@ class AttnStore:
             return store
         return cls.create(path, shape, attrs, storage_options)
 
-    def _create_arrays(self, shape: StoreShape) -> None:
+    def _create_arrays(self, shape: StoreShape, codec: codecs.Pipeline) -> None:
         g, L, H, Q, K = self.group, shape.n_layers, shape.n_heads, shape.query_capacity, shape.key_capacity
 
-        def array(name, dims, dtype, fill, chunks, shards=None):
+        def array(name, dims, dtype, fill, chunks, shards=None, compressors=None, filters=()):
             arr = g.create_array(
                 name,
                 shape=(0, *(shards or chunks)[1:]) if dims[0] == IMAGE else chunks,
@@ -194,13 +221,18 @@ class AttnStore:
                 dtype=dtype,
                 fill_value=fill,
                 dimension_names=dims,
-                compressors=_compressors(dtype),
+                compressors=compressors or _compressors(dtype),
+                filters=filters,
                 attributes=VARIABLE_ATTRS.get(name, {}),
             )
             return arr
 
         # One clicked token = one inner chunk (one row read per click); one shard per image (one object per image).
-        array("attention", ATTENTION_DIMS, "float16", 0.0, (1, L, H, 1, K), shards=(1, L, H, Q, K))
+        compress = (codec.zarr_compressor(), Crc32cCodec()) if CHUNK_CHECKSUM else (codec.zarr_compressor(),)
+        with warnings.catch_warnings():  # integer codes: "not in the zarr v3 spec" (see store/codecs.py)
+            warnings.simplefilter("ignore")
+            array("attention", ATTENTION_DIMS, "float16", 0.0, (1, L, H, 1, K), shards=(1, L, H, Q, K),
+                  compressors=compress, filters=codec.zarr_filters())  # fmt: skip
         array("query_position", (IMAGE, QUERY), "int32", -1, (1, Q))  # chunks = capacity: one chunk per image
         for name, (dtype, fill) in PER_KEY.items():
             array(name, (IMAGE, KEY), dtype, fill, (1, K))
@@ -284,7 +316,15 @@ class AttnStore:
                 f"the model has {shape.n_layers} x {shape.n_heads}: write to another store",
                 param="out",
             )
-        for key in ("model_id", "keep_bits"):
+        request = codecs.check_request(attrs.get(CODEC_REQUEST))
+        codec = codecs.store_pipeline(dict(self.group.attrs)).name
+        if request != codecs.AUTO and codec != request:
+            raise StoreError(
+                f"store '{self.path}' stores attention with codec {codec}, "
+                f"this run asks for {request}: write to another store",
+                param="out",
+            )
+        for key in ("model_id", "keep_bits", ROUND_ATTR, MAP_ERROR_ATTR):
             if key in attrs and self.group.attrs.get(key) != attrs[key]:
                 raise StoreError(
                     f"store '{self.path}' was made with {key}={self.group.attrs.get(key)!r}, "
@@ -461,10 +501,12 @@ class AttnStore:
         if mark_complete:
             g["complete"][index] = 0
         Q, K = self.query_capacity, self.key_capacity
-        keep_bits = int(g.attrs["keep_bits"]) if keep_bits is None else keep_bits
+        settings = dict(g.attrs) if keep_bits is None else {**g.attrs, "keep_bits": keep_bits}
+        stored = stored_values(result, settings)
+        self._check_codec(stored)
         # Whole shard in one write: zero padding chunks are not stored (write_empty_chunks=False).
         full = np.zeros((result.attention.shape[0], result.attention.shape[1], Q, K), np.float16)
-        full[:, :, : result.n_query, : result.n_key] = round_mantissa(result.attention, keep_bits)
+        full[:, :, : result.n_query, : result.n_key] = stored
         g["attention"][index] = full
         g["query_position"][index] = _padded(result.query_position, Q, -1)
         lay = result.layout
@@ -507,9 +549,29 @@ class AttnStore:
         if mark_complete:
             self.mark_complete(index)
 
+    def _check_codec(self, stored: np.ndarray) -> None:
+        """Integer codes are lossless only on their grid: an image off it is refused before any write."""
+        decimals = codecs.store_pipeline(dict(self.group.attrs)).decimals
+        if decimals is not None and not codecs.on_grid(stored, decimals):
+            raise StoreError(
+                f"store '{self.path}' stores attention as integer codes on a 10^-{decimals} grid and this image's "
+                f"values are not on it: extract with --round {decimals}, or write to another store"
+            )
+
     def mark_complete(self, index: int) -> None:
         """Flag image `index` complete: only once every one of its arrays is written."""
         self.group["complete"][index] = 1  # last: the image is now visible as complete
+
+
+def stored_values(result: Extraction, settings: dict) -> np.ndarray:
+    """The attention as a store with these attrs keeps it: keep_bits, then rounding to decimals, then
+    map-faithful quantisation  # [layer, head, query, key] float16."""
+    values = round_mantissa(result.attention, int(settings.get("keep_bits", DEFAULT_KEEP_BITS)))
+    if settings.get(ROUND_ATTR) is not None:
+        values = codecs.round_to_grid(values, int(settings[ROUND_ATTR]))
+    if settings.get(MAP_ERROR_ATTR) is not None:
+        values = map_quantise(values, kind_mask(result.layout.kind, IMAGE_PATCH_KINDS), float(settings[MAP_ERROR_ATTR]))
+    return values
 
 
 def _padded(values: np.ndarray, size: int, fill) -> np.ndarray:
