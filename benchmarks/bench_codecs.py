@@ -6,8 +6,8 @@ trade-off of the lossy modes (`--keep-bits`, `--map-error`), on three sources:
               30 layers x 9 heads, a 3 x 4-tile picture;
   demo        the trained demo model (`attnstore/data/demo_model`) on the demo's held-out scenes
               (what `attnstore demo` stores; a tiny model: its own layers, heads and keys);
-  seed-style  `attnstore.synthetic.seed_style_attention`: the statistics of the seed viewer's published SmolVLM-256M data (
-              ~94 % exact zeros after rounding, a sink at position 0, ~17 non-zero image keys per row),
+  seed-style  `attnstore.synthetic.seed_style_attention`: the seed viewer's published SmolVLM-256M data's
+              statistics (~94 % exact zeros after rounding, a sink at position 0, ~17 non-zero image keys per row),
               rounded to 3 decimals as seed 004 stores it; 30 x 9, 263 text rows x ~1,125 keys.
 
 Every inner chunk (one query row of every layer and head, padded to the key count) is encoded on
