@@ -101,3 +101,60 @@ def test_pack_disk_full_is_one_line_and_leaves_no_partial_zip(tmp_path, one_imag
     proc = attnstore("pack", store, out, fault=fault)
     assert_one_line(proc, f"cannot write to '{out}'", "the disk is full")
     assert list(tmp_path.iterdir()) == [], "pack left a file behind"
+
+
+# -- the same faults injected by patching the libraries (so these run on any version of the writer) ---------
+
+
+def test_disk_full_in_zarr_during_an_append_is_a_store_error_and_undone(tmp_path, one_image_store, tiny_adapter,
+                                                                        monkeypatch):  # fmt: skip
+    import errno
+
+    import zarr
+
+    from attnstore.errors import AttnstoreError
+    from attnstore.pipeline import run_extraction
+
+    source, image, _ = one_image_store
+    store = tmp_path / "s.zarr"
+    shutil.copytree(source, store)
+    before = tree_hashes(store)
+    real, calls = zarr.storage.LocalStore.set, []
+
+    async def full_disk(self, key, value):
+        calls.append(key)
+        if len(calls) == 20:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", full_disk)
+    with pytest.raises(AttnstoreError, match="the disk is full"):
+        run_extraction(tiny_adapter, [image], "Can you describe this image?", str(store), max_new_tokens=2,
+                       show_progress=False)  # fmt: skip
+    monkeypatch.undo()
+    assert tree_hashes(store) == before
+    assert partial_files(tmp_path) == []
+
+
+def test_disk_full_while_packing_is_a_store_error_and_leaves_no_partial(tmp_path, one_image_store, monkeypatch):
+    import errno
+
+    from attnstore.errors import AttnstoreError
+    from attnstore.store import pack
+
+    store, _, _ = one_image_store
+    copies = []
+
+    def full_disk(src, dst, length=0):
+        copies.append(1)
+        if len(copies) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return REAL_COPY(src, dst, length)
+
+    monkeypatch.setattr(pack.shutil, "copyfileobj", full_disk)
+    with pytest.raises(AttnstoreError, match="the disk is full"):
+        pack.pack_store(str(store), str(tmp_path / "s.zip"))
+    assert list(tmp_path.iterdir()) == []
+
+
+REAL_COPY = shutil.copyfileobj

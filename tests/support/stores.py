@@ -63,9 +63,10 @@ def start_forked(work: Callable[[], object], fault: str | None = None, count_fil
     if pid == 0:  # the child: never returns into pytest
         code = 1
         try:
-            from attnstore.store.journal import FAULTS
+            if fault is not None:
+                from attnstore.store.journal import FAULTS
 
-            FAULTS.arm(fault)
+                FAULTS.arm(fault)
             work()
             code = 0
             if count_file is not None:
