@@ -85,6 +85,9 @@ class RunPlan:
 
     def reserve(self, store: AttnStore, items: list[WorkItem]) -> dict[str, int]:
         """Slot index of every item, allocating the missing ones at once (names written)."""
+        for item in items:  # a slot of an earlier run: named again, as a run killed between its name and source
+            if item.name in self.slots:  # left it without the source
+                store.assign_slot(self.slots[item.name], item.name, _source(item.path))
         new = [it for it in items if it.name not in self.slots]
         for item in new[: len(self.orphans)]:
             index = self.orphans.pop(0)

@@ -225,29 +225,36 @@ def cli_kill_and_rerun(tmp_path, image_dir, model, points, more=()):
     reference = tmp_path / "reference" / "s.zarr"
     code, _, stderr = run(reference)
     assert code == 0, stderr
+    killed = 0
     for n in points:
         out = tmp_path / f"kill{n}" / "s.zarr"
         code, _, stderr = run(out, f"kill:{n}")
+        if code == 0:  # the run has fewer operations than n: it must simply be whole
+            assert_same_store(out, reference)
+            continue
         assert code == KILLED, f"kill:{n}: {code} {stderr[-2000:]}"
+        killed += 1
         code, stdout, stderr = cli("validate", out)  # a reader of the killed state: one line, never a traceback
         assert "Traceback" not in stderr and (code == 0 or "incomplete" in stdout + stderr or "no attnstore" in stderr)
         code, _, stderr = run(out)
         assert code == 0, stderr
         assert_same_store(out, reference)
+    return killed
 
 
 @pytest.mark.slow
 def test_cli_kill_during_creation_then_rerun(tmp_path, image_dir, tiny_model_path):
     """The finding: a kill while the arrays were being created left a store no rerun could finish
     (`KeyError: 'pixels'`) that validate called valid. Operation 5: a few arrays made, most not."""
-    cli_kill_and_rerun(tmp_path, image_dir, tiny_model_path, [5])
+    assert cli_kill_and_rerun(tmp_path, image_dir, tiny_model_path, [5]) == 1
     assert not list((tmp_path / "kill5").glob(".*creating*"))
 
 
 @pytest.mark.slow
 def test_cli_kill_points_with_two_dask_workers(tmp_path, image_dir, tiny_model_path):
     """The coordinator killed (its workers with it) during creation, growth, slot naming and completion."""
-    cli_kill_and_rerun(tmp_path, image_dir, tiny_model_path, [3, 40, 75, 80, 83], ["--workers", "2"])
+    points = [3, 30, 60, 90, 120, 150]  # the coordinator's own operations (workers are not counted)
+    assert cli_kill_and_rerun(tmp_path, image_dir, tiny_model_path, points, ["--workers", "2"]) >= 3
 
 
 @pytest.mark.slow
