@@ -23,6 +23,7 @@ from attnstore.images import image_name, load_image
 from attnstore.models.base import ModelAdapter
 from attnstore.records import Extraction
 from attnstore.store import DEFAULT_KEEP_BITS, AttnStore, StoreShape
+from attnstore.store.lock import writer_lock
 
 QUERY_MARGIN = 8  # spare query/key rows so most appends never resize
 
@@ -105,6 +106,9 @@ class RunPlan:
 
     def reserve(self, store: AttnStore, items: list[WorkItem]) -> dict[str, int]:
         """Slot index of every item, allocating the missing ones at once (names written)."""
+        for item in items:  # a slot of an earlier run: named again, as a run killed between its name and source
+            if item.name in self.slots:  # left it without the source
+                store.assign_slot(self.slots[item.name], item.name, _source(item.path))
         new = [it for it in items if it.name not in self.slots]
         for item in new[: len(self.orphans)]:
             index = self.orphans.pop(0)
@@ -258,8 +262,13 @@ def run_items(
     shape, attrs = store_plan(adapter, [it.prompt for it in items], settings, keep_bits)
     attrs.update(storage or {})
     n_objects = max((len(it.objects) for it in items), default=0)
-    run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
-    plan = plan_run(run_store.store, items)
+    with writer_lock(out):  # one writer per store: a second run fails at once, naming this one
+        run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
+        plan = plan_run(run_store.store, items)
+        return _run_plan(adapter, run_store, plan, settings, show_progress, batch_size)
+
+
+def _run_plan(adapter, run_store: RunStore, plan: RunPlan, settings, show_progress: bool, batch_size: int):
     report = RunReport(skipped=plan.done)
     with RunDriver("extracting", len(plan.todo), show_progress) as driver:
         for start in range(0, len(plan.todo), batch_size):
@@ -287,11 +296,11 @@ def _load_images(items: list[WorkItem], report: RunReport, driver: RunDriver) ->
 
 def _write_entries(run_store: RunStore, plan: RunPlan, entries, results, settings, report, driver) -> None:
     for (item, image), result in zip(entries, results):
-        run_store.fit(result.n_query, result.n_key, first=result)
-        store = run_store.ready()
-        index = plan.reserve(store, [item])[item.name]
         objects = normalised_boxes(item.objects, image.width, image.height)
-        store.write_image(index, result, image, extra=entry_extra(item, result, settings), objects=objects)
+        with run_store.writing(first=result) as store:  # the image whole, or (a write error) the store as before
+            run_store.fit(result.n_query, result.n_key)
+            index = plan.reserve(store, [item])[item.name]
+            store.write_image(index, result, image, extra=entry_extra(item, result, settings), objects=objects)
         report.written.append(item.name)
         driver.advance()
 

@@ -9,13 +9,21 @@ a killed run never leaves a half-written image marked complete.
 from __future__ import annotations
 
 import datetime as _dt
+import glob
+import os
+import re
+import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import zarr
 from PIL import Image
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.storage import FsspecStore, LocalStore
 
 from attnstore import __version__
 from attnstore.errors import StoreError
@@ -46,9 +54,10 @@ from attnstore.schema import (
     kind_mask,
 )
 from attnstore.store import codecs
+from attnstore.store.journal import JournalStore, write_errors
 from attnstore.store.lossy import MAP_ERROR_ATTR, map_quantise
 from attnstore.store.reader import check_attrs, check_target, exists
-from attnstore.store.remote import store_like
+from attnstore.store.remote import is_url, store_like
 
 MAX_DISPLAY_SIDE = 1024  # the store keeps a display copy of each image, longest edge at most this
 DEFAULT_KEEP_BITS = 10  # lossless fp16; see README "Storage" for the measured trade-off
@@ -63,6 +72,10 @@ SCHEMA_VARIABLES = {"attention", "query_position", "patch_box", "pixels", *PER_K
 # reads a few objects instead of one per image (atomic chunk writes keep this crash-safe).
 SINGLE_WRITER_VARIABLES = ("complete", "image_name", "image_source")
 SINGLE_WRITER_CHUNK = 4096
+CREATING = ".creating-"  # `.NAME.creating-PID`: a store being created beside NAME (renamed when whole)
+# zarr's LocalStore writes each object to `NAME.<32 hex>.partial` first, then renames it: a killed
+# writer can leave one behind (never read: zarr ignores it).
+ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 # Every chunk ends with a crc32c of its compressed bytes (the standard zarr v3 `crc32c` codec), so a
@@ -150,6 +163,10 @@ class AttnStore:
 
         `first`: the first image to be written; the attention codec is chosen by measuring its rows
         (`attnstore.store.codecs`). Without it the codec is the one `attrs["codec"]` forces, else the default.
+
+        A local store is built in a hidden folder beside `path` and renamed into place when whole: a run
+        killed while creating leaves no store (and `remove_leftovers` clears the folder), never one with
+        half its arrays. An object store (s3://) has no rename: it is written in place.
         """
         check_target(path)
         attrs = dict(attrs)
@@ -161,9 +178,31 @@ class AttnStore:
             codec = codecs.record(codecs.parse(request), "forced (--codec)", {}, 0, None)
         else:
             codec = codecs.default_record()
-        target, storage_options = store_like(path, storage_options, mode="w-")
+        attrs[codecs.CODEC_ATTR] = codec
+        _, storage_options = store_like(path, storage_options, mode="w-")
+        with write_errors(path):
+            if is_url(path):
+                cls._build(_writable(path, storage_options), path, shape, attrs)
+                return cls.open(path, storage_options=storage_options)
+            final = Path(path)
+            if final.exists() and any(final.iterdir()):
+                raise StoreError(f"'{path}' already exists and is not an empty folder")
+            building = final.with_name(f".{final.name}{CREATING}{os.getpid()}")
+            shutil.rmtree(building, ignore_errors=True)
+            try:
+                cls._build(JournalStore(LocalStore(building)), path, shape, attrs)
+                building.rename(final)  # atomic: readers see no store, then the whole empty store
+            except BaseException:
+                shutil.rmtree(building, ignore_errors=True)
+                raise
+        return cls.open(path)
+
+    @classmethod
+    def _build(cls, target: JournalStore, path: str, shape: StoreShape, attrs: dict) -> None:
+        """Every array of a new store, and its attributes (the attention codec's record among them), into
+        `target`."""
         try:
-            group = zarr.open_group(store=target, mode="w-", zarr_format=3, storage_options=storage_options)
+            group = zarr.open_group(store=target, mode="w-", zarr_format=3)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
             raise StoreError(f"'{path}' already exists and is not an empty folder") from err
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -177,19 +216,21 @@ class AttnStore:
                 "keep_bits": DEFAULT_KEEP_BITS,
                 "random_weights": False,
                 **attrs,
-                codecs.CODEC_ATTR: codec,
             }
         )
         store = cls(group, path)
-        store._create_arrays(shape, codecs.parse(codec["name"]))
+        store._create_arrays(shape, codecs.parse(attrs[codecs.CODEC_ATTR]["name"]))
         store.consolidate()
-        return store
 
     @classmethod
     def open(cls, path: str, mode: str = "r+", storage_options: dict | None = None) -> AttnStore:
         """Open an existing store for appending; checks it is an attnstore store of this schema."""
         check_target(path)
         target, storage_options = store_like(path, storage_options, mode)
+        if mode != "r":  # writes go through the journal (undo on a write error, fault injection in tests)
+            if not is_url(path) and not Path(path).is_dir():
+                raise StoreError(f"no attnstore store at '{path}'")
+            target, storage_options = _writable(path, storage_options), None
         try:
             # Writers read live array metadata: the consolidated copy goes stale as arrays grow.
             group = zarr.open_group(
@@ -199,6 +240,21 @@ class AttnStore:
             raise StoreError(f"no attnstore store at '{path}'") from err
         check_attrs(dict(group.attrs), path)
         return cls(group, path)
+
+    @contextmanager
+    def journal(self) -> Iterator[None]:
+        """Writes inside are all or nothing: should one fail (disk full, read-only store ...), every object
+        changed inside gets its old bytes back, so the store is byte-identical to before."""
+        target = self.group.store
+        if not isinstance(target, JournalStore):
+            yield
+            return
+        try:
+            with target.journal():
+                yield
+        except Exception:
+            self._n_images = None  # the image axis may have been put back
+            raise
 
     @classmethod
     def open_or_create(cls, path: str, shape: StoreShape, attrs: dict, storage_options=None) -> AttnStore:
@@ -572,6 +628,27 @@ def stored_values(result: Extraction, settings: dict) -> np.ndarray:
     if settings.get(MAP_ERROR_ATTR) is not None:
         values = map_quantise(values, kind_mask(result.layout.kind, IMAGE_PATCH_KINDS), float(settings[MAP_ERROR_ATTR]))
     return values
+
+
+def _writable(path: str, storage_options: dict | None) -> JournalStore:
+    """A writable zarr store for `path` (local folder or fsspec URL), every write through the journal."""
+    if is_url(path):
+        return JournalStore(FsspecStore.from_url(path, storage_options=storage_options, read_only=False))
+    return JournalStore(LocalStore(path))
+
+
+def remove_leftovers(path: str) -> None:
+    """Clear what killed writers of a local store left: a half-created store beside it, and zarr's
+    partial objects inside it. Only the writer holding the store's lock may call this."""
+    if is_url(path):
+        return
+    store = Path(path)
+    for building in store.parent.glob(f".{glob.escape(store.name)}{CREATING}*"):
+        shutil.rmtree(building, ignore_errors=True)
+    if store.is_dir():
+        for partial in store.rglob("*.partial"):
+            if ZARR_PARTIAL.search(partial.name) and partial.is_file():
+                partial.unlink(missing_ok=True)
 
 
 def _padded(values: np.ndarray, size: int, fill) -> np.ndarray:
