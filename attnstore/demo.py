@@ -145,3 +145,43 @@ def build_scene_store(
         extras=DEMO_EXTRAS,
         show_progress=show_progress,
     )
+
+
+def random_twin(model_dir: str | Path, folder: str | Path) -> Path:
+    """The model at `model_dir`'s architecture and processor with freshly initialised weights
+    (seed 0), saved to `folder`: what attention looks like in a model that learned nothing."""
+    import torch
+    from transformers import AutoProcessor, Idefics3Config, Idefics3ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(Idefics3Config.from_pretrained(model_dir))
+    model.save_pretrained(folder)
+    AutoProcessor.from_pretrained(model_dir).save_pretrained(folder)
+    return Path(folder)
+
+
+def scene_check(model_dir: str | Path, workdir: str | Path, n_scenes: int, seed: int) -> dict:
+    """Answer and grounding figures of a model on held-out demo scenes (one colour or shape
+    question each, as the demo asks): the share of right answers, and the best head's in-box lift
+    (its mean share of the answer token's image attention inside the asked object's box over the
+    box's mean area share; 1 = chance), with its layer and head."""
+    import attnstore  # noqa: F401  (registers ds.attn)
+    from attnstore.analysis.correctness import accuracy
+    from attnstore.analysis.grounding import rank_heads, store_grounding
+    from attnstore.store import open_dataset
+
+    path = Path(workdir) / f"scenes-{Path(model_dir).name}.zarr"
+    build_scene_store(str(path), model_dir, n_scenes, seed, show_progress=False)
+    ds = open_dataset(str(path))
+    right, judged = accuracy(ds.attn.answer_correct().values)
+    ranked = rank_heads(store_grounding(ds))
+    return {
+        "store": str(path),
+        "right": right,
+        "judged": judged,
+        "accuracy": right / max(judged, 1),
+        "best_lift": float(ranked["inbox_lift"][0]),
+        "best_layer": int(ranked["layer"][0]),
+        "best_head": int(ranked["head"][0]),
+        "mean_lift": float(ranked["inbox_lift"].mean()),
+    }

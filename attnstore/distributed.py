@@ -31,6 +31,8 @@ from attnstore.images import load_image
 from attnstore.models.base import ModelAdapter
 from attnstore.pipeline import ExtractSettings, WorkItem, extract_item, plan_run, store_plan
 from attnstore.store import AttnStore, CapacityError
+from attnstore.store.journal import write_error_message, write_errors
+from attnstore.store.lock import writer_lock
 
 CHECK_BATCH = 64  # images decoded per pre-check task
 
@@ -134,6 +136,8 @@ def extract_task(
         return TaskResult(item.name, "capacity", str(err), err.needed)
     except AttnstoreError as err:
         return TaskResult(item.name, "failed", str(err))
+    except OSError as err:  # disk full, read-only store: the entry stays incomplete, said in one line
+        return TaskResult(item.name, "failed", write_error_message(out, err))
     return TaskResult(item.name, "written")
 
 
@@ -155,6 +159,7 @@ def run_distributed(
     client=None,
     torch_threads: int | None = None,
     show_progress: bool = True,
+    storage: dict | None = None,
 ) -> RunReport:
     """Extract `items` into the store at `out` on a dask cluster; same result as `pipeline.run_items`.
 
@@ -173,9 +178,11 @@ def run_distributed(
 
     The store is created or grown only once entries are ready to be written (`driver.RunStore`).
     """
-    with dask_client(workers, scheduler, client) as (cluster, default_threads):
+    # One writer per store: the coordinator holds the lock for its workers (only it creates, grows or flags).
+    with writer_lock(out), dask_client(workers, scheduler, client) as (cluster, default_threads):
         config = WorkerConfig(model, device, torch_threads or default_threads, dtype, attn_kernel)
         shape, attrs = _warm_up(cluster, config, sorted({it.prompt for it in items}), settings, keep_bits)
+        attrs = {**attrs, **(storage or {})}  # no first image here: the codec is forced or the default
         n_objects = max((len(it.objects) for it in items), default=0)
         run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
         plan = plan_run(run_store.store, items)
@@ -186,10 +193,11 @@ def run_distributed(
         if not todo:
             return report
         # Workers never resize: the store gets the planned capacity before they start.
-        run_store.fit(shape.query_capacity, shape.key_capacity)
-        store = run_store.ready()
-        slots = plan.reserve(store, todo)
-        _extract_all(cluster, config, store, out, storage_options, todo, slots, settings, report, show_progress)
+        with run_store.writing() as store:  # all of the set-up, or (a write error) the store as before it
+            run_store.fit(shape.query_capacity, shape.key_capacity)
+            slots = plan.reserve(store, todo)
+        with write_errors(out):
+            _extract_all(cluster, config, store, out, storage_options, todo, slots, settings, report, show_progress)
     return report
 
 

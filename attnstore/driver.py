@@ -8,13 +8,19 @@ and a run that wrote nothing leaves no store behind.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from attnstore.progress import progress_bar
 from attnstore.store import AttnStore, StoreShape
+from attnstore.store.journal import write_errors
 from attnstore.store.reader import exists
+from attnstore.store.remote import is_url
+from attnstore.store.writer import remove_leftovers
 
 
 @dataclass
@@ -83,15 +89,26 @@ class RunStore:
         self.storage_options, self.extras, self.n_objects = storage_options, extras, n_objects
         self.store: AttnStore | None = None
         self._ready = False
+        self._created = False  # this run created the store (and has completed no write unit yet)
         if exists(out, storage_options):
             self.store = AttnStore.open(out, storage_options=storage_options)
             self.store.check_compatible(shape, attrs)
 
-    def ready(self) -> AttnStore:
-        """The store, created (or given its extra variables) now if not yet: an image is about to be written."""
+    def ready(self, first=None) -> AttnStore:
+        """The store, created (or given its extra variables) now if not yet: an image is about to be written.
+
+        `first`: the Extraction about to be written (a new store measures its codec on it)."""
         if self.store is None:
-            self.store = AttnStore.create(self.out, self.shape, self.attrs, self.storage_options)
+            remove_leftovers(self.out)  # a creation a killed run left half-done
+            self.store = AttnStore.create(self.out, self.shape, self.attrs, self.storage_options, first=first)
+            self._created = True
+            if first is not None:  # a lossy store measures its maps' error on the first image (attrs, `info`)
+                from attnstore.analysis.fidelity import record_fidelity
+                from attnstore.store.writer import stored_values
+
+                record_fidelity(self.store, first, stored_values(first, dict(self.store.group.attrs)))
         elif not self._ready:
+            remove_leftovers(self.out)
             self.store.repair()  # a run killed while growing the store left its arrays disagreeing
         if not self._ready and self.extras:
             self.store.ensure_extras(self.extras)
@@ -99,6 +116,32 @@ class RunStore:
             self.store.ensure_objects(self.n_objects)
         self._ready = True
         return self.store
+
+    @contextmanager
+    def writing(self, first=None) -> Iterator[AttnStore]:
+        """The ready store, for one unit of writes (one image, or a distributed run's set-up) that is all or
+        nothing: a write error (disk full, read-only store) undoes the unit, leaving the store byte-identical
+        to before it (a store this run created and never finished a unit in is removed), and is one line.
+
+        `first`: the Extraction about to be written (a new store measures its codec on it)."""
+        with write_errors(self.out):
+            if self.store is None:
+                self.ready(first)  # the creation is atomic by itself (AttnStore.create)
+            try:
+                with self.store.journal():
+                    yield self.ready()
+            except Exception:
+                self._ready = False  # repair / extras / objects may have been undone
+                if self._created:
+                    self._discard()
+                raise
+            self._created = False
+
+    def _discard(self) -> None:
+        """Remove the store this run created: it failed before holding any image."""
+        if not is_url(self.out):
+            shutil.rmtree(self.out, ignore_errors=True)
+            self.store = None
 
     def fit(self, n_query: int, n_key: int) -> None:
         """Grow the ready store so an image of n_query x n_key fits (to at least the planned capacity)."""

@@ -60,7 +60,8 @@ def extract_batch(
     adapter : a loaded model (`attnstore.models.load_adapter`).
     images, prompts : one prompt per image.
     max_new_tokens : answer budget (greedy decoding; generation stops at the end-of-turn token).
-    queries : "text" keeps the prompt's text rows and the answer's; "all" every row.
+    queries : "text" keeps the prompt's text rows and the answer's; "text+image" those and the image
+        patch tokens' rows; "all" every row.
 
     Returns
     -------

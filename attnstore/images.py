@@ -18,9 +18,11 @@ def load_image(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise InputImageError(f"image not found: {path}")
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # over PIL's pixel limit (~178 MP): refused here, before decoding
             img.load()
             return img.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise InputImageError(f"image {path} is too large to decode safely: {err}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise InputImageError(f"cannot decode image {path}: {err}") from err
 

@@ -37,7 +37,7 @@ from attnstore.geometry import ImageLayout, finish_grids, global_view, place_vie
 from attnstore.images import IMAGE_SUFFIXES, load_image
 from attnstore.models.idefics3_layout import GLOBAL_TOKEN, IMAGE_TOKEN, parse_idefics3_layout
 from attnstore.records import Extraction, extend_layout, query_positions
-from attnstore.schema import TokenKind
+from attnstore.schema import DIM_LIMITS, KEY, TokenKind
 from attnstore.store import AttnStore, StoreShape
 
 ARRAY_FILE = "attention_array.npy"
@@ -50,6 +50,12 @@ NPZ_KEYS = ("attention", "attn", "attentions", "arr_0", "weights")  # preferred 
 DEFAULT_GRID = (3, 4)  # the seeds' fixed grid, used only when the tokens carry no tile markers
 DEFAULT_TILE_TOKENS = 64  # 8 x 8 patch tokens per 512 px tile (SmolVLM)
 _ROW_COL = re.compile(r"^<row_\d+_col_\d+>$")
+# Bounds checked from headers before anything is loaded: small files must not load huge arrays.
+MAX_ARRAY_BYTES = 4 * 2**30  # one attention array (a layer file, or the seed000 square) as declared
+MAX_INFLATION = 200  # declared bytes per compressed byte of an npz member (real attention: < 10; zeros: ~1000)
+INFLATION_FROM = 64 * 2**20  # ... checked for members declaring more than this (small ones cost nothing)
+MAX_TOKEN_CHARS = 64 * 2**20  # characters of all tokens of one folder
+ROW_SUM_TOLERANCE = 1e-2  # fp16 softmax rows: off by more and the import warns
 
 
 class LegacyFormatError(AttnstoreError):
@@ -107,12 +113,34 @@ def read_tokens(path: Path) -> list[str]:
     except ValueError as err:
         raise LegacyFormatError(f"{path} is not a NumPy .npy array ({err})") from err
     if arr is None:
+        _check_token_count(path, shape)
         arr = load_npy(path)
     if arr.ndim != 1 or arr.dtype.kind not in "USO":
         raise LegacyFormatError(
             f"{path} should be a 1-D array of token strings, got shape {arr.shape} dtype {arr.dtype}"
         )
-    return [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in arr.tolist()]
+    tokens = arr.tolist()
+    if sum(len(t) for t in tokens) > MAX_TOKEN_CHARS:  # a pickle may repeat one long string by reference
+        raise LegacyFormatError(f"{path}: the tokens hold more than {MAX_TOKEN_CHARS:,} characters; not a token list")
+    return [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in tokens]
+
+
+def _check_token_count(path: Path, shape: tuple[int, ...]) -> None:
+    """Before loading: at most as many tokens as a store has keys (`DIM_LIMITS`)."""
+    if len(shape) == 1 and shape[0] > DIM_LIMITS[KEY]:
+        raise LegacyFormatError(f"{path} declares {shape[0]:,} tokens, more than a store holds ({DIM_LIMITS[KEY]:,})")
+
+
+def check_attention_header(path: Path, shape: tuple[int, ...], dtype: np.dtype, stored_bytes: int | None) -> None:
+    """Before loading: floating-point weights, of a declared size within MAX_ARRAY_BYTES and, for a
+    compressed member (`stored_bytes`), within MAX_INFLATION of what the file holds."""
+    if dtype.kind != "f":
+        raise LegacyFormatError(f"{path}: attention is {dtype}, expected floating-point weights (softmax outputs)")
+    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    inflated = stored_bytes is not None and declared > max(INFLATION_FROM, MAX_INFLATION * stored_bytes)
+    if declared > MAX_ARRAY_BYTES or inflated:
+        held = f" from {stored_bytes:,} stored bytes" if stored_bytes is not None else ""
+        raise LegacyFormatError(f"{path}: declares a {shape} array ({declared:,} bytes{held}); refusing to load it")
 
 
 # -- the one pickle attnstore reads: np.save(path, np.array(tokens, dtype=object)) ----------------
@@ -166,6 +194,7 @@ class TokenUnpickler(pickle.Unpickler):
 
 def load_pickled_tokens(fh: io.BufferedIOBase, path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """The object array of token strings after an .npy header; anything else is a LegacyFormatError."""
+    _check_token_count(path, shape)
     try:
         arr = TokenUnpickler(fh).load()
     except Exception as err:  # a hostile or broken stream may fail in any way: all mean "refused"
@@ -193,12 +222,14 @@ def npz_header(path: Path) -> tuple[str, tuple[int, ...], np.dtype]:
         with zipfile.ZipFile(path) as zf:
             keys = [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
             key = _pick_npz_key(path, keys)
+            stored = zf.getinfo(key + ".npy").compress_size
             with zf.open(key + ".npy") as fh:
                 shape, dtype = _read_npy_header(fh)
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise LegacyFormatError(f"{path} is not a NumPy .npz archive ({err})") from err
     if dtype.hasobject:
         raise LegacyFormatError(f"{path}: array '{key}' is a pickled object array; attnstore never loads pickles")
+    check_attention_header(path, tuple(shape), dtype, stored)
     return key, tuple(shape), dtype
 
 
@@ -212,8 +243,15 @@ def _pick_npz_key(path: Path, keys: list[str]) -> str:
 
 
 def load_npz(path: Path, key: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as z:
-        return z[key]
+    """Array `key` of an npz whose header `npz_header` checked; a truncated member is a LegacyFormatError."""
+    import zlib
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z[key]
+    except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
+        why = f"{path}: array '{key}' cannot be read, the file is truncated or damaged ({err})"
+        raise LegacyFormatError(why) from err
 
 
 # -- discovering folders ---------------------------------------------------------------------
@@ -308,7 +346,9 @@ def inspect_folder(
     n = len(tokens)
     if (folder / ARRAY_FILE).is_file() and attn_dir is None:
         path = folder / ARRAY_FILE
-        shape = _squeeze_batch(load_npy(path, mmap=True).shape, 4)
+        full = load_npy(path, mmap=True)  # memory-mapped: only the header is read
+        check_attention_header(path, full.shape, full.dtype, None)
+        shape = _squeeze_batch(full.shape, 4)
         if len(shape) != 4 or shape[2] != shape[3] or not _keys_fit(shape[3], n):
             raise LegacyFormatError(
                 f"{path} has shape {shape}; expected [layers, heads, {n}, {n}] (or {n - 1}, {n - 1}: the last "
@@ -458,9 +498,23 @@ def read_rows(src: LegacySource, rows: np.ndarray) -> np.ndarray:
     else:
         local = rows - src.first_row
         att = np.stack([load_npz(p, src.npz_key).reshape(src.n_heads, -1, n)[:, local, :] for p in src.files])
+    check_weights(src.folder, att)
     out = np.zeros((*att.shape[:3], src.n_key), np.float16)
     out[..., :n] = att
     return out
+
+
+def check_weights(folder: Path, att: np.ndarray) -> None:
+    """Softmax weights are finite and non-negative (a LegacyFormatError, one line, otherwise)."""
+    if not np.isfinite(att).all():
+        raise LegacyFormatError(f"{folder}: the attention holds NaN or infinite values; not softmax weights")
+    if (att < 0).any():
+        raise LegacyFormatError(f"{folder}: the attention holds negative values; not softmax weights")
+
+
+def row_sum_error(att: np.ndarray) -> float:
+    """How far the worst row of `att` ([..., key]) is from summing to 1."""
+    return float(np.abs(att.astype(np.float32).sum(-1) - 1).max(initial=0))
 
 
 @dataclass
@@ -535,6 +589,7 @@ def import_legacy(
     tile_tokens: int = DEFAULT_TILE_TOKENS,
     on_image: Callable[[str], None] | None = None,
     attn_dir: str | Path | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Import seed folders into a new store at `out`; returns the image names written.
 
@@ -554,6 +609,8 @@ def import_legacy(
     on_image : called with each image name once it is written.
     attn_dir : the folder of per-layer .npz files inside each seed folder (default: found,
         see `layer_dir`).
+    on_warning : called with a line for each folder whose attention rows do not sum to 1
+        (imported as given). NaN, infinite, negative or non-float attention is refused.
     """
     out = Path(out)
     if "://" in str(out):
@@ -567,9 +624,18 @@ def import_legacy(
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        store = AttnStore.create(str(tmp), _shape(items), _attrs(sources, model_id, queries))
+        first = to_extraction(items[0])
+        rounding = detected_rounding(first.attention)
+        attrs = {**_attrs(sources, model_id, queries), **rounding}
+        store = AttnStore.create(str(tmp), _shape(items), attrs, first=first)
         for index, item, name in zip(store.allocate(names, [str(s.folder) for s in sources]), items, names):
-            store.write_image(index, to_extraction(item), load_image(item.src.image))
+            extraction = first if item is items[0] else to_extraction(item)
+            _check_rounding(extraction, rounding, item.src.folder)
+            worst = row_sum_error(extraction.attention)
+            if worst > ROW_SUM_TOLERANCE and on_warning:
+                off = f"worst off by {worst:.3g}"
+                on_warning(f"{item.src.folder}: attention rows do not sum to 1 ({off}); imported as given")
+            store.write_image(index, extraction, load_image(item.src.image))
             if on_image:
                 on_image(name)
         store.consolidate()
@@ -578,6 +644,27 @@ def import_legacy(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return names
+
+
+def detected_rounding(attention: np.ndarray) -> dict:
+    """Store attrs recording that the seed rounded its values (seed 004 keeps fp16 rounded to 3 decimals):
+    the store then keeps them as integer codes where that is smallest (`attnstore.store.codecs`)."""
+    from attnstore.store.codecs import grid_decimals
+
+    decimals = grid_decimals(attention)
+    return {} if decimals is None else {"round_decimals": decimals, "round_source": "detected on import"}
+
+
+def _check_rounding(extraction, rounding: dict, folder) -> None:
+    """Every folder of one import rounded alike: the store would otherwise round the others silently."""
+    from attnstore.store.codecs import on_grid
+
+    decimals = rounding.get("round_decimals")
+    if decimals is not None and not on_grid(extraction.attention, decimals):
+        raise LegacyFormatError(
+            f"{folder}: its attention is not rounded to {decimals} decimals like the first folder's: import the "
+            "rounded and the unrounded folders into two stores"
+        )
 
 
 def _check_same_model(sources: list[LegacySource]) -> None:

@@ -23,6 +23,7 @@ from attnstore.images import image_name, load_image
 from attnstore.models.base import ModelAdapter
 from attnstore.records import Extraction
 from attnstore.store import DEFAULT_KEEP_BITS, AttnStore, StoreShape
+from attnstore.store.lock import writer_lock
 
 QUERY_MARGIN = 8  # spare query/key rows so most appends never resize
 
@@ -31,8 +32,27 @@ def store_shape_for(adapter: ModelAdapter, prompt: str, max_new_tokens: int, que
     """Capacities from the model's worst-case image block + this prompt + the answer budget."""
     text = len(adapter.tokenizer(prompt)["input_ids"]) + 16  # + chat template tokens
     keys = adapter.max_image_tokens() + text + max_new_tokens + QUERY_MARGIN
-    rows = keys if queries == "all" else text + max_new_tokens + QUERY_MARGIN
+    rows = keys if queries in ("all", "text+image") else text + max_new_tokens + QUERY_MARGIN
     return StoreShape(adapter.n_layers, adapter.n_heads, query_capacity=rows, key_capacity=keys)
+
+
+def storage_settings(
+    codec: str | None = None, round_decimals: int | None = None, map_error: float | None = None
+) -> dict:
+    """Run attrs of how attention is stored (None: the default, or the store's own when appending)."""
+    from attnstore.store.codecs import MAX_DECIMALS, check_request
+    from attnstore.store.lossy import check_eps
+
+    out: dict = {}
+    if codec is not None:
+        out["codec"] = check_request(codec)
+    if round_decimals is not None:
+        if not 1 <= round_decimals <= MAX_DECIMALS:
+            raise InvalidArgument("round", f"must be 1-{MAX_DECIMALS} decimals, not {round_decimals}")
+        out["round_decimals"] = int(round_decimals)
+    if map_error is not None:
+        out["map_error"] = check_eps(map_error)
+    return out
 
 
 def store_attrs(adapter: ModelAdapter, keep_bits: int, queries: str, max_new_tokens: int) -> dict:
@@ -86,6 +106,9 @@ class RunPlan:
 
     def reserve(self, store: AttnStore, items: list[WorkItem]) -> dict[str, int]:
         """Slot index of every item, allocating the missing ones at once (names written)."""
+        for item in items:  # a slot of an earlier run: named again, as a run killed between its name and source
+            if item.name in self.slots:  # left it without the source
+                store.assign_slot(self.slots[item.name], item.name, _source(item.path))
         new = [it for it in items if it.name not in self.slots]
         for item in new[: len(self.orphans)]:
             index = self.orphans.pop(0)
@@ -224,20 +247,28 @@ def run_items(
     extras: dict | None = None,
     show_progress: bool = True,
     batch_size: int = 1,
+    storage: dict | None = None,
 ) -> RunReport:
     """Extract every entry into the store at `out` in this process; skip complete ones.
 
     The store is created, grown or given new variables only once an image is ready to be written:
     a run that writes nothing leaves an existing store byte-identical and creates none.
     `extras` (name -> (kind, description)) adds extra per-image variables; see AttnStore.ensure_extras.
-    `batch_size` entries run through the model in one generate.
+    `batch_size` entries run through the model in one generate. `storage` (`storage_settings`): codec,
+    rounding and map-faithful lossy mode of a new store (checked against an existing one).
     """
     if batch_size < 1:
         raise InvalidArgument("batch_size", f"must be at least 1, got {batch_size}")
     shape, attrs = store_plan(adapter, [it.prompt for it in items], settings, keep_bits)
+    attrs.update(storage or {})
     n_objects = max((len(it.objects) for it in items), default=0)
-    run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
-    plan = plan_run(run_store.store, items)
+    with writer_lock(out):  # one writer per store: a second run fails at once, naming this one
+        run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
+        plan = plan_run(run_store.store, items)
+        return _run_plan(adapter, run_store, plan, settings, show_progress, batch_size)
+
+
+def _run_plan(adapter, run_store: RunStore, plan: RunPlan, settings, show_progress: bool, batch_size: int):
     report = RunReport(skipped=plan.done)
     with RunDriver("extracting", len(plan.todo), show_progress) as driver:
         for start in range(0, len(plan.todo), batch_size):
@@ -265,11 +296,11 @@ def _load_images(items: list[WorkItem], report: RunReport, driver: RunDriver) ->
 
 def _write_entries(run_store: RunStore, plan: RunPlan, entries, results, settings, report, driver) -> None:
     for (item, image), result in zip(entries, results):
-        run_store.fit(result.n_query, result.n_key)
-        store = run_store.ready()
-        index = plan.reserve(store, [item])[item.name]
         objects = normalised_boxes(item.objects, image.width, image.height)
-        store.write_image(index, result, image, extra=entry_extra(item, result, settings), objects=objects)
+        with run_store.writing(first=result) as store:  # the image whole, or (a write error) the store as before
+            run_store.fit(result.n_query, result.n_key)
+            index = plan.reserve(store, [item])[item.name]
+            store.write_image(index, result, image, extra=entry_extra(item, result, settings), objects=objects)
         report.written.append(item.name)
         driver.advance()
 

@@ -8,9 +8,12 @@ import numpy as np
 
 from attnstore.errors import InvalidArgument
 from attnstore.geometry import ImageLayout
-from attnstore.schema import TEXT_KINDS, TokenKind, kind_mask
+from attnstore.schema import IMAGE_PATCH_KINDS, TEXT_KINDS, TokenKind, kind_mask
 
-QUERY_MODES = ("text", "all")
+# Which attention rows an extraction stores: "text" (prompt text, specials, answer), "text+image"
+# (those plus the image patch tokens' rows: where a patch looks), "all" (every row, image markers too).
+QUERY_MODES = ("text", "text+image", "all")
+QUERY_KINDS = {"text": TEXT_KINDS, "text+image": (*TEXT_KINDS, *IMAGE_PATCH_KINDS)}
 
 
 @dataclass
@@ -35,12 +38,12 @@ class Extraction:
 
 
 def query_positions(kinds: np.ndarray, mode: str = "text") -> np.ndarray:
-    """Sequence positions whose attention rows are stored: text rows, or every row."""
+    """Sequence positions whose attention rows are stored under `mode` (`QUERY_MODES`)  # [query] int32."""
     if mode not in QUERY_MODES:
         raise InvalidArgument("queries", f"must be one of {', '.join(QUERY_MODES)}, not '{mode}'")
     if mode == "all":
         return np.arange(kinds.shape[0], dtype=np.int32)
-    return np.flatnonzero(kind_mask(kinds, TEXT_KINDS)).astype(np.int32)
+    return np.flatnonzero(kind_mask(kinds, QUERY_KINDS[mode])).astype(np.int32)
 
 
 def extend_layout(layout: ImageLayout, n_generated: int) -> ImageLayout:

@@ -115,6 +115,46 @@ VARIABLE_ATTRS: dict[str, dict] = {
     OBJECT_LABEL: {"long_name": "object label; empty = no object in this slot"},
 }
 
+# Limits on what a store may declare: checked on the metadata before anything is read or allocated
+# (`attnstore.store.safety`), so a damaged or hostile zarr.json cannot make a reader allocate or loop
+# without bound. Generous: real models have ~30 layers, ~16 heads and a few thousand keys.
+DIM_LIMITS: dict[str, int] = {
+    IMAGE: 10**8,
+    LAYER: 1024,
+    HEAD: 1024,
+    QUERY: 2**16,
+    KEY: 2**20,
+    PIXEL_Y: 8192,
+    PIXEL_X: 8192,
+    RGB: 3,
+    BOX_DIM: 4,
+    OBJECT: 4096,
+}
+MAX_CHUNK_BYTES = 256 * 2**20  # one decoded chunk, and one chunk file read whole
+MAX_METADATA_BYTES = 64 * 2**20  # one zarr.json (the consolidated one lists every array)
+
+# Per-image variables a complete image always stores (a chunk of them is never all fill value:
+# n_key > 0 tokens of some kind and text, positions >= 0, a display copy of the image), so an
+# absent chunk means a deleted one. (`attention` is checked per query row below n_query: each row
+# sums to 1. Not token_id: imported seed folders have none, all -1.)
+REQUIRED_PER_IMAGE = ("query_position", "token_kind", "token_text", "pixels")
+
+
+def is_fill(name: str, values: np.ndarray) -> bool:
+    """Whether `values` of variable `name` are all its fill value (what zarr reads for an absent chunk)."""
+    fills = {"query_position": -1, "pixels": 0, "token_text": ""} | {n: f for n, (_, f) in PER_KEY.items()}
+    return bool(np.all(values == fills[name])) if name in fills else False
+
+
+def expected_dtype(name: str) -> str | None:
+    """The zarr v3 data type the schema gives variable `name` (None: not a schema variable)."""
+    fixed = {"attention": "float16", "query_position": "int32", "patch_box": "float32", "pixels": "uint8"}
+    fixed |= {OBJECT_BOX: "float32", OBJECT_LABEL: "string"}
+    fixed |= {n: dtype for n, (dtype, _) in (PER_IMAGE_SCALARS | PER_KEY).items()}
+    fixed |= {n: "string" for n in (*PER_IMAGE_STRINGS, *PER_KEY_STRINGS)}
+    return fixed.get(name)
+
+
 # Group attrs every store carries; `validate` checks them.
 REQUIRED_ATTRS = (
     "format",

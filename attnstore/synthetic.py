@@ -96,30 +96,40 @@ def make_synthetic_store(
     image_size: tuple[int, int] = (640, 480),
     keep_bits: int = 10,
     seed: int = 0,
+    queries: str = "text",
+    rows: str = "synthetic",
+    measure_codec: bool = False,
 ) -> str:
-    """Write a complete synthetic store; `grids` cycles through tile grids (default 3x4, 4x3, 2x2)."""
+    """Write a complete synthetic store; `grids` cycles through tile grids (default 3x4, 4x3, 2x2).
+
+    queries : which rows it holds (`attnstore.records.QUERY_MODES`).
+    rows : "synthetic" (`synthetic_attention`) or "seed-style" (`seed_style_attention`: a trained model's
+        statistics, rounded to 3 decimals as seed 004 stores them).
+    measure_codec : choose the attention codec by measuring the first image (what extraction does); by
+        default the store keeps the default codec (the same bytes whatever the machine's speed).
+    """
     rng = np.random.default_rng(seed)
+    attention_fn = {"synthetic": synthetic_attention, "seed-style": seed_style_attention}[rows]
     grids = grids or [(3, 4), (4, 3), (2, 2)]
     longest = max(idefics3_tokens(r, c, n_answer)[0].__len__() for r, c in grids)
     n_text = len(PROMPT_WORDS) + 7 + n_answer
-    shape = StoreShape(n_layers, n_heads, query_capacity=n_text + 2, key_capacity=longest)
+    query_capacity = n_text + 2 if queries == "text" else longest
+    shape = StoreShape(n_layers, n_heads, query_capacity=query_capacity, key_capacity=longest)
     attrs = {
         "model_id": "synthetic",
         "model_family": "idefics3",
         "random_weights": True,
         "keep_bits": keep_bits,
-        "queries": "text",
+        "queries": queries,
     }
-    store = AttnStore.create(path, shape, attrs)
-    names = [f"synthetic_{i:05d}.png" for i in range(n_images)]
-    for index in store.allocate(names, names):
-        rows, cols = grids[index % len(grids)]
-        tokens, n_prompt = idefics3_tokens(rows, cols, n_answer)
+    def image(index: int) -> Extraction:
+        n_rows, n_cols = grids[index % len(grids)]
+        tokens, n_prompt = idefics3_tokens(n_rows, n_cols, n_answer)
         layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=64), len(tokens) - n_prompt)
-        qrows = query_positions(layout.kind)
+        qrows = query_positions(layout.kind, queries)
         image_keys = np.flatnonzero(layout.patch_tile >= 0)
-        attention = synthetic_attention(n_layers, n_heads, qrows, len(tokens), image_keys, rng)
-        result = Extraction(
+        attention = attention_fn(n_layers, n_heads, qrows, len(tokens), image_keys, rng)
+        return Extraction(
             attention=attention,
             query_position=qrows,
             token_id=np.array([abs(hash(t)) % 49000 for t in tokens], np.int32),
@@ -128,6 +138,12 @@ def make_synthetic_store(
             prompt="Can you describe this image?",
             answer="".join(tokens[n_prompt:]).replace("Ġ", " ").strip(),
         )
+
+    first = image(0) if n_images else None
+    store = AttnStore.create(path, shape, attrs, first=first if measure_codec else None)
+    names = [f"synthetic_{i:05d}.png" for i in range(n_images)]
+    for index in store.allocate(names, names):
+        result = first if index == 0 else image(index)
         store.write_image(index, result, _gradient_image(*image_size, seed=index))
     return path
 
@@ -138,3 +154,55 @@ def _gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None].repeat(width, 1)
     blue = np.full_like(x, (seed * 53) % 256)
     return Image.fromarray(np.stack([x, y, blue], -1).astype(np.uint8))
+
+
+def seed_style_attention(
+    n_layers: int, n_heads: int, rows: np.ndarray, n_key: int, image_keys: np.ndarray, rng, decimals: int | None = 3
+) -> np.ndarray:
+    """Rows shaped like a trained SmolVLM's, stored the way seed 004 stores them (rounded to `decimals`).
+
+    Measured on the seed viewer's published SmolVLM-256M attention: a sink on position 0 taking ~0.34 of a
+    row (varying by head), ~0.04 of a row on the image keys spread over ~17 of them with a heavy tail,
+    the rest on recent text tokens; after rounding to 3 decimals ~94 % of the values are exact zeros.
+    Returns # [layer, head, query, key] float16 (causal: keys after a row's position are 0).
+    """
+    shape = (n_layers, n_heads, rows.shape[0])
+    weights = np.zeros((*shape, n_key), np.float32)
+    sink = np.clip(rng.beta(2, 2, (n_layers, n_heads, 1)) * 0.7 + rng.normal(0, 0.1, shape), 0.01, 0.95)
+    weights[..., 0] = sink
+    image_mass = np.clip(rng.exponential(0.043, shape), 0, 0.6)
+    picks = rng.choice(image_keys, size=(*shape, 17))  # [layer, head, query, 17]
+    share = rng.pareto(1.2, (*shape, 17)) + 0.05
+    np.put_along_axis(weights, picks, (share / share.sum(-1, keepdims=True) * image_mass[..., None]), axis=-1)
+    text = np.ones(n_key, bool)
+    text[image_keys] = False
+    text[0] = False
+    causal = np.arange(n_key)[None, :] <= rows[:, None]  # [query, key]
+    distance = np.maximum(rows[:, None] - np.arange(n_key)[None, :], 0)  # [query, key]
+    reach = rng.uniform(3, 40, (*shape, 1))  # how far back each head reads
+    recent = rng.exponential(1.0, weights.shape) * np.exp(-distance / reach) * (causal & text)
+    rest = np.clip(1 - weights.sum(-1, keepdims=True), 0, None)
+    weights += rest * recent / np.maximum(recent.sum(-1, keepdims=True), 1e-12)
+    weights *= causal
+    return (np.round(weights, decimals) if decimals is not None else weights).astype(np.float16)
+
+
+def seed_style_extraction(
+    grid: tuple[int, int] = (3, 4),
+    n_answer: int = 32,
+    rng: np.random.Generator | None = None,
+    n_layers: int = 30,
+    n_heads: int = 9,
+    decimals: int | None = 3,
+) -> Extraction:
+    """`synthetic_extraction` with `seed_style_attention` rows (default: SmolVLM-256M's 30 x 9, a 3 x 4 image)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    like = synthetic_extraction(grid, n_answer, rng, n_layers=1, n_heads=1)
+    image_keys = np.flatnonzero(like.layout.patch_tile >= 0)
+    attention = np.concatenate(  # one layer at a time: the fp32 rows stay small
+        [
+            seed_style_attention(1, n_heads, like.query_position, like.n_key, image_keys, rng, decimals)
+            for _ in range(n_layers)
+        ]
+    )
+    return Extraction(**{**like.__dict__, "attention": attention})

@@ -17,11 +17,23 @@ import xarray as xr
 import zarr
 
 from attnstore.errors import StoreError
-from attnstore.schema import ATTENTION_DIMS, IMAGE, OBJECT_BOX, OBJECT_LABEL, QUERY, REQUIRED_ATTRS, TokenKind
-from attnstore.store import AttnStore, open_dataset
+from attnstore.schema import (
+    ATTENTION_DIMS,
+    IMAGE,
+    OBJECT_BOX,
+    OBJECT_LABEL,
+    QUERY,
+    REQUIRED_ATTRS,
+    REQUIRED_PER_IMAGE,
+    TokenKind,
+    is_fill,
+)
+from attnstore.store import open_dataset
 from attnstore.store.integrity import is_checksum_error
+from attnstore.store.reader import open_group
+from attnstore.store.safety import declared_problems, store_declared
 
-DEEP_QUERY_BLOCK = 32  # attention rows decoded per read in the deep check (bounds memory at real size)
+READ_BYTES = 64 * 2**20  # attention decoded per read (deep scan and row sums): memory stays bounded
 
 
 @dataclass
@@ -55,11 +67,20 @@ def validate_store(
     storage_options : fsspec options for remote stores.
     on_image : called after each complete image is checked.
     deep : also read every stored chunk of every array (incomplete images and padding included),
-        naming each image whose data fails its checksum or cannot be decoded.
+        naming each image whose data fails its checksum or cannot be decoded, or whose chunk is
+        missing (a complete image's attention row below n_query, or its per-key variables or pixels).
+
+    Every array's declared shape and dtype is checked against the schema first, reading nothing
+    else: a store declaring 1e9 keys is one problem, not an allocation. Images are read one at a
+    time (attention at most READ_BYTES at a time), so memory stays bounded at any store size.
     """
     report = ValidationReport()
+    group = open_group(path, storage_options, use_consolidated=False, check=False)
+    report.problems += list(declared_problems(store_declared(group)))
+    if report.problems:
+        return report  # reading arrays the schema does not allow could allocate without bound
     if deep:
-        _scan_chunks(path, storage_options, report)
+        _scan_chunks(group, report)
     try:
         ds = open_dataset(path, storage_options=storage_options)
     except ValueError as err:
@@ -106,15 +127,18 @@ def _first_line(err: BaseException) -> str:
 
 
 def _describe_read_error(err: BaseException) -> str:
+    if isinstance(err, StoreError):  # already one line that says what is wrong (a missing chunk, a FIFO ...)
+        return str(err)
     if is_checksum_error(err):
         return "a chunk fails its crc32c checksum (changed on disk since it was written)"
     return f"a chunk cannot be decoded ({_first_line(err)})"
 
 
-def _scan_chunks(path: str, storage_options: dict | None, report: ValidationReport) -> None:
-    """Read every chunk of every array; record each image whose data cannot be read."""
-    group = AttnStore.open(path, mode="r", storage_options=storage_options).group
+def _scan_chunks(group: zarr.Group, report: ValidationReport) -> None:
+    """Read every chunk of every array; record each image whose data cannot be read or whose
+    expected chunk is missing."""
     damage: dict[int, list[str]] = {}
+    required = _required_rows(group)
     for name in sorted(group.array_keys()):
         arr = group[name]
         dims = tuple(arr.metadata.dimension_names or ())
@@ -124,7 +148,7 @@ def _scan_chunks(path: str, storage_options: dict | None, report: ValidationRepo
             except Exception as err:
                 report.problems.append(f"array '{name}' is damaged: {_describe_read_error(err)}")
             continue
-        for images, what in _damaged_blocks(arr, name, dims):
+        for images, what in _damaged_blocks(arr, name, dims, required):
             if len(images) == 1:
                 damage.setdefault(images[0], []).append(what)
             else:  # a chunk shared by many images (the image list): one problem, not thousands
@@ -135,43 +159,79 @@ def _scan_chunks(path: str, storage_options: dict | None, report: ValidationRepo
         report.problems.append(f"image {i} ({names[i]}): damaged, {'; '.join(damage[i])}")
 
 
-def _damaged_blocks(arr: zarr.Array, name: str, dims: tuple[str, ...]) -> Iterator[tuple[range, str]]:
-    """(images, description) for each unreadable block of an array whose first axis is `image`."""
+MISSING = "its chunk is missing (deleted since it was written)"
+
+
+def _required_rows(group: zarr.Group) -> np.ndarray:
+    """Leading attention rows each image must have stored: n_query of a complete image, else 0  # [image]."""
+    n = group["complete"].shape[0]
+    out = np.zeros(n, np.int64)
+    step = max(group["complete"].chunks[0], group["n_query"].chunks[0], 4096)
+    for start in range(0, n, step):  # a block at a time: bounded memory at any image count
+        stop = min(start + step, n)
+        try:
+            done = group["complete"][start:stop].astype(bool)
+            out[start:stop] = np.where(done, group["n_query"][start:stop], 0)
+        except Exception:  # damaged: named by the scan of those arrays
+            continue
+    return out
+
+
+def _damaged_blocks(
+    arr: zarr.Array, name: str, dims: tuple[str, ...], required: np.ndarray
+) -> Iterator[tuple[range, str]]:
+    """(images, description) for each unreadable or missing block of an array whose first axis is `image`."""
     step = arr.chunks[0]  # images per (inner) chunk: 1, or many for the single-writer arrays
     for start in range(0, arr.shape[0], step):
         images = range(start, min(start + step, arr.shape[0]))
         if QUERY in dims and arr.shards is not None:  # one inner chunk per query row: say which rows
-            rows = _damaged_rows(arr, start, dims.index(QUERY))
+            n_required = int(required[start]) if start < len(required) else 0
+            rows = _damaged_rows(arr, start, dims.index(QUERY), n_required)
             if rows:
                 yield images, f"'{name}' query row(s) {_compact(rows)}: {rows[min(rows)]}"
             continue
         try:
-            arr[images.start : images.stop]
+            values = arr[images.start : images.stop]
         except Exception as err:
             yield images, f"'{name}': {_describe_read_error(err)}"
+            continue
+        if name in REQUIRED_PER_IMAGE and step == 1 and start < len(required) and required[start]:
+            if is_fill(name, values):
+                yield images, f"'{name}': {MISSING}"
 
 
-def _damaged_rows(arr: zarr.Array, image: int, axis: int) -> dict[int, str]:
-    """Unreadable query rows of one image -> why, reading DEEP_QUERY_BLOCK rows at a time."""
+def _damaged_rows(arr: zarr.Array, image: int, axis: int, n_required: int) -> dict[int, str]:
+    """Unreadable (or, below `n_required`, missing) query rows of one image -> why, reading at most
+    READ_BYTES at a time."""
     bad: dict[int, str] = {}
     n = arr.shape[axis]
-    for lo in range(0, n, DEEP_QUERY_BLOCK):
-        rows = range(lo, min(lo + DEEP_QUERY_BLOCK, n))
+    block = _rows_per_read(arr, axis)
+    for lo in range(0, n, block):
+        rows = range(lo, min(lo + block, n))
         try:
-            _read_rows(arr, image, axis, rows)
+            values = _read_rows(arr, image, axis, rows)
         except Exception:
             for row in rows:  # find the rows at fault
                 try:
                     _read_rows(arr, image, axis, range(row, row + 1))
                 except Exception as err:
                     bad[row] = _describe_read_error(err)
+            continue
+        stored = np.moveaxis(values, axis - 1, 0).reshape(len(rows), -1).view(np.uint16).any(axis=1)  # [row]
+        bad |= {row: MISSING for row, ok in zip(rows, stored) if not ok and row < n_required}
     return bad
 
 
-def _read_rows(arr: zarr.Array, image: int, axis: int, rows: range) -> None:
+def _rows_per_read(arr: zarr.Array, axis: int) -> int:
+    """Query rows of `arr` that fit READ_BYTES (at least one)."""
+    row_bytes = arr.dtype.itemsize * int(np.prod([s for i, s in enumerate(arr.shape) if i not in (0, axis)]))
+    return max(1, READ_BYTES // max(row_bytes, 1))
+
+
+def _read_rows(arr: zarr.Array, image: int, axis: int, rows: range) -> np.ndarray:
     index = [slice(None)] * arr.ndim
     index[0], index[axis] = image, slice(rows.start, rows.stop)
-    arr[tuple(index)]
+    return arr[tuple(index)]
 
 
 def _compact(rows: dict[int, str]) -> str:
@@ -214,16 +274,36 @@ def check_image(img: xr.Dataset, tol: float, mask: str = "causal") -> list[str]:
         return problems
     problems += _check_geometry(img, nk)
     problems += _check_objects(img)
-    att = img["attention"].values[:, :, :nq, :].astype(np.float32)  # [layer, head, query, key]
-    sums = att.sum(-1)
-    worst = float(np.abs(sums - 1).max())
+    allowed = None if mask == "causal" else bidirectional_keys(img["token_kind"].values[:nk], mask)
+    problems += _check_attention(img, qpos, tol, allowed)
+    return problems
+
+
+def _check_attention(img: xr.Dataset, qpos: np.ndarray, tol: float, allowed: np.ndarray | None) -> list[str]:
+    """Row sums, causality and NaN of the stored rows, READ_BYTES of rows at a time (bounded memory).
+
+    allowed : [key, key] True where a position may attend to a later one (the model's bidirectional
+    blocks, `bidirectional_keys`; None: causal, nowhere); only the stored keys (n_key) can be allowed.
+    """
+    att = img["attention"]  # [layer, head, query, key], lazy
+    n_layer, n_head, _, n_key = att.shape
+    block = max(1, READ_BYTES // (4 * n_layer * n_head * n_key))
+    worst, causal, nan = 0.0, True, False
+    for lo in range(0, len(qpos), block):  # the stored rows: query[:n_query]
+        stop = min(lo + block, len(qpos))
+        rows = att.isel(query=slice(lo, stop)).values.astype(np.float32)  # [layer, head, row, key]
+        worst = max(worst, float(np.nan_to_num(np.abs(rows.sum(-1) - 1), nan=0).max(initial=0)))
+        future = np.arange(n_key)[None, :] > qpos[lo : lo + block, None]  # [row, key]: positions after the query
+        if allowed is not None:
+            future[:, : allowed.shape[1]] &= ~allowed[qpos[lo : lo + block]]
+        causal &= not np.abs(rows[:, :, future]).max(initial=0) > 0
+        nan |= bool(np.isnan(rows).any())
+    problems = []
     if worst > tol:
         problems.append(f"attention rows do not sum to 1 (worst off by {worst:.3g}, tolerance {tol:.3g})")
-    future = np.arange(K)[None, :] > qpos[:, None]  # [query, key]: positions after the query
-    future[:, :nk] &= ~bidirectional_keys(img["token_kind"].values[:nk], mask)[qpos]
-    if np.abs(att[:, :, future]).max(initial=0) > 0:
+    if not causal:
         problems.append("attention on positions after the query token (not causal)")
-    if np.isnan(att).any():
+    if nan:
         problems.append("attention contains NaN")
     return problems
 

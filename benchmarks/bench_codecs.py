@@ -1,162 +1,149 @@
-"""Attention codecs by measurement: bits per stored value vs the entropy bound, speed, and the error
-a user sees on a drawn map, for each keep_bits setting (standard zarr v3 codecs only).
+"""Attention codecs by measurement (issue 23): size of one image per codec against the order-0 entropy
+and the seed's own `np.savez_compressed`, decode speed, the codec `auto` picks, and the size / error
+trade-off of the lossy modes (`--keep-bits`, `--map-error`), on three sources:
 
-Sources (text rows, real SmolVLM text dims: 30 layers x 9 heads, a 3 x 4-tile picture):
-  synthetic  `attnstore.synthetic.synthetic_attention`: peaky heads and a sink, realistic shape;
-  model      the random-weight real-text-dims Idefics3 on a photo-like picture (nearly uniform rows).
-Compared (each inner chunk encoded on its own, as the store's sharding codec does):
-  codec      blosc zstd levels 1 / 3 / 5 / 9 x byte or bit shuffle, plain zstd 3 (zarr's ZstdCodec);
-  layout     inner chunk = one query row of every layer and head (the store's: one click, one chunk),
-             one head's map of every row, or one layer.
-Reported per keep_bits: bits per stored value next to the empirical (order-0) entropy of the same
-rounded fp16 values, encode/decode speed, and the rounding error against the maximum of every map
-a user can draw: one (layer, head, query) over image keys (sinks kept), and the same without the
-sink keys (`attnstore.analysis.sink_keys`), never against the row maximum a sink dominates.
+  synthetic   `attnstore.synthetic.synthetic_attention`: peaky heads and a sink (dense: no zeros),
+              30 layers x 9 heads, a 3 x 4-tile picture;
+  demo        the trained demo model (`attnstore/data/demo_model`) on the demo's held-out scenes
+              (what `attnstore demo` stores; a tiny model: its own layers, heads and keys);
+  seed-style  `attnstore.synthetic.seed_style_attention`: the seed viewer's published SmolVLM-256M data's
+              statistics (~94 % exact zeros after rounding, a sink at position 0, ~17 non-zero image keys per row),
+              rounded to 3 decimals as seed 004 stores it; 30 x 9, 263 text rows x ~1,125 keys.
 
-Usage:  python benchmarks/bench_codecs.py [--max-new-tokens 32] [--source synthetic|model|both]
+Every inner chunk (one query row of every layer and head, padded to the key count) is encoded on
+its own, as the store's sharding codec does; sizes include the 4-byte crc32c per chunk. "auto" is
+`attnstore.store.codecs.choose` on the same rows (what a new store picks). Then one real store is
+written with auto and with the old default to check the estimate against the bytes on disk.
+
+Usage:  python benchmarks/bench_codecs.py [--source synthetic|demo|seed|all] [--answer 250]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import tempfile
 import time
+from pathlib import Path
 
-import numcodecs
 import numpy as np
-from common import PROMPT, host_load, model_dir, photo_like_image, print_table, timed
+from common import dir_bytes, host_load, print_table
+from PIL import Image
 
 from attnstore.records import Extraction
-from attnstore.schema import IMAGE_PATCH_KINDS, kind_mask
-from attnstore.store.writer import round_mantissa
+from attnstore.store import codecs as C
+from attnstore.store.writer import stored_values
 
-KEEP_BITS = (10, 7, 5, 3)
-CODECS = {
-    **{
-        f"blosc zstd-{level} {name}": numcodecs.Blosc(cname="zstd", clevel=level, shuffle=shuffle)
-        for level in (1, 3, 5, 9)
-        for name, shuffle in (("byte", numcodecs.Blosc.SHUFFLE), ("bit", numcodecs.Blosc.BITSHUFFLE))
-    },
-    "zstd-3 (no shuffle)": numcodecs.Zstd(level=3),
-}
-DEFAULT_CODEC = "blosc zstd-1 bit"
-LAYOUTS = {  # inner chunk of one image's [layer, head, query, key]
-    "row (L, H, 1, K)": lambda a: (a[:, :, q] for q in range(a.shape[2])),
-    "head map (1, 1, Q, K)": lambda a: (a[layer, head] for layer in range(a.shape[0]) for head in range(a.shape[1])),
-    "layer (1, H, Q, K)": lambda a: (a[layer] for layer in range(a.shape[0])),
-}
-DEFAULT_LAYOUT = "row (L, H, 1, K)"
+KEEP_BITS = (7, 5, 3)
+MAP_ERRORS = (0.002, 0.01, 0.05)
 
 
-def entropy_bits(values: np.ndarray) -> float:
-    """Order-0 empirical entropy of the fp16 bit patterns, bits per value."""
+def entropy_mb(values: np.ndarray) -> float:
+    """Order-0 empirical entropy of the fp16 values, MB for all of them."""
     _, counts = np.unique(values.view(np.uint16), return_counts=True)
     p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+    return float(-(p * np.log2(p)).sum()) * values.size / 8 / 1e6
 
 
-def encoded(codec, attention: np.ndarray, layout: str) -> dict:
-    """Bits per value and MB/s of encoding, then decoding, every inner chunk of `layout`."""
-    chunks = [np.ascontiguousarray(c) for c in LAYOUTS[layout](attention)]
-    seconds, blobs = timed(lambda: [codec.encode(c) for c in chunks])
-    decode_s, _ = timed(lambda: [codec.decode(b) for b in blobs])
-    n_bytes = sum(len(b) for b in blobs)
-    return {
-        "bits": 8 * n_bytes / attention.size,
-        "mb": n_bytes / 1e6,
-        "enc": attention.nbytes / seconds / 1e6,
-        "dec": attention.nbytes / decode_s / 1e6,
-    }
+def npz_mb(values: np.ndarray) -> float:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, attention=values)
+    return len(buf.getvalue()) / 1e6
 
 
-def map_errors(original: np.ndarray, stored: np.ndarray, image_keys: np.ndarray, sinks: np.ndarray) -> dict:
-    """Largest |stored - original| as a fraction of each drawn map's maximum.
-
-    A map is one (layer, head, query) over the image keys; "no sinks" drops the sink keys first.
-    original, stored # [layer, head, query, key] float16.
-    """
-    out = {}
-    for name, keys in (("image keys", image_keys), ("no sinks", image_keys[~np.isin(image_keys, sinks)])):
-        o = original[..., keys].astype(np.float32)
-        s = stored[..., keys].astype(np.float32)
-        top = o.max(-1)  # [layer, head, query]
-        drawn = top > 0
-        err = np.abs(s - o).max(-1)[drawn] / top[drawn]
-        out[name] = (float(err.max()), float(np.percentile(err, 99)))
-    return out
+def every_row(attention: np.ndarray) -> list[np.ndarray]:
+    return C.sample_rows(attention, attention.shape[3], n_rows=attention.shape[2])
 
 
-def sink_positions(full, image_keys: np.ndarray) -> np.ndarray:
-    """The keys `attnstore.analysis.sink_keys` calls sinks for this image (what the explorer drops)."""
-    import xarray as xr
+def codec_table(name: str, ex: Extraction) -> None:
+    a = ex.attention  # [layer, head, query, key] float16
+    zeros = float((a == 0).mean())
+    note(f"[{name}] {a.shape}, {a.nbytes / 1e6:.1f} MB fp16, {100 * zeros:.1f} % zeros, grid {C.grid_decimals(a)}")
+    chunks = every_row(a)
+    with C._one_blosc_thread():
+        figures = {p.name: C.measure(p, chunks, a.shape[2]) for p in C.candidates(C.grid_decimals(a))}
+    auto = C.choose(a, a.shape[3])["name"]
+    ent, npz = entropy_mb(a), npz_mb(a)
+    rows = []
+    for codec, f in sorted(figures.items(), key=lambda kv: kv[1]["bytes"]):
+        mb = f["bytes"] / 1e6
+        label = codec + (" (auto)" if codec == auto else "") + (" (old default)" if codec == C.DEFAULT_CODEC else "")
+        speed = [f"{f['decode_gbps']:.2f}", f"{f['row_ms']:.3f}"]
+        rows.append([label, f"{mb:.4g}", f"{mb / ent:.2f}", f"{mb / npz:.2f}", *speed])
+    rows += [["order-0 entropy of the values", f"{ent:.4g}", "1.00", f"{ent / npz:.2f}", "", ""],
+             ["np.savez_compressed (the seed's)", f"{npz:.4g}", f"{npz / ent:.2f}", "1.00", "", ""]]  # fmt: skip
+    columns = ["coding", "MB", "x entropy", "x npz", "decode GB/s (1 thread)", "row ms"]
+    print_table(f"One image, lossless — {name}", columns, rows)
+    print_store_check(name, ex)
 
-    from attnstore.analysis import sink_keys
 
-    img = xr.Dataset({"token_kind": ("key", full.layout.kind)})
-    weights = xr.DataArray(full.attention, dims=("layer", "head", "query", "key"))
-    return np.flatnonzero(sink_keys(weights, img).values)
+def print_store_check(name: str, ex: Extraction) -> None:
+    """Bytes on disk of the attention array of a one-image store: auto vs the old default."""
+    from attnstore.store import AttnStore, StoreShape
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for request in (C.AUTO, C.DEFAULT_CODEC):
+            path = Path(tmp) / f"{request}.zarr"
+            shape = StoreShape(*ex.attention.shape[:2], ex.n_query, ex.n_key)
+            store = AttnStore.create(str(path), shape, {"model_id": "bench", "codec": request}, first=ex)
+            (index,) = store.allocate(["a"], ["a"])
+            start = time.perf_counter()
+            store.write_image(index, ex, Image.new("RGB", (64, 48)))
+            seconds = time.perf_counter() - start
+            codec = dict(store.group.attrs)[C.CODEC_ATTR]["name"]
+            rows.append([request, codec, f"{dir_bytes(path / 'attention') / 1e6:.2f}", f"{seconds:.2f}"])
+    print_table(f"Store on disk (attention array) — {name}", ["--codec", "codec", "MB on disk", "write s"], rows)
 
 
-def model_rows(max_new_tokens: int) -> Extraction:
-    """Text rows of the random-weight real-text-dims model on the benchmark photo."""
+def tradeoff_table(name: str, ex: Extraction) -> None:
+    """Size (auto codec) and map error of each lossy setting."""
+    from attnstore.analysis.fidelity import image_dataset, map_errors
+
+    original = image_dataset(ex.attention, ex.layout.kind, ex.query_position)
+    settings = [("lossless", {})] + [(f"keep_bits {k}", {"keep_bits": k}) for k in KEEP_BITS]
+    settings += [(f"map_error {e}", {"map_error": e}) for e in MAP_ERRORS]
+    rows = []
+    for label, attrs in settings:
+        stored = stored_values(ex, {"keep_bits": 10, **attrs})
+        choice = C.choose(stored, stored.shape[3])
+        mb = choice["candidates"][choice["name"]]["bytes"] / 1e6
+        err = map_errors(original, original.assign(attention=(original["attention"].dims, stored)))
+        methods = ("head", "mean", "max", "entropy_topk", "rollout")
+        worst = [max(err[f"{n}/{m}"] for n in ("raw", "image", "no_sinks")) for m in methods]
+        rows.append([label, choice["name"], f"{mb:.4g}"] + [f"{100 * w:.3f} %" for w in worst])
+    print_table(
+        f"Lossy modes: size and map error — {name}",
+        ["setting", "auto codec", "MB/image", "single head", "mean", "max", "entropy_topk", "rollout"],
+        rows,
+        caption="error = worst |lossy map - lossless map| / lossless map max over image keys, worst of the raw, "
+        "image and no_sinks normalisations, on 6 rows spread over the image (attnstore.analysis.fidelity).",
+    )
+
+
+# -- sources ---------------------------------------------------------------------------------------
+def synthetic_source(answer: int) -> Extraction:
+    from attnstore.synthetic import synthetic_extraction
+
+    return synthetic_extraction((3, 4), answer, np.random.default_rng(0), n_layers=30, n_heads=9)
+
+
+def seed_source(answer: int) -> Extraction:
+    from attnstore.synthetic import seed_style_extraction
+
+    return seed_style_extraction((3, 4), answer, np.random.default_rng(0))
+
+
+def demo_sources(n_scenes: int = 2) -> list[Extraction]:
+    """The trained demo model's attention on the demo's first held-out scenes."""
+    from attnstore.demo import DEMO_ANSWER_TOKENS, cache_dir, demo_scene_items, trained_model_dir
     from attnstore.extract import extract
+    from attnstore.images import load_image
     from attnstore.models import load_adapter
 
-    adapter = load_adapter(str(model_dir("real-text")))
-    return extract(adapter, photo_like_image(640, 480, seed=0), PROMPT, max_new_tokens=max_new_tokens)
-
-
-def synthetic_rows(like: Extraction, seed: int = 0) -> Extraction:
-    """Synthetic attention on the same token layout and text rows as `like`."""
-    from attnstore.synthetic import synthetic_attention
-
-    image_keys = np.flatnonzero(like.layout.patch_tile >= 0)
-    rng = np.random.default_rng(seed)
-    L, H = like.attention.shape[:2]
-    layers = [synthetic_attention(1, H, like.query_position, like.n_key, image_keys, rng) for _ in range(L)]
-    return Extraction(**{**like.__dict__, "attention": np.concatenate(layers)})
-
-
-def study(name: str, rows_only: Extraction) -> None:
-    attention = rows_only.attention  # [layer, head, query, key] float16
-    image_keys = np.flatnonzero(kind_mask(rows_only.layout.kind, IMAGE_PATCH_KINDS))
-    sinks = sink_positions(rows_only, image_keys)
-    note(f"[{name}] {attention.shape} text rows, {attention.nbytes / 1e6:.0f} MB fp16; sinks at keys {sinks.tolist()}")
-    codec_rows, layout_rows, error_rows = [], [], []
-    for keep in KEEP_BITS:
-        stored = round_mantissa(attention, keep)
-        bound = entropy_bits(stored)
-        for codec_name, codec in CODECS.items():
-            r = encoded(codec, stored, DEFAULT_LAYOUT)
-            codec_rows.append(
-                [keep, codec_name, f"{r['bits']:.2f}", f"{bound:.2f}", f"{r['bits'] / bound:.2f}", f"{r['mb']:.1f}"]
-                + [f"{r['enc']:.0f}", f"{r['dec']:.0f}"]
-            )
-        for layout in LAYOUTS:
-            r = encoded(CODECS[DEFAULT_CODEC], stored, layout)
-            layout_rows.append([keep, layout, f"{r['bits']:.2f}", f"{r['bits'] / bound:.2f}", f"{r['dec']:.0f}"])
-        errors = map_errors(attention, stored, image_keys, sinks)
-        error_rows.append(
-            [keep, f"{100 * 2.0 ** -(keep + 1) if keep < 10 else 0:.3f} %"]
-            + [f"{100 * v:.3f} %" for pair in errors.values() for v in pair]
-        )
-    print_table(
-        f"Codecs (inner chunk {DEFAULT_LAYOUT}) — {name}",
-        ["keep_bits", "codec", "bits/value", "entropy", "x entropy", "MB/image", "encode MB/s", "decode MB/s"],
-        codec_rows,
-        caption="entropy = order-0 empirical entropy of the rounded fp16 values (bits/value); "
-        "MB/s of fp16 bytes, one thread.",
-    )
-    print_table(
-        f"Inner chunk layout ({DEFAULT_CODEC}) — {name}",
-        ["keep_bits", "layout", "bits/value", "x entropy", "decode MB/s"],
-        layout_rows,
-    )
-    print_table(
-        f"Rounding error vs each drawn map's maximum — {name}",
-        ["keep_bits", "bound 2^-(k+1)", "image keys max", "p99", "no sinks max", "p99"],
-        error_rows,
-        caption="map = one (layer, head, query) over image keys; error = max |stored - lossless| / map max.",
-    )
+    adapter = load_adapter(str(trained_model_dir()))
+    items = demo_scene_items(cache_dir() / "bench-codecs-scenes", n_scenes)
+    return [extract(adapter, load_image(it.path), it.prompt, max_new_tokens=DEMO_ANSWER_TOKENS) for it in items]
 
 
 def note(text: str) -> None:
@@ -165,16 +152,22 @@ def note(text: str) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--source", choices=("synthetic", "model", "both"), default="both")
+    p.add_argument("--source", choices=("synthetic", "demo", "seed", "all"), default="all")
+    p.add_argument("--answer", type=int, default=250, help="answer tokens (250: 263 text rows, as the issue's data)")
+    p.add_argument("--no-tradeoff", action="store_true", help="skip the lossy-mode table")
     args = p.parse_args(argv)
-    numcodecs.blosc.set_nthreads(1)
     note(host_load())
-    model = model_rows(args.max_new_tokens)
-    if args.source in ("synthetic", "both"):
-        study("synthetic (peaky heads, sink)", synthetic_rows(model))
-    if args.source in ("model", "both"):
-        study("model (random weights)", model)
+    sources = []
+    if args.source in ("seed", "all"):
+        sources.append(("seed-style rounded (SmolVLM-256M statistics)", seed_source(args.answer)))
+    if args.source in ("synthetic", "all"):
+        sources.append(("synthetic peaky", synthetic_source(min(args.answer, 80))))
+    if args.source in ("demo", "all"):
+        sources += [(f"trained demo model, scene {i}", ex) for i, ex in enumerate(demo_sources())]
+    for name, ex in sources:
+        codec_table(name, ex)
+        if not args.no_tradeoff:
+            tradeoff_table(name, ex)
     note(host_load())
 
 

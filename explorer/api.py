@@ -14,6 +14,12 @@ pictures the page loads.
     GET  /api/view?image=&token_index=&layer=&head=[&mode=&over=&norm=&k=]
                                             -> {"image", "token", "query_row", "traces", "z", "cmax"}: the values
                                             of the map as the main figure draws them (the page's click path)
+    GET  /api/patch_view?image=&patch=&layer=&head=[&mode=&over=&norm=&k=]
+                                            -> {"image", "patch", "query_row", "traces", "z", "cmax", "text"}:
+                                            where image patch token `patch` (a key position) looks: its map
+                                            as /api/view draws a token's, and its raw attention on the text
+                                            tokens ("text": positions, tokens, values). Needs a store extracted
+                                            with --queries text+image or all (else 400 saying so)
     GET  /api/image/<i>.png                 the display copy of image i
     GET  /api/thumbnail/<i>.png             a small copy (built on first request)
 
@@ -48,7 +54,7 @@ from attnstore.analysis.maps import MAX_K
 from attnstore.render.export import json_grid
 from attnstore.render.scale import colourbar_title
 from attnstore.store.integrity import checksum_guard
-from explorer import figures, views
+from explorer import figures, patch_query, views
 from explorer.state import StoreState
 from explorer.views import ViewParams
 
@@ -105,6 +111,7 @@ def add_routes(
         "/api/generate_attention_map": (("POST",), lambda: generate(state, _json_body())),
         "/api/export": (("POST",), lambda: export(state, _json_body())),
         "/api/view": (("GET",), lambda: view_map(state, flask.request.args.to_dict())),
+        "/api/patch_view": (("GET",), lambda: patch_view_map(state, flask.request.args.to_dict())),
         "/api/image/<int:index>.png": (("GET",), lambda index: _png(state.picture_png(state.check_image(index)))),
         "/api/thumbnail/<int:index>.png": (("GET",), lambda index: _png(state.thumbnail_png(index))),
     }
@@ -338,6 +345,13 @@ def generate(state: StoreState, body: dict) -> flask.Response:
 def _view_params(state: StoreState, fields: dict, default_image: int | None = None) -> ViewParams:
     """The view a request names (JSON body or query string), checked: image, layer, head, mode, over,
     norm, k and the token (`_token_key`)."""
+    params = _view_controls(state, fields, default_image)
+    with checksum_guard(state.ds, params.image):
+        return replace(params, token=_token_key(state.image(params.image), fields))
+
+
+def _view_controls(state: StoreState, fields: dict, default_image: int | None = None) -> ViewParams:
+    """The view a request names without its token: image, layer, head, mode, over, norm, k (checked)."""
     image = _int_field(fields, "image", state.n_images, "Image", default=default_image)
     params = ViewParams(
         image=image,
@@ -349,8 +363,7 @@ def _view_params(state: StoreState, fields: dict, default_image: int | None = No
         k=_int_field(fields, "k", MAX_K + 1, "k", default=10),  # 0: MapSpec says why
         scale=_choice_field(fields, "scale", views.SCALES, "own"),
     )
-    with checksum_guard(state.ds, image):
-        return replace(params, token=_token_key(state.image(image), fields))
+    return params
 
 
 def view_map(state: StoreState, fields: dict) -> flask.Response:
@@ -372,6 +385,35 @@ def view_map(state: StoreState, fields: dict) -> flask.Response:
             "z": [json_grid(values) for values in z.values()],
             "cmax": cmax,
             "colourbar": colourbar_title(data.share, params.scale),
+        }
+    )
+
+
+def patch_view_map(state: StoreState, fields: dict) -> flask.Response:
+    """GET /api/patch_view: where an image patch looks (`explorer.patch_query.patch_view`), its map
+    in /api/view's form plus its raw attention on the text tokens."""
+    params = _view_controls(state, fields)
+    with checksum_guard(state.ds, params.image):
+        patch = _int_field(fields, "patch", state.image(params.image).n_key, "Patch token")
+        view = patch_query.patch_view(state, params, patch)
+    z, cmax = figures.map_values(views.geometry(state, params.image), view.tiles, view.glob, view.vmax)
+    tokens = state.image(params.image).token_text
+    return flask.jsonify(
+        {
+            "success": True,
+            "image": params.image,
+            "patch": patch,
+            "query_row": view.result.row,
+            "traces": list(z),
+            "z": [json_grid(values) for values in z.values()],
+            "cmax": cmax,
+            "description": view.result.spec.describe(),
+            "text": {
+                "what": view.text_what,
+                "positions": [int(p) for p in view.text_positions],
+                "tokens": [tokens[int(p)] for p in view.text_positions],
+                "values": [float(v) for v in view.text_values],
+            },
         }
     )
 

@@ -26,6 +26,7 @@ from explorer.panels import (
     heatmap,
     layers,
     modality,
+    patch_query,
     permalink,
     picker,
     reverse,
@@ -37,7 +38,21 @@ from explorer.state import StoreState
 ASSETS = Path(__file__).parent / "assets"
 
 # In page order within each panel's column (explorer.layout.COLUMNS).
-PANELS = (header, permalink, picker, strip, heatmap, exports, gallery, controls, layers, modality, sinks, reverse)
+PANELS = (
+    header,
+    permalink,
+    picker,
+    strip,
+    heatmap,
+    exports,
+    gallery,
+    controls,
+    layers,
+    modality,
+    sinks,
+    reverse,
+    patch_query,
+)
 
 
 def create_app(

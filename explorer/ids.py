@@ -62,6 +62,10 @@ SINKS_INFO = "sinks-info"
 COMPARE_FIGURE = "compare-figure"
 COMPARE_CHART = "compare-chart"
 COMPARE_INFO = "compare-info"
+PATCH_QUERY_ON = "patch-query-on"  # checklist: show where the clicked patch looks
+PATCH_QUERY_INFO = "patch-query-info"
+PATCH_QUERY_MAP = "patch-query-map"  # the patch's map over the image
+PATCH_QUERY_TEXT = "patch-query-text"  # its attention over the text tokens (bars)
 
 EXPORT_HEATMAP_PNG = "export-heatmap-png"
 EXPORT_OVERLAY_PNG = "export-overlay-png"

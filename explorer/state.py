@@ -23,6 +23,8 @@ import xarray as xr
 import zarr
 from PIL import Image
 
+from attnstore.analysis.correctness import EXPECTED_ANSWER, RIGHT, has_correctness
+from attnstore.analysis.select import stored_pixels
 from attnstore.errors import InvalidArgument, NotFound
 from attnstore.render.text import display_text, quoted, tokenizer_style
 from attnstore.schema import OBJECT_BOX, TokenKind
@@ -176,24 +178,38 @@ class StoreState:
         return str(self.attrs.get("model_id", "?"))
 
     def catalog(self) -> dict[str, np.ndarray]:
-        """Names, answers (lower-cased copies for search) and complete flags of every image  # [image]."""
+        """Names, answers (lower-cased copies for search), complete flags, expected answers ("" if the
+        store has none) and whether each answer is right (1 / 0 / -1 unknown) of every image  # [image]."""
         ds = self.ds
 
         def make() -> dict[str, np.ndarray]:
             names = np.array([str(n) for n in ds["image_name"].values], dtype=str)
             answers = np.array([str(a) for a in ds["answer"].values], dtype=str)
+            expected = ds[EXPECTED_ANSWER].values if EXPECTED_ANSWER in ds else np.full(len(names), "")
             return {
                 "name": names,
                 "answer": answers,
                 "search": np.char.lower(np.char.add(np.char.add(names, " "), answers)),
                 "complete": np.asarray(ds["complete"].values).astype(bool),
+                "expected": np.array([str(e) for e in expected], dtype=str),
+                "correct": np.asarray(ds.attn.answer_correct().values),
             }
 
         return ds.attn.cached("explorer-catalog", make)
 
     def first_image(self) -> int | None:
-        done = np.flatnonzero(self.catalog()["complete"])
+        """The image a fresh view opens on: the first complete one whose answer is right when the
+        store says which are (a first view should show a model that answers right), else the first
+        complete one; None while none is complete."""
+        catalog = self.catalog()
+        right = np.flatnonzero(catalog["complete"] & (catalog["correct"] == RIGHT))
+        done = right if right.size else np.flatnonzero(catalog["complete"])
         return int(done[0]) if done.size else None
+
+    @property
+    def judges_answers(self) -> bool:
+        """Whether the store says which answers are right (`expected_answer` or `pope_correct`)."""
+        return has_correctness(self.ds)
 
     def check_image(self, image: Any) -> int:
         """`image` as a valid, complete image index, or an error saying what is wrong."""
@@ -228,7 +244,7 @@ class StoreState:
     # -- pictures ------------------------------------------------------------------------------------
     def pixels(self, index: int) -> np.ndarray:
         """The display copy of an image  # [y, x, rgb] uint8 (one chunk read)."""
-        return np.asarray(self.image(index).img["pixels"].values)
+        return stored_pixels(self.image(index).img, index)
 
     def picture_png(self, index: int) -> bytes:
         return self.cached("picture", lambda: _png(self.pixels(index)), key=index)

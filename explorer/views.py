@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from urllib.parse import parse_qs, urlencode
 
 import numpy as np
+import xarray as xr
 
 from attnstore.analysis import (
     METHODS,
@@ -23,6 +24,7 @@ from attnstore.analysis import (
     sink_keys,
     token_grounding,
 )
+from attnstore.analysis.correctness import RIGHT, WRONG
 from attnstore.analysis.grounding import has_object, object_index
 from attnstore.analysis.notebook import shared_top as token_shared_top
 from attnstore.errors import AttnstoreError, InvalidArgument
@@ -30,7 +32,7 @@ from attnstore.render.export import json_grid
 from attnstore.render.geometry import FigureGeometry, figure_geometry
 from attnstore.render.scale import NEGLIGIBLE_SHARE, SCALES, colour_top, negligible
 from attnstore.render.text import quoted
-from attnstore.schema import OBJECT_BOX, OBJECT_LABEL, TARGET_OBJECT, TokenKind
+from attnstore.schema import OBJECT_BOX, OBJECT_LABEL, TARGET_OBJECT, TEXT_KINDS, TokenKind, kind_mask
 from explorer.state import StoreState
 
 OVERS = {"heads": "heads of this layer", "layers": "this head, all layers", "all": "all layers and heads"}
@@ -369,15 +371,22 @@ def best_grounding_head(state: StoreState) -> tuple[int, int] | None:
 
 
 def reverse_view(state: StoreState, params: ViewParams, key: int):
-    """How much each stored text row attends to image key `key`  # [query], over the view's layers/heads."""
+    """How much each stored text row attends to image key `key`  # [query] (coord `position`), over the
+    view's layers/heads. Image rows (stores with `--queries text+image` or `all`) are left out: the
+    question is which words look at the patch."""
     meta = state.image(params.image)
     if not 0 <= key < meta.n_key:
         raise InvalidArgument("key", f"patch token #{key} does not exist in image {params.image}")
     layers, heads = params.selection()
     cache_key = (params.image, int(key), tuple(layers or ()), tuple(heads or ()))
-    return state.cached(
-        "reverse", lambda: reverse_attention(meta.img, [int(key)], layers=layers, heads=heads).load(), cache_key, 32
-    )
+
+    def text_rows() -> xr.DataArray:
+        values = reverse_attention(meta.img, [int(key)], layers=layers, heads=heads).load()  # [query]
+        positions = np.asarray(meta.query_position)
+        text = kind_mask(np.asarray(meta.img["token_kind"].values)[positions], TEXT_KINDS)
+        return values.isel(query=np.flatnonzero(text)).assign_coords(position=("query", positions[text]))
+
+    return state.cached("reverse", text_rows, cache_key, 32)
 
 
 def picker_matches(state: StoreState, query: str | None) -> np.ndarray:
@@ -417,6 +426,25 @@ def view_state(params: ViewParams, data: ViewMap | None, style: dict, server_ms:
         "server_ms": round(server_ms, 3),
         **style,
     }
+
+
+@dataclass
+class Verdict:
+    """Whether an image's answer is right, as the picker card and the answer line show it."""
+
+    css: str  # "right" / "wrong" / "" (unknown)
+    text: str  # e.g. "✓ right" or "✗ wrong · expected purple"; "" for an unknown one
+
+
+def verdict(state: StoreState, index: int) -> Verdict:
+    """The answer of image `index` judged against the store's expected answer (`answer_correct`)."""
+    catalog = state.catalog()
+    correct, expected = int(catalog["correct"][index]), str(catalog["expected"][index])
+    if correct == RIGHT:
+        return Verdict("right", "✓ right" + (f" · expected {expected}" if expected else ""))
+    if correct == WRONG:
+        return Verdict("wrong", "✗ wrong" + (f" · expected {expected}" if expected else ""))
+    return Verdict("", "")
 
 
 def plural(n: int, word: str) -> str:

@@ -1,14 +1,22 @@
 """Can the demo model's vision tower learn shapes from scratch? A diagnostic of the demo model's training.
 
-    python scripts/probe_vision_shapes.py --steps 1200                       # the demo geometry
+    python scripts/probe_vision_shapes.py --steps 1200 --pool max            # the demo geometry
+    python scripts/probe_vision_shapes.py --steps 1200 --pool mean           # the first diagnosis
     python scripts/probe_vision_shapes.py --steps 800 --init 0.2 --lr 6e-3   # other settings
 
 Trains, on lone objects of `attnstore.scenes` (no language model, no question), the Idefics3 vision
-tower + connector of `scripts/train_demo_model.py` with two linear heads on the mean of its image
-tokens (shape, colour), and beside it a three-layer CNN on the same pictures (shape only). Prints
-held-out accuracy of both every 100 steps. What it showed (docs/demo-model.md): the CNN reaches
-~100 % shape accuracy in 200 steps, the vision tower stays at chance (its shape loss at ln 4) for
-1200 steps while its colour accuracy reaches 100 %.
+tower + connector of `scripts/train_demo_model.py` with two linear heads on its image tokens pooled
+into one vector (shape, colour), and beside it a three-layer CNN on the same pictures (shape only).
+Prints held-out accuracy of both every 100 steps.
+
+What it showed (docs/demo-model.md): the pooling decides. With the mean over the ~80 image tokens
+(the first version of this probe) the tower's shape accuracy stays at chance (0.20-0.29 over 1,200
+steps, chance 0.25) while colour reaches 100 %, which was first read as "the tower does not learn
+shapes". With the max over the tokens, same tower, geometry, scenes, seed and learning rate, shape
+accuracy is 0.49 at step 200, 0.75 at 600 and 0.89 at 1,200, still rising: a lone object's shape,
+seen by a few tokens, is lost in the mean of mostly-background tokens, not unlearnable. The CNN
+reaches ~100 % in 200 steps. The demo model's training therefore starts with a vision-only stage
+(`train_demo_model.py --vision-steps`: per-token and max-pooled per-object heads).
 """
 
 from __future__ import annotations
@@ -40,10 +48,11 @@ def labels(batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TowerProbe(torch.nn.Module):
-    """The vision tower + connector, mean-pooled over every image token of every view, two linear heads."""
+    """The vision tower + connector, pooled (mean or max) over every image token of every view, two linear heads."""
 
-    def __init__(self, dims: dict, geometry: dict, init: float | None):
+    def __init__(self, dims: dict, geometry: dict, init: float | None, pool: str = "max"):
         super().__init__()
+        self.pool = pool
         model, self.processor = make_tiny_idefics3(dims, geometry)
         self.vlm = model.model
         if init:  # re-draw the tower's matrices at a larger scale (config init: 0.02)
@@ -63,7 +72,8 @@ class TowerProbe(torch.nn.Module):
         out = self.vlm.get_image_features(
             pixel_values=px["pixel_values"], pixel_attention_mask=px["pixel_attention_mask"]
         )
-        pooled = torch.stack([f.mean(0) for f in out.pooler_output])  # [image, hidden]
+        pool = (lambda f: f.mean(0)) if self.pool == "mean" else (lambda f: f.max(0).values)  # noqa: E731
+        pooled = torch.stack([pool(f) for f in out.pooler_output])  # [image, hidden]
         return self.shape(pooled), self.color(pooled)
 
 
@@ -90,6 +100,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--init", type=float, default=0.0, help="std of the tower's matrices (0: the config's 0.02)")
+    ap.add_argument("--pool", choices=("max", "mean"), default="max", help="how the image tokens become one vector")
     ap.add_argument("--sizes", default="0.35,0.6", help="object side range, fraction of the shorter edge")
     ap.add_argument("--dims", default="{}", help="JSON overrides of the model sizes")
     ap.add_argument("--geometry", default="{}", help="JSON overrides of the image geometry")
@@ -98,7 +109,7 @@ def main() -> None:
     torch.set_num_threads(1)
     geometry = {**GEOMETRY, **json.loads(args.geometry)}
     size = tuple(float(v) for v in args.sizes.split(","))
-    tower = TowerProbe({**DIMS, **json.loads(args.dims)}, geometry, args.init)
+    tower = TowerProbe({**DIMS, **json.loads(args.dims)}, geometry, args.init, args.pool)
     conv = cnn()
     optims = [
         torch.optim.AdamW(tower.parameters_trained(), lr=args.lr),

@@ -59,6 +59,16 @@ def synthetic_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def image_rows_store(tmp_path_factory):
+    """A synthetic store with the image patches' rows too (`queries="text+image"`): 2 images, 2x2 and
+    1x2 tiles. Read-only."""
+    from attnstore.synthetic import make_synthetic_store
+
+    path = str(tmp_path_factory.mktemp("stores") / "image_rows.zarr")
+    return make_synthetic_store(path, n_images=2, grids=[(2, 2), (1, 2)], queries="text+image", seed=5)
+
+
+@pytest.fixture(scope="session")
 def scene_store(tmp_path_factory, tiny_model_path):
     """Demo scenes (object boxes, `target_object`) run through the tiny random model: 3 images. Read-only."""
     from attnstore.demo import build_scene_store

@@ -38,7 +38,7 @@ from attnstore.analysis.grid import VIEWS, grid_boxes, lattice_cells, patch_grid
 from attnstore.analysis.grounding import grounding_scores, rank_heads, store_grounding, token_grounding
 from attnstore.analysis.kernels import entropy_topk_np, fp16_to_fp32, kth_largest
 from attnstore.analysis.keys import IMAGE_KEY_SETS, NORMALISATIONS, image_key_mask, normalise, sink_keys
-from attnstore.analysis.maps import MapResult, MapSpec, compute_map, row_of_position
+from attnstore.analysis.maps import MapResult, MapSpec, compute_map, patch_at, row_of_patch, row_of_position, text_spec
 from attnstore.analysis.reduce import (
     METHODS,
     entropy,
@@ -105,6 +105,9 @@ __all__ = [
     "reverse_attention",
     "rollout",
     "row_of_position",
+    "row_of_patch",
+    "patch_at",
+    "text_spec",
     "save_aggregate",
     "select_image",
     "select_layers_heads",

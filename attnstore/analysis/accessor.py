@@ -16,6 +16,7 @@ import xarray as xr
 
 from attnstore.analysis import notebook
 from attnstore.analysis.cache import LRU
+from attnstore.analysis.correctness import answer_correct
 from attnstore.analysis.grounding import rank_heads, store_grounding
 from attnstore.analysis.keys import normalise
 from attnstore.analysis.maps import MapResult, MapSpec, compute_map
@@ -179,6 +180,13 @@ class AttnAccessor:
 
     def __dir__(self) -> list[str]:
         return sorted({*super().__dir__(), *ANALYSES})
+
+    # -- answers ---------------------------------------------------------------------------------------
+    def answer_correct(self) -> xr.DataArray:
+        """Per image: 1 the answer is right, 0 wrong, -1 unknown  # [image] int8 (named `answer_correct`:
+        `ds.assign(answer_correct=ds.attn.answer_correct())` joins it; `visual_ratio(label="answer_correct")`
+        uses it directly). From `expected_answer` or `pope_correct`; -1 everywhere in a store without either."""
+        return self.cached("answer-correct", lambda: answer_correct(self._ds))
 
     # -- grounding (stores with object boxes) --------------------------------------------------------
     def grounding(

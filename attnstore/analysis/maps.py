@@ -18,20 +18,22 @@ from attnstore.analysis.select import parse_range
 from attnstore.analysis.select import short_repr as _short
 from attnstore.analysis.tokens import find_token
 from attnstore.errors import InvalidArgument
-from attnstore.schema import TokenKind
+from attnstore.schema import IMAGE_PATCH_KINDS, TEXT_KINDS, TokenKind, kind_mask
 
 MAX_K = 100_000
 
 
 @dataclass(frozen=True)
 class MapSpec:
-    """Everything that defines one map. Exactly one of `token`, `row`, `position` names the token."""
+    """Everything that defines one map. Exactly one of `token`, `row`, `position`, `patch` names the
+    query: a text token, or (`patch`) an image patch token, whose map shows where that patch looks."""
 
     image: int = 0
     token: str | None = None  # token text, BPE-aware ("jacket" matches "Ġjacket") ...
     occurrence: int = 0  # ... and which of its occurrences (0 = first, -1 = last)
     row: int | None = None  # or a stored query row
     position: int | None = None  # or a sequence position (key index) that has a stored row
+    patch: int | None = None  # or an image patch token's position (key index): the patch as the query
     layers: tuple[int, ...] | None = None  # None = all
     heads: tuple[int, ...] | None = None
     method: str = "entropy_topk"  # a name of `METHODS`
@@ -52,29 +54,32 @@ class MapSpec:
         ).checked(ds)
 
     @classmethod
-    def from_controls(cls, ds: xr.Dataset, *, image, position, layer, head, mode, over, norm, k) -> MapSpec:
+    def from_controls(
+        cls, ds: xr.Dataset, *, image, position, layer, head, mode, over, norm, k, patch: int | None = None
+    ) -> MapSpec:
         """From the explorer's controls (and its permalink, which holds their values): `mode` "head"
         shows one layer's head; any method reduces over the heads of the layer, the layers of the
-        head, or everything (`over`)."""
+        head, or everything (`over`). `patch` (a key position) asks where that patch looks instead."""
         layer, head = int(layer), int(head)
         if mode == "head":
             method, layers, heads = "mean", (layer,), (head,)  # the mean of one head is that head
         else:
             method = mode
             layers, heads = {"heads": ((layer,), None), "layers": (None, (head,)), "all": (None, None)}[over]
-        return cls(image=int(image), position=position, layers=layers, heads=heads, method=method, k=int(k),
-                   normalise=norm).checked(ds)  # fmt: skip
+        query = {"position": position} if patch is None else {"patch": int(patch)}
+        return cls(image=int(image), layers=layers, heads=heads, method=method, k=int(k), normalise=norm,
+                   **query).checked(ds)  # fmt: skip
 
     @classmethod
     def from_json(cls, ds: xr.Dataset, body: dict[str, Any], defaults: dict[str, Any] | None = None) -> MapSpec:
-        """From a REST body. Fields: image, token | position | row, occurrence, layers / heads (lists,
+        """From a REST body. Fields: image, token | position | row | patch, occurrence, layers / heads (lists,
         or range strings like '0-3'), layer / head (one each), method, k, normalise, keys, view."""
         body = {**(defaults or {}), **body}
         fields: dict[str, Any] = {"image": _int(body, "image", 0)}
         for name in ("token",):
             if body.get(name) is not None:
                 fields[name] = _str(body, name)
-        for name in ("row", "position"):
+        for name in ("row", "position", "patch"):
             if body.get(name) is not None:
                 fields[name] = _int(body, name)
         fields["occurrence"] = _int(body, "occurrence", 0)
@@ -97,9 +102,11 @@ class MapSpec:
         n_images = ds.sizes["image"]
         if not 0 <= self.image < n_images:
             raise InvalidArgument("image", f"{self.image} is out of range: the store has {n_images} images")
-        named = [n for n in ("token", "row", "position") if getattr(self, n) is not None]
+        named = [n for n in ("token", "row", "position", "patch") if getattr(self, n) is not None]
         if len(named) != 1:
-            raise InvalidArgument("token", "give exactly one of a token text, a query row or a sequence position")
+            raise InvalidArgument(
+                "token", "give exactly one of a token text, a query row, a sequence position or an image patch"
+            )
         for dim, sel in (("layer", self.layers), ("head", self.heads)):
             n = ds.sizes[dim]
             if sel is not None and (not sel or any(not 0 <= i < n for i in sel)):
@@ -123,6 +130,8 @@ class MapSpec:
             return self.row
         if self.position is not None:
             return row_of_position(img, self.position)
+        if self.patch is not None:
+            return row_of_patch(img, self.patch)
         return find_token(img, self.token, self.occurrence)
 
     def describe(self) -> str:
@@ -156,6 +165,41 @@ def row_of_position(img: xr.Dataset, position: int) -> int:
     return int(rows[0])
 
 
+def row_of_patch(img: xr.Dataset, patch: int) -> int:
+    """Query row of image patch token `patch` (a key position): where that patch looks. Says which
+    `--queries` mode stores such rows when the store has none."""
+    n_key = img.sizes["key"]
+    if not 0 <= patch < n_key:
+        raise InvalidArgument("patch", f"{patch} does not exist: the image has {n_key} tokens")
+    kind = TokenKind(int(img["token_kind"].values[patch]))
+    if kind not in IMAGE_PATCH_KINDS:
+        raise InvalidArgument("patch", f"{patch} ({str(img['token_text'].values[patch])!r}) is a {kind.name.lower()} "
+                              "token, not an image patch: pick a cell of the image grid")  # fmt: skip
+    rows = np.flatnonzero(np.asarray(img["query_position"].values) == patch)
+    if rows.size == 0:
+        mode = img.attrs.get("queries", "text")
+        raise InvalidArgument(
+            "patch",
+            f"{patch} has no stored attention row: this store was extracted with --queries {mode}, which keeps "
+            "text rows only; extract with --queries text+image (or all) to see where a patch looks",
+        )
+    return int(rows[0])
+
+
+def patch_at(img: xr.Dataset, cell: tuple[int, int], view: str = "tiles") -> int:
+    """Key position of the patch at (row, col) of the image's `view` grid ("tiles" or "global")."""
+    if view not in ("tiles", "global"):
+        raise InvalidArgument("view", f"a patch is picked on the tiles or the global grid, not {view!r}")
+    wanted = TokenKind.IMAGE_GLOBAL if view == "global" else TokenKind.IMAGE_TILE
+    kinds = np.asarray(img["token_kind"].values)
+    rows, cols = np.asarray(img["patch_row"].values), np.asarray(img["patch_col"].values)
+    where = np.flatnonzero((kinds == int(wanted)) & (rows == cell[0]) & (cols == cell[1]))
+    if where.size == 0:
+        shape = (int(img[f"{'global' if view == 'global' else 'grid'}_{d}"].values) for d in ("rows", "cols"))
+        raise InvalidArgument("patch", f"cell {cell} is not on the {view} grid ({'x'.join(map(str, shape))} cells)")
+    return int(where[0])
+
+
 @dataclass(frozen=True)
 class MapResult:
     """One computed map: values over every key of the image, and its grids."""
@@ -173,6 +217,19 @@ class MapResult:
     @property
     def token(self) -> str:
         return str(self.img["token_text"].values[self.position])
+
+    @property
+    def is_patch_query(self) -> bool:
+        """True when the query is an image patch (the map says where that patch looks)."""
+        return self.spec.patch is not None
+
+    def text_values(self) -> xr.DataArray:
+        """The map's values on the text keys (prompt, specials, answer)  # [key], the `key` coord
+        holding their positions. What a patch query gives to the text (with a method or normalisation
+        that keeps text keys: "raw" with mean or max; image-only ones give zeros here)."""
+        text = kind_mask(np.asarray(self.img["token_kind"].values), TEXT_KINDS)
+        values = self.values.assign_coords(key=np.arange(self.values.sizes["key"]))
+        return values.isel(key=np.flatnonzero(text))
 
     def grid(self, view: str | None = None) -> xr.DataArray:
         """The map on an image grid (`patch_grid`): NaN where no patch token, labelled attrs.
@@ -215,6 +272,13 @@ def compute_map(ds: xr.Dataset, spec: MapSpec) -> MapResult:
     weights = ds.attn.weights(spec.image, row, spec.normalise)  # [layer, head, key]
     values = reduce_heads(weights, img, spec.method, layers=spec.layers, heads=spec.heads, k=spec.k, keys=spec.keys)
     return MapResult(spec, img, row, values)
+
+
+def text_spec(spec: MapSpec) -> MapSpec:
+    """`spec` with a map that keeps the text keys (for a patch query's bars over the text): raw rows,
+    its mean or max over the same layers and heads (the other methods and normalisations weigh image
+    keys only)."""
+    return replace(spec, normalise="raw", method=spec.method if spec.method in ("mean", "max") else "mean")
 
 
 def with_token(spec: MapSpec, **which) -> MapSpec:

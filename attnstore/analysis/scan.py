@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import xarray as xr
 
-from attnstore.analysis.select import ImageVariables, select_image
+from attnstore.analysis.select import ImageVariables, require_stored, select_image
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY, QUERY
 from attnstore.store.backend import load_variables
@@ -64,7 +64,9 @@ class BatchArrays:
         i = image - self.lo
         extent = {QUERY: int(self._arrays["n_query"][1][i]), KEY: int(self._arrays["n_key"][1][i])}
         # the trailing Ellipsis keeps a per-image scalar a 0-d array (a view), like select_image
-        return {name: values[(i, *_cut(dims, extent), ...)] for name, (dims, values) in self._arrays.items()}
+        out = {name: values[(i, *_cut(dims, extent), ...)] for name, (dims, values) in self._arrays.items()}
+        require_stored(out, lambda: str(image))  # scanned images are complete (`image_list`)
+        return out
 
 
 def _cut(dims: tuple[str, ...], extent: dict[str, int]) -> tuple[slice, ...]:
@@ -112,7 +114,9 @@ def scan_batches(
 
 
 def _one_image(per_image: Callable, sub: xr.Dataset, lo: int, image: int) -> dict | None:
-    return per_image(select_image(sub, image - lo), image)
+    img = select_image(sub, image - lo)
+    require_stored(img.variables, lambda: str(image))  # scanned images are complete (`image_list`)
+    return per_image(img, image)
 
 
 def _one_image_arrays(per_image: Callable, batch: BatchArrays, image: int) -> dict | None:

@@ -15,8 +15,9 @@ import xarray as xr
 
 from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.errors import InvalidArgument
-from attnstore.schema import KEY, QUERY
+from attnstore.schema import KEY, QUERY, REQUIRED_PER_IMAGE, is_fill
 from attnstore.store.backend import reader_name
+from attnstore.store.integrity import missing_chunk_error
 from attnstore.store.reader import read_concurrently
 
 _SMALL_VARS = (
@@ -31,11 +32,11 @@ _SMALL_VARS = (
 )
 
 
-_EXTENT_VARS = ("n_query", "n_key", "image_height", "image_width")
+_EXTENT_VARS = ("n_query", "n_key", "image_height", "image_width", "complete")
 
 
 def image_extents(ds: xr.Dataset) -> dict[str, np.ndarray]:
-    """Per-image valid extents (n_query, n_key, image_height, image_width)  # each [image].
+    """Per-image valid extents (n_query, n_key, image_height, image_width) and `complete`  # each [image].
 
     Read once per opened Dataset and kept in its accessor's cache (a few bytes per image), so
     selecting an image costs no extra reads. `ds.attn.refresh()` forgets them (new images).
@@ -69,7 +70,33 @@ def select_image(ds: xr.Dataset, image: int) -> xr.Dataset:
     lazy = [var for var in small if not var._in_memory]
     # In place (a DataArray shares its Dataset's Variable); the reads run concurrently in zarr's event loop.
     read_concurrently(lambda var: var.load(), lazy)
+    if "complete" in ext and ext["complete"][image]:
+        require_stored(img.variables, lambda: f"{image % n_images} ({img['image_name'].values})")
     return img
+
+
+def require_stored(variables: Mapping[str, object], label: Callable[[], str]) -> None:
+    """Raise if a per-image variable a complete image always stores reads as its fill value only:
+    its chunk is absent (zarr reads an absent chunk as the fill value, e.g. empty token texts)."""
+    for name in REQUIRED_PER_IMAGE:
+        var = variables.get(name)
+        if var is None or (isinstance(var, xr.Variable) and not var._in_memory):
+            continue  # not read here (pixels stay lazy: `validate --deep` checks them)
+        values = np.asarray(var.values if isinstance(var, xr.Variable) else var)
+        if values.size and is_fill(name, values):
+            raise missing_chunk_error(label(), name)
+
+
+def stored_pixels(img: xr.Dataset, image: int) -> np.ndarray:
+    """The display copy of complete image `image` (`select_image`)  # [y, x, rgb] uint8.
+
+    All fill value (black everywhere) means its chunk is missing: an error, not a black picture
+    under a heatmap. (A truly all-black image is not told apart: zarr does not store it either.)
+    """
+    pixels = np.asarray(img["pixels"].values)
+    if pixels.size and not pixels.any():
+        raise missing_chunk_error(f"{image} ({img['image_name'].values})", "pixels")
+    return pixels
 
 
 ImageVariables = xr.Dataset | Mapping[str, np.ndarray]  # one image: `select_image`, or its variables as arrays

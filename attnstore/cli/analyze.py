@@ -25,7 +25,16 @@ def _check_writable(path: Path) -> None:
 @app.command()
 def heatmap(
     store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")],
-    token: Annotated[str, typer.Option(help="Token text ('jacket' matches 'Ġjacket'); @answer: the answer's tokens.")],
+    token: Annotated[
+        str | None, typer.Option(help="Token text ('jacket' matches 'Ġjacket'); @answer: the answer's tokens.")
+    ] = None,
+    patch: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --token: an image patch as the query (where it looks), as ROW,COL on the --view grid "
+            "or as its sequence position KEY. Needs a store extracted with --queries text+image or all."
+        ),
+    ] = None,
     image: Annotated[str, typer.Option(help="Image index or image name.")] = "0",
     occurrence: Annotated[int, typer.Option(help="Which occurrence of the token (0 = first, -1 = last).")] = 0,
     layers: Annotated[str | None, typer.Option(help=LAYERS_HELP)] = None,
@@ -46,7 +55,8 @@ def heatmap(
     cmap: Annotated[str, typer.Option(help="viridis | magma | inferno | plasma | cividis | turbo | ...")] = "viridis",
     cell_px: Annotated[int, typer.Option(help="Pixels per grid cell in the heatmap PNG.")] = 16,
 ) -> None:
-    """Heatmap of one token's attention over the image (the seed's compute_token_heatmap.py)."""
+    """Heatmap of one token's attention over the image (the seed's compute_token_heatmap.py), or of
+    where one image patch looks (--patch): its map over the other patches, and its top text tokens."""
     from attnstore.analysis import MapSpec, compute_map
     from attnstore.render import Style, export_map
     from attnstore.store import open_dataset
@@ -56,10 +66,16 @@ def heatmap(
     for path in files.values():
         _check_writable(path)
     style = Style(cmap=cmap, opacity=overlay_alpha, cell_px=cell_px).checked()
+    if (token is None) == (patch is None):
+        raise AttnstoreError("give exactly one of --token TEXT or --patch ROW,COL (or --patch KEY)")
     ds = open_dataset(store)
+    if patch is not None:
+        query = {"patch": _patch_key(ds, image, patch, view)}
+    else:
+        query = {"token": token, "occurrence": occurrence}
     spec = MapSpec.from_cli(
-        ds, image=image, layers=layers, heads=heads, token=token, occurrence=occurrence, method=method, k=topk,
-        normalise=normalise, keys=image_keys, view=view,
+        ds, image=image, layers=layers, heads=heads, method=method, k=topk, normalise=normalise, keys=image_keys,
+        view=view, **query,
     )  # fmt: skip
     result = compute_map(ds, spec)
     if result.sees_no_image:
@@ -73,12 +89,39 @@ def heatmap(
     for fmt, path in files.items():
         path.write_bytes(export_map(result, fmt, style))
     peak = tuple(int(i) for i in np.unravel_index(np.nanargmax(grid), grid.shape)) if np.isfinite(grid).any() else None
+    label = f"patch {patch}" if patch is not None else repr(token)
     typer.echo(
-        f"{token!r}: row {result.row} (position {result.position}, {result.token!r}) of image {spec.image} "
+        f"{label}: row {result.row} (position {result.position}, {result.token!r}) of image {spec.image} "
         f"({ds['image_name'].values[spec.image]}), {grid.shape[0]}x{grid.shape[1]} {view} grid, peak at (row, col) "
         f"{peak}; {spec.describe()}"
     )
+    if patch is not None:
+        typer.echo("text it looks at most " + _top_text(ds, spec))
     typer.echo("wrote " + ", ".join(str(p) for p in files.values()))
+
+
+def _patch_key(ds, image: str, patch: str, view: str) -> int:
+    """--patch ROW,COL (a cell of the --view grid) or KEY (a sequence position) -> the patch's key position."""
+    from attnstore.analysis import patch_at
+
+    parts = patch.split(",")
+    if not all(p.strip().isdigit() for p in parts) or len(parts) not in (1, 2):
+        raise AttnstoreError(f"--patch must be ROW,COL or a token position KEY (non-negative integers), not {patch!r}")
+    if len(parts) == 1:
+        return int(parts[0])
+    return patch_at(ds.attn.image(ds.attn.image_index(image)), (int(parts[0]), int(parts[1])), view)
+
+
+def _top_text(ds, spec, top: int = 5) -> str:
+    """The text tokens a patch query looks at most, e.g. "'User' #1 0.41, ..." (`text_spec`'s map)."""
+    from attnstore.analysis import compute_map, text_spec
+
+    text = compute_map(ds, text_spec(spec)).text_values()  # [key]: text keys only
+    order = np.argsort(-np.nan_to_num(text.values, nan=-1.0))[:top]
+    tokens = ds.attn.image(spec.image)["token_text"].values
+    keys = text["key"].values
+    picks = ", ".join(f"{str(tokens[keys[i]])!r} #{int(keys[i])} {float(text.values[i]):.3g}" for i in order)
+    return f"({text_spec(spec).describe()}): {picks}"
 
 
 @app.command()

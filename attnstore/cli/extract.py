@@ -33,8 +33,27 @@ def extract(
         ),
     ] = None,
     queries: Annotated[
-        str, typer.Option(help="'text': prompt text + answer rows; 'all': every row (full square).")
+        str,
+        typer.Option(
+            help="'text': prompt text + answer rows; 'text+image': those + the image patches' rows (where a "
+            "patch looks); 'all': every row (full square)."
+        ),
     ] = "text",
+    codec: Annotated[
+        str | None,
+        typer.Option(help="Attention codec of a new store: auto (default: the smallest of the candidates measured on "
+                     "the first image that keeps the read goals), or a name, e.g. blosc-zstd1-bitshuffle, zstd3, "
+                     "codes3-blosc-zstd5-shuffle (see docs/storage-figures.md)."),
+    ] = None,  # fmt: skip
+    round_decimals: Annotated[
+        int | None,
+        typer.Option("--round", help="Round attention to this many decimals (absolute, as seed 004 stores it; 1-3)."),
+    ] = None,
+    map_error: Annotated[
+        float | None,
+        typer.Option(help="Map-faithful lossy mode: error at most this fraction of the maximum of every map drawn "
+                     "from a row (e.g. 0.005); see docs/storage-figures.md."),
+    ] = None,  # fmt: skip
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP)] = None,
     attn_kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "sdpa",
@@ -69,6 +88,9 @@ def extract(
         raise AttnstoreError(f"--keep-bits must be between 0 and 10, got {keep_bits}")
     if not prompt.strip():
         raise AttnstoreError("the prompt is empty: pass --prompt TEXT")
+    from attnstore.pipeline import storage_settings
+
+    storage = storage_settings(codec, round_decimals, map_error)  # a bad value fails before any model work
     paths = collect_images([str(p) for p in images or []], str(image_dir) if image_dir else None, limit)
     options = parse_storage_options(storage_options)
     boxes_by_name = None
@@ -102,6 +124,7 @@ def extract(
             workers=workers,
             scheduler=scheduler,
             show_progress=progress,
+            storage=storage,
         )
         summarise_run(report, out)
         return
@@ -109,7 +132,7 @@ def extract(
     adapter = load_adapter(model, device=device, dtype=dtype, attn_kernel=attn_kernel)
     report = run_items(
         adapter, items, out, settings=settings, keep_bits=keep_bits, storage_options=options, show_progress=progress,
-        batch_size=batch_size,
+        batch_size=batch_size, storage=storage,
     )  # fmt: skip
     summarise_run(report, out)
 

@@ -22,7 +22,9 @@ def import_legacy(
     prompt_tokens: Annotated[
         int | None, typer.Option(help="Number of prompt tokens (default: up to the last 'Assistant:').")
     ] = None,
-    queries: Annotated[str, typer.Option(help="'text': text rows only; 'all': every stored row.")] = "text",
+    queries: Annotated[
+        str, typer.Option(help="'text': text rows only; 'text+image': + image patch rows; 'all': every stored row.")
+    ] = "text",
     image_dir: Annotated[
         Path | None, typer.Option(help="Where to find <folder name>.png/.jpg when a folder has no image.png.")
     ] = None,
@@ -58,6 +60,7 @@ def import_legacy(
         names = run_import(
             path, out, grid=parse_grid(grid), prompt_tokens=prompt_tokens, queries=queries, model_id=model_id,
             image_dir=image_dir, attn_dir=attn_dir, tile_tokens=tile_tokens, on_image=lambda name: bar.advance(task),
+            on_warning=lambda text: typer.secho(f"warning: {text}", err=True, fg="yellow"),
         )  # fmt: skip
     typer.echo(f"{out}: {len(names)} image(s) imported ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from attnstore.analysis.grid import grid_boxes
 from attnstore.analysis.maps import MapResult
+from attnstore.analysis.select import stored_pixels
 from attnstore.errors import InvalidArgument
 from attnstore.render.colors import CMAPS, colormap_lut
 from attnstore.render.geometry import FigureGeometry, figure_geometry, grid_shapes
@@ -89,7 +90,7 @@ def _heatmap_png(result: MapResult, style: Style) -> bytes:
 
 
 def _overlay_png(result: MapResult, style: Style) -> bytes:
-    pixels = np.asarray(result.img["pixels"].values)
+    pixels = stored_pixels(result.img, result.spec.image)
     grid = _grid(result)
     if grid.size == 0:
         return png_bytes(pixels)
@@ -135,7 +136,7 @@ def _csv(result: MapResult, style: Style) -> bytes:
 def _svg(result: MapResult, style: Style) -> bytes:
     """The overlay as standalone SVG: the image (embedded PNG), one rect per cell, tile lines, a colour bar."""
     geom = _geometry(result)
-    href = "data:image/png;base64," + base64.b64encode(png_bytes(np.asarray(result.img["pixels"].values))).decode()
+    href = "data:image/png;base64," + base64.b64encode(png_bytes(stored_pixels(result.img, result.spec.image))).decode()
     name = str(result.img["image_name"].values)
     w, h = geom.extent
     caption = title(result, name)

@@ -3,6 +3,7 @@
 reader  open_dataset (xarray, lazy), check_attrs, exists
 writer  AttnStore: create, grow, write one image, mark it complete
 remote  fsspec URLs, storage options, zip copies
+safety  reading untrusted stores: regular files inside the store only, declared shapes within limits
 pack    a finished store as one zip file
 """
 

@@ -27,7 +27,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,7 +38,10 @@ from xarray.core import indexing
 
 from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 from attnstore.schema import QUERY
+from attnstore.store.codecs import chunk_decoder
+from attnstore.store.integrity import missing_rows_error
 from attnstore.store.remote import is_url, is_zip, protocol, resolve_storage_options, store_like
+from attnstore.store.safety import check_local_file, chunk_keys
 from attnstore.store.strings import StringChunks, strip_crc32c
 
 BACKEND_ENV = "ATTNSTORE_READ_BACKEND"
@@ -75,6 +78,11 @@ class AttentionReader:
         self.shape = tuple(int(s) for s in shape)  # [image, layer, head, query, key]
         self.fill_value = fill_value
         self.detail = detail  # one line for `attnstore info`
+        # image -> how many leading query rows it must have stored (n_query of a complete image, else 0),
+        # and its "index (name)" label; set by `attach`. A row with no stored chunk reads as zeros:
+        # below that count it is a deleted chunk, an error, never a map.
+        self.required_rows: Callable[[int], int] | None = None
+        self.image_label: Callable[[int], str] = str
 
     def read_rows(self, image: int, rows: Sequence[int]) -> np.ndarray:
         """Query rows of one image  # -> [row, layer, head, key] float16 (one stored chunk per row)."""
@@ -101,6 +109,15 @@ class AttentionReader:
     def read_image_rows(self, image: int, rows: slice = slice(None)) -> np.ndarray:
         """A block of query rows of one image (default: the whole shard)  # -> [row, layer, head, key]."""
         return self.read_rows(image, range(*rows.indices(self.shape[3])))
+
+    def _require_stored(self, image: int, absent: Sequence[int]) -> None:
+        """Raise if any of the rows `absent` (read with no stored chunk) must be stored."""
+        if not len(absent) or self.required_rows is None:
+            return
+        needed = self.required_rows(image)
+        missing = sorted(int(r) for r in absent if r < needed)
+        if missing:
+            raise missing_rows_error(self.image_label(image), ATTENTION, missing)
 
     def _check(self, image: int, rows: Sequence[int]) -> tuple[int, list[int]]:
         n_images, n_rows = self.shape[0], self.shape[3]
@@ -145,12 +162,17 @@ class ZarrReader(AttentionReader):
         from attnstore.store.reader import read_concurrently  # reader imports this module
 
         read_concurrently(read, range(len(rows)))  # zarr decodes in its event loop: the threads only wait
+        if self.required_rows is not None:  # an absent chunk reads as the fill value: a stored row sums to 1
+            self._require_stored(image, [r for r, row in zip(rows, out) if not row.view(np.uint16).any()])
         return out
 
     def read_image_rows(self, image: int, rows: slice = slice(None)) -> np.ndarray:
         image, _ = self._check(image, [])
         rows = slice(*rows.indices(self.shape[3]))  # within the bound (`bound_to`), not the live array
         block = self.array[image, :, :, rows, : self.shape[4]]  # [layer, head, row, key]: one read of the shard
+        if self.required_rows is not None:  # an absent chunk reads as the fill value: a stored row sums to 1
+            stored = block.view(np.uint16).any(axis=(0, 1, 3))  # [row]
+            self._require_stored(image, np.arange(rows.start, rows.stop, rows.step)[~stored])
         return np.moveaxis(block, 2, 0)
 
 
@@ -180,10 +202,10 @@ class ShardLayout:
         n_layer, n_head = self.shape[1:3]
         if self.shard[:3] != (1, n_layer, n_head) or self.chunk[:4] != (1, n_layer, n_head, 1):
             raise Unsupported(f"shards {self.shard} / chunks {self.chunk} are not one image / one query row each")
-        names = [c["name"] for c in cfg["codecs"]]
-        if names not in (["bytes", "blosc"], ["bytes", "blosc", "crc32c"]) or _big_endian(cfg["codecs"][0]):
-            raise Unsupported(f"chunk codecs {names} are not bytes + blosc (+ crc32c)")
-        self.chunk_checksum = names[-1] == "crc32c"  # stores written before chunk checksums have none
+        decoder = chunk_decoder(cfg["codecs"])  # the pipelines the writer makes (`attnstore.store.codecs`)
+        if decoder is None:
+            raise Unsupported(f"chunk codecs {[c['name'] for c in cfg['codecs']]} are not ones attnstore writes")
+        self.decode, self.chunk_checksum = decoder  # stores written before chunk checksums have none
         if [c["name"] for c in cfg["index_codecs"]] != ["bytes", "crc32c"] or _big_endian(cfg["index_codecs"][0]):
             raise Unsupported("the shard index is not bytes + crc32c")
         self.index_at_end = cfg.get("index_location", "end") == "end"
@@ -266,9 +288,11 @@ class TensorstoreReader(AttentionReader):
 
     name = "tensorstore"
 
-    def __init__(self, kvstore, layout: ShardLayout, detail: str):
+    def __init__(self, kvstore, layout: ShardLayout, detail: str, root: Path | None = None):
         super().__init__(layout.shape, layout.fill_value, detail)
         self.kv = kvstore
+        self.root = root  # a local store's folder: each file is checked before tensorstore opens it
+        self._metas: dict[str, dict] = {}  # name -> zarr.json of a variable read here (local stores)
         self.layout = layout
         self._indexes: OrderedDict[str, tuple[np.ndarray | None, bytes]] = OrderedDict()  # key -> (index, generation)
         self._variables: dict[str, object] = {}  # name -> its read (region -> values; `_open_variable`), or None
@@ -299,15 +323,28 @@ class TensorstoreReader(AttentionReader):
         if read is None:
             return None
         try:
+            if self.root is not None:  # a refused file: zarr-python reads it and says what is wrong
+                self._check_files(name, region)
             return read(region)
         except Exception:  # tensorstore's errors are plain exceptions with status text; a bad checksum
             return None
+
+    def _check_files(self, name: str, region: tuple[slice, ...]) -> None:
+        """`check_local_file` on every chunk file of `name` that `region` touches."""
+        meta = self._metas.get(name)
+        if meta is None:
+            check_local_file(self.root, f"{name}/zarr.json")
+            meta = self._metas[name] = json.loads((self.root / name / "zarr.json").read_bytes())
+        for key in chunk_keys(name, meta, region):
+            check_local_file(self.root, key)
 
     def _open_variable(self, name: str):
         """How to read variable `name` (region -> values), or None (zarr-python reads it)."""
         import tensorstore as ts
 
         try:
+            if self.root is not None:
+                check_local_file(self.root, f"{name}/zarr.json")
             array = ts.open({"driver": "zarr3", "kvstore": (self.kv / f"{name}/").spec().to_json()}, open=True).result()
         except Exception:  # not an array tensorstore's driver reads: variable-length strings are read here
             strings = StringChunks.open(self.kv, name)
@@ -323,15 +360,22 @@ class TensorstoreReader(AttentionReader):
         except ImportError as err:
             raise Unsupported("tensorstore is not installed") from err
         spec = kvstore_spec(path, storage_options)
+        root = Path(spec["path"]) if spec["driver"] == "file" else None
         try:
+            if root is not None:
+                check_local_file(root, f"{ATTENTION}/zarr.json")
             kv = ts.KvStore.open(spec).result()
             meta = kv.read(f"{ATTENTION}/zarr.json").result()
         except Exception as err:  # tensorstore raises ValueError / OSError-like errors with its status text
             raise Unsupported(f"tensorstore cannot open it ({str(err).splitlines()[0][:160]})") from err
         if meta.state != "value":
             raise Unsupported(f"no {ATTENTION}/zarr.json")
-        layout = ShardLayout(json.loads(bytes(meta.value)))
-        return cls(kv, layout, f"tensorstore ({spec['driver']} kvstore), numcodecs blosc decode")
+        try:
+            layout = ShardLayout(json.loads(bytes(meta.value)))
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError) as err:  # zarr-python says what is wrong
+            raise Unsupported(f"unreadable {ATTENTION}/zarr.json ({type(err).__name__})") from err
+        codec = layout.decode.pipeline.name
+        return cls(kv, layout, f"tensorstore ({spec['driver']} kvstore), {codec} decoded by numcodecs", root)
 
     # -- shard indexes ---------------------------------------------------------------------------
     def _fetch_indexes(self, keys: list[str]) -> dict[str, tuple[np.ndarray | None, bytes]]:
@@ -346,7 +390,12 @@ class TensorstoreReader(AttentionReader):
         span = slice(-size, None) if self.layout.index_at_end else slice(0, size)
         futures = {k: self.kv.read(k, byte_range=span) for k in todo}
         for key, future in futures.items():
-            found[key] = self._parse_index(key, future.result())
+            try:
+                result = future.result()
+            except Exception as err:  # shorter than its index (a zero-length shard): tensorstore's OUT_OF_RANGE
+                why = (str(err).splitlines() or [""])[0][:160]
+                raise StoreError(f"shard '{key}' cannot be read ({why}): the store is damaged") from err
+            found[key] = self._parse_index(key, result)
         with self._lock:
             for key in todo:
                 if found[key][0] is not None:  # a missing shard may be written later: ask again next time
@@ -389,8 +438,12 @@ class TensorstoreReader(AttentionReader):
         out = np.empty((len(rows), *self.shape[1:3], self.shape[4]), np.float16)  # [row, layer, head, key]
         plan = [(i, piece) for i, row in enumerate(rows) for piece in lay.pieces(row)]
         keys = {(rs, ks): lay.shard_key(image, rs, ks) for _, (rs, ks, *_rest) in plan}
+        if self.root is not None:
+            for key in set(keys.values()):
+                check_local_file(self.root, key, whole=False)
         indexes = self._fetch_indexes(sorted(set(keys.values())))
         reads = []  # (row slot, key start, key stop, shard key, future)
+        stored = np.zeros(len(rows), bool)  # [row]: some chunk of the row is stored
         for i, (rs, ks, entry, start, stop) in plan:
             key = keys[rs, ks]
             index, _ = indexes[key]
@@ -398,7 +451,9 @@ class TensorstoreReader(AttentionReader):
             if offset == MISSING:
                 out[i, ..., start:stop] = self.fill_value
             else:
+                stored[i] = True
                 reads.append((i, start, stop, key, self.kv.read(key, byte_range=slice(offset, offset + nbytes))))
+        self._require_stored(image, [row for row, s in zip(rows, stored) if not s])  # from the index: no extra read
         if len(reads) <= INLINE_DECODE:
             stale = [self._decode(out, read, indexes) for read in reads]
         else:
@@ -409,8 +464,6 @@ class TensorstoreReader(AttentionReader):
 
     def _decode(self, out: np.ndarray, read, indexes) -> str | None:
         """Decode one chunk into its place in `out`; returns the shard key if it changed meanwhile."""
-        from numcodecs import blosc
-
         i, start, stop, key, future = read
         result = future.result()
         generation = indexes[key][1]
@@ -419,10 +472,10 @@ class TensorstoreReader(AttentionReader):
         data = self._checked(result.value)
         n_key = self.layout.chunk[4]
         if start == 0 and stop == n_key == self.shape[4]:
-            blosc.decompress(data, out[i])  # the common case: straight into the output row
+            self.layout.decode(data, out[i])  # the common case: straight into the output row
         else:
             chunk = np.empty((*self.shape[1:3], n_key), np.float16)
-            blosc.decompress(data, chunk)
+            self.layout.decode(data, chunk)
             out[i, ..., start:stop] = chunk[..., : stop - start]
         return None
 
@@ -521,6 +574,9 @@ def attach(ds: xr.Dataset, reader: AttentionReader, chunks=None) -> xr.Dataset:
     not None: one task per shard or row block, never per stored row)."""
     old = ds[ATTENTION].variable
     reader.bound_to(old.shape)  # the shape every other variable agrees on (a writer may be growing it)
+    if "complete" in ds and "n_query" in ds:
+        reader.required_rows = functools.partial(_required_rows, ds["complete"].variable, ds["n_query"].variable)
+        reader.image_label = functools.partial(_image_label, ds["image_name"].variable if "image_name" in ds else None)
     data = indexing.LazilyIndexedArray(AttentionArray(reader))
     shard_chunks = attention_chunks(old, chunks if chunks is not None else {})
     preferred = {dim: old.shape[i] if size == -1 else size for i, (dim, size) in enumerate(shard_chunks.items())}
@@ -529,6 +585,18 @@ def attach(ds: xr.Dataset, reader: AttentionReader, chunks=None) -> xr.Dataset:
     if chunks is not None:
         var = var.chunk(shard_chunks)
     return ds.assign({ATTENTION: var})
+
+
+def _required_rows(complete: xr.Variable, n_query: xr.Variable, image: int) -> int:
+    """Leading query rows image `image` must have stored: its n_query once complete, else none."""
+    return int(n_query[image].values) if int(complete[image].values) else 0
+
+
+def _image_label(names: xr.Variable | None, image: int) -> str:
+    try:
+        return f"{image} ({names[image].values})" if names is not None else str(image)
+    except Exception:  # the name's own chunk may be the damaged one
+        return f"{image} (name unreadable)"
 
 
 def attention_chunks(var: xr.Variable, chunks) -> dict[str, int]:

@@ -32,6 +32,20 @@ def damaged_image_error(ds: xr.Dataset, image: int) -> StoreError:
     )
 
 
+def missing_chunk_error(label: str, variable: str, what: str = "") -> StoreError:
+    """The error for a complete image (`label`: "index (name)") whose `variable` chunk is absent:
+    zarr would read it as the fill value (an all-zero map, empty token texts)."""
+    return StoreError(
+        f"image {label} is damaged: its '{variable}' chunk{what} is missing from the store (deleted since it "
+        "was written), so it cannot be shown; the other images are unaffected"
+    )
+
+
+def missing_rows_error(label: str, variable: str, rows: list[int]) -> StoreError:
+    shown = ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+    return missing_chunk_error(label, variable, f" for query row(s) {shown}")
+
+
 @contextmanager
 def checksum_guard(ds: xr.Dataset, image: int) -> Iterator[None]:
     """Turn a checksum failure while reading image `image` into a StoreError naming it.

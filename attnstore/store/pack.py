@@ -10,10 +10,12 @@ from pathlib import Path
 import fsspec
 
 from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
+from attnstore.store.journal import fault_point, write_error_message
 from attnstore.store.reader import open_dataset
 from attnstore.store.remote import is_zip, resolve_storage_options
 
 COPY_BLOCK = 1 << 22  # bytes per read while packing: shards can be ~100 MB, never hold one whole
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the zip format's earliest date: members carry no packing time
 
 
 @dataclass
@@ -56,12 +58,29 @@ def pack_store(
     except (NotImplementedError, OSError, ValueError) as err:
         raise StoreError(f"cannot list the files of '{path}' ({err}): pack a local or s3:// store") from err
     partial = Path(str(out) + ".partial")
+    try:
+        total = _write_zip(fs, root, files, partial)
+        fault_point(str(out))  # the rename: a pack killed before it leaves `out` as it was
+        partial.replace(out)
+    except BaseException as err:
+        partial.unlink(missing_ok=True)  # no partial file left behind (a SIGKILL aside: the next pack replaces it)
+        if isinstance(err, OSError):
+            raise StoreError(write_error_message(out, err)) from err
+        raise
+    return PackReport(files=len(files), bytes=total)
+
+
+def _write_zip(fs, root: str, files: list[str], target: Path) -> int:
+    """The store's files into one uncompressed zip at `target`; returns the bytes stored.
+
+    Every member gets the same fixed date, so packing one store twice gives byte-identical zips."""
     total = 0
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name in files:
             member = name[len(root.rstrip("/")) :].lstrip("/")
-            with fs.open(name, "rb") as src, zf.open(member, "w", force_zip64=True) as dst:
+            fault_point(member)
+            info = zipfile.ZipInfo(member, date_time=ZIP_DATE)
+            with fs.open(name, "rb") as src, zf.open(info, "w", force_zip64=True) as dst:
                 shutil.copyfileobj(src, dst, COPY_BLOCK)
             total += zf.getinfo(member).file_size
-    partial.replace(out)
-    return PackReport(files=len(files), bytes=total)
+    return total

@@ -13,6 +13,11 @@ from attnstore.errors import StoreError
 from attnstore.schema import FORMAT_NAME, SCHEMA_VERSION
 from attnstore.store.backend import attach, choose_backend, open_reader
 from attnstore.store.remote import is_url, is_zip, store_like
+from attnstore.store.safety import check_declared, store_declared
+
+# What zarr raises for a damaged, empty or deeply nested zarr.json (json's errors are ValueErrors)
+METADATA_ERRORS = (ValueError, TypeError, KeyError, RecursionError, AttributeError)
+NOT_FOUND = (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError)
 
 
 def check_target(path: str) -> None:
@@ -35,12 +40,44 @@ def check_attrs(attrs: dict, path: str) -> None:
 
 
 def exists(path: str, storage_options: dict | None = None) -> bool:
+    """Whether `path` holds a zarr group (raises StoreError if its metadata cannot be read)."""
     try:
-        target, storage_options = store_like(path, storage_options)
-        zarr.open_group(store=target, mode="r", zarr_format=3, storage_options=storage_options)
-    except (StoreError, FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        return False
+        open_group(path, storage_options)
+    except StoreError as err:
+        if isinstance(err.__cause__, NOT_FOUND) or err.__cause__ is None and "no attnstore store" in str(err):
+            return False
+        raise  # there is something, but damaged: never taken for "no store" (a writer would overwrite it)
     return True
+
+
+def open_group(
+    path: str, storage_options: dict | None = None, use_consolidated: bool | None = None, check: bool = True
+) -> zarr.Group:
+    """The store's zarr group, read-only (metadata only), with every array's declared shape and dtype
+    checked against the schema before anything is read (`attnstore.store.safety`).
+
+    Raises StoreError (one line): no store, unreadable (damaged, empty, deeply nested) metadata, or
+    a declared shape or dtype the schema does not allow (unless `check` is False: `validate` lists them).
+    """
+    target, options = store_like(path, storage_options)
+    try:
+        group = zarr.open_group(
+            store=target, mode="r", zarr_format=3, storage_options=options, use_consolidated=use_consolidated
+        )
+        declared = store_declared(group)
+    except NOT_FOUND as err:
+        raise StoreError(f"no attnstore store at '{path}'") from err
+    except METADATA_ERRORS as err:
+        raise metadata_error(path, err) from err
+    if check:
+        check_declared(declared, path)
+    return group
+
+
+def metadata_error(path: str, err: BaseException) -> StoreError:
+    first = (str(err).strip().splitlines() or [""])[0][:160]
+    why = f"{type(err).__name__}: {first}"
+    return StoreError(f"store '{path}' is damaged: its metadata (zarr.json) cannot be read ({why})")
 
 
 def open_dataset(
@@ -58,16 +95,20 @@ def open_dataset(
     """
     choose_backend(read_backend)  # a bad name fails before any read
     check_target(path)
+    open_group(path, storage_options)  # declared shapes and dtypes checked before xarray loads coordinates
     target, options = store_like(path, storage_options)
     try:
         with warnings.catch_warnings():  # attention's dask chunks are replaced below (`attach`)
             warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)
+            warnings.filterwarnings("ignore", "Numcodecs codecs are not in the Zarr", UserWarning)  # store/codecs.py
             ds = xr.open_zarr(target, chunks=chunks, storage_options=options, zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
         raise StoreError(f"no attnstore store at '{path}'") from err
+    except (RecursionError, TypeError) as err:
+        raise metadata_error(path, err) from err
     except ValueError as err:  # no consolidated metadata, and a writer killed while growing the arrays
         if "conflicting sizes" not in str(err):
-            raise
+            raise metadata_error(path, err) from err
         dim = re.search(r"dimension ('[^']*')", str(err))
         raise StoreError(
             f"store '{path}' is half-written (its arrays disagree on {dim.group(1) if dim else 'a dimension'}): "

@@ -77,6 +77,10 @@ def store_like(path: str, storage_options: dict | None = None, mode: str = "r"):
     if protocol(path) in READ_ONLY_PROTOCOLS:
         check_range_requests(path if is_zip(path) else str(path).rstrip("/") + "/zarr.json", options)
     if not is_zip(path):
+        if not writing and not is_url(path):  # only regular files inside the store are read
+            from attnstore.store.safety import CheckedLocalStore
+
+            return CheckedLocalStore(str(path), read_only=True), options
         return str(path), options
     if is_url(path):
         chained = {protocol(path): options} if options else None

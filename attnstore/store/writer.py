@@ -9,13 +9,21 @@ a killed run never leaves a half-written image marked complete.
 from __future__ import annotations
 
 import datetime as _dt
+import glob
+import os
+import re
+import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import zarr
 from PIL import Image
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.storage import FsspecStore, LocalStore
 
 from attnstore import __version__
 from attnstore.errors import StoreError
@@ -28,6 +36,7 @@ from attnstore.schema import (
     EXTRA_KINDS,
     FORMAT_NAME,
     IMAGE,
+    IMAGE_PATCH_KINDS,
     KEY,
     OBJECT,
     OBJECT_BOX,
@@ -42,13 +51,19 @@ from attnstore.schema import (
     RGB,
     SCHEMA_VERSION,
     VARIABLE_ATTRS,
+    kind_mask,
 )
+from attnstore.store import codecs
+from attnstore.store.journal import JournalStore, write_errors
+from attnstore.store.lossy import MAP_ERROR_ATTR, map_quantise
 from attnstore.store.reader import check_attrs, check_target, exists
-from attnstore.store.remote import store_like
+from attnstore.store.remote import is_url, store_like
 
 MAX_DISPLAY_SIDE = 1024  # the store keeps a display copy of each image, longest edge at most this
 DEFAULT_KEEP_BITS = 10  # lossless fp16; see README "Storage" for the measured trade-off
 FP16_MANTISSA_BITS = 10
+ROUND_ATTR = "round_decimals"  # group attr: values rounded to this many decimals (`--round`, seed files)
+CODEC_REQUEST = "codec"  # run attr (never stored): "auto" or a codec name forced with --codec
 # The schema's own variables: an extra variable never takes one of their names.
 SCHEMA_VARIABLES = {"attention", "query_position", "patch_box", "pixels", *PER_KEY, *PER_KEY_STRINGS,
                     *PER_IMAGE_SCALARS, *PER_IMAGE_STRINGS}  # fmt: skip
@@ -57,6 +72,10 @@ SCHEMA_VARIABLES = {"attention", "query_position", "patch_box", "pixels", *PER_K
 # reads a few objects instead of one per image (atomic chunk writes keep this crash-safe).
 SINGLE_WRITER_VARIABLES = ("complete", "image_name", "image_source")
 SINGLE_WRITER_CHUNK = 4096
+CREATING = ".creating-"  # `.NAME.creating-PID`: a store being created beside NAME (renamed when whole)
+# zarr's LocalStore writes each object to `NAME.<32 hex>.partial` first, then renames it: a killed
+# writer can leave one behind (never read: zarr ignores it).
+ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 # Every chunk ends with a crc32c of its compressed bytes (the standard zarr v3 `crc32c` codec), so a
@@ -132,12 +151,58 @@ class AttnStore:
 
     # -- creation / opening -----------------------------------------------------------------
     @classmethod
-    def create(cls, path: str, shape: StoreShape, attrs: dict, storage_options: dict | None = None) -> AttnStore:
-        """Create an empty store (0 images). Fails if a store is already there."""
+    def create(
+        cls,
+        path: str,
+        shape: StoreShape,
+        attrs: dict,
+        storage_options: dict | None = None,
+        first: Extraction | None = None,
+    ) -> AttnStore:
+        """Create an empty store (0 images). Fails if a store is already there.
+
+        `first`: the first image to be written; the attention codec is chosen by measuring its rows
+        (`attnstore.store.codecs`). Without it the codec is the one `attrs["codec"]` forces, else the default.
+
+        A local store is built in a hidden folder beside `path` and renamed into place when whole: a run
+        killed while creating leaves no store (and `remove_leftovers` clears the folder), never one with
+        half its arrays. An object store (s3://) has no rename: it is written in place.
+        """
         check_target(path)
-        target, storage_options = store_like(path, storage_options, mode="w-")
+        attrs = dict(attrs)
+        request = codecs.check_request(attrs.pop(CODEC_REQUEST, None))
+        if first is not None:
+            sample = stored_values(first, {"keep_bits": DEFAULT_KEEP_BITS, **attrs})
+            codec = codecs.choose(sample, shape.key_capacity, request)
+        elif request != codecs.AUTO:
+            codec = codecs.record(codecs.parse(request), "forced (--codec)", {}, 0, None)
+        else:
+            codec = codecs.default_record()
+        attrs[codecs.CODEC_ATTR] = codec
+        _, storage_options = store_like(path, storage_options, mode="w-")
+        with write_errors(path):
+            if is_url(path):
+                cls._build(_writable(path, storage_options), path, shape, attrs)
+                return cls.open(path, storage_options=storage_options)
+            final = Path(path)
+            if final.exists() and any(final.iterdir()):
+                raise StoreError(f"'{path}' already exists and is not an empty folder")
+            building = final.with_name(f".{final.name}{CREATING}{os.getpid()}")
+            shutil.rmtree(building, ignore_errors=True)
+            try:
+                cls._build(JournalStore(LocalStore(building)), path, shape, attrs)
+                building.rename(final)  # atomic: readers see no store, then the whole empty store
+            except BaseException:
+                shutil.rmtree(building, ignore_errors=True)
+                raise
+        return cls.open(path)
+
+    @classmethod
+    def _build(cls, target: JournalStore, path: str, shape: StoreShape, attrs: dict) -> None:
+        """Every array of a new store, and its attributes (the attention codec's record among them), into
+        `target`."""
         try:
-            group = zarr.open_group(store=target, mode="w-", zarr_format=3, storage_options=storage_options)
+            group = zarr.open_group(store=target, mode="w-", zarr_format=3)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
             raise StoreError(f"'{path}' already exists and is not an empty folder") from err
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -154,15 +219,18 @@ class AttnStore:
             }
         )
         store = cls(group, path)
-        store._create_arrays(shape)
+        store._create_arrays(shape, codecs.parse(attrs[codecs.CODEC_ATTR]["name"]))
         store.consolidate()
-        return store
 
     @classmethod
     def open(cls, path: str, mode: str = "r+", storage_options: dict | None = None) -> AttnStore:
         """Open an existing store for appending; checks it is an attnstore store of this schema."""
         check_target(path)
         target, storage_options = store_like(path, storage_options, mode)
+        if mode != "r":  # writes go through the journal (undo on a write error, fault injection in tests)
+            if not is_url(path) and not Path(path).is_dir():
+                raise StoreError(f"no attnstore store at '{path}'")
+            target, storage_options = _writable(path, storage_options), None
         try:
             # Writers read live array metadata: the consolidated copy goes stale as arrays grow.
             group = zarr.open_group(
@@ -173,6 +241,21 @@ class AttnStore:
         check_attrs(dict(group.attrs), path)
         return cls(group, path)
 
+    @contextmanager
+    def journal(self) -> Iterator[None]:
+        """Writes inside are all or nothing: should one fail (disk full, read-only store ...), every object
+        changed inside gets its old bytes back, so the store is byte-identical to before."""
+        target = self.group.store
+        if not isinstance(target, JournalStore):
+            yield
+            return
+        try:
+            with target.journal():
+                yield
+        except Exception:
+            self._n_images = None  # the image axis may have been put back
+            raise
+
     @classmethod
     def open_or_create(cls, path: str, shape: StoreShape, attrs: dict, storage_options=None) -> AttnStore:
         if exists(path, storage_options):
@@ -182,10 +265,10 @@ class AttnStore:
             return store
         return cls.create(path, shape, attrs, storage_options)
 
-    def _create_arrays(self, shape: StoreShape) -> None:
+    def _create_arrays(self, shape: StoreShape, codec: codecs.Pipeline) -> None:
         g, L, H, Q, K = self.group, shape.n_layers, shape.n_heads, shape.query_capacity, shape.key_capacity
 
-        def array(name, dims, dtype, fill, chunks, shards=None):
+        def array(name, dims, dtype, fill, chunks, shards=None, compressors=None, filters=()):
             arr = g.create_array(
                 name,
                 shape=(0, *(shards or chunks)[1:]) if dims[0] == IMAGE else chunks,
@@ -194,13 +277,18 @@ class AttnStore:
                 dtype=dtype,
                 fill_value=fill,
                 dimension_names=dims,
-                compressors=_compressors(dtype),
+                compressors=compressors or _compressors(dtype),
+                filters=filters,
                 attributes=VARIABLE_ATTRS.get(name, {}),
             )
             return arr
 
         # One clicked token = one inner chunk (one row read per click); one shard per image (one object per image).
-        array("attention", ATTENTION_DIMS, "float16", 0.0, (1, L, H, 1, K), shards=(1, L, H, Q, K))
+        compress = (codec.zarr_compressor(), Crc32cCodec()) if CHUNK_CHECKSUM else (codec.zarr_compressor(),)
+        with warnings.catch_warnings():  # integer codes: "not in the zarr v3 spec" (see store/codecs.py)
+            warnings.simplefilter("ignore")
+            array("attention", ATTENTION_DIMS, "float16", 0.0, (1, L, H, 1, K), shards=(1, L, H, Q, K),
+                  compressors=compress, filters=codec.zarr_filters())  # fmt: skip
         array("query_position", (IMAGE, QUERY), "int32", -1, (1, Q))  # chunks = capacity: one chunk per image
         for name, (dtype, fill) in PER_KEY.items():
             array(name, (IMAGE, KEY), dtype, fill, (1, K))
@@ -284,7 +372,15 @@ class AttnStore:
                 f"the model has {shape.n_layers} x {shape.n_heads}: write to another store",
                 param="out",
             )
-        for key in ("model_id", "keep_bits"):
+        request = codecs.check_request(attrs.get(CODEC_REQUEST))
+        codec = codecs.store_pipeline(dict(self.group.attrs)).name
+        if request != codecs.AUTO and codec != request:
+            raise StoreError(
+                f"store '{self.path}' stores attention with codec {codec}, "
+                f"this run asks for {request}: write to another store",
+                param="out",
+            )
+        for key in ("model_id", "keep_bits", ROUND_ATTR, MAP_ERROR_ATTR):
             if key in attrs and self.group.attrs.get(key) != attrs[key]:
                 raise StoreError(
                     f"store '{self.path}' was made with {key}={self.group.attrs.get(key)!r}, "
@@ -461,10 +557,12 @@ class AttnStore:
         if mark_complete:
             g["complete"][index] = 0
         Q, K = self.query_capacity, self.key_capacity
-        keep_bits = int(g.attrs["keep_bits"]) if keep_bits is None else keep_bits
+        settings = dict(g.attrs) if keep_bits is None else {**g.attrs, "keep_bits": keep_bits}
+        stored = stored_values(result, settings)
+        self._check_codec(stored)
         # Whole shard in one write: zero padding chunks are not stored (write_empty_chunks=False).
         full = np.zeros((result.attention.shape[0], result.attention.shape[1], Q, K), np.float16)
-        full[:, :, : result.n_query, : result.n_key] = round_mantissa(result.attention, keep_bits)
+        full[:, :, : result.n_query, : result.n_key] = stored
         g["attention"][index] = full
         g["query_position"][index] = _padded(result.query_position, Q, -1)
         lay = result.layout
@@ -507,9 +605,50 @@ class AttnStore:
         if mark_complete:
             self.mark_complete(index)
 
+    def _check_codec(self, stored: np.ndarray) -> None:
+        """Integer codes are lossless only on their grid: an image off it is refused before any write."""
+        decimals = codecs.store_pipeline(dict(self.group.attrs)).decimals
+        if decimals is not None and not codecs.on_grid(stored, decimals):
+            raise StoreError(
+                f"store '{self.path}' stores attention as integer codes on a 10^-{decimals} grid and this image's "
+                f"values are not on it: extract with --round {decimals}, or write to another store"
+            )
+
     def mark_complete(self, index: int) -> None:
         """Flag image `index` complete: only once every one of its arrays is written."""
         self.group["complete"][index] = 1  # last: the image is now visible as complete
+
+
+def stored_values(result: Extraction, settings: dict) -> np.ndarray:
+    """The attention as a store with these attrs keeps it: keep_bits, then rounding to decimals, then
+    map-faithful quantisation  # [layer, head, query, key] float16."""
+    values = round_mantissa(result.attention, int(settings.get("keep_bits", DEFAULT_KEEP_BITS)))
+    if settings.get(ROUND_ATTR) is not None:
+        values = codecs.round_to_grid(values, int(settings[ROUND_ATTR]))
+    if settings.get(MAP_ERROR_ATTR) is not None:
+        values = map_quantise(values, kind_mask(result.layout.kind, IMAGE_PATCH_KINDS), float(settings[MAP_ERROR_ATTR]))
+    return values
+
+
+def _writable(path: str, storage_options: dict | None) -> JournalStore:
+    """A writable zarr store for `path` (local folder or fsspec URL), every write through the journal."""
+    if is_url(path):
+        return JournalStore(FsspecStore.from_url(path, storage_options=storage_options, read_only=False))
+    return JournalStore(LocalStore(path))
+
+
+def remove_leftovers(path: str) -> None:
+    """Clear what killed writers of a local store left: a half-created store beside it, and zarr's
+    partial objects inside it. Only the writer holding the store's lock may call this."""
+    if is_url(path):
+        return
+    store = Path(path)
+    for building in store.parent.glob(f".{glob.escape(store.name)}{CREATING}*"):
+        shutil.rmtree(building, ignore_errors=True)
+    if store.is_dir():
+        for partial in store.rglob("*.partial"):
+            if ZARR_PARTIAL.search(partial.name) and partial.is_file():
+                partial.unlink(missing_ok=True)
 
 
 def _padded(values: np.ndarray, size: int, fill) -> np.ndarray:

@@ -84,6 +84,15 @@ def draw(
     return Drawn(fig, payload, status(state, params, data), message)
 
 
+def judged_answer(state: StoreState, meta) -> list:
+    """ " · answer 'red' ✓ right" (or "✗ wrong · expected purple") when the store has expected answers."""
+    verdict = views.verdict(state, meta.index)
+    if not verdict.css:
+        return []
+    answer = html.Span(quoted(meta.answer.strip()), className="status-answer")
+    return [" · answer ", answer, " ", html.Span(verdict.text, className=f"verdict {verdict.css}")]
+
+
 def status(state: StoreState, params: ViewParams, data: views.ViewMap | None) -> list:
     """The line above the figure: image, token, what is shown (and why it is blank, when it is)."""
     meta = state.image(params.image)
@@ -92,9 +101,14 @@ def status(state: StoreState, params: ViewParams, data: views.ViewMap | None) ->
         return [html.B(meta.name), " · token ", token, f" #{params.token}",
                 html.Div(state.no_patch_map, className="status-note")]  # fmt: skip
     if params.token is None or data is None:
-        return [html.B(meta.name), " · no token selected: click a token of the prompt or the answer"]
+        return [
+            html.B(meta.name),
+            *judged_answer(state, meta),
+            " · no token selected: click a token of the prompt or the answer",
+        ]
     line = [
         html.B(meta.name),
+        *judged_answer(state, meta),
         " · token ",
         html.Span(quoted(meta.display[params.token]), className="status-token"),
         f" #{params.token}",

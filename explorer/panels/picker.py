@@ -99,7 +99,7 @@ def register(app: dash.Dash, state: StoreState) -> None:
             found = views.page_of(state, query, int(image), PAGE_SIZE)
             page = page if found is None else found
         indices, n_matches, page = views.picker_page(state, query, page, PAGE_SIZE)
-        cards = [card(app, i, catalog, i == image) for i in indices]
+        cards = [card(app, i, catalog, i == image, views.verdict(state, i)) for i in indices]
         if not cards:
             cards = [html.Div(f"no image matches '{query}'", className="hint")]
         n_pages = max(1, -(-n_matches // PAGE_SIZE))
@@ -107,10 +107,12 @@ def register(app: dash.Dash, state: StoreState) -> None:
         return cards, info, {"page": page, "image": image, "seen": list(seen)}
 
 
-def card(app: dash.Dash, index: int, catalog: dict, current: bool) -> html.Div:
+def card(app: dash.Dash, index: int, catalog: dict, current: bool, verdict: views.Verdict) -> html.Div:
     complete = bool(catalog["complete"][index])
     name, answer = str(catalog["name"][index]), str(catalog["answer"][index])
     classes = "card" + (" current" if current else "") + ("" if complete else " incomplete")
+    classes += f" {verdict.css}" if verdict.css else ""
+    judged = [html.Div(verdict.text, className=f"card-verdict {verdict.css}")] if verdict.css and complete else []
     return html.Div(
         [
             # the query changes once the image is complete: a cached thumbnail of a half-written one is not reused
@@ -123,11 +125,12 @@ def card(app: dash.Dash, index: int, catalog: dict, current: bool) -> html.Div:
                 [
                     html.Div(f"{index} · {PurePosixPath(name).name}", className="card-name"),
                     html.Div(answer if complete else "(extraction unfinished)", className="card-answer"),
+                    *judged,
                 ],
                 className="card-text",
             ),
         ],
         className=classes,
-        title=f"{name}\n{answer}",
+        title=f"{name}\n{answer}" + (f"\n{verdict.text}" if verdict.text else ""),
         **({"data-image": str(index)} if complete else {}),
     )

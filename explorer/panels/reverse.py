@@ -68,12 +68,13 @@ def register(app: dash.Dash, state: StoreState) -> None:
             return no_update, no_update, no_update, no_update  # e.g. another token clicked: same answer
         try:
             meta = state.image(image)
-            values = views.reverse_view(state, params, key).values  # [query]
+            reverse = views.reverse_view(state, params, key)  # [query]: the text rows
         except AttnstoreError as err:
             return figures.empty_figure(str(err)), None, str(err), no_update
-        labels = [f"{quoted(meta.display[int(p)])} #{int(p)}" for p in meta.query_position]
+        values, positions = reverse.values, reverse["position"].values
+        labels = [f"{quoted(meta.display[int(p)])} #{int(p)}" for p in positions]
         geom = views.geometry(state, image)
         info = f"patch token #{key} ({figures.describe_key(geom, key)}) · {params.describe()}"
-        rows = [[int(p), float(v)] for p, v in zip(meta.query_position, values)]
+        rows = [[int(p), float(v)] for p, v in zip(positions, values)]
         shown = {"image": image, "key": key, "what": params.describe(), "rows": rows}
         return (figures.reverse_figure(labels, values), shown, info, figures.mark_patch(geom, key))

@@ -66,6 +66,18 @@ def test_corrupt_image_is_reported_and_others_are_kept(tmp_path, images, tiny_mo
     assert sorted(map(str, ds.image_name.values)) == ["img0.png", "img1.png"] and ds.complete.values.all()
 
 
+def test_an_image_over_the_pixel_limit_is_skipped_like_other_bad_images(tmp_path, images, tiny_model_path, capsys):
+    from PIL import Image
+
+    Image.new("1", (14_000, 14_000)).save(images / "huge.png")  # 196 MP (24 MB decoded as 1-bit, ~20 KB on disk)
+    out = tmp_path / "s.zarr"
+    assert main(extract_args(tiny_model_path, out, "--image-dir", images)) == 1
+    err = capsys.readouterr().err
+    assert "huge.png" in err and "too large to decode safely" in err and "Traceback" not in err
+    ds = open_dataset(str(out))
+    assert sorted(map(str, ds.image_name.values)) == ["img0.png", "img1.png"] and ds.complete.values.all()
+
+
 def test_validate_finds_damaged_rows(tmp_path, synthetic_store, capsys):
     path = tmp_path / "s.zarr"
     shutil.copytree(synthetic_store, path)
@@ -168,3 +180,24 @@ def test_help_lists_commands_in_workflow_order_with_whole_descriptions(capsys):
     listed = [line.split()[0] for line in commands if line.startswith("  ") and not line.startswith("   ")]
     assert listed == [name for name in COMMAND_ORDER if name in listed] and {"demo", "extract", "serve"} <= set(listed)
     assert "..." not in text.split("Commands:")[1]
+
+
+@pytest.mark.slow
+def test_extract_queries_text_image_stores_the_patch_rows(tmp_path, images, tiny_model_path, capsys):
+    """`--queries text+image`: the text rows plus the image patches' (no image markers), valid, and a
+    patch's map reads its own stored row through `heatmap --patch`."""
+    from attnstore.schema import IMAGE_PATCH_KINDS, TEXT_KINDS, TokenKind, kind_mask
+
+    out = tmp_path / "s.zarr"
+    assert main(extract_args(tiny_model_path, out, images / "img0.png", "--queries", "text+image")) == 0
+    assert main(["validate", str(out)]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    assert "queries=text+image" in capsys.readouterr().out
+    img = open_dataset(str(out)).attn.image(0)
+    kinds = np.asarray(img["token_kind"].values)[: int(img["n_key"])]
+    stored = np.asarray(img["query_position"].values)[: int(img["n_query"])]
+    np.testing.assert_array_equal(stored, np.flatnonzero(kind_mask(kinds, (*TEXT_KINDS, *IMAGE_PATCH_KINDS))))
+    assert (kinds == TokenKind.IMAGE_SPECIAL).any()  # there were markers to leave out
+    assert main(["heatmap", str(out), "--patch", "0,0", "--output", str(tmp_path / "p.png")]) == 0
+    assert "patch 0,0: row" in capsys.readouterr().out

@@ -160,6 +160,27 @@ def test_reverse_view_uses_the_selected_layers_and_heads(state):
     np.testing.assert_allclose(agg.values, analysis.reverse_attention(meta.img, [key]).values, rtol=1e-6)
 
 
+def test_reverse_view_lists_text_rows_only(image_rows_store):
+    """A store with image rows (`--queries text+image`): "who looks at a patch" answers with words."""
+    from explorer.state import StoreState
+
+    state = StoreState(image_rows_store)
+    meta = state.image(0)
+    kinds = np.asarray(meta.img["token_kind"].values)
+    key = int(np.flatnonzero(kinds == TokenKind.IMAGE_TILE)[3])
+    got = views.reverse_view(state, ViewParams(image=0), key)
+    stored_kinds = kinds[np.asarray(meta.query_position)]
+    assert (stored_kinds == TokenKind.IMAGE_TILE).any()  # the store does hold image rows
+    assert got.sizes["query"] == int(np.isin(stored_kinds, [int(k) for k in analysis_text_kinds()]).sum())
+    assert not np.isin(kinds[got["position"].values], [TokenKind.IMAGE_TILE, TokenKind.IMAGE_GLOBAL]).any()
+
+
+def analysis_text_kinds():
+    from attnstore.schema import TEXT_KINDS
+
+    return TEXT_KINDS
+
+
 def test_picker_pages_and_search(state):
     indices, n, page = views.picker_page(state, "", page=0, per_page=2)
     assert (indices, n, page) == ([0, 1], 3, 0)

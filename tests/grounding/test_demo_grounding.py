@@ -1,22 +1,29 @@
-"""The trained demo model looks at the object it answers about; a random twin does not.
+"""The trained demo model answers with words of the asked kind, right more often than a random
+twin, and looks at the object it answers about; the twin does not.
 
 Both models (same architecture and processor; the twin's weights are freshly initialised) answer
-one colour or shape question on each of the same held-out scenes. Grounding of the first answer
-token on the asked object's box: the trained model's best head puts at least 3x the chance share
-(the box's area share) of its image attention inside the box; the random twin's heads stay at chance.
+one colour or shape question on each of the same held-out scenes of 2-4 objects (a seed training
+never draws from). The trained model's best head puts at least 3x the chance share (the box's area
+share) of the first answer token's image attention inside the asked object's box; the random
+twin's heads stay at chance. The figures come from `attnstore.demo.scene_check`, as
+`scripts/train_demo_model.py --eval-only` measures them.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from attnstore.analysis.grounding import rank_heads, store_grounding
-from attnstore.demo import DEMO_MODEL_DIR, build_scene_store
+from attnstore.demo import DEMO_MODEL_DIR, random_twin, scene_check
 from attnstore.scenes import COLORS, SHAPES
 from attnstore.store import open_dataset
 
 N_SCENES = 16
 SEED = 77  # held out: training draws scenes from other seeds
+# The shipped model (docs/demo-model.md) was measured at 7 of 16 right and 3.5x on these scenes.
+# It has not learned to bind attributes (the 90 % target of issue 24 was not reached), so "mostly
+# right" is not claimed: the floor is well above the random twin's (0) and well below the measure.
+MIN_RIGHT = 4
+MIN_LIFT = 3.0
 
 pytestmark = [
     pytest.mark.slow,
@@ -24,37 +31,17 @@ pytestmark = [
 ]
 
 
-def random_twin(folder):
-    """The demo model's architecture and processor with freshly initialised weights."""
-    import torch
-    from transformers import AutoProcessor, Idefics3Config, Idefics3ForConditionalGeneration
-
-    torch.manual_seed(0)
-    model = Idefics3ForConditionalGeneration(Idefics3Config.from_pretrained(DEMO_MODEL_DIR))
-    model.save_pretrained(folder)
-    AutoProcessor.from_pretrained(DEMO_MODEL_DIR).save_pretrained(folder)
-    return folder
-
-
-def best_head(path):
-    scores = store_grounding(open_dataset(str(path)))
-    return scores, rank_heads(scores)
-
-
-def test_trained_model_grounds_its_answer_and_a_random_twin_does_not(tmp_path):
-    build_scene_store(str(tmp_path / "trained.zarr"), DEMO_MODEL_DIR, N_SCENES, SEED, show_progress=False)
-    build_scene_store(
-        str(tmp_path / "random.zarr"), random_twin(tmp_path / "twin"), N_SCENES, SEED, show_progress=False
-    )
-    trained, trained_rank = best_head(tmp_path / "trained.zarr")
-    random, random_rank = best_head(tmp_path / "random.zarr")
-    assert trained.sizes["image"] == random.sizes["image"] == N_SCENES
-    assert float(trained_rank["inbox_lift"][0]) >= 3.0  # measured 3.5 (layer 3, head 0)
+def test_trained_model_answers_right_and_grounds_its_answer_and_a_random_twin_does_not(tmp_path):
+    trained = scene_check(DEMO_MODEL_DIR, tmp_path, N_SCENES, SEED)
+    twin = scene_check(random_twin(DEMO_MODEL_DIR, tmp_path / "twin"), tmp_path, N_SCENES, SEED)
+    assert trained["judged"] == twin["judged"] == N_SCENES
+    assert trained["right"] >= MIN_RIGHT, trained
+    assert trained["best_lift"] >= MIN_LIFT, trained
     # Every random head stays at chance (measured: 0.98-1.02).
-    assert float(random_rank["inbox_lift"].max()) < 1.3
-    assert abs(float(random["inbox_lift"].mean()) - 1.0) < 0.1
-    # The trained model answers with a word of the asked kind (the random twin with garbage).
-    ds = open_dataset(str(tmp_path / "trained.zarr"))
+    assert twin["best_lift"] < 1.3 and abs(twin["mean_lift"] - 1.0) < 0.1, twin
+    assert twin["right"] <= 4, twin
+    # The trained model answers with a word of the asked kind.
+    ds = open_dataset(trained["store"])
     kinds = [str(k) for k in ds["question_type"].values]
     answers = [str(a).strip() for a in ds["answer"].values]
     words = {"color": set(COLORS), "shape": set(SHAPES)}

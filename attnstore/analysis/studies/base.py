@@ -14,7 +14,7 @@ from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.registry import Registry
 from attnstore.analysis.select import read_rows_fp16
 from attnstore.errors import InvalidArgument
-from attnstore.schema import TokenKind
+from attnstore.schema import TEXT_KINDS, TokenKind, kind_mask
 
 ANALYSES = Registry("analysis")  # name -> fn(ds, **options) -> xr.Dataset (a tidy table)
 PLOTS: dict[str, Callable] = {}  # name -> fn(result: xr.Dataset) -> matplotlib Figure
@@ -35,19 +35,23 @@ def register(name: str, summary: str, plot: Callable, label: str | None = None) 
 
 def query_rows(img: xr.Dataset, queries: str) -> np.ndarray:
     """Stored query rows of one image  # [n] int: "generated" (answer tokens), "prompt" (every stored
-    row before the answer: prompt text and template specials), "text" (every stored row) or
-    "last_prompt" (the last prompt row: the token whose next-token prediction starts the answer)."""
+    text row before the answer: prompt text and template specials), "text" (every stored text row) or
+    "last_prompt" (the last prompt row: the token whose next-token prediction starts the answer).
+    Rows of image tokens (stores extracted with `--queries text+image` or `all`) are never taken, so
+    a study means the same on any store."""
     if queries not in QUERY_SETS:
         raise InvalidArgument("queries", f"must be one of {', '.join(QUERY_SETS)}, not {queries!r}")
     positions = np.asarray(img["query_position"].values)
-    generated = np.asarray(img["token_kind"].values)[positions] == int(TokenKind.GENERATED)
+    kinds = np.asarray(img["token_kind"].values)[positions]
+    generated = kinds == int(TokenKind.GENERATED)
+    text = kind_mask(kinds, TEXT_KINDS)
     if queries == "generated":
         return np.flatnonzero(generated)
     if queries == "prompt":
-        return np.flatnonzero(~generated)
+        return np.flatnonzero(text & ~generated)
     if queries == "last_prompt":
-        return np.flatnonzero(~generated)[-1:]
-    return np.arange(positions.size)
+        return np.flatnonzero(text & ~generated)[-1:]
+    return np.flatnonzero(text)
 
 
 def read_rows_fp32(img: xr.Dataset, rows: np.ndarray) -> np.ndarray:

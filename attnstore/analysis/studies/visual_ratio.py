@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from attnstore.analysis.correctness import ANSWER_CORRECT, EXPECTED_ANSWER, RIGHT, WRONG, answer_correct
 from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.scan import TEXT_VARS, scan
@@ -17,7 +18,7 @@ from attnstore.analysis.tokens import strip_bpe
 from attnstore.errors import InvalidArgument
 from attnstore.schema import EXTRA_ATTR
 
-AUTO_LABELS = ("pope_correct",)  # per-image labels used when the store has them and none is named
+AUTO_LABELS = ("pope_correct", EXPECTED_ANSWER)  # per-image labels used when the store has them and none is named
 
 
 def ratio_rows(img: xr.Dataset, rows: np.ndarray) -> np.ndarray:
@@ -32,6 +33,9 @@ def _row_labels(ds: xr.Dataset, label: str | None, words, image: np.ndarray, tok
     """(label per row: 1 / 0 / -1 = unknown, what 1 means) or (None, None)."""
     if label == "auto":
         label = next((name for name in AUTO_LABELS if name in ds), "words" if words else None)
+        if label == EXPECTED_ANSWER:  # right / wrong, when the answers are some of each
+            both = {RIGHT, WRONG} <= set(answer_correct(ds).values.tolist())
+            label = ANSWER_CORRECT if both else ("words" if words else None)
     if label is None:
         return None, None
     if label == "words":
@@ -39,6 +43,8 @@ def _row_labels(ds: xr.Dataset, label: str | None, words, image: np.ndarray, tok
             raise InvalidArgument("words", "is empty: give the object words the rows are labelled by")
         wanted = {strip_bpe(w).lower() for w in words}
         return np.array([strip_bpe(str(t)).lower() in wanted for t in token], np.int8), "token in words"
+    if label == ANSWER_CORRECT and label not in ds:  # right / wrong, from the expected answers
+        ds = ds.assign({ANSWER_CORRECT: answer_correct(ds)})
     if label not in ds or ds[label].dims != ("image",):
         extras = sorted(ds.attrs.get(EXTRA_ATTR, {}))
         raise InvalidArgument("label", f"{label!r} is not a per-image variable of the store (its extras: {extras})")
@@ -73,9 +79,11 @@ def visual_ratio(
     Parameters
     ----------
     queries : which stored rows ("generated" = answer tokens, as the paper).
-    label : "auto" (pope_correct when the store is a POPE run, else "words" if `words` is given,
-        else no ranking), the name of a per-image variable with two values (the larger one is the
-        positive class: 1 = correct, "yes"), "words" (a row is positive when its token is one of
+    label : "auto" (pope_correct when the store is a POPE run, answer_correct when it has expected
+        answers and some are right and some wrong, else "words" if `words` is given, else no
+        ranking), "answer_correct" (right / wrong: `attnstore.analysis.correctness`), the name of a
+        per-image variable with two values (the larger one is the positive class: 1 = correct,
+        "yes"), "words" (a row is positive when its token is one of
         `words`) or None.
     unit : what one observation is: "image" (the mean ratio of the image's rows; the default for
         per-image labels) or "token" (each row; the default for words).
