@@ -115,7 +115,9 @@ def open_dataset(
             "rerun the extract command that wrote it (it repairs the store)"
         ) from err
     check_attrs(ds.attrs, path)
-    return attach(ds, open_reader(path, storage_options, read_backend), chunks)
+    ds = attach(ds, open_reader(path, storage_options, read_backend), chunks)
+    ds.encoding["source"] = str(path)  # where it came from (`ds.attn.summary()`), as xarray's own open does
+    return ds
 
 
 def read_concurrently(read, items) -> list:

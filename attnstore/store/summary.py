@@ -114,10 +114,18 @@ def store_summary(ds: xr.Dataset, path: str | None = None, max_rows: int = 50, t
         sizes={str(d): int(n) for d, n in ds["attention"].sizes.items()},
         n_images=int(complete.size),
         n_complete=int(complete.sum()),
-        size_bytes=store_size_bytes(path) if size and path != "?" else None,
+        size_bytes=_size(path) if size and path != "?" else None,
         backend=reader_name(ds),
         rows=rows,
     )
+
+
+def _size(path: str) -> int | None:
+    """The store's size, or None where it cannot be listed (http, or a remote store needing options)."""
+    try:
+        return store_size_bytes(path)
+    except (OSError, ValueError, ImportError):
+        return None
 
 
 def _thumbnail(ds: xr.Dataset, index: int) -> bytes:
