@@ -11,7 +11,7 @@ import zarr
 from attnstore import __version__
 from attnstore.errors import StoreError
 from attnstore.schema import FORMAT_NAME, SCHEMA_VERSION
-from attnstore.store.backend import attach, choose_backend, open_reader
+from attnstore.store.backend import attach, choose_backend, dataset_reader
 from attnstore.store.remote import is_url, is_zip, store_like
 
 
@@ -74,7 +74,7 @@ def open_dataset(
             "rerun the extract command that wrote it (it repairs the store)"
         ) from err
     check_attrs(ds.attrs, path)
-    return attach(ds, open_reader(path, storage_options, read_backend), chunks)
+    return attach(ds, dataset_reader(path, storage_options, read_backend, ds["attention"].variable), chunks)
 
 
 def read_concurrently(read, items) -> list:
