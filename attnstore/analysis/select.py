@@ -17,7 +17,7 @@ from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY, QUERY
 from attnstore.store.backend import reader_name
-from attnstore.store.reader import read_concurrently
+from attnstore.store.threads import read_concurrently
 
 _SMALL_VARS = (
     "query_position",

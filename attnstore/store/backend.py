@@ -41,6 +41,7 @@ from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 from attnstore.schema import QUERY
 from attnstore.store.remote import is_url, is_zip, protocol, resolve_storage_options, store_like
 from attnstore.store.strings import StringChunks, strip_crc32c
+from attnstore.store.threads import read_concurrently
 
 BACKEND_ENV = "ATTNSTORE_READ_BACKEND"
 BACKENDS = ("auto", "tensorstore", "zarr")
@@ -142,8 +143,6 @@ class ZarrReader(AttentionReader):
 
         def read(i: int) -> None:
             out[i] = self.array[image, :, :, rows[i], : self.shape[4]]
-
-        from attnstore.store.reader import read_concurrently  # reader imports this module
 
         read_concurrently(read, range(len(rows)))  # zarr decodes in its event loop: the threads only wait
         return out
@@ -611,8 +610,6 @@ def load_variables(ds: xr.Dataset, names: Sequence[str]) -> xr.Dataset:
     """`ds` (a store Dataset, or a selection of one) with the variables `names` loaded: numeric ones
     through the store's reader when it reads them (`read_variable`), the rest through xarray
     (zarr-python), each in one multi-chunk read, concurrently."""
-    from attnstore.store.reader import read_concurrently  # reader imports this module
-
     reader = reader_of(ds)
 
     def load(name: str) -> tuple[str, xr.Variable]:

@@ -8,11 +8,12 @@ import warnings
 import xarray as xr
 import zarr
 
-from attnstore import __version__
+from attnstore._version import __version__
 from attnstore.errors import StoreError
 from attnstore.schema import FORMAT_NAME, SCHEMA_VERSION
 from attnstore.store.backend import attach, choose_backend, dataset_reader
 from attnstore.store.remote import is_url, is_zip, store_like
+from attnstore.store.threads import read_concurrently  # noqa: F401  (its old home: callers import it from here)
 
 
 def check_target(path: str) -> None:
@@ -75,15 +76,3 @@ def open_dataset(
         ) from err
     check_attrs(ds.attrs, path)
     return attach(ds, dataset_reader(path, storage_options, read_backend, ds["attention"].variable), chunks)
-
-
-def read_concurrently(read, items) -> list:
-    """`[read(item) for item in items]`, the reads issued at once on a few threads (each only waits
-    on storage: several small variables or rows of one image). Threads live for this call only."""
-    items = list(items)
-    if len(items) <= 1:
-        return [read(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(8, len(items)), thread_name_prefix="attnstore-read") as pool:
-        return list(pool.map(read, items))
