@@ -5,7 +5,7 @@ spec from their own inputs (`from_cli`, `from_controls`, `from_json`) and share 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -215,11 +215,6 @@ def compute_map(ds: xr.Dataset, spec: MapSpec) -> MapResult:
     weights = ds.attn.weights(spec.image, row, spec.normalise)  # [layer, head, key]
     values = reduce_heads(weights, img, spec.method, layers=spec.layers, heads=spec.heads, k=spec.k, keys=spec.keys)
     return MapResult(spec, img, row, values)
-
-
-def with_token(spec: MapSpec, **which) -> MapSpec:
-    """`spec` naming another token (clears the other ways of naming one)."""
-    return replace(spec, **{"token": None, "row": None, "position": None, **which})
 
 
 def _tuple(indices) -> tuple[int, ...] | None:

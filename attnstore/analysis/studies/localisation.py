@@ -20,9 +20,6 @@ from attnstore.analysis.studies.stats import elbow_index, spatial_entropy
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY
 
-GROUNDING_VARS = ("object_box", "object_label")  # per-image object boxes, when the store has them
-
-
 THRESHOLDS = ("mean", "2mean")  # or a fraction of the map's maximum
 WEIGHTS = ("size", "mass")
 
@@ -261,13 +258,3 @@ def select_by_entropy(entropy: np.ndarray, above: np.ndarray, image_sum: np.ndar
     return xr.Dataset(
         {"frequency": (dims, frequency.reshape(shape).astype(np.float32)), "head_rank": (dims, rank.reshape(shape))}
     )
-
-
-def grounding_join(ds: xr.Dataset, result: xr.Dataset) -> xr.Dataset:
-    """Hook: the grounding scores of the selected heads' maps against the store's object boxes.
-
-    Stores do not carry object boxes yet (`GROUNDING_VARS`); when they do, this joins a per image
-    x head score (e.g. the fraction of the binarised map inside the box, or the pointing game) from
-    the library's grounding metrics. Until then it adds nothing, whatever the store holds.
-    """
-    return xr.Dataset()
