@@ -115,3 +115,10 @@ def test_the_version_module_agrees_with_pyproject():
     from attnstore._version import __version__
 
     assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"] == __version__
+
+
+def test_architecture_doc_lists_every_module():
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    modules = [str(p.relative_to(REPO)) for p in sources(["attnstore", "explorer"])]
+    missing = [m for m in modules if f"`{m}`" not in doc]
+    assert not missing, f"docs/architecture.md ('Every module') does not list {missing}"
