@@ -13,7 +13,7 @@ from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.scan import TEXT_VARS, ahead, image_list, preload, scan_batches
 from attnstore.analysis.select import read_rows_fp16, select_image
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, register, stack
+from attnstore.analysis.studies.base import QUERIES, Option, names_of, query_rows, register, stack
 from attnstore.analysis.studies.stats import jensen_shannon
 from attnstore.errors import InvalidArgument
 
@@ -61,6 +61,7 @@ def matched_rows(img_a: xr.Dataset, img_b: xr.Dataset, queries: str) -> tuple[np
     "two stores over their shared images: image-attention difference per head, Jensen-Shannon divergence per token",
     plot=plots.compare,
     label="compare two stores",
+    options=(Option("other", str, "the second store (path or URL)"), QUERIES),
 )
 def compare_stores(
     ds: xr.Dataset,

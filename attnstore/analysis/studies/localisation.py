@@ -15,7 +15,7 @@ from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.scan import GRID_VARS, scan
 from attnstore.analysis.select import read_rows_fp16, select_image
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, register, stack
+from attnstore.analysis.studies.base import Option, names_of, query_rows, register, stack
 from attnstore.analysis.studies.stats import elbow_index, spatial_entropy
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY
@@ -65,6 +65,13 @@ def _check_threshold(threshold) -> str | float:
     "localisation heads: last prompt token's image attention (elbow) and spatial entropy of its map",
     plot=plots.localisation,
     label="localisation heads",
+    options=(
+        Option("threshold", str, "mean | 2mean | a fraction of the map's maximum"),
+        Option("connectivity", int, "4 or 8 neighbours"),
+        Option("weight", str, "components weighed by size | mass"),
+        Option("view", str, "tiles | global grid"),
+        Option("top", int, "lowest-entropy heads kept per image"),
+    ),
 )
 def localisation_heads(
     ds: xr.Dataset,
