@@ -10,12 +10,11 @@ Importing attnstore loads the store, the analysis and the accessor; never torch 
 transformers (only running a model needs them: `attnstore.models`, `attnstore.extract`).
 """
 
-__version__ = "0.1.0"
-
-from attnstore import analysis  # noqa: E402,F401  (registers the `ds.attn` accessor)
-from attnstore.analysis import MapSpec, compute_map  # noqa: E402
-from attnstore.errors import AttnstoreError  # noqa: E402
-from attnstore.store import open_dataset  # noqa: E402
+from attnstore import analysis  # noqa: F401  (registers the `ds.attn` accessor)
+from attnstore._version import __version__
+from attnstore.analysis import MapSpec, compute_map
+from attnstore.errors import AttnstoreError
+from attnstore.store import open_dataset
 
 __all__ = ["AttnstoreError", "MapSpec", "analysis", "compute_map", "explore", "open_dataset", "__version__"]
 

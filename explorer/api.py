@@ -44,7 +44,6 @@ from urllib.parse import urlsplit
 import dash
 import flask
 import numpy as np
-from PIL import Image
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 
@@ -316,13 +315,10 @@ def generate(state: StoreState, body: dict) -> flask.Response:
     with checksum_guard(state.ds, image):  # a damaged chunk names its image, never a wrong map
         meta = state.image(image)
         data = views.heatmap(state, params)  # MapSpec.from_controls -> compute_map
-    tiles = data.tiles  # [grid_row, grid_col], NaN where no token
-    if threshold is not None:  # the seed frontend's slider: weaker cells drawn as 0 (NaN stays transparent)
-        tiles = np.where(tiles < threshold, 0.0, tiles)
-    geom = views.geometry(state, image)
-    boxes = geom.tiles.boxes if geom.tiles else None
-    png, (width, height) = _overlay_png(tiles, cmap, data.vmax or None, boxes, (meta.width, meta.height))
+    # the seed frontend's picture: the map alone, image-size, its slider's threshold applied
+    png = render.export_map(data.result, "layer", render.Style(cmap=cmap, threshold=threshold))
     png = base64.b64encode(png).decode()
+    width, height = meta.width, meta.height
     return flask.jsonify(
         {
             "success": True,
@@ -418,29 +414,6 @@ def patch_view_map(state: StoreState, fields: dict) -> flask.Response:
     )
 
 
-def _overlay_png(
-    tiles: np.ndarray, cmap: str, vmax: float | None, boxes: np.ndarray | None, size: tuple[int, int]
-) -> tuple[bytes, tuple[int, int]]:
-    """The transparent heatmap, cells placed by geometry on an image-size canvas, as PNG bytes and its size.
-
-    A map has at most 256 colours plus transparent, so it is written as a palette PNG: the
-    same pixels as `render.heatmap_image`'s RGBA, a quarter of the bytes to compress (this
-    runs on every click).
-    """
-    rgba = render.colorize(tiles, cmap, 0.0, vmax)  # [grid_row, grid_col, 4]
-    flat = np.concatenate([np.zeros((1, 4), np.uint8), rgba.reshape(-1, 4)])  # transparent first: sorts to 0
-    colours, inverse = np.unique(flat, axis=0, return_inverse=True)  # [n_colours, 4], [1 + cells]
-    if boxes is None or len(colours) > 256:
-        picture = render.heatmap_image(tiles, cmap=cmap, vmin=0.0, vmax=vmax, boxes=boxes, size=size)
-        return render.png_bytes(picture, compress_level=1), picture.size
-    index = inverse.reshape(-1)[1:].reshape(rgba.shape[:2]).astype(np.uint8)  # [grid_row, grid_col]
-    canvas = render.place_grid(index[..., None], boxes, *size)[..., 0]  # [height, width]; 0 outside the grid
-    picture = Image.fromarray(canvas, "P")
-    picture.putpalette(colours[:, :3].ravel().tolist())
-    picture.info["transparency"] = bytes(colours[:, 3].tolist())
-    return render.png_bytes(picture, compress_level=1), size
-
-
 def _value_range(data: views.ViewMap) -> dict[str, float]:
     """min and max of the map's values (before any threshold); 0 and 0 when it has none."""
     parts = [np.asarray(a, np.float64).ravel() for a in (data.tiles, data.glob) if a is not None]
@@ -489,7 +462,7 @@ def export(state: StoreState, body: dict) -> flask.Response:
         result = compute_map(state.ds, MapSpec.from_json(state.ds, spec_fields))
         data = render.export_map(result, fmt, _style(body))
     name = render.file_name(result, fmt, PurePosixPath(state.image(image).name).stem)
-    response = flask.Response(data, mimetype=render.FORMATS[fmt][1])
+    response = flask.Response(data, mimetype=render.FORMATS[fmt].mime)
     response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
 

@@ -109,6 +109,7 @@ def create_app(
     # A client's unknown script path is its mistake: 404, not a logged traceback (Dash raises).
     app.server.register_error_handler(dash.exceptions.DependencyException, _no_such_script)
     guard(app.server, allowed_hosts)
+    pin_per_request(app.server, [s for s in (state, state.compare) if s is not None])
     app.attnstore_state = state
     return app
 
@@ -125,3 +126,18 @@ def warm_up(app: dash.Dash) -> None:
     if image is not None:
         layout.page(state, lambda i: f"/api/image/{i}.png", PANELS, heatmap.draw_page)
         state.picture_png(image)
+
+
+def pin_per_request(server, states: list[StoreState]) -> None:
+    """Every request (an API call or a Dash callback) reads one snapshot of each store (`StoreState.pin`)."""
+
+    def pin() -> None:
+        for state in states:
+            state.pin()
+
+    def unpin(_error=None) -> None:
+        for state in states:
+            state.unpin()
+
+    server.before_request(pin)
+    server.teardown_request(unpin)

@@ -109,6 +109,7 @@ class StoreState:
             self._path, self.label = str(source), str(source)
             self._ds = open_dataset(self._path, storage_options=storage_options)
         self._lock = threading.Lock()
+        self._request = threading.local()  # `pin`: the Dataset this thread's request reads
         self._checked = time.monotonic()
         self._seen = self._status() if self._path else None
         self.attrs = dict(self._ds.attrs)
@@ -117,10 +118,24 @@ class StoreState:
     # -- the Dataset, kept current --------------------------------------------------------------
     @property
     def ds(self) -> xr.Dataset:
-        """The store's Dataset; reopened when an extraction has added or finished images since."""
+        """The store's Dataset; reopened when an extraction has added or finished images since
+        (within a request: the one `pin` took, so a click never straddles a reopen)."""
+        pinned = getattr(self._request, "ds", None)
+        if pinned is not None:
+            return pinned
         if self._path is not None and time.monotonic() - self._checked >= self.poll_seconds:
             self.refresh()
         return self._ds
+
+    def pin(self) -> None:
+        """Take one snapshot of the store for this thread's request: every read of the request
+        (the image's metadata, its map, the figure) sees the same Dataset, even if the store is
+        reopened meanwhile for other requests. `unpin` ends it."""
+        self._request.ds = None
+        self._request.ds = self.ds
+
+    def unpin(self) -> None:
+        self._request.ds = None
 
     def refresh(self) -> bool:
         """Check the store now; reopen it (fresh caches) if images were added or completed."""

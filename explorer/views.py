@@ -38,6 +38,7 @@ from explorer.state import StoreState
 OVERS = {"heads": "heads of this layer", "layers": "this head, all layers", "all": "all layers and heads"}
 DEFAULT_OVER = {"rollout": "all"}  # a method's own default reach (rollout is defined through all layers)
 URL_KEYS = ("image", "token", "layer", "head", "mode", "over", "norm", "k", "scale")
+MAP_CACHE = 32  # computed maps kept per store (a few clicks back and forth)
 GROUNDING_IMAGES = 32  # the default head is the best localising one over this many first images
 FIRST_VIEW_TOKENS = 48  # the measured first view weighs at most this many answer tokens (one chunk read each)
 STOP_WORDS = frozenset(
@@ -249,13 +250,13 @@ class ViewMap:
 def heatmap(state: StoreState, params: ViewParams) -> ViewMap:
     """The view's map through the library pipeline (`compute_map`), on both grids of the image, with
     its image share and an honest colour range (`attnstore.render.scale`)."""
-    result = compute_map(state.ds, params.spec(state))
+    spec = params.spec(state)
+    # One computation per view: the page's GET /api/view and Dash's callback of the same click share it.
+    result = state.cached("map", lambda: compute_map(state.ds, spec), spec, MAP_CACHE)
     geom = geometry(state, params.image)  # which grids the image has (cached)
-    # patch_grid, not result.grid(): no labels needed here, and each grid is made once (MapResult.vmax
-    # and has_view would rebuild them: ~15 ms a click)
-    tiles = patch_grid(result.values, result.img, "tiles").values if geom.tiles is not None else None
-    glob = patch_grid(result.values, result.img, "global").values if geom.glob is not None else None
-    vmax, share = _vmax(tiles, glob), view_share(state, params)
+    tiles = result.grid("tiles").values if geom.tiles is not None else None  # each grid built once per result
+    glob = result.grid("global").values if geom.glob is not None else None
+    vmax, share = result.vmax, view_share(state, params)
     top = shared_top(state, params) if params.scale == "shared" or negligible(share) else None
     cmax = colour_top(vmax, share, top, params.scale)
     return ViewMap(params, result, tiles, glob, vmax, _note(state, params, share), share, cmax)
@@ -277,12 +278,6 @@ def shared_top(state: StoreState, params: ViewParams) -> float:
 
     make = lambda: token_shared_top(state.ds, params.image, row, params.norm)  # the notebook's `show` too
     return state.cached("shared-top", make, (params.image, row, params.norm), 64)
-
-
-def _vmax(*grids: np.ndarray | None) -> float:
-    """The largest value on any drawn grid; 0 for an all-NaN map (as `MapResult.vmax`)."""
-    parts = [float(np.nanmax(g)) for g in grids if g is not None and np.isfinite(g).any()]
-    return max(parts) if parts else 0.0
 
 
 def _note(state: StoreState, params: ViewParams, share: float) -> str:

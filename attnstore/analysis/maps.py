@@ -281,11 +281,6 @@ def text_spec(spec: MapSpec) -> MapSpec:
     return replace(spec, normalise="raw", method=spec.method if spec.method in ("mean", "max") else "mean")
 
 
-def with_token(spec: MapSpec, **which) -> MapSpec:
-    """`spec` naming another token (clears the other ways of naming one)."""
-    return replace(spec, **{"token": None, "row": None, "position": None, **which})
-
-
 def _tuple(indices) -> tuple[int, ...] | None:
     return None if indices is None else tuple(int(i) for i in indices)
 

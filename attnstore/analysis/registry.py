@@ -19,6 +19,8 @@ class Entry:
     func: Callable
     summary: str  # one line: CLI help, explorer tooltips, docs
     label: str  # a short label for menus
+    plot: Callable | None = None  # analyses: fn(result) -> matplotlib Figure
+    options: tuple = ()  # analyses: the `Option`s its front ends offer (attnstore.analysis.studies.base)
 
 
 class Registry(Mapping[str, Entry]):
@@ -28,11 +30,13 @@ class Registry(Mapping[str, Entry]):
         self.param = param  # the library parameter that takes these names (e.g. "method")
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, summary: str, label: str | None = None) -> Callable[[Callable], Callable]:
+    def register(
+        self, name: str, summary: str, label: str | None = None, plot: Callable | None = None, options: tuple = ()
+    ) -> Callable[[Callable], Callable]:
         """Decorator: register `func` under `name` (a later registration of the same name replaces it)."""
 
         def add(func: Callable) -> Callable:
-            self._entries[name] = Entry(name, func, summary, label or name)
+            self._entries[name] = Entry(name, func, summary, label or name, plot, tuple(options))
             return func
 
         return add

@@ -18,7 +18,7 @@ from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY, QUERY, REQUIRED_PER_IMAGE, is_fill
 from attnstore.store.backend import reader_name
 from attnstore.store.integrity import missing_chunk_error
-from attnstore.store.reader import read_concurrently
+from attnstore.store.threads import read_concurrently
 
 _SMALL_VARS = (
     "query_position",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from attnstore.analysis.studies import ANALYSES
+from attnstore.analysis.studies import ANALYSES, Option
 from attnstore.cli import app
 from attnstore.errors import AttnstoreError, InvalidArgument
 
@@ -27,66 +27,37 @@ Analyses (definitions and papers: docs/analyses.md):
 """
 
 
-@app.command(help=HELP)
-def analyze(
-    analysis: Annotated[str | None, typer.Argument(help="Analysis name (run without one to list them).")] = None,
-    store: Annotated[str | None, typer.Argument(help="Store path or fsspec URL.")] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Table: .csv / .parquet (one file per set of dims), .nc or .zarr.")
-    ] = None,
-    plot: Annotated[Path | None, typer.Option(help="Figure: .png or .svg (needs matplotlib).")] = None,
-    other: Annotated[str | None, typer.Option(help="compare: the second store.")] = None,
-    queries: Annotated[str | None, typer.Option(help="Rows that ask: generated | prompt | text | last_prompt.")] = None,
-    label: Annotated[
-        str | None, typer.Option(help="visual_ratio: a per-image variable (pope_correct ...) or 'words'.")
-    ] = None,
-    words: Annotated[
-        str | None, typer.Option(help="visual_ratio: object words, comma-separated (label 'words').")
-    ] = None,
-    unit: Annotated[str | None, typer.Option(help="visual_ratio: one observation per image | token.")] = None,
-    bootstrap: Annotated[
-        int | None, typer.Option(help="visual_ratio: bootstrap replicates of the AUROC interval.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="visual_ratio: bootstrap seed.")] = None,
-    threshold: Annotated[
-        str | None, typer.Option(help="localisation: mean | 2mean | a fraction of the map's maximum.")
-    ] = None,
-    connectivity: Annotated[int | None, typer.Option(help="localisation: 4 or 8 neighbours.")] = None,
-    weight: Annotated[str | None, typer.Option(help="localisation: components weighed by size | mass.")] = None,
-    view: Annotated[str | None, typer.Option(help="localisation: tiles | global grid.")] = None,
-    top: Annotated[int | None, typer.Option(help="localisation: lowest-entropy heads kept per image.")] = None,
-    factor: Annotated[float | None, typer.Option(help="sinks: median ratio above which a key is a sink.")] = None,
-    images: Annotated[str | None, typer.Option("--images", help="Images, e.g. 0-99 (default: all complete).")] = None,
-    workers: Annotated[int, typer.Option(help="Parallel dask threads.")] = 2,
-) -> None:
+def analysis_options() -> dict[str, tuple[Option, list[str]]]:
+    """Every option some registered analysis declares, once each, with the analyses that take it."""
+    found: dict[str, tuple[Option, list[str]]] = {}
+    for entry in ANALYSES.values():
+        for option in entry.options:
+            found.setdefault(option.name, (option, []))[1].append(entry.name)
+    return found
+
+
+def run(
+    analysis: str | None, store: str | None, out: Path | None, plot: Path | None, images: str | None, workers: int,
+    **given,
+) -> None:  # fmt: skip
+    """`attnstore analyze`: `given` holds the analyses' own options (None: not given)."""
     if analysis is None:
         typer.echo("analyses (attnstore analyze NAME STORE):\n" + listing())
         return
     entry = ANALYSES[analysis]
     if store is None:
         raise AttnstoreError(f"give the store: attnstore analyze {analysis} STORE")
-    given = dict(
-        other=other,
-        queries=queries,
-        label=label,
-        unit=unit,
-        bootstrap=bootstrap,
-        seed=seed,
-        threshold=threshold,
-        connectivity=connectivity,
-        weight=weight,
-        view=view,
-        top=top,
-        factor=factor,
-        words=words.split(",") if words else None,
-    )
-    options = {k: v for k, v in given.items() if v is not None}
     from attnstore.cli import flag
 
-    takes = inspect.signature(entry.func).parameters
-    for name in options:
-        if name not in takes:
+    declared = {o.name: o for o in entry.options}
+    for name, value in given.items():
+        if value is not None and name not in declared:
             raise AttnstoreError(f"{flag(name)} does not apply to {analysis}")
+    options = {
+        name: declared[name].parse(value) if declared[name].parse else value
+        for name, value in given.items()
+        if value is not None
+    }
     from attnstore.analysis import parse_range
     from attnstore.analysis.aggregate import check_aggregate_output
     from attnstore.analysis.studies import check_plot_output, plot_analysis, save_table
@@ -112,3 +83,37 @@ def analyze(
     typer.echo(
         "wrote " + ", ".join(str(p) for p in written) if written else "nothing written: give --out and/or --plot"
     )
+
+
+def _command_parameters() -> list[inspect.Parameter]:
+    """`analyze`'s parameters: its own, then every option the registered analyses declare."""
+    P, kw = inspect.Parameter, inspect.Parameter.POSITIONAL_OR_KEYWORD
+    table = "Table: .csv / .parquet (one file per set of dims), .nc or .zarr."
+    params = [
+        P("analysis", kw, default=None, annotation=Annotated[str | None, typer.Argument(
+            help="Analysis name (run without one to list them).")]),
+        P("store", kw, default=None, annotation=Annotated[str | None, typer.Argument(
+            help="Store path or fsspec URL.")]),
+        P("out", kw, default=None, annotation=Annotated[Path | None, typer.Option(help=table)]),
+        P("plot", kw, default=None, annotation=Annotated[Path | None, typer.Option(
+            help="Figure: .png or .svg (needs matplotlib).")]),
+    ]  # fmt: skip
+    for name, (option, users) in analysis_options().items():
+        shared = len(users) == len(ANALYSES)  # an option every analysis takes needs no "who" prefix
+        help_ = f"{option.help[0].upper()}{option.help[1:]}." if shared else f"{', '.join(users)}: {option.help}."
+        params.append(P(name, kw, default=None, annotation=Annotated[option.type | None, typer.Option(help=help_)]))
+    params += [
+        P("images", kw, default=None, annotation=Annotated[str | None, typer.Option(
+            "--images", help="Images, e.g. 0-99 (default: all complete).")]),
+        P("workers", kw, default=2, annotation=Annotated[int, typer.Option(help="Parallel dask threads.")]),
+    ]  # fmt: skip
+    return params
+
+
+def analyze(**kwargs) -> None:
+    run(**kwargs)
+
+
+analyze.__signature__ = inspect.Signature(_command_parameters())  # typer reads the options from these
+analyze.__annotations__ = {p.name: p.annotation for p in analyze.__signature__.parameters.values()}
+app.command(help=HELP)(analyze)

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from attnstore.models import llava
-from attnstore.models.base import RANDOM_WEIGHTS_KEY
 from attnstore.models.idefics3_layout import (
     CHAT_SPECIALS as IDEFICS3_SPECIALS,
 )
@@ -25,22 +24,8 @@ from attnstore.models.idefics3_layout import (
     SMOLVLM_CHAT_TEMPLATE,
 )
 from attnstore.models.idefics3_layout import IMAGE_TOKEN as IDEFICS3_IMAGE_TOKEN
+from attnstore.models.tiny_save import save_random_model
 from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
-
-
-def save_random_model(model_class, config, processor, out_dir: str | Path, seed: int, eos, pad) -> Path:
-    """Instantiate `model_class(config)` with seeded random weights, mark it random, save it with its processor."""
-    setattr(config, RANDOM_WEIGHTS_KEY, True)
-    torch.manual_seed(seed)
-    model = model_class(config).eval()
-    model.generation_config.eos_token_id = eos
-    model.generation_config.pad_token_id = pad
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
 
 # -- Idefics3 / SmolVLM ----------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ def build_random_idefics2(out_dir: str | Path, dims: dict | None = None, seed: i
         MistralConfig,
     )
 
-    from attnstore.models.tiny import save_random_model
+    from attnstore.models.tiny_save import save_random_model
 
     dims = {**IDEFICS2_TINY_DIMS, **(dims or {})}
     tokenizer = build_bpe_tokenizer(

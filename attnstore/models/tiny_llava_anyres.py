@@ -12,19 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnstore.models import llava, llava_anyres
+from attnstore.models.tiny_save import save_random_model
 from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
 
 ANYRES_TINY_DIMS = dict(
     hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vision_hidden=32, vision_layers=2, crop=56
 )
 PATCH = 14  # CLIP ViT-L/14 (LLaVA-NeXT) and SigLIP so400m/14 (OneVision)
-
-
-def save_random_model(*args, **kwargs) -> Path:
-    # Imported on call: `tiny` registers these builders, so it imports this module.
-    from attnstore.models.tiny import save_random_model
-
-    return save_random_model(*args, **kwargs)
 
 
 def scaled_pinpoints(real: list[list[int]], real_crop: int, crop: int) -> list[list[int]]:

@@ -58,7 +58,7 @@ def build_random_qwen(family: str, out_dir: str | Path, dims: dict | None = None
     from transformers import Qwen2VLImageProcessorPil
 
     from attnstore.models import adapter_class
-    from attnstore.models.tiny import save_random_model
+    from attnstore.models.tiny_save import save_random_model
 
     dims = {**QWEN_TINY_DIMS, **(dims or {})}
     tokenizer = build_bpe_tokenizer(

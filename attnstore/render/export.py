@@ -1,4 +1,5 @@
-"""Map exports: one `MapResult` -> file bytes (heatmap PNG, overlay PNG, long-format CSV, SVG, JSON).
+"""Map exports: one `MapResult` -> file bytes (heatmap PNG, overlay PNG, image-size layer PNG,
+long-format CSV, SVG, JSON).
 
 The only place a map becomes a file: the CLI (`attnstore heatmap`), the explorer's download buttons
 and the REST API (`/api/export`) all call `export_map`, so the same map exported from any of them is
@@ -11,27 +12,30 @@ import base64
 import csv
 import io
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 from xml.sax.saxutils import escape
 
 import numpy as np
+from PIL import Image
 
 from attnstore.analysis.grid import grid_boxes
 from attnstore.analysis.maps import MapResult
 from attnstore.analysis.select import stored_pixels
 from attnstore.errors import InvalidArgument
-from attnstore.render.colors import CMAPS, colormap_lut
+from attnstore.render.colors import CMAPS, colorize, colormap_lut
 from attnstore.render.geometry import FigureGeometry, figure_geometry, grid_shapes
-from attnstore.render.raster import heatmap_image, overlay, png_bytes
+from attnstore.render.raster import heatmap_image, overlay, place_grid, png_bytes
 from attnstore.render.text import quoted, token_display
 
-FORMATS = {  # name -> (file suffix, MIME type)
-    "png": ("_heatmap.png", "image/png"),
-    "overlay": ("_overlay.png", "image/png"),
-    "csv": ("_grid.csv", "text/csv"),
-    "svg": (".svg", "image/svg+xml"),
-    "json": (".json", "application/json"),
-}
+
+class Format(NamedTuple):
+    """One export format: what its file is called and served as, and what writes it."""
+
+    suffix: str
+    mime: str
+    write: Callable[[MapResult, Style], bytes]
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class Style:
     opacity: float = 0.6  # of the heatmap over the image (overlay PNG, SVG)
     grid_lines: bool = True  # tile boundaries in the SVG
     cell_px: int = 16  # pixels per grid cell of the heatmap PNG
+    threshold: float | None = None  # cells below it drawn as 0 (the seed frontend's slider; layer PNG)
 
     def checked(self) -> Style:
         if self.cmap.lower() not in CMAPS:
@@ -50,6 +55,8 @@ class Style:
             raise InvalidArgument("opacity", f"must be between 0 and 1, got {self.opacity}")
         if not 1 <= self.cell_px <= 256:
             raise InvalidArgument("cell_px", f"must be between 1 and 256, got {self.cell_px}")
+        if self.threshold is not None and not np.isfinite(self.threshold):
+            raise InvalidArgument("threshold", f"must be a finite number, got {self.threshold}")
         return self
 
 
@@ -58,7 +65,7 @@ def export_map(result: MapResult, fmt: str, style: Style = Style()) -> bytes:
     if fmt not in FORMATS:
         raise InvalidArgument("format", f"must be one of {', '.join(FORMATS)}, not {fmt!r}")
     style = style.checked()
-    return _WRITERS[fmt](result, style)
+    return FORMATS[fmt].write(result, style)
 
 
 def file_name(result: MapResult, fmt: str, stem: str) -> str:
@@ -69,7 +76,7 @@ def file_name(result: MapResult, fmt: str, stem: str) -> str:
     heads = "all" if s.heads is None else "-".join(map(str, s.heads[:4]))
     one_head = s.layers is not None and s.heads is not None and len(s.layers) == len(s.heads) == 1
     method = "head" if one_head and s.method in ("mean", "max") else s.method  # a mean/max of one head is that head
-    return f"{stem}_tok{result.position}_{method}-L{layers}H{heads}_{s.normalise}{FORMATS[fmt][0]}"
+    return f"{stem}_tok{result.position}_{method}-L{layers}H{heads}_{s.normalise}{FORMATS[fmt].suffix}"
 
 
 def title(result: MapResult, image_name: str) -> str:
@@ -216,4 +223,40 @@ def _json(result: MapResult, style: Style) -> bytes:
     return json.dumps(map_record(result), sort_keys=True).encode()
 
 
-_WRITERS = {"png": _heatmap_png, "overlay": _overlay_png, "csv": _csv, "svg": _svg, "json": _json}
+def _layer_png(result: MapResult, style: Style) -> bytes:
+    """The heatmap alone on an image-size canvas, transparent where no token, cells placed by
+    geometry (a page lays it over the image: the seed API's picture, drawn on every click)."""
+    geom = _geometry(result)
+    view, panel = ("tiles", geom.tiles) if geom.tiles is not None else ("global", geom.glob)
+    grid = result.grid(view).values  # [grid_row, grid_col], NaN where no token
+    if style.threshold is not None:  # weaker cells drawn as 0 (NaN stays transparent)
+        grid = np.where(grid < style.threshold, 0.0, grid)
+    size = int(result.img.sizes["pixel_x"]), int(result.img.sizes["pixel_y"])
+    return layer_png(grid, panel.boxes, size, style.cmap, result.vmax or None)
+
+
+def layer_png(grid: np.ndarray, boxes: np.ndarray, size: tuple[int, int], cmap: str, vmax: float | None) -> bytes:
+    """`heatmap_image(grid, boxes=boxes, size=size)`'s pixels as PNG bytes  # grid [row, col]. A map
+    has at most 256 colours plus transparent, so it is written as a palette PNG when it can: a
+    quarter of RGBA's bytes to compress."""
+    rgba = colorize(grid, cmap, 0.0, vmax)  # [grid_row, grid_col, 4]
+    flat = np.concatenate([np.zeros((1, 4), np.uint8), rgba.reshape(-1, 4)])  # transparent first: sorts to 0
+    colours, inverse = np.unique(flat, axis=0, return_inverse=True)  # [n_colours, 4], [1 + cells]
+    if len(colours) > 256:
+        return png_bytes(heatmap_image(grid, cmap=cmap, vmin=0.0, vmax=vmax, boxes=boxes, size=size), compress_level=1)
+    index = inverse.reshape(-1)[1:].reshape(rgba.shape[:2]).astype(np.uint8)  # [grid_row, grid_col]
+    canvas = place_grid(index[..., None], boxes, *size)[..., 0]  # [height, width]; 0 outside the grid
+    picture = Image.fromarray(canvas, "P")
+    picture.putpalette(colours[:, :3].ravel().tolist())
+    picture.info["transparency"] = bytes(colours[:, 3].tolist())
+    return png_bytes(picture, compress_level=1)
+
+
+FORMATS: dict[str, Format] = {  # the one registry: `export_map`, file names, the CLI and the REST API
+    "png": Format("_heatmap.png", "image/png", _heatmap_png),
+    "overlay": Format("_overlay.png", "image/png", _overlay_png),
+    "csv": Format("_grid.csv", "text/csv", _csv),
+    "svg": Format(".svg", "image/svg+xml", _svg),
+    "json": Format(".json", "application/json", _json),
+    "layer": Format("_layer.png", "image/png", _layer_png),
+}

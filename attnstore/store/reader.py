@@ -8,12 +8,13 @@ import warnings
 import xarray as xr
 import zarr
 
-from attnstore import __version__
+from attnstore._version import __version__
 from attnstore.errors import StoreError
 from attnstore.schema import FORMAT_NAME, SCHEMA_VERSION
-from attnstore.store.backend import attach, choose_backend, open_reader
+from attnstore.store.backend import attach, choose_backend, dataset_reader
 from attnstore.store.remote import is_url, is_zip, store_like
 from attnstore.store.safety import check_declared, store_declared
+from attnstore.store.threads import read_concurrently  # noqa: F401  (its old home: callers import it from here)
 
 # What zarr raises for a damaged, empty or deeply nested zarr.json (json's errors are ValueErrors)
 METADATA_ERRORS = (ValueError, TypeError, KeyError, RecursionError, AttributeError)
@@ -115,18 +116,6 @@ def open_dataset(
             "rerun the extract command that wrote it (it repairs the store)"
         ) from err
     check_attrs(ds.attrs, path)
-    ds = attach(ds, open_reader(path, storage_options, read_backend), chunks)
+    ds = attach(ds, dataset_reader(path, storage_options, read_backend, ds["attention"].variable), chunks)
     ds.encoding["source"] = str(path)  # where it came from (`ds.attn.summary()`), as xarray's own open does
     return ds
-
-
-def read_concurrently(read, items) -> list:
-    """`[read(item) for item in items]`, the reads issued at once on a few threads (each only waits
-    on storage: several small variables or rows of one image). Threads live for this call only."""
-    items = list(items)
-    if len(items) <= 1:
-        return [read(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(8, len(items)), thread_name_prefix="attnstore-read") as pool:
-        return list(pool.map(read, items))

@@ -25,7 +25,7 @@ from PIL import Image
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import FsspecStore, LocalStore
 
-from attnstore import __version__
+from attnstore._version import __version__
 from attnstore.errors import StoreError
 from attnstore.records import Extraction
 from attnstore.schema import (

@@ -5,6 +5,7 @@ Checked in a fresh interpreter (a test process has torch loaded already by other
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -85,3 +86,28 @@ def test_importing_the_library_leaves_numba_out():
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_info_reads_no_attention_row_and_imports_no_tensorstore(synthetic_store):
+    """`attnstore info` opens the "auto" read backend lazily: it names the backend a read will use
+    without importing tensorstore (~0.6 s of start-up); the first attention read then opens it."""
+    probe = (
+        "import sys\n"
+        "from attnstore.cli import main\n"
+        "code = main(['info', sys.argv[1]])\n"
+        "print('AFTER_INFO', 'tensorstore' in sys.modules)\n"
+        "import attnstore\n"
+        "from attnstore.store.backend import reader_name\n"
+        "ds = attnstore.open_dataset(sys.argv[1])\n"
+        "ds['attention'].isel(image=0, query=0).values\n"
+        "print('AFTER_READ', 'tensorstore' in sys.modules, reader_name(ds))\n"
+        "sys.exit(code)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ATTNSTORE_READ_BACKEND"}
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, synthetic_store], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "AFTER_INFO False" in proc.stdout
+    assert "read backend: tensorstore (file kvstore)" in " ".join(proc.stdout.split())  # what a read will use
+    assert "AFTER_READ True tensorstore (file kvstore), numcodecs blosc decode" in proc.stdout

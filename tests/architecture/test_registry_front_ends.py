@@ -62,3 +62,19 @@ def test_cli_export_equals_library_export_byte_for_byte(synthetic_store, tmp_pat
     style = Style(cmap="magma", opacity=0.3)
     for fmt, path in files.items():
         assert path.read_bytes() == export_map(result, fmt, style), fmt
+
+
+def test_analyze_options_are_the_ones_the_analyses_declare(synthetic_store, capsys):
+    """`attnstore analyze` offers exactly what the registered analyses declare (`Option`), and
+    refuses an option the named analysis does not declare."""
+    import typer.main
+
+    from attnstore.analysis.studies import ANALYSES
+    from attnstore.cli import app
+
+    command = typer.main.get_command(app).commands["analyze"]
+    offered = {p.name for p in command.params} - {"analysis", "store", "out", "plot", "images", "workers"}
+    assert offered == {o.name for entry in ANALYSES.values() for o in entry.options}
+    assert {o.name for o in ANALYSES["sinks"].options} == {"queries", "factor"}
+    assert main(["analyze", "sinks", synthetic_store, "--top", "3"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --top does not apply to sinks"

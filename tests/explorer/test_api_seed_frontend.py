@@ -105,14 +105,25 @@ def test_seed_folder_must_have_an_index(tmp_path, state):
 
 
 @pytest.mark.parametrize(("decimals", "mode"), [(1, "P"), (3, "RGBA")])  # 11 colours; all 256 + transparent
-def test_overlay_png_has_the_pixels_of_render_heatmap_image(decimals, mode):
-    from explorer.api import _overlay_png
+def test_layer_png_has_the_pixels_of_render_heatmap_image(decimals, mode):
+    from attnstore.render.export import layer_png
 
     tiles = np.linspace(0, 1, 960).round(decimals).reshape(24, 40)  # [grid_row, grid_col]
     tiles[2, 3] = np.nan  # no token: transparent
     boxes = render.uniform_boxes(24, 40)
-    png, size = _overlay_png(tiles, "viridis", 1.0, boxes, (800, 480))
+    png = layer_png(tiles, boxes, (800, 480), "viridis", 1.0)
     want = np.asarray(render.heatmap_image(tiles, vmin=0.0, vmax=1.0, boxes=boxes, size=(800, 480)))
     got = Image.open(io.BytesIO(png))
-    assert size == (800, 480) and got.mode == mode  # past 256 colours: RGBA
+    assert got.size == (800, 480) and got.mode == mode  # past 256 colours: RGBA
     assert (np.asarray(got.convert("RGBA")) == want).all()
+
+
+def test_generate_draws_its_png_through_export_map(client, state):
+    """The seed API's picture is the library's "layer" export of the same map (one place a map
+    becomes a file), its threshold applied there."""
+    key = int(state.image(0).query_position[-3])
+    body = client.post(GEN, json={"word_index": key, "layer": 1, "head": 2, "threshold": 0.01}).get_json()
+    result = views.heatmap(state, views.ViewParams(image=0, token=key, layer=1, head=2)).result
+    want = render.export_map(result, "layer", render.Style(threshold=0.01))
+    assert base64.b64decode(body["image"]) == want
+    assert want != render.export_map(result, "layer")  # the threshold changed the picture

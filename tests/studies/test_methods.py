@@ -259,3 +259,29 @@ def test_bad_options_name_their_parameter(edge_store, call, param):
     with pytest.raises(InvalidArgument) as err:
         call(open_dataset(edge_store))
     assert err.value.param == param
+
+
+def test_compare_scans_once_with_prefetch_and_b_batches_loaded_once(edge_store, other_store, monkeypatch):
+    """Every batch in one scan (A's next batch preloads while one computes; it once ran a scan per
+    batch), B's small variables loaded once per batch, and the same answer at any batch size."""
+    from attnstore.analysis.studies import compare
+
+    scans, loads = [], []
+    real_scan, real_preload = compare.scan_batches, compare.preload
+
+    def counting_scan(*args, **kwargs):
+        scans.append(args[2])
+        return real_scan(*args, **kwargs)
+
+    def counting_preload(ds, images, names):
+        loads.append(list(images))
+        return real_preload(ds, images, names)
+
+    monkeypatch.setattr(compare, "scan_batches", counting_scan)
+    monkeypatch.setattr(compare, "preload", counting_preload)
+    a_ds = open_dataset(edge_store)
+    small = compare_stores(a_ds, other_store, batch_size=2)
+    assert len(scans) == 1 and len(loads) == 3  # 5 shared images: 3 batches of B
+    whole = compare_stores(a_ds, other_store, batch_size=32)
+    for name in ("share_a", "share_b", "jsd", "image", "position"):
+        np.testing.assert_array_equal(small[name].values, whole[name].values)

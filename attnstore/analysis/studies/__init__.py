@@ -2,7 +2,8 @@
 
 Each analysis is a function `fn(ds, **options) -> xr.Dataset`, a tidy table over its natural dims
 (image x layer x head, answer token x layer x head, ...), vectorised over layers and heads, streamed
-over images in batches (`attnstore.analysis.scan`), with a plot (`PLOTS`, matplotlib). Reached as
+over images in batches (`attnstore.analysis.scan`); its registry entry also holds its plot
+(matplotlib) and the options front ends offer (`Option`: the CLI's come from there). Reached as
 `ds.attn.<name>(...)`, `attnstore analyze NAME STORE --out table.csv --plot fig.png`, or
 `run_analysis(name, ds, ...)`. Definitions, papers and choices: docs/analyses.md.
 
@@ -22,7 +23,7 @@ import xarray as xr
 from attnstore.analysis.aggregate import WHOLE_DATASET_FORMATS, check_aggregate_output, save_whole
 from attnstore.analysis.scan import scan
 from attnstore.analysis.studies import compare, localisation, modality, sinks, visual_ratio  # noqa: F401 (register)
-from attnstore.analysis.studies.base import ANALYSES, PLOTS, QUERY_SETS, query_rows, register
+from attnstore.analysis.studies.base import ANALYSES, QUERY_SETS, Option, query_rows, register
 from attnstore.analysis.studies.compare import compare_stores, matched_rows, shared_images
 from attnstore.analysis.studies.localisation import localisation_heads
 from attnstore.analysis.studies.modality import modality_allocation, token_allocation
@@ -32,9 +33,9 @@ from attnstore.analysis.studies.visual_ratio import visual_ratio as visual_atten
 
 __all__ = [
     "ANALYSES",
-    "PLOTS",
     "PLOT_FORMATS",
     "QUERY_SETS",
+    "Option",
     "attention_sinks",
     "check_plot_output",
     "compare_stores",
@@ -60,7 +61,7 @@ def run_analysis(name: str, ds: xr.Dataset, **options) -> xr.Dataset:
 
 def plot_analysis(result: xr.Dataset, path: str | Path | None = None):
     """The figure of an analysis result (by its `analysis` attr); saved as PNG/SVG when `path` is given."""
-    fig = PLOTS[ANALYSES.check(result.attrs.get("analysis"))](result)
+    fig = ANALYSES[result.attrs.get("analysis")].plot(result)
     return save_figure(fig, path) if path is not None else fig
 
 

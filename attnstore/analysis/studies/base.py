@@ -6,6 +6,8 @@ images is `attnstore.analysis.scan`, shared with `aggregate_token`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -16,21 +18,29 @@ from attnstore.analysis.select import read_rows_fp16
 from attnstore.errors import InvalidArgument
 from attnstore.schema import TEXT_KINDS, TokenKind, kind_mask
 
-ANALYSES = Registry("analysis")  # name -> fn(ds, **options) -> xr.Dataset (a tidy table)
-PLOTS: dict[str, Callable] = {}  # name -> fn(result: xr.Dataset) -> matplotlib Figure
-
 QUERY_SETS = ("generated", "prompt", "text", "last_prompt")
+ANALYSES = Registry("analysis")  # name -> fn(ds, **options) -> xr.Dataset (a tidy table), its plot and options
 
 
-def register(name: str, summary: str, plot: Callable, label: str | None = None) -> Callable[[Callable], Callable]:
-    """Register a dataset-level analysis and its plot (`ANALYSES`, `PLOTS`)."""
+@dataclass(frozen=True)
+class Option:
+    """An option of an analysis as front ends offer it: the keyword, its type on the command line, a
+    help line, and how the typed text becomes the keyword's value (default: as typed)."""
 
-    def add(func: Callable) -> Callable:
-        ANALYSES.register(name, summary, label)(func)
-        PLOTS[name] = plot
-        return func
+    name: str
+    type: type
+    help: str
+    parse: Callable[[Any], Any] | None = None
 
-    return add
+
+QUERIES = Option("queries", str, f"rows that ask: {' | '.join(QUERY_SETS)}")
+
+
+def register(
+    name: str, summary: str, plot: Callable, label: str | None = None, options: tuple[Option, ...] = ()
+) -> Callable[[Callable], Callable]:
+    """Register a dataset-level analysis with its plot and the options its front ends offer (`ANALYSES`)."""
+    return ANALYSES.register(name, summary, label, plot=plot, options=options)
 
 
 def query_rows(img: xr.Dataset, queries: str) -> np.ndarray:

@@ -10,10 +10,10 @@ import xarray as xr
 
 from attnstore.analysis.kernels import fp16_to_fp32, key_runs, take_keys
 from attnstore.analysis.keys import image_key_mask
-from attnstore.analysis.scan import TEXT_VARS, image_list, preload, scan
+from attnstore.analysis.scan import TEXT_VARS, ahead, image_list, preload, scan_batches
 from attnstore.analysis.select import read_rows_fp16, select_image
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, register, stack
+from attnstore.analysis.studies.base import QUERIES, Option, names_of, query_rows, register, stack
 from attnstore.analysis.studies.stats import jensen_shannon
 from attnstore.errors import InvalidArgument
 
@@ -61,6 +61,7 @@ def matched_rows(img_a: xr.Dataset, img_b: xr.Dataset, queries: str) -> tuple[np
     "two stores over their shared images: image-attention difference per head, Jensen-Shannon divergence per token",
     plot=plots.compare,
     label="compare two stores",
+    options=(Option("other", str, "the second store (path or URL)"), QUERIES),
 )
 def compare_stores(
     ds: xr.Dataset,
@@ -97,10 +98,10 @@ def compare_stores(
         wanted = set(image_list(ds, images))
         pairs = {i: j for i, j in pairs.items() if i in wanted}
 
-    batch_b: tuple[int, xr.Dataset] = (0, other)
+    batch_b: dict[int, tuple[int, xr.Dataset]] = {}  # A's image -> its B batch (lo, small variables loaded)
 
     def per_image(img_a: xr.Dataset, image: int) -> dict | None:
-        lo, sub = batch_b
+        lo, sub = batch_b[image]
         img_b = select_image(sub, pairs[image] - lo)
         rows_a, rows_b = matched_rows(img_a, img_b, queries)
         if not rows_a.size:
@@ -122,11 +123,15 @@ def compare_stores(
             "jsd": jsd.astype(np.float32),
         }
 
-    parts, todo = [], list(pairs)
-    for start in range(0, len(todo), batch_size):  # B's small variables preloaded batch by batch, like A's
-        batch = todo[start : start + batch_size]
-        batch_b = preload(other, [pairs[i] for i in batch], TEXT_VARS)
-        parts += scan(ds, per_image, batch, num_workers, batch_size, name="compare", variables=TEXT_VARS)
+    todo = image_list(ds, list(pairs))
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    # One scan over every batch (A's next batch preloads while this one computes), and B's batches
+    # preloaded one ahead the same way: each B batch is in `batch_b` before its A batch runs.
+    results = scan_batches(ds, per_image, todo, num_workers, batch_size, "compare", TEXT_VARS)
+    parts = []
+    for batch, (lo, sub) in zip(batches, ahead(lambda b: preload(other, [pairs[i] for i in b], TEXT_VARS), batches)):
+        batch_b.update(dict.fromkeys(batch, (lo, sub)))
+        parts += [part for part in next(results) if part is not None]
     shape = (0, ds.sizes["layer"], ds.sizes["head"])
     image = stack(parts, "image", np.zeros(0, int))
     share_a = stack(parts, "share_a", np.zeros(shape, np.float32))

@@ -15,13 +15,10 @@ from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.scan import GRID_VARS, scan
 from attnstore.analysis.select import read_rows_fp16, select_image
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, register, stack
+from attnstore.analysis.studies.base import Option, names_of, query_rows, register, stack
 from attnstore.analysis.studies.stats import elbow_index, spatial_entropy
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY
-
-GROUNDING_VARS = ("object_box", "object_label")  # per-image object boxes, when the store has them
-
 
 THRESHOLDS = ("mean", "2mean")  # or a fraction of the map's maximum
 WEIGHTS = ("size", "mass")
@@ -68,6 +65,13 @@ def _check_threshold(threshold) -> str | float:
     "localisation heads: last prompt token's image attention (elbow) and spatial entropy of its map",
     plot=plots.localisation,
     label="localisation heads",
+    options=(
+        Option("threshold", str, "mean | 2mean | a fraction of the map's maximum"),
+        Option("connectivity", int, "4 or 8 neighbours"),
+        Option("weight", str, "components weighed by size | mass"),
+        Option("view", str, "tiles | global grid"),
+        Option("top", int, "lowest-entropy heads kept per image"),
+    ),
 )
 def localisation_heads(
     ds: xr.Dataset,
@@ -261,13 +265,3 @@ def select_by_entropy(entropy: np.ndarray, above: np.ndarray, image_sum: np.ndar
     return xr.Dataset(
         {"frequency": (dims, frequency.reshape(shape).astype(np.float32)), "head_rank": (dims, rank.reshape(shape))}
     )
-
-
-def grounding_join(ds: xr.Dataset, result: xr.Dataset) -> xr.Dataset:
-    """Hook: the grounding scores of the selected heads' maps against the store's object boxes.
-
-    Stores do not carry object boxes yet (`GROUNDING_VARS`); when they do, this joins a per image
-    x head score (e.g. the fraction of the binarised map inside the box, or the pointing game) from
-    the library's grounding metrics. Until then it adds nothing, whatever the store holds.
-    """
-    return xr.Dataset()

@@ -8,7 +8,7 @@ import xarray as xr
 
 from attnstore.analysis.scan import scan
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, read_rows_fp32, register, stack
+from attnstore.analysis.studies.base import QUERIES, names_of, query_rows, read_rows_fp32, register, stack
 from attnstore.schema import IMAGE_PATCH_KINDS, TokenKind, kind_mask
 
 # Token types the keys are split into; together they cover every non-padding key.
@@ -38,6 +38,7 @@ def token_allocation(weights: np.ndarray, img: xr.Dataset) -> np.ndarray:
     "per layer, attention mass of the text queries on prompt / image / generated / special tokens (FastV)",
     plot=plots.modality,
     label="modality allocation",
+    options=(QUERIES,),
 )
 def modality_allocation(
     ds: xr.Dataset, queries: str = "generated", images=None, num_workers: int = 2, batch_size: int = 32

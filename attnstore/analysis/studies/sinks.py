@@ -11,7 +11,7 @@ from attnstore.analysis.keys import sink_keys
 from attnstore.analysis.scan import scan
 from attnstore.analysis.select import read_rows_fp16
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, register, stack
+from attnstore.analysis.studies.base import QUERIES, Option, names_of, query_rows, register, stack
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY
 
@@ -21,6 +21,7 @@ from attnstore.schema import KEY
     "per image and layer, the first position's attention mass and the detected sink keys",
     plot=plots.sinks,
     label="attention sinks",
+    options=(QUERIES, Option("factor", float, "median ratio above which a key is a sink")),
 )
 def attention_sinks(
     ds: xr.Dataset,

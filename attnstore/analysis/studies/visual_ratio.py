@@ -12,7 +12,7 @@ from attnstore.analysis.keys import image_key_mask
 from attnstore.analysis.scan import TEXT_VARS, scan
 from attnstore.analysis.select import read_rows_fp16
 from attnstore.analysis.studies import plots
-from attnstore.analysis.studies.base import names_of, query_rows, register, stack
+from attnstore.analysis.studies.base import QUERIES, Option, names_of, query_rows, register, stack
 from attnstore.analysis.studies.stats import auroc, cluster_bootstrap_weights
 from attnstore.analysis.tokens import strip_bpe
 from attnstore.errors import InvalidArgument
@@ -61,6 +61,14 @@ def _row_labels(ds: xr.Dataset, label: str | None, words, image: np.ndarray, tok
     "per answer token, layer and head, the attention on the image; heads ranked by AUROC against a label",
     plot=plots.visual_ratio,
     label="visual attention ratio",
+    options=(
+        QUERIES,
+        Option("label", str, "a per-image variable (pope_correct ...) or 'words'"),
+        Option("words", str, "object words, comma-separated (label 'words')", lambda text: text.split(",")),
+        Option("unit", str, "one observation per image | token"),
+        Option("bootstrap", int, "bootstrap replicates of the AUROC interval"),
+        Option("seed", int, "bootstrap seed"),
+    ),
 )
 def visual_ratio(
     ds: xr.Dataset,
