@@ -526,7 +526,7 @@ def _planned_backend(path: str, storage_options: dict | None) -> str:
         driver = kvstore_spec(path, storage_options)["driver"]
     except Unsupported as why:
         return f"zarr-python (tensorstore: {why})"
-    return f"tensorstore ({driver} kvstore), numcodecs blosc decode; opened on the first attention read"
+    return f"tensorstore ({driver} kvstore), decoded by numcodecs; opened on the first attention read"
 
 
 class LazyReader(AttentionReader):
