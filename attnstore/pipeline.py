@@ -13,17 +13,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from attnstore.driver import RunDriver, RunReport, RunStore
 from attnstore.errors import AttnstoreError, InputImageError, InvalidArgument
-from attnstore.extract import extract_batch
 from attnstore.images import image_name, load_image
-from attnstore.models.base import ModelAdapter
 from attnstore.records import Extraction
 from attnstore.store import DEFAULT_KEEP_BITS, AttnStore, StoreShape
 from attnstore.store.lock import writer_lock
+
+if TYPE_CHECKING:  # models.base imports torch: bad input must fail before it loads
+    from attnstore.models.base import ModelAdapter
 
 QUERY_MARGIN = 8  # spare query/key rows so most appends never resize
 
@@ -178,6 +180,8 @@ def extract_item(
 
 def extract_entries(adapter: ModelAdapter, entries: list[tuple[WorkItem, object]], settings: ExtractSettings):
     """Run the model on (item, image) entries in one batch; one Extraction each."""
+    from attnstore.extract import extract_batch  # torch: imported only once a model runs, so bad input fails fast
+
     images = [image for _, image in entries]
     prompts = [item.prompt for item, _ in entries]
     return extract_batch(adapter, images, prompts, max_new_tokens=settings.max_new_tokens, queries=settings.queries)
