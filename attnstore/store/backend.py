@@ -553,6 +553,9 @@ class LazyReader(AttentionReader):
             if self._reader is None:
                 reader = open_reader(self.path, self.storage_options, "auto")
                 reader.bound_to(self.shape)
+                for name in ("required_rows", "image_label"):  # what `attach` gave this reader: missing-row checks
+                    if name in self.__dict__:
+                        setattr(reader, name, self.__dict__[name])
                 self._reader, self.detail, self.name = reader, reader.detail, reader.name
             return self._reader
 

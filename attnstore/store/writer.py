@@ -173,7 +173,7 @@ class AttnStore:
         request = codecs.check_request(attrs.pop(CODEC_REQUEST, None))
         if first is not None:
             sample = stored_values(first, {"keep_bits": DEFAULT_KEEP_BITS, **attrs})
-            codec = codecs.choose(sample, shape.key_capacity, request)
+            codec = codecs.choose(sample, max(shape.key_capacity, first.n_key), request)  # a plan may undercount keys
         elif request != codecs.AUTO:
             codec = codecs.record(codecs.parse(request), "forced (--codec)", {}, 0, None)
         else:

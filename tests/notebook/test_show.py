@@ -140,11 +140,11 @@ def test_summary_shows_thumbnails_answers_dims_model_size_and_backend(synthetic_
     assert "layer=2" in page and "synthetic" in page and "MB" in page and summary.backend in page
 
 
-def test_info_prints_the_same_summary(synthetic_store, ds):
+def test_info_prints_the_same_summary(synthetic_store):
     proc = subprocess.run([sys.executable, "-m", "attnstore", "info", synthetic_store], capture_output=True,
                           text=True, timeout=120, env={"COLUMNS": "200", **__import__("os").environ})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    summary = ds.attn.summary()
+    summary = attnstore.open_dataset(synthetic_store).attn.summary()  # fresh: no attention row read yet, as info
     assert f"size on disk: {summary.size_text}" in proc.stdout and summary.backend in proc.stdout
 
 
