@@ -10,7 +10,7 @@ import pytest
 from attnstore import analysis
 from attnstore.analysis import METHODS, NORMALISATIONS, MapSpec, compute_map
 from attnstore.errors import AttnstoreError
-from attnstore.schema import TokenKind
+from attnstore.schema import TEXT_KINDS, TokenKind
 from explorer import views
 from explorer.views import ViewParams
 
@@ -171,14 +171,8 @@ def test_reverse_view_lists_text_rows_only(image_rows_store):
     got = views.reverse_view(state, ViewParams(image=0), key)
     stored_kinds = kinds[np.asarray(meta.query_position)]
     assert (stored_kinds == TokenKind.IMAGE_TILE).any()  # the store does hold image rows
-    assert got.sizes["query"] == int(np.isin(stored_kinds, [int(k) for k in analysis_text_kinds()]).sum())
+    assert got.sizes["query"] == int(np.isin(stored_kinds, [int(k) for k in TEXT_KINDS]).sum())
     assert not np.isin(kinds[got["position"].values], [TokenKind.IMAGE_TILE, TokenKind.IMAGE_GLOBAL]).any()
-
-
-def analysis_text_kinds():
-    from attnstore.schema import TEXT_KINDS
-
-    return TEXT_KINDS
 
 
 def test_picker_pages_and_search(state):
