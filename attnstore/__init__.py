@@ -7,7 +7,7 @@
     at.explore(ds)                               # the whole explorer in a notebook cell
 
 Importing attnstore loads the store, the analysis and the accessor; never torch or
-transformers (only running a model needs them: `attnstore.models`, `attnstore.extract`).
+transformers (only running a model needs them: `attnstore.models`, `attnstore.extraction.extract`).
 """
 
 from attnstore import analysis  # noqa: F401  (registers the `ds.attn` accessor)

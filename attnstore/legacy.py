@@ -34,7 +34,7 @@ from PIL import Image
 
 from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 from attnstore.geometry import ImageLayout, finish_grids, global_view, place_view, tile_views
-from attnstore.images import IMAGE_SUFFIXES, load_image
+from attnstore.inputs.images import IMAGE_SUFFIXES, load_image
 from attnstore.models.idefics3_layout import GLOBAL_TOKEN, IMAGE_TOKEN, parse_idefics3_layout
 from attnstore.records import Extraction, extend_layout, query_positions
 from attnstore.schema import DIM_LIMITS, KEY, TokenKind

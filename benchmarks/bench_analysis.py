@@ -22,9 +22,9 @@ import dask
 import numpy as np
 
 import attnstore.analysis as A
+from attnstore.extraction.synthetic import make_synthetic_store
 from attnstore.store import open_dataset
 from attnstore.store.backend import BACKENDS, reader_name
-from attnstore.synthetic import make_synthetic_store
 
 TOKEN = "dog"
 

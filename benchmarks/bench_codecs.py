@@ -2,11 +2,11 @@
 and the seed's own `np.savez_compressed`, decode speed, the codec `auto` picks, and the size / error
 trade-off of the lossy modes (`--keep-bits`, `--map-error`), on three sources:
 
-  synthetic   `attnstore.synthetic.synthetic_attention`: peaky heads and a sink (dense: no zeros),
+  synthetic   `attnstore.extraction.synthetic.synthetic_attention`: peaky heads and a sink (dense: no zeros),
               30 layers x 9 heads, a 3 x 4-tile picture;
   demo        the trained demo model (`attnstore/data/demo_model`) on the demo's held-out scenes
               (what `attnstore demo` stores; a tiny model: its own layers, heads and keys);
-  seed-style  `attnstore.synthetic.seed_style_attention`: the seed viewer's published SmolVLM-256M data's
+  seed-style  `attnstore.extraction.synthetic.seed_style_attention`: the seed viewer's published SmolVLM-256M data's
               statistics (~94 % exact zeros after rounding, a sink at position 0, ~17 non-zero image keys per row),
               rounded to 3 decimals as seed 004 stores it; 30 x 9, 263 text rows x ~1,125 keys.
 
@@ -123,22 +123,22 @@ def tradeoff_table(name: str, ex: Extraction) -> None:
 
 # -- sources ---------------------------------------------------------------------------------------
 def synthetic_source(answer: int) -> Extraction:
-    from attnstore.synthetic import synthetic_extraction
+    from attnstore.extraction.synthetic import synthetic_extraction
 
     return synthetic_extraction((3, 4), answer, np.random.default_rng(0), n_layers=30, n_heads=9)
 
 
 def seed_source(answer: int) -> Extraction:
-    from attnstore.synthetic import seed_style_extraction
+    from attnstore.extraction.synthetic import seed_style_extraction
 
     return seed_style_extraction((3, 4), answer, np.random.default_rng(0))
 
 
 def demo_sources(n_scenes: int = 2) -> list[Extraction]:
     """The trained demo model's attention on the demo's first held-out scenes."""
-    from attnstore.demo import DEMO_ANSWER_TOKENS, cache_dir, demo_scene_items, trained_model_dir
-    from attnstore.extract import extract
-    from attnstore.images import load_image
+    from attnstore.extraction.demo import DEMO_ANSWER_TOKENS, cache_dir, demo_scene_items, trained_model_dir
+    from attnstore.extraction.extract import extract
+    from attnstore.inputs.images import load_image
     from attnstore.models import load_adapter
 
     adapter = load_adapter(str(trained_model_dir()))

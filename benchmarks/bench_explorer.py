@@ -62,7 +62,7 @@ SETTLED = (
 
 
 def build_store(path: str) -> str:
-    from attnstore.synthetic import make_synthetic_store
+    from attnstore.extraction.synthetic import make_synthetic_store
 
     t = time.perf_counter()
     make_synthetic_store(path, n_images=20, n_layers=30, n_heads=9, n_answer=80)

@@ -1,4 +1,4 @@
-"""Extraction cost: wall time and peak memory of `attnstore.extract` vs a plain SDPA `generate`.
+"""Extraction cost: wall time and peak memory of `attnstore.extraction.extract` vs a plain SDPA `generate`.
 
 Rows are captured inside `generate` (one pass, the vision tower once). Every variant runs in a
 fresh child process (so peak RSS is its own), on the same photo-like 640x480 picture (3 x 4
@@ -68,7 +68,7 @@ def load(kind: str, variant: str):
 
 def run_variant(adapter, variant: str, max_new_tokens: int) -> dict:
     """Run one variant on the benchmark picture; returns sequence facts."""
-    from attnstore.extract import extract, generate_answer
+    from attnstore.extraction.extract import extract, generate_answer
 
     image = photo_like_image(640, 480, seed=0)
     if variant.startswith("extract"):
@@ -153,7 +153,7 @@ def paired_main(kind: str, max_new_tokens: int, rounds: int, threads: int) -> No
 
 def batch_main(kind: str, max_new_tokens: int, rounds: int) -> None:
     """BATCH images in one generate vs one at a time, interleaved; same pictures, same answers budget."""
-    from attnstore.extract import extract, extract_batch
+    from attnstore.extraction.extract import extract, extract_batch
     from attnstore.quiet import quiet_transformers
 
     quiet_transformers()

@@ -21,10 +21,10 @@ import numpy as np
 from common import console, dir_bytes, host_load, mb, percentiles, photo_like_image, print_table, timed
 
 import attnstore.store.writer as writer
+from attnstore.extraction.synthetic import synthetic_extraction
 from attnstore.records import Extraction
 from attnstore.store import AttnStore, StoreShape, open_dataset
-from attnstore.synthetic import synthetic_extraction
-from attnstore.validation import validate_store
+from attnstore.store.validation import validate_store
 
 N_LAYERS, N_HEADS = 30, 9  # SmolVLM-256M's text model
 VARIANTS = {"no checksum (before)": False, "crc32c (default)": True}

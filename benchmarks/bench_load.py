@@ -58,7 +58,7 @@ MODES += [("mean", "layers"), ("entropy_topk", "all")]
 
 
 def build_store(path: str) -> str:
-    from attnstore.synthetic import make_synthetic_store
+    from attnstore.extraction.synthetic import make_synthetic_store
 
     start = time.perf_counter()
     make_synthetic_store(path, n_images=20, n_layers=30, n_heads=9, grids=[(3, 5)], n_answer=80, image_size=(800, 480))

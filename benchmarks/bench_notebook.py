@@ -34,7 +34,7 @@ def run_notebook() -> float:
 
 def time_show(repeats: int) -> tuple[float, float]:
     import attnstore
-    from attnstore.synthetic import make_synthetic_store
+    from attnstore.extraction.synthetic import make_synthetic_store
 
     with tempfile.TemporaryDirectory() as folder:
         ds = attnstore.open_dataset(make_synthetic_store(folder + "/s.zarr", n_images=2))

@@ -26,7 +26,7 @@ MODES = ("text", "text+image", "all")
 
 def measure(adapter, paths: list[Path], out: Path, mode: str, max_new_tokens: int) -> list[object]:
     """One store for `mode`: [mode, rows per image, attention MB, store MB, x text]."""
-    from attnstore.pipeline import run_extraction
+    from attnstore.extraction.pipeline import run_extraction
     from attnstore.store import open_dataset
 
     run_extraction(adapter, paths, "Can you describe this image?", str(out), queries=mode,

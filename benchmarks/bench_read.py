@@ -36,9 +36,9 @@ import dask
 import numpy as np
 
 import attnstore.analysis as A
+from attnstore.extraction.synthetic import make_synthetic_store
 from attnstore.store import AttnStore, open_dataset
 from attnstore.store.backend import ATTENTION, MISSING, ShardLayout, open_reader
-from attnstore.synthetic import make_synthetic_store
 
 TOKEN = "dog"
 BACKENDS = ("tensorstore", "zarr")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from attnstore.extraction.synthetic import make_synthetic_store
 from attnstore.store import open_dataset
 from attnstore.store.backend import open_reader, reader_of
-from attnstore.synthetic import make_synthetic_store
 
 
 def clicks(read, picks, repeats: int = 3) -> np.ndarray:

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from common import PROMPT, host_load, model_dir, percentiles, photo_like_image, print_table, timed
 
-from attnstore.distributed import dask_client, run_distributed
-from attnstore.extract import Extraction, extract
+from attnstore.extraction.distributed import dask_client, run_distributed
+from attnstore.extraction.extract import Extraction, extract
+from attnstore.extraction.pipeline import ExtractSettings, image_items, run_items, store_plan
+from attnstore.extraction.synthetic import synthetic_attention
 from attnstore.models import load_adapter
-from attnstore.pipeline import ExtractSettings, image_items, run_items, store_plan
 from attnstore.store import AttnStore, StoreShape, open_dataset
-from attnstore.synthetic import synthetic_attention
 
 MAX_NEW_TOKENS = 12
 REAL_LAYERS, REAL_HEADS = 30, 9  # SmolVLM-256M's text model

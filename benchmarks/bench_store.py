@@ -3,7 +3,7 @@
 Attention comes from two sources, neither of them a trained model:
   model      the random-weight Idefics3 with SmolVLM-256M's text dims (30 layers, 9 heads, hidden 576;
              small vision tower) on a 640x480 photo-like picture (3 x 4 tiles), greedy answer;
-  synthetic  `attnstore.synthetic.synthetic_attention` (softmax rows with a sink and focused heads)
+  synthetic  `attnstore.extraction.synthetic.synthetic_attention` (softmax rows with a sink and focused heads)
              on the same token layout.
 Random-weight attention is nearly uniform over the causal keys; a trained model's is peakier with
 many tiny values, so its sizes differ (the design notes, measured on the real model: lossless ~100 MB
@@ -42,13 +42,13 @@ from common import (
 )
 from PIL import Image
 
-from attnstore.extract import Extraction, extend_layout, extract, query_positions
+from attnstore.extraction.extract import Extraction, extend_layout, extract, query_positions
+from attnstore.extraction.pipeline import store_attrs, store_shape_for
+from attnstore.extraction.synthetic import idefics3_tokens, synthetic_attention
 from attnstore.models import load_adapter
 from attnstore.models.idefics3_layout import parse_idefics3_layout
-from attnstore.pipeline import store_attrs, store_shape_for
 from attnstore.schema import IMAGE_PATCH_KINDS, kind_mask
 from attnstore.store import AttnStore, open_dataset
-from attnstore.synthetic import idefics3_tokens, synthetic_attention
 
 FP16_MIN_NORMAL = 2.0**-14  # below this fp16 is subnormal: fewer mantissa bits, larger relative error
 DESIGN_REFERENCE = (

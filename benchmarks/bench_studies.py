@@ -33,11 +33,11 @@ from PIL import Image
 
 import attnstore.analysis as A
 from attnstore.analysis.studies import ANALYSES, query_rows
+from attnstore.extraction.synthetic import idefics3_tokens, synthetic_attention
 from attnstore.models.idefics3_layout import parse_idefics3_layout
 from attnstore.records import Extraction, extend_layout
 from attnstore.schema import TokenKind
 from attnstore.store import AttnStore, StoreShape, open_dataset
-from attnstore.synthetic import idefics3_tokens, synthetic_attention
 
 GRIDS = [(4, 4), (3, 4), (4, 3)]
 POOL = 8

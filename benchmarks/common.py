@@ -46,7 +46,7 @@ def model_dir(kind: str) -> Path:
     real-text   : SmolVLM-256M's text model (30 layers, 9 heads, hidden 576), small vision tower.
     real-vision : the same plus a SmolVLM-size vision tower (hidden 768, 12 layers).
     """
-    from attnstore.demo import cache_dir, tiny_model_dir
+    from attnstore.extraction.demo import cache_dir, tiny_model_dir
     from attnstore.models.tiny import IDEFICS3_REAL_DIMS as REAL_DIMS
     from attnstore.models.tiny import build_random_idefics3
     from attnstore.quiet import quiet_transformers

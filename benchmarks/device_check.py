@@ -94,7 +94,7 @@ def model_dir(family: str, dims: str, layers: int, root: Path) -> Path:
     from attnstore.models import tiny_builder
 
     if dims == "tiny":
-        from attnstore.demo import tiny_model_dir
+        from attnstore.extraction.demo import tiny_model_dir
 
         return tiny_model_dir(family)
     text = REAL_TEXT.get(family, OTHER_TEXT)
@@ -145,7 +145,7 @@ def timed(device: str, run):
 def check_variant(family, path, kernel, dtype, reference, args, image) -> Row:
     import numpy as np
 
-    from attnstore.extract import extract
+    from attnstore.extraction.extract import extract
     from attnstore.models import load_adapter
     from attnstore.schema import TokenKind
 
@@ -231,10 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: missing packages {', '.join(missing)}: pip install the carried wheels", file=sys.stderr)
         return 1
     from attnstore.errors import AttnstoreError
+    from attnstore.extraction.synthetic import _gradient_image
     from attnstore.models import FAMILIES, tiny_builder
     from attnstore.models.base import resolve_device
     from attnstore.quiet import quiet_transformers
-    from attnstore.synthetic import _gradient_image
 
     quiet_transformers()
     try:

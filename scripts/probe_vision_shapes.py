@@ -4,7 +4,7 @@
     python scripts/probe_vision_shapes.py --steps 1200 --pool mean           # the first diagnosis
     python scripts/probe_vision_shapes.py --steps 800 --init 0.2 --lr 6e-3   # other settings
 
-Trains, on lone objects of `attnstore.scenes` (no language model, no question), the Idefics3 vision
+Trains, on lone objects of `attnstore.inputs.scenes` (no language model, no question), the Idefics3 vision
 tower + connector of `scripts/train_demo_model.py` with two linear heads on its image tokens pooled
 into one vector (shape, colour), and beside it a three-layer CNN on the same pictures (shape only).
 Prints held-out accuracy of both every 100 steps.
@@ -28,8 +28,8 @@ import time
 import numpy as np
 import torch
 
+from attnstore.inputs.scenes import COLORS, SHAPES, make_scene
 from attnstore.models.tiny import make_tiny_idefics3
-from attnstore.scenes import COLORS, SHAPES, make_scene
 
 DIMS = dict(
     hidden=128, intermediate=384, layers=4, heads=4, kv_heads=2, vision_hidden=96, vision_layers=3, vision_heads=4

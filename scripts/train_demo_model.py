@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnstore.inputs.scenes import COLORS, QUESTION_TYPES, SHAPES, make_scene, scene_questions, vocabulary_text
 from attnstore.models.idefics3_layout import END_OF_UTTERANCE, IMAGE_TOKEN, parse_idefics3_layout
 from attnstore.models.tiny import make_tiny_idefics3
-from attnstore.scenes import COLORS, QUESTION_TYPES, SHAPES, make_scene, scene_questions, vocabulary_text
 
 DIMS = dict(
     hidden=128, intermediate=384, layers=4, heads=4, kv_heads=2, vision_hidden=96, vision_layers=3, vision_heads=4
@@ -486,7 +486,7 @@ QUESTION_NAMES = {
 def model_card(n_params: int, figures: dict) -> str:
     """What the model is, what it was trained on, and how well it does: held-out accuracy per
     question type, and with `--eval-only --update-card` the demo scenes' answers and grounding."""
-    from attnstore.scenes import ASPECTS, BACKGROUNDS, COLORS, SHAPES, TEMPLATES
+    from attnstore.inputs.scenes import ASPECTS, BACKGROUNDS, COLORS, SHAPES, TEMPLATES
 
     table = "\n".join(f"| {name} | {figures[k]:.1%} |" for k, name in QUESTION_NAMES.items() if k in figures)
     templates = "\n".join(f"- {kind}: `{text}`" for kind, text in TEMPLATES.items())
@@ -539,7 +539,7 @@ def eval_only(args) -> dict:
 
     from transformers import AutoProcessor, Idefics3ForConditionalGeneration
 
-    from attnstore.demo import random_twin, scene_check
+    from attnstore.extraction.demo import random_twin, scene_check
 
     torch.set_num_threads(args.threads)
     folder = Path(args.eval_only)

@@ -24,7 +24,7 @@ def attnstore_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_path(attnstore_cache):
     """The tiny random-weight Idefics3 model (built once per session, offline)."""
-    from attnstore.demo import tiny_model_dir
+    from attnstore.extraction.demo import tiny_model_dir
     from attnstore.quiet import quiet_transformers
 
     quiet_transformers()
@@ -41,7 +41,7 @@ def tiny_adapter(tiny_model_path):
 @pytest.fixture
 def images(tmp_path):
     """Two small images (320x240, 200x300) in tmp_path/images (tests/scale has its own, wider ones)."""
-    from attnstore.synthetic import _gradient_image
+    from attnstore.extraction.synthetic import _gradient_image
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -53,7 +53,7 @@ def images(tmp_path):
 @pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory):
     """A small complete synthetic store (3 images: 3x4, 4x3, 2x2 tiles; 2 layers, 4 heads). Read-only."""
-    from attnstore.synthetic import make_synthetic_store
+    from attnstore.extraction.synthetic import make_synthetic_store
 
     return make_synthetic_store(str(tmp_path_factory.mktemp("stores") / "synthetic.zarr"), n_images=3)
 
@@ -62,7 +62,7 @@ def synthetic_store(tmp_path_factory):
 def image_rows_store(tmp_path_factory):
     """A synthetic store with the image patches' rows too (`queries="text+image"`): 2 images, 2x2 and
     1x2 tiles. Read-only."""
-    from attnstore.synthetic import make_synthetic_store
+    from attnstore.extraction.synthetic import make_synthetic_store
 
     path = str(tmp_path_factory.mktemp("stores") / "image_rows.zarr")
     return make_synthetic_store(path, n_images=2, grids=[(2, 2), (1, 2)], queries="text+image", seed=5)
@@ -71,7 +71,7 @@ def image_rows_store(tmp_path_factory):
 @pytest.fixture(scope="session")
 def scene_store(tmp_path_factory, tiny_model_path):
     """Demo scenes (object boxes, `target_object`) run through the tiny random model: 3 images. Read-only."""
-    from attnstore.demo import build_scene_store
+    from attnstore.extraction.demo import build_scene_store
 
     path = str(tmp_path_factory.mktemp("stores") / "scenes.zarr")
     build_scene_store(path, tiny_model_path, n_scenes=3, seed=3, show_progress=False)
@@ -81,7 +81,7 @@ def scene_store(tmp_path_factory, tiny_model_path):
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory, tiny_model_path):
     """The demo store (tiny model on the shipped sample images). Read-only."""
-    from attnstore.demo import build_demo_store
+    from attnstore.extraction.demo import build_demo_store
 
     path = str(tmp_path_factory.mktemp("stores") / "demo.zarr")
     build_demo_store(path, show_progress=False, model="random")

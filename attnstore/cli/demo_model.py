@@ -15,7 +15,7 @@ def demo_model(
     out: Annotated[Path, typer.Argument(help="Folder to write (must be new or empty).")],
 ) -> None:
     """Write the trained demo model (model + processor) to a folder that `--model` and transformers load."""
-    from attnstore.demo import write_demo_model
+    from attnstore.extraction.demo import write_demo_model
 
     folder = write_demo_model(out)
     typer.echo(f"{folder}: demo model written (load it with --model {folder})")

@@ -78,7 +78,7 @@ def extract(
     ] = None,
 ) -> None:
     """Run a VLM over images and store every layer's and head's attention."""
-    from attnstore.images import collect_images
+    from attnstore.inputs.images import collect_images
     from attnstore.models import load_adapter
     from attnstore.models.hub import read_model_type
     from attnstore.quiet import quiet_transformers
@@ -88,28 +88,28 @@ def extract(
         raise AttnstoreError(f"--keep-bits must be between 0 and 10, got {keep_bits}")
     if not prompt.strip():
         raise AttnstoreError("the prompt is empty: pass --prompt TEXT")
-    from attnstore.pipeline import storage_settings
+    from attnstore.extraction.pipeline import storage_settings
 
     storage = storage_settings(codec, round_decimals, map_error)  # a bad value fails before any model work
     paths = collect_images([str(p) for p in images or []], str(image_dir) if image_dir else None, limit)
     options = parse_storage_options(storage_options)
     boxes_by_name = None
     if boxes is not None:
-        from attnstore.boxes import load_boxes
+        from attnstore.inputs.boxes import load_boxes
 
         boxes_by_name = load_boxes(boxes)  # a bad file fails before any model work
     if not (workers or scheduler):
         read_model_type(model)  # a missing model fails here, before transformers or torch are imported
-    from attnstore.pipeline import ExtractSettings, image_items, run_items
+    from attnstore.extraction.pipeline import ExtractSettings, image_items, run_items
 
     items = image_items(paths, prompt, str(image_dir) if image_dir else None)
     if boxes_by_name is not None:
-        from attnstore.boxes import boxes_for_items
+        from attnstore.inputs.boxes import boxes_for_items
 
         boxes_for_items(boxes_by_name, items)
     settings = ExtractSettings(max_new_tokens=max_new_tokens, queries=queries)
     if workers or scheduler:
-        from attnstore.distributed import run_distributed
+        from attnstore.extraction.distributed import run_distributed
 
         report = run_distributed(
             model,
@@ -151,7 +151,7 @@ def demo(
     """Build a demo store offline (the shipped demo model on synthetic scenes if this installation
     has it, else the tiny random-weight model), then explore it."""
     from attnstore.cli.inspect import print_info
-    from attnstore.demo import RANDOM_WEIGHTS_NOTICE, build_demo_store, has_trained_model, trained_notice
+    from attnstore.extraction.demo import RANDOM_WEIGHTS_NOTICE, build_demo_store, has_trained_model, trained_notice
     from attnstore.quiet import quiet_transformers
 
     if serve:  # before minutes of building: a wildcard host without --allow-host, or a busy port, fails at once

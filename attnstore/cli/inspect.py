@@ -104,7 +104,7 @@ def validate(
     ] = False,
 ) -> None:
     """Check schema, shapes, completeness, geometry, row sums and causality; exit 1 on problems."""
-    from attnstore.validation import validate_store
+    from attnstore.store.validation import validate_store
 
     report = validate_store(store, deep=deep)
     for problem in report.problems:

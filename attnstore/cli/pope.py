@@ -45,8 +45,8 @@ def pope(
     storage_options: Annotated[str | None, typer.Option(help="fsspec options for a remote --out (JSON).")] = None,
 ) -> None:
     """Ask every POPE question with its image; report accuracy, precision, recall, F1, yes-ratio per split."""
-    from attnstore import pope as bench
-    from attnstore.pipeline import ExtractSettings
+    from attnstore.extraction import pope as bench
+    from attnstore.extraction.pipeline import ExtractSettings
     from attnstore.store import open_dataset
     from attnstore.store.remote import parse_storage_options
 
@@ -70,13 +70,13 @@ def pope(
 
 def _run(model, items, out, common, loading, batch_size, workers, scheduler, progress):
     if workers or scheduler:
-        from attnstore.distributed import run_distributed
+        from attnstore.extraction.distributed import run_distributed
 
         return run_distributed(
             model, items, out, workers=workers, scheduler=scheduler, show_progress=progress, **loading, **common
         )
+    from attnstore.extraction.pipeline import run_items
     from attnstore.models import load_adapter
-    from attnstore.pipeline import run_items
     from attnstore.quiet import quiet_transformers
 
     quiet_transformers()

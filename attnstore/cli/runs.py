@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from attnstore.driver import RunReport
+    from attnstore.extraction.driver import RunReport
 
 # Help of the model-running options every run command offers.
 DEVICE_HELP = "torch device: cpu, cuda, cuda:N or mps (with --workers and several GPUs, 'cuda' gives each worker one)."

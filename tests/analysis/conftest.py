@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from attnstore.extraction.synthetic import idefics3_tokens
 from attnstore.models.idefics3_layout import parse_idefics3_layout
 from attnstore.records import extend_layout, query_positions
-from attnstore.synthetic import idefics3_tokens
 
 
 def make_image(

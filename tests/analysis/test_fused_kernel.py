@@ -202,7 +202,7 @@ def test_aggregate_token_same_dataset_on_both_paths(synthetic_store, monkeypatch
 @pytest.mark.slow
 def test_aggregate_token_same_dataset_at_real_size(tmp_path, monkeypatch):
     """30 layers x 9 heads, ~830 image keys: the benchmark's geometry."""
-    from attnstore.synthetic import make_synthetic_store
+    from attnstore.extraction.synthetic import make_synthetic_store
 
     path = make_synthetic_store(str(tmp_path / "real.zarr"), n_images=2, n_layers=30, n_heads=9, n_answer=20)
     got, want = aggregate_both(monkeypatch, open_dataset(path), token="dog", num_workers=2)

@@ -11,7 +11,7 @@ from attnstore.errors import InvalidArgument
 from attnstore.records import QUERY_MODES, query_positions
 from attnstore.schema import IMAGE_PATCH_KINDS, TEXT_KINDS, TokenKind, kind_mask
 from attnstore.store import open_dataset
-from attnstore.validation import validate_store
+from attnstore.store.validation import validate_store
 
 
 @pytest.fixture(scope="module")

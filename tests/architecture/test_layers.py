@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL_SIDE = ("torch", "transformers", "tokenizers", "safetensors", "attnstore.models.base", "attnstore.extract",
-              "attnstore.pipeline", "attnstore.distributed", "attnstore.pope", "attnstore.demo")  # fmt: skip
+MODEL_SIDE = ("torch", "transformers", "tokenizers", "safetensors", "attnstore.models.base", "attnstore.extraction")
 FRONT_ENDS = ("attnstore.cli", "explorer")
 LIGHT_CORE = (
-    *("attnstore/store", "attnstore/analysis", "attnstore/render"),
+    *("attnstore/store", "attnstore/analysis", "attnstore/render", "attnstore/inputs"),
     *("attnstore/records.py", "attnstore/geometry.py", "attnstore/schema.py", "attnstore/errors.py"),
     "attnstore/__init__.py",
 )

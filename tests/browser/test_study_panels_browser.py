@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 @pytest.fixture(scope="module")
 def live(synthetic_store, tmp_path_factory):
     """The explorer on the shared synthetic store beside a second run over its first two images."""
-    from attnstore.synthetic import make_synthetic_store
+    from attnstore.extraction.synthetic import make_synthetic_store
     from explorer import create_app
 
     other = make_synthetic_store(str(tmp_path_factory.mktemp("compare") / "other.zarr"), n_images=2, seed=5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from attnstore.cli import main
-from attnstore.demo import DEMO_MODEL_DIR
+from attnstore.extraction.demo import DEMO_MODEL_DIR
 
 shipped = pytest.mark.skipif(not (DEMO_MODEL_DIR / "config.json").is_file(), reason="no trained demo model shipped")
 
@@ -29,7 +29,7 @@ def test_demo_model_folder_loads_with_plain_transformers(tmp_path, capsys):
 
 
 def test_missing_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    import attnstore.demo as demo
+    import attnstore.extraction.demo as demo
 
     monkeypatch.setattr(demo, "DEMO_MODEL_DIR", tmp_path / "nothing")
     assert main(["demo-model", str(tmp_path / "out")]) == 1

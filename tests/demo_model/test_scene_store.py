@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from attnstore.analysis.grounding import store_grounding
-from attnstore.demo import DEMO_KINDS, build_scene_store
+from attnstore.extraction.demo import DEMO_KINDS, build_scene_store
 from attnstore.store import open_dataset
-from attnstore.validation import validate_store
+from attnstore.store.validation import validate_store
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from attnstore.scenes import COLORS, POSITIONS, QUESTION_TYPES, SHAPES
+from attnstore.inputs.scenes import COLORS, POSITIONS, QUESTION_TYPES, SHAPES
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_model.py"
 
@@ -63,7 +63,7 @@ def test_a_vision_stage_then_the_language_model_on_a_frozen_tower(tmp_path):
 
 @pytest.mark.slow
 def test_eval_only_measures_a_saved_model(tmp_path):
-    from attnstore.demo import DEMO_MODEL_DIR
+    from attnstore.extraction.demo import DEMO_MODEL_DIR
 
     if not (DEMO_MODEL_DIR / "config.json").is_file():
         pytest.skip("no trained demo model shipped")

@@ -71,8 +71,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_model_path):
     """A folder with every store and image name the docs use: copies of the store `attnstore demo` builds."""
-    from attnstore.demo import build_demo_store
-    from attnstore.images import sample_images
+    from attnstore.extraction.demo import build_demo_store
+    from attnstore.inputs.images import sample_images
 
     demo_store = str(tmp_path_factory.mktemp("docs") / "demo.zarr")
     build_demo_store(demo_store, show_progress=False)

@@ -107,7 +107,7 @@ def test_page_and_layout_serve(client):
 
 
 def test_factory_has_no_shared_state(synthetic_store, tmp_path):
-    from attnstore.synthetic import make_synthetic_store
+    from attnstore.extraction.synthetic import make_synthetic_store
 
     other = make_synthetic_store(str(tmp_path / "other.zarr"), n_images=1, n_layers=3, n_heads=2)
     a, b = create_app(synthetic_store), create_app(other, url_base_pathname="/x/")

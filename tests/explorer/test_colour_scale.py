@@ -12,12 +12,12 @@ from dash import html
 
 from attnstore.analysis import MapSpec, compute_map
 from attnstore.errors import InvalidArgument
+from attnstore.extraction.synthetic import _gradient_image, synthetic_extraction
 from attnstore.records import Extraction
 from attnstore.render import file_name
 from attnstore.render.geometry import ObjectBox
 from attnstore.render.scale import NEGLIGIBLE_SHARE, colour_top, colourbar_title, negligible, share_label
 from attnstore.store import AttnStore, StoreShape
-from attnstore.synthetic import _gradient_image, synthetic_extraction
 from explorer import figures, ids, layout, views
 from explorer.panels import gallery, heatmap
 from explorer.panels.permalink import follow_token

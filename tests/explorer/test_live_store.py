@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnstore.extraction.synthetic import idefics3_tokens, synthetic_attention
 from attnstore.models.idefics3_layout import parse_idefics3_layout
 from attnstore.records import Extraction, extend_layout, query_positions
 from attnstore.store import AttnStore
-from attnstore.synthetic import idefics3_tokens, synthetic_attention
 from explorer import create_app, ids
 from explorer.state import StoreState
 

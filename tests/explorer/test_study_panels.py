@@ -49,7 +49,7 @@ def answer_rows(ds, image: int) -> list[int]:
 @pytest.fixture(scope="module")
 def other_store(tmp_path_factory):
     """A second run over the first two images of the shared synthetic store (same names and tokens)."""
-    from attnstore.synthetic import make_synthetic_store
+    from attnstore.extraction.synthetic import make_synthetic_store
 
     return make_synthetic_store(str(tmp_path_factory.mktemp("compare") / "other.zarr"), n_images=2, seed=5)
 

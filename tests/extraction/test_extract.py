@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnstore import capture
 from attnstore.errors import InvalidArgument
-from attnstore.extract import extract, extract_batch, query_positions
+from attnstore.extraction import capture
+from attnstore.extraction.extract import extract, extract_batch, query_positions
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import FAMILIES as REGISTERED
 from attnstore.models import load_adapter, tiny_builder
 from attnstore.models.base import resolve_device, resolve_dtype
 from attnstore.schema import TEXT_KINDS, TokenKind, kind_mask
-from attnstore.synthetic import _gradient_image
-from attnstore.validation import bidirectional_keys
+from attnstore.store.validation import bidirectional_keys
 
 FAMILIES = tuple(f for f in REGISTERED if tiny_builder(f) is not None)  # every family with a tiny model
 KERNELS = ("sdpa", "eager")
@@ -28,7 +28,7 @@ ATOL = 2e-3  # fp16 rounding of values in [0, 1]
 
 @pytest.fixture(scope="module")
 def adapters(attnstore_cache):
-    from attnstore.demo import tiny_model_dir
+    from attnstore.extraction.demo import tiny_model_dir
     from attnstore.quiet import quiet_transformers
 
     quiet_transformers()
@@ -136,7 +136,7 @@ def test_rows_are_fp32_whatever_the_weights(tiny_model_path):
 
 def test_no_capture_outside_extract(tiny_adapter):
     """The registered implementation is the plain kernel when nothing captures: generate still works."""
-    from attnstore.extract import generate_answer
+    from attnstore.extraction.extract import generate_answer
 
     inputs = tiny_adapter.prepare(_gradient_image(100, 100), "Hi")
     assert generate_answer(tiny_adapter, inputs, 2).shape[0] > inputs["input_ids"].shape[1]
@@ -214,7 +214,7 @@ def test_dask_workers_spread_over_gpus(monkeypatch):
     import distributed
     import torch
 
-    from attnstore.distributed import worker_device
+    from attnstore.extraction.distributed import worker_device
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     names = iter([0, 1, 2, 3])
@@ -228,8 +228,8 @@ def test_dask_workers_spread_over_gpus(monkeypatch):
 def test_the_end_tokens_row_is_captured_when_the_model_stops_itself():
     """Random tiny models rarely emit their end token; the shipped demo model answers one word and
     stops, so the extra fed-back step for the end token's row must run."""
-    from attnstore.demo import demo_scene_items, has_trained_model, trained_model_dir
-    from attnstore.images import load_image
+    from attnstore.extraction.demo import demo_scene_items, has_trained_model, trained_model_dir
+    from attnstore.inputs.images import load_image
 
     if not has_trained_model():
         pytest.skip("this installation ships no demo model")

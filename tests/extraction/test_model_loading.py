@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from attnstore.errors import ModelLoadError
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import adapter_for_model_type, hub, load_adapter
 from attnstore.models.base import canonical_model_id
-from attnstore.synthetic import _gradient_image
 
 REAL_ID = "HuggingFaceTB/SmolVLM-256M-Instruct"
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from attnstore.analysis.grounding import store_grounding
-from attnstore.boxes import load_boxes
 from attnstore.cli import main
 from attnstore.errors import InvalidArgument
+from attnstore.extraction.synthetic import _gradient_image
+from attnstore.inputs.boxes import load_boxes
 from attnstore.store import open_dataset
-from attnstore.synthetic import _gradient_image
-from attnstore.validation import validate_store
+from attnstore.store.validation import validate_store
 
 
 def extract(tiny_model_path, images, out, *more):

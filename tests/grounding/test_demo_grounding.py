@@ -5,7 +5,7 @@ Both models (same architecture and processor; the twin's weights are freshly ini
 one colour or shape question on each of the same held-out scenes of 2-4 objects (a seed training
 never draws from). The trained model's best head puts at least 3x the chance share (the box's area
 share) of the first answer token's image attention inside the asked object's box; the random
-twin's heads stay at chance. The figures come from `attnstore.demo.scene_check`, as
+twin's heads stay at chance. The figures come from `attnstore.extraction.demo.scene_check`, as
 `scripts/train_demo_model.py --eval-only` measures them.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from attnstore.demo import DEMO_MODEL_DIR, random_twin, scene_check
-from attnstore.scenes import COLORS, SHAPES
+from attnstore.extraction.demo import DEMO_MODEL_DIR, random_twin, scene_check
+from attnstore.inputs.scenes import COLORS, SHAPES
 from attnstore.store import open_dataset
 
 N_SCENES = 16

@@ -16,10 +16,10 @@ import attnstore.analysis  # noqa: F401  (registers ds.attn)
 import attnstore.store.writer as writer
 from attnstore.cli import main
 from attnstore.errors import StoreError
+from attnstore.extraction.synthetic import make_synthetic_store
 from attnstore.store import open_dataset
 from attnstore.store.integrity import checksum_guard, is_checksum_error
-from attnstore.synthetic import make_synthetic_store
-from attnstore.validation import validate_store
+from attnstore.store.validation import validate_store
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

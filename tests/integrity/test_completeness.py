@@ -19,7 +19,7 @@ from attnstore.cli import main
 from attnstore.errors import StoreError
 from attnstore.store import open_dataset
 from attnstore.store.backend import BACKEND_ENV, read_image_rows, read_rows
-from attnstore.validation import validate_store
+from attnstore.store.validation import validate_store
 
 IMAGE_1 = r"image 1 \(synthetic_00001.png\) is damaged"
 

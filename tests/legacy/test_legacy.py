@@ -13,10 +13,10 @@ import pytest
 import attnstore.analysis as A
 import attnstore.legacy as L
 from attnstore.cli import main
+from attnstore.extraction.synthetic import _gradient_image, idefics3_tokens
 from attnstore.schema import TokenKind
 from attnstore.store import open_dataset
-from attnstore.synthetic import _gradient_image, idefics3_tokens
-from attnstore.validation import validate_store
+from attnstore.store.validation import validate_store
 
 N_LAYERS, N_HEADS = 3, 2
 

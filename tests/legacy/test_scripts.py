@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.store import open_dataset
-from attnstore.synthetic import _gradient_image
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 

@@ -14,9 +14,9 @@ import attnstore.analysis as A
 import attnstore.legacy as L
 from attnstore.cli import main
 from attnstore.errors import InvalidArgument
+from attnstore.extraction.synthetic import _gradient_image, idefics3_tokens, synthetic_attention
 from attnstore.store import open_dataset
-from attnstore.synthetic import _gradient_image, idefics3_tokens, synthetic_attention
-from attnstore.validation import validate_store
+from attnstore.store.validation import validate_store
 
 N_HEADS = 2
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from attnstore.cli import main
-from attnstore.demo import tiny_model_dir
+from attnstore.extraction.demo import tiny_model_dir
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import FAMILIES, SEQUENCE_ONLY, tiny_builder
 from attnstore.schema import TokenKind
 from attnstore.store import open_dataset
-from attnstore.synthetic import _gradient_image
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if tiny_builder(f) is not None and f != SEQUENCE_ONLY])

@@ -20,11 +20,11 @@ from support.vlm_family_checks import (
     unnormalise,
 )
 
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
 from attnstore.models.gemma3 import BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN, Gemma3Adapter
 from attnstore.models.tiny_families import build_random_gemma3
 from attnstore.schema import TokenKind
-from attnstore.synthetic import _gradient_image
 
 # wide (3 pan-and-scan crops), tall (2 crops), near-square (no crop: one view)
 IMAGES = [(200, 80), (80, 170), (100, 90)]

@@ -21,11 +21,11 @@ from support.vlm_family_checks import (
     unnormalise,
 )
 
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
 from attnstore.models.internvl import END_IMAGE, IMAGE_TOKEN, START_IMAGE, InternVLAdapter
 from attnstore.models.tiny_families import build_random_internvl
 from attnstore.schema import TokenKind
-from attnstore.synthetic import _gradient_image
 
 IMAGES = [(200, 80), (80, 170), (64, 64)]  # wide (3 x 1 tiles), tall (1 x 2), square (one view)
 

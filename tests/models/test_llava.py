@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from attnstore.capture import implementation_name
 from attnstore.errors import ModelLoadError
+from attnstore.extraction.capture import implementation_name
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.geometry import View, view_boxes
 from attnstore.models import load_adapter
 from attnstore.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
 from attnstore.models.tiny import build_random_llava
 from attnstore.schema import TokenKind
-from attnstore.synthetic import _gradient_image
 
 # (width, height): square, wide, tall, tiny, large
 SHAPES = [(336, 336), (640, 360), (300, 700), (20, 12), (1500, 700)]

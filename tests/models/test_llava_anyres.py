@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from attnstore.cli import main
-from attnstore.extract import extract, extract_batch
+from attnstore.extraction.extract import extract, extract_batch
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
 from attnstore.models.llava_anyres import (
     LlavaNextAdapter,
@@ -20,7 +21,6 @@ from attnstore.models.llava_anyres import (
 )
 from attnstore.schema import TokenKind
 from attnstore.store import open_dataset
-from attnstore.synthetic import _gradient_image
 
 FAMILIES = ("llava_next", "llava_onevision")
 ADAPTERS = {"llava_next": LlavaNextAdapter, "llava_onevision": LlavaOnevisionAdapter}
@@ -37,7 +37,7 @@ PROMPTS = ["Can you describe this image?", "What?", "Is there a dog on the left 
 @pytest.fixture(scope="session")
 def anyres_adapters(attnstore_cache):
     """Loaded tiny models per (family, kernel), built once per session (`tiny_model_dir`)."""
-    from attnstore.demo import tiny_model_dir
+    from attnstore.extraction.demo import tiny_model_dir
     from attnstore.quiet import quiet_transformers
 
     quiet_transformers()
@@ -333,7 +333,7 @@ def test_answer_is_plain_greedy_generate_rows_sum_to_one_and_are_causal(anyres_r
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_extracts_into_a_valid_store(family, anyres_adapters, tmp_path):
-    from attnstore.demo import tiny_model_dir
+    from attnstore.extraction.demo import tiny_model_dir
 
     anyres_adapters(family)  # builds the model once
     for i, size in enumerate([(320, 200), (150, 260)]):
@@ -352,7 +352,7 @@ def test_extracts_into_a_valid_store(family, anyres_adapters, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_load_adapter_picks_the_family(anyres_adapters, family):
-    from attnstore.demo import tiny_model_dir
+    from attnstore.extraction.demo import tiny_model_dir
 
     adapter = anyres_adapters(family)
     path = tiny_model_dir(family)
@@ -371,7 +371,7 @@ def test_onevision_loads_without_torchvision(anyres_adapters, tmp_path):
 
     from transformers import AutoProcessor
 
-    from attnstore.demo import tiny_model_dir
+    from attnstore.extraction.demo import tiny_model_dir
 
     folder = tmp_path / "tiny-onevision"
     shutil.copytree(tiny_model_dir("llava_onevision"), folder)

@@ -20,11 +20,11 @@ from support.vlm_family_checks import (
     unnormalise,
 )
 
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
 from attnstore.models.mistral3 import BREAK_TOKEN, END_TOKEN, IMAGE_TOKEN, Mistral3Adapter
 from attnstore.models.tiny_families import build_random_mistral3
 from attnstore.schema import TokenKind
-from attnstore.synthetic import _gradient_image
 
 IMAGES = [(200, 80), (80, 170), (100, 90)]  # wide, tall, near-square: three grid shapes in one batch
 

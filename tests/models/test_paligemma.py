@@ -18,10 +18,10 @@ from support.vlm_family_checks import (
     unnormalise,
 )
 
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models.paligemma import IMAGE_TOKEN, PaliGemmaAdapter
 from attnstore.models.tiny_families import build_random_paligemma
 from attnstore.schema import TokenKind
-from attnstore.synthetic import _gradient_image
 
 IMAGES = [(200, 80), (80, 170), (100, 90)]  # wide, tall, near-square
 

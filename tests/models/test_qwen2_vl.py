@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from attnstore.capture import implementation_name
+from attnstore.extraction.capture import implementation_name
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
 from attnstore.models.qwen2_vl import (
     IMAGE_TOKEN,
@@ -16,7 +17,6 @@ from attnstore.models.qwen2_vl import (
 )
 from attnstore.models.tiny import build_random_qwen2_vl
 from attnstore.schema import TokenKind
-from attnstore.synthetic import _gradient_image
 
 # (width, height): square, wide, tall, tiny, large
 SHAPES = [(336, 336), (640, 360), (300, 700), (20, 12), (1500, 700)]

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from attnstore.demo import tiny_model_dir
+from attnstore.extraction.demo import tiny_model_dir
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
 from attnstore.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from attnstore.models.qwen2_vl import IMAGE_TOKEN, VISION_END, VISION_START
 from attnstore.models.qwen3_vl import Qwen3VLAdapter
 from attnstore.schema import TokenKind
-from attnstore.synthetic import _gradient_image
 
 FAMILIES = {"qwen2_5_vl": Qwen2_5_VLAdapter, "qwen3_vl": Qwen3VLAdapter}
 PROCESSORS = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from attnstore.cli import main
-from attnstore.demo import tiny_model_dir
 from attnstore.errors import ModelLoadError, NoGeometry
+from attnstore.extraction.demo import tiny_model_dir
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import SEQUENCE_ONLY, adapter_for_model_type, load_adapter
 from attnstore.models.sequence_only import SequenceOnlyAdapter
 from attnstore.schema import TokenKind
 from attnstore.store import open_dataset
-from attnstore.synthetic import _gradient_image
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +127,8 @@ def test_validate_catches_boxes_in_a_store_that_says_none(store, tmp_path):
 
 def test_a_layer_outside_the_attention_interface_is_an_error_not_zero_rows(adapter, monkeypatch):
     """Sequence-only mode takes any model: one whose attention bypasses the interface must not store zeros."""
-    from attnstore import capture
-    from attnstore.extract import extract
+    from attnstore.extraction import capture
+    from attnstore.extraction.extract import extract
 
     record = capture.RowCapture.record
 

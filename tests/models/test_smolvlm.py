@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from attnstore.cli import main
-from attnstore.demo import tiny_model_dir
+from attnstore.extraction.demo import tiny_model_dir
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
 from attnstore.models.smolvlm import SmolVLMAdapter
 from attnstore.schema import TokenKind
 from attnstore.store import open_dataset
-from attnstore.synthetic import _gradient_image
 
 
 @pytest.fixture(scope="module")

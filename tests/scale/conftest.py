@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from attnstore.synthetic import _gradient_image
+from attnstore.extraction.synthetic import _gradient_image
 
 # Wide images split into 1 x 4 or 2 x 4 tiles instead of 4 x 4: the tiny model runs ~3x faster.
 IMAGE_SIZES = [(400, 100), (300, 120), (500, 130), (420, 110), (380, 100), (460, 120)]

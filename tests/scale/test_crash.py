@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import zarr
 
-from attnstore.pipeline import run_extraction
+from attnstore.extraction.pipeline import run_extraction
 from attnstore.store import open_dataset
-from attnstore.validation import check_image, row_sum_tolerance
+from attnstore.store.validation import check_image, row_sum_tolerance
 
 PROMPT = "Can you describe this image?"
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def assert_entry_equal(ds, i, ref, j):
 
 @pytest.fixture(scope="module")
 def crash_images(tmp_path_factory):
-    from attnstore.synthetic import _gradient_image
+    from attnstore.extraction.synthetic import _gradient_image
 
     folder = tmp_path_factory.mktemp("crash-images")
     for i, size in enumerate([(400, 100), (300, 120), (500, 130), (420, 110)]):
@@ -191,7 +191,7 @@ def failing_commands(bad, good_image, model, other_model) -> dict[str, list[str]
 
 
 def test_failed_extract_leaves_the_store_byte_identical(tmp_path, crash_images, tiny_model_path, bad_inputs):
-    from attnstore.demo import tiny_model_dir
+    from attnstore.extraction.demo import tiny_model_dir
 
     out = tmp_path / "existing.zarr"
     good, other = sorted(crash_images.glob("*.png"))[:2]
@@ -207,7 +207,7 @@ def test_failed_extract_leaves_the_store_byte_identical(tmp_path, crash_images, 
 
 
 def test_failed_extract_leaves_no_store_behind(tmp_path, crash_images, tiny_model_path, bad_inputs):
-    from attnstore.demo import tiny_model_dir
+    from attnstore.extraction.demo import tiny_model_dir
 
     commands = failing_commands(
         bad_inputs, sorted(crash_images.glob("*.png"))[0], tiny_model_path, tiny_model_dir("llava")

@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-import attnstore.distributed as distributed
+import attnstore.extraction.distributed as distributed
 from attnstore.cli import main
-from attnstore.pipeline import ExtractSettings, image_items, run_extraction
-from attnstore.pope import annotate
+from attnstore.extraction.pipeline import ExtractSettings, image_items, run_extraction
+from attnstore.extraction.pope import annotate
 from attnstore.store import AttnStore, StoreShape, open_dataset
 
 PROMPT = "Can you describe this image?"
@@ -48,7 +48,7 @@ def threaded_client():
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from attnstore.synthetic import _gradient_image
+    from attnstore.extraction.synthetic import _gradient_image
 
     folder = tmp_path_factory.mktemp("images")
     for i, size in enumerate([(400, 100), (300, 120), (500, 130), (420, 110)]):

@@ -21,10 +21,10 @@ import pytest
 from support.stores import assert_same_store, run_forked, tree_hashes
 
 from attnstore.errors import StoreError
-from attnstore.pipeline import run_extraction
+from attnstore.extraction.pipeline import run_extraction
 from attnstore.store import open_dataset
 from attnstore.store.pack import pack_store
-from attnstore.validation import validate_store
+from attnstore.store.validation import validate_store
 
 PROMPT = "Describe."
 KILLED = -signal.SIGKILL
@@ -38,7 +38,7 @@ def zarr_reads(monkeypatch):
 
 @pytest.fixture(scope="module")
 def two_images(tmp_path_factory):
-    from attnstore.synthetic import _gradient_image
+    from attnstore.extraction.synthetic import _gradient_image
 
     folder = tmp_path_factory.mktemp("kill-images")
     paths = [folder / "a.png", folder / "b.png"]

@@ -6,7 +6,7 @@ import pytest
 
 from attnstore.cli import main
 from attnstore.errors import AttnstoreError
-from attnstore.pope import (
+from attnstore.extraction.pope import (
     ALL,
     EXTRAS,
     compute_metrics,
@@ -15,8 +15,8 @@ from attnstore.pope import (
     read_questions,
     results_from_store,
 )
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.store import open_dataset
-from attnstore.synthetic import _gradient_image
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from support.servers import BUCKET
 
 from attnstore.cli import main
 from attnstore.errors import AttnstoreError, StoreError
-from attnstore.pipeline import ExtractSettings, image_items, run_extraction
+from attnstore.extraction.pipeline import ExtractSettings, image_items, run_extraction
 from attnstore.store import AttnStore, open_dataset
 from attnstore.store.remote import STORAGE_OPTIONS_ENV, parse_storage_options, resolve_storage_options
 
@@ -41,7 +41,7 @@ def test_extract_to_s3_then_info_validate_and_read(tmp_path, images, tiny_model_
 def test_s3_with_storage_options_and_distributed_writers(tmp_path, images, tiny_model_path, s3_endpoint, monkeypatch):
     from distributed import Client, LocalCluster
 
-    from attnstore.distributed import run_distributed
+    from attnstore.extraction.distributed import run_distributed
 
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # only the flag / the options say where S3 is
     url = f"s3://{BUCKET}/flag.zarr"

@@ -7,11 +7,11 @@ import zarr
 
 from attnstore.cli import main
 from attnstore.errors import StoreError
-from attnstore.extract import extract
-from attnstore.pipeline import WorkItem, plan_run
+from attnstore.extraction.extract import extract
+from attnstore.extraction.pipeline import WorkItem, plan_run
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.schema import EXTRA_ATTR
 from attnstore.store import AttnStore, CapacityError, StoreShape, open_dataset
-from attnstore.synthetic import _gradient_image
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnstore.scenes import (
+from attnstore.inputs.scenes import (
     ASPECTS,
     COLORS,
     QUESTION_TYPES,

@@ -17,11 +17,11 @@ from support.servers import BUCKET
 
 from attnstore.cli import main
 from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
+from attnstore.extraction.synthetic import _gradient_image, make_synthetic_store, synthetic_extraction
 from attnstore.records import Extraction
 from attnstore.store import AttnStore, StoreShape, open_dataset
 from attnstore.store.backend import BACKEND_ENV, open_reader, read_image_rows, read_rows, reader_name, reader_of
 from attnstore.store.pack import pack_store
-from attnstore.synthetic import _gradient_image, make_synthetic_store, synthetic_extraction
 
 
 def extraction(grid: tuple[int, int], queries: str, n_answer: int, rng, n_layers: int = 2, n_heads: int = 3):
@@ -200,7 +200,7 @@ def test_a_damaged_shard_index_is_an_error_not_wrong_values(stores, tmp_path):
 
 
 def test_a_damaged_chunk_fails_its_checksum_with_both_backends(stores, tmp_path):
-    from attnstore.validation import is_checksum_error
+    from attnstore.store.validation import is_checksum_error
 
     path = tmp_path / "flipped.zarr"
     shutil.copytree(stores["padded"], path)
@@ -307,7 +307,7 @@ def test_a_damaged_small_chunk_is_still_zarrs_checksum_error(stores, tmp_path, n
     """A small variable's chunk that tensorstore cannot read (or whose crc32c fails) is read again by
     zarr-python, whose checksum error the integrity guard names."""
     from attnstore.store.backend import load_variables
-    from attnstore.validation import is_checksum_error
+    from attnstore.store.validation import is_checksum_error
 
     path = tmp_path / "flipped.zarr"
     shutil.copytree(stores["padded"], path)

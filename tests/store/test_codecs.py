@@ -19,12 +19,12 @@ from PIL import Image
 from attnstore.analysis.fidelity import image_dataset, map_errors
 from attnstore.cli.inspect import storage_lines
 from attnstore.errors import InvalidArgument, StoreError
-from attnstore.pipeline import storage_settings
+from attnstore.extraction.pipeline import storage_settings
+from attnstore.extraction.synthetic import seed_style_extraction, synthetic_extraction
 from attnstore.schema import IMAGE_PATCH_KINDS, kind_mask
 from attnstore.store import AttnStore, StoreShape, open_dataset
 from attnstore.store import codecs as C
 from attnstore.store.lossy import map_quantise, renormalised_bound
-from attnstore.synthetic import seed_style_extraction, synthetic_extraction
 
 
 def small_seed_style(decimals=3, seed=0):
@@ -213,8 +213,8 @@ def test_map_error_mode_is_smaller_and_recorded(tmp_path):
 def test_extraction_records_codec_and_lossy_map_errors(tmp_path, tiny_adapter):
     """A run with --map-error: the codec measured on its first image, every method x normalisation's
     error measured and recorded, and `info` prints both."""
-    from attnstore.pipeline import image_items, run_items
-    from attnstore.synthetic import _gradient_image
+    from attnstore.extraction.pipeline import image_items, run_items
+    from attnstore.extraction.synthetic import _gradient_image
 
     _gradient_image(300, 200).save(tmp_path / "a.png")
     out = str(tmp_path / "s.zarr")

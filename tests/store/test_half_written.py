@@ -6,9 +6,9 @@ import pytest
 import zarr
 
 from attnstore.errors import StoreError
-from attnstore.pipeline import run_extraction
+from attnstore.extraction.pipeline import run_extraction
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.store import AttnStore, open_dataset
-from attnstore.synthetic import _gradient_image
 
 PROMPT = "Describe."
 
@@ -85,7 +85,7 @@ def test_killed_while_growing_then_rerun(tmp_path, two_images, tiny_adapter, uni
 def test_disagreeing_arrays_without_consolidated_metadata_are_a_clear_error(tmp_path):
     import json
 
-    from attnstore.synthetic import make_synthetic_store
+    from attnstore.extraction.synthetic import make_synthetic_store
 
     out = tmp_path / "s.zarr"
     make_synthetic_store(str(out), n_images=2)
@@ -98,8 +98,8 @@ def test_disagreeing_arrays_without_consolidated_metadata_are_a_clear_error(tmp_
 
 
 def test_extra_variable_left_by_a_killed_run_is_adopted_not_a_name_clash(tmp_path):
+    from attnstore.extraction.synthetic import make_synthetic_store
     from attnstore.schema import EXTRA_ATTR
-    from attnstore.synthetic import make_synthetic_store
 
     out = str(tmp_path / "s.zarr")
     make_synthetic_store(out, n_images=2)

@@ -10,10 +10,10 @@ import xarray as xr
 import zarr
 
 from attnstore.errors import StoreError
-from attnstore.pipeline import run_extraction
+from attnstore.extraction.pipeline import run_extraction
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.schema import ATTENTION_DIMS, SCHEMA_VERSION
 from attnstore.store import AttnStore, StoreShape, open_dataset, round_mantissa
-from attnstore.synthetic import _gradient_image
 
 STANDARD_V3_CODECS = {"sharding_indexed", "bytes", "blosc", "zstd", "vlen-utf8", "crc32c", "transpose", "gzip"}
 
@@ -48,7 +48,7 @@ def test_attention_chunking_one_row_per_chunk_one_shard_per_image(synthetic_stor
 
 def test_values_round_trip(tmp_path, tiny_adapter):
     image = _gradient_image(300, 200)
-    from attnstore.extract import extract
+    from attnstore.extraction.extract import extract
 
     result = extract(tiny_adapter, image, "Describe.", max_new_tokens=3)
     store = AttnStore.create(

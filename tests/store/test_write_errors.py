@@ -42,7 +42,7 @@ def partial_files(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def one_image_store(tmp_path_factory, tiny_model_path):
     """A store with one image, and a second image to append."""
-    from attnstore.synthetic import _gradient_image
+    from attnstore.extraction.synthetic import _gradient_image
 
     folder = tmp_path_factory.mktemp("write-errors")
     first, second = folder / "a.png", folder / "b.png"
@@ -113,7 +113,7 @@ def test_disk_full_in_zarr_during_an_append_is_a_store_error_and_undone(tmp_path
     import zarr
 
     from attnstore.errors import AttnstoreError
-    from attnstore.pipeline import run_extraction
+    from attnstore.extraction.pipeline import run_extraction
 
     source, image, _ = one_image_store
     store = tmp_path / "s.zarr"

@@ -15,7 +15,7 @@ import pytest
 from support.stores import run_forked, start_forked, tree_hashes, wait_forked
 
 from attnstore.errors import StoreError
-from attnstore.pipeline import run_extraction
+from attnstore.extraction.pipeline import run_extraction
 from attnstore.store import AttnStore, open_dataset
 
 PROMPT = "Describe."
@@ -23,7 +23,7 @@ PROMPT = "Describe."
 
 @pytest.fixture(scope="module")
 def four_images(tmp_path_factory):
-    from attnstore.synthetic import _gradient_image
+    from attnstore.extraction.synthetic import _gradient_image
 
     folder = tmp_path_factory.mktemp("writers-images")
     paths = []
@@ -125,7 +125,7 @@ def test_a_killed_writer_never_blocks_the_rerun(tmp_path):
 
 def test_readers_never_take_the_lock(tmp_path, tiny_adapter, four_images):
     from attnstore.store.lock import writer_lock
-    from attnstore.validation import validate_store
+    from attnstore.store.validation import validate_store
 
     out = tmp_path / "s.zarr"
     extraction(tiny_adapter, four_images[:1], out)()

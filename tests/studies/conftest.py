@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnstore.extraction.synthetic import ANSWER_WORDS, PROMPT_WORDS, idefics3_tokens
 from attnstore.models.idefics3_layout import parse_idefics3_layout
 from attnstore.records import Extraction, extend_layout, query_positions
 from attnstore.store import AttnStore, StoreShape
-from attnstore.synthetic import ANSWER_WORDS, PROMPT_WORDS, idefics3_tokens
 
 # (tile rows, tile cols, answer tokens, has image tokens, pope_correct)
 IMAGES = [

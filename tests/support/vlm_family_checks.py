@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnstore.extract import extract, extract_batch
+from attnstore.extraction.extract import extract, extract_batch
+from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
 from attnstore.schema import TokenKind
-from attnstore.synthetic import _gradient_image
 
 PROMPTS = ["Can you describe this image?", "What?", "Is there a dog on the left side of the picture?"]
 NEW_TOKENS = 4
@@ -128,9 +128,9 @@ def expected_colours(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 def check_store_validates(runs: FamilyRuns, folder, mask: str) -> None:
     """Every row kept, into a store: it records the family's mask and validates; for a bidirectional
     mask, the same rows read as causal would be refused (the bidirectional part is really there)."""
-    from attnstore.pipeline import run_extraction
+    from attnstore.extraction.pipeline import run_extraction
     from attnstore.store import open_dataset
-    from attnstore.validation import check_image, row_sum_tolerance, validate_store
+    from attnstore.store.validation import check_image, row_sum_tolerance, validate_store
 
     paths = []
     for i, image in enumerate(runs.images[:2]):

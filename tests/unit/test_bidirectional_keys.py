@@ -3,7 +3,7 @@
 import numpy as np
 
 from attnstore.schema import TokenKind
-from attnstore.validation import bidirectional_keys
+from attnstore.store.validation import bidirectional_keys
 
 T, G, S, P, A = TokenKind.IMAGE_TILE, TokenKind.IMAGE_GLOBAL, TokenKind.IMAGE_SPECIAL, TokenKind.PROMPT_TEXT, 5
 # text, [global block of 2], marker, [tile block of 2], marker, prompt, answer

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from attnstore.extraction.synthetic import _gradient_image, idefics3_tokens
 from attnstore.geometry import View, box_to_pixels, tile_views, view_boxes
 from attnstore.models.idefics3_layout import parse_idefics3_layout
 from attnstore.schema import TokenKind
-from attnstore.synthetic import _gradient_image, idefics3_tokens
 
 
 def test_view_boxes_cover_region_row_major():

@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from attnstore.errors import AttnstoreError, InvalidArgument
-from attnstore.pipeline import WorkItem
+from attnstore.extraction.pipeline import WorkItem
 from attnstore.records import Extraction
 
 YES, NO, OTHER = "yes", "no", "other"

@@ -4,8 +4,8 @@ The CLI, the seed-compatible scripts and the demo all call `run_extraction`
 (or `run_items` for one prompt per entry, e.g. POPE). Images already complete in
 the store are skipped; a slot left incomplete by a killed run is reused, so every
 image ends up complete exactly once. The planning pieces (`store_plan`, `plan_run`,
-`extract_item`) and the driver (`attnstore.driver`) are shared with the distributed
-run (`attnstore.distributed`).
+`extract_item`) and the driver (`attnstore.extraction.driver`) are shared with the distributed
+run (`attnstore.extraction.distributed`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from attnstore.driver import RunDriver, RunReport, RunStore
 from attnstore.errors import AttnstoreError, InputImageError, InvalidArgument
-from attnstore.images import image_name, load_image
+from attnstore.extraction.driver import RunDriver, RunReport, RunStore
+from attnstore.inputs.images import image_name, load_image
 from attnstore.records import Extraction
 from attnstore.store import DEFAULT_KEEP_BITS, AttnStore, StoreShape
 from attnstore.store.lock import writer_lock
@@ -180,7 +180,9 @@ def extract_item(
 
 def extract_entries(adapter: ModelAdapter, entries: list[tuple[WorkItem, object]], settings: ExtractSettings):
     """Run the model on (item, image) entries in one batch; one Extraction each."""
-    from attnstore.extract import extract_batch  # torch: imported only once a model runs, so bad input fails fast
+    from attnstore.extraction.extract import (
+        extract_batch,  # torch: imported only once a model runs, so bad input fails fast
+    )
 
     images = [image for _, image in entries]
     prompts = [item.prompt for item, _ in entries]

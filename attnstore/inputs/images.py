@@ -9,7 +9,7 @@ from PIL import Image, UnidentifiedImageError
 from attnstore.errors import InputImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parents[1] / "data"
 
 
 def load_image(path: str | Path) -> Image.Image:

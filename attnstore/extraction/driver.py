@@ -1,7 +1,7 @@
 """What every extraction run shares, serial or distributed: its report, Ctrl-C handling, progress,
 and the store it writes to, created or grown only once an image is ready to be written.
 
-`attnstore.pipeline` (one process) and `attnstore.distributed` (a dask cluster) both drive a
+`attnstore.extraction.pipeline` (one process) and `attnstore.extraction.distributed` (a dask cluster) both drive a
 run through `RunDriver` and `RunStore`, so a failed run leaves an existing store byte-identical
 and a run that wrote nothing leaves no store behind.
 """

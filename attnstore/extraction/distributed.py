@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from attnstore.driver import RunDriver, RunReport, RunStore
 from attnstore.errors import AttnstoreError, InputImageError, InvalidArgument
-from attnstore.images import load_image
+from attnstore.extraction.driver import RunDriver, RunReport, RunStore
+from attnstore.extraction.pipeline import ExtractSettings, WorkItem, extract_item, plan_run, store_plan
+from attnstore.inputs.images import load_image
 from attnstore.models.base import ModelAdapter
-from attnstore.pipeline import ExtractSettings, WorkItem, extract_item, plan_run, store_plan
 from attnstore.store import AttnStore, CapacityError
 from attnstore.store.journal import write_error_message, write_errors
 from attnstore.store.lock import writer_lock

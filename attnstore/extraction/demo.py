@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from attnstore.errors import InvalidArgument, ModelLoadError
-from attnstore.images import DATA_DIR, sample_images
+from attnstore.inputs.images import DATA_DIR, sample_images
 from attnstore.schema import TARGET_OBJECT
 
 DEMO_PROMPT = "Can you describe this image?"
@@ -81,8 +81,8 @@ def demo_scene_items(folder: Path, n_scenes: int = DEMO_SCENES, seed: int = DEMO
     """Held-out scenes saved as PNGs in `folder`, each with one colour or shape question and its boxes."""
     import numpy as np
 
-    from attnstore.pipeline import WorkItem
-    from attnstore.scenes import make_scene, scene_questions
+    from attnstore.extraction.pipeline import WorkItem
+    from attnstore.inputs.scenes import make_scene, scene_questions
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -114,8 +114,8 @@ def build_demo_store(out: str, show_progress: bool = True, model: str | None = N
         (the tiny random-weight model on the sample images), or None: trained if shipped.
     """
     model = model or ("trained" if has_trained_model() else "random")
+    from attnstore.extraction.pipeline import run_extraction
     from attnstore.models import load_adapter
-    from attnstore.pipeline import run_extraction
 
     if model == "random":
         adapter = load_adapter(str(tiny_model_dir()))
@@ -132,8 +132,8 @@ def build_scene_store(
 ):
     """Extract held-out scenes (one colour or shape question each, object boxes, the target object
     and the expected answer as extra variables) with the model at `model_dir` into `out`."""
+    from attnstore.extraction.pipeline import ExtractSettings, run_items
     from attnstore.models import load_adapter
-    from attnstore.pipeline import ExtractSettings, run_items
 
     adapter = load_adapter(str(model_dir))
     items = demo_scene_items(cache_dir() / f"demo-scenes-{seed}-{n_scenes}", n_scenes, seed)
