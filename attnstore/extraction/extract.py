@@ -1,6 +1,6 @@
 """Run a VLM on (image, prompt) pairs, generate answers, capture their attention in the same pass.
 
-The text model's attention goes through `attnstore.extraction.capture` (loaded by `ModelAdapter.load`):
+The text model's attention goes through `attnstore.models.capture` (loaded by `ModelAdapter.load`):
 while `generate` runs, the prefill gives the prompt's rows and each decode step the new
 token's row, computed in fp32 for the kept rows only. The last answer token is never fed
 back by a plain `generate`, so generation runs one cached step more and drops the token that
@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from attnstore.errors import InvalidArgument, ModelLoadError
-from attnstore.extraction.capture import RowCapture, capturing
 from attnstore.models.base import ModelAdapter
+from attnstore.models.capture import RowCapture, capturing
 from attnstore.records import Extraction, extend_layout, query_positions
 
 

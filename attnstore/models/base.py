@@ -79,9 +79,9 @@ class ModelAdapter(ABC):
         dtype : weights' dtype ("float32", "bfloat16", "float16"); default float32 on CPU and MPS,
             bfloat16 on CUDA. Captured rows are computed in fp32 whatever it is.
         attn_kernel : the text model's attention kernel ("sdpa", "eager", "flash_attention_2"); rows
-            are captured through it (`attnstore.extraction.capture`).
+            are captured through it (`attnstore.models.capture`).
         """
-        from attnstore.extraction import capture
+        from attnstore.models import capture
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)

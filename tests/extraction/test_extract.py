@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from attnstore.errors import InvalidArgument
-from attnstore.extraction import capture
 from attnstore.extraction.extract import extract, extract_batch, query_positions
 from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import FAMILIES as REGISTERED
-from attnstore.models import load_adapter, tiny_builder
+from attnstore.models import capture, load_adapter, tiny_builder
 from attnstore.models.base import resolve_device, resolve_dtype
 from attnstore.schema import TEXT_KINDS, TokenKind, kind_mask
 from attnstore.store.validation import bidirectional_keys

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from attnstore.errors import ModelLoadError
-from attnstore.extraction.capture import implementation_name
 from attnstore.extraction.synthetic import _gradient_image
 from attnstore.geometry import View, view_boxes
 from attnstore.models import load_adapter
+from attnstore.models.capture import implementation_name
 from attnstore.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
 from attnstore.models.tiny import build_random_llava
 from attnstore.schema import TokenKind

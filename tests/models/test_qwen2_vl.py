@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from attnstore.extraction.capture import implementation_name
 from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
+from attnstore.models.capture import implementation_name
 from attnstore.models.qwen2_vl import (
     IMAGE_TOKEN,
     QWEN2_VL_CHAT_TEMPLATE,

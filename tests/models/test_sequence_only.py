@@ -127,8 +127,8 @@ def test_validate_catches_boxes_in_a_store_that_says_none(store, tmp_path):
 
 def test_a_layer_outside_the_attention_interface_is_an_error_not_zero_rows(adapter, monkeypatch):
     """Sequence-only mode takes any model: one whose attention bypasses the interface must not store zeros."""
-    from attnstore.extraction import capture
     from attnstore.extraction.extract import extract
+    from attnstore.models import capture
 
     record = capture.RowCapture.record
 
