@@ -13,7 +13,9 @@ import pytest
 import attnstore.analysis as A
 import attnstore.legacy as L
 from attnstore.cli import main
+from attnstore.errors import AttnstoreError
 from attnstore.extraction.synthetic import _gradient_image, idefics3_tokens
+from attnstore.legacy.layout import legacy_layout, prompt_length
 from attnstore.schema import TokenKind
 from attnstore.store import open_dataset
 from attnstore.store.validation import validate_store
@@ -123,13 +125,13 @@ def test_grid_option_without_markers(tmp_path, rng):
     tokens = [t for t in marked if not (t.startswith("<row_") or t == "<global-img>")]
     att = causal_square(rng, 1, 1, len(tokens))
     folder = write_seed000(tmp_path / "seed", tokens, att)
-    with pytest.raises(L.AttnstoreError, match="pass the right --grid"):
+    with pytest.raises(AttnstoreError, match="pass the right --grid"):
         L.import_legacy(folder, tmp_path / "bad.zarr")  # default 3x4 does not fit 2x3 tiles
     args = ["import-legacy", str(folder), "--out", str(tmp_path / "s.zarr"), "--grid", "2x3", "--no-progress"]
     assert main(args) == 0
     img = A.select_image(open_dataset(str(tmp_path / "s.zarr")), 0)
     assert (int(img["grid_rows"]), int(img["grid_cols"]), int(img["global_rows"])) == (16, 24, 8)
-    reference = L.legacy_layout(marked[: L.prompt_length(marked)])  # the same image, geometry from markers
+    reference = legacy_layout(marked[: prompt_length(marked)])  # the same image, geometry from markers
     patches = lambda kinds: np.isin(kinds, [TokenKind.IMAGE_TILE, TokenKind.IMAGE_GLOBAL])  # noqa: E731
     got, ref = patches(img["token_kind"].values), patches(reference.kind)
     np.testing.assert_array_equal(img["token_kind"].values[got], reference.kind[ref])
