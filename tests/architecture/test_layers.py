@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL_SIDE = ("torch", "transformers", "tokenizers", "safetensors", "attnstore.models.base", "attnstore.extraction")
 FRONT_ENDS = ("attnstore.cli", "explorer")
 LIGHT_CORE = (
-    *("attnstore/store", "attnstore/analysis", "attnstore/render", "attnstore/inputs"),
+    *("attnstore/store", "attnstore/analysis", "attnstore/render", "attnstore/inputs", "attnstore/legacy"),
     *("attnstore/records.py", "attnstore/geometry.py", "attnstore/schema.py", "attnstore/errors.py"),
     "attnstore/__init__.py",
 )
