@@ -79,6 +79,22 @@ class ImageMeta:
         """True for a token that comes before every image patch (causal attention cannot see them)."""
         return key < self.first_image_key
 
+    def generated_next(self, position: int) -> str | None:
+        """The answer token at `position + 1`, which this position's row chose (a decoder picks each
+        token from the row before it), or None when the next token is not part of the answer."""
+        kinds = self.img["token_kind"].values
+        if position + 1 < len(kinds) and kinds[position + 1] == TokenKind.GENERATED:
+            return self.display[position + 1]
+        return None
+
+    def answer_step_token(self) -> int | None:
+        """The stored row that chose the first answer token (the prompt's last row), else None."""
+        first = self.default_token()
+        kinds = np.asarray(self.img["token_kind"].values)
+        if first is None or kinds[first] != TokenKind.GENERATED or first - 1 not in set(self.query_position[:]):
+            return None
+        return first - 1
+
     def default_token(self) -> int | None:
         """First answer token (else the last stored row): what a fresh view shows."""
         kinds = np.asarray(self.img["token_kind"].values)

@@ -27,6 +27,7 @@ from attnstore.analysis import (
 from attnstore.analysis.correctness import RIGHT, WRONG
 from attnstore.analysis.grounding import has_object, object_index
 from attnstore.analysis.notebook import shared_top as token_shared_top
+from attnstore.analysis.tokens import ANSWER_STEP
 from attnstore.errors import AttnstoreError, InvalidArgument
 from attnstore.render.export import json_grid
 from attnstore.render.geometry import FigureGeometry, figure_geometry
@@ -160,16 +161,19 @@ def parse_query(search: str | None, state: StoreState) -> tuple[ViewParams, list
 
 
 def default_params(state: StoreState) -> ViewParams:
-    """The first complete image, its first answer token, and the head that best localises the asked
-    objects (a store with `target_object`, like the demo's); a store without asked objects opens on
-    a view chosen by measurement (`measured_first_view`)."""
+    """The first complete image, the row that chose its first answer word (`@answer-step`), and the
+    head that best localises the asked objects from that row (a store with `target_object`, like the
+    demo's); a store without asked objects opens on a view chosen by measurement
+    (`measured_first_view`)."""
     if TARGET_OBJECT not in state.ds:
         return measured_first_view(state)
     layer, head = best_grounding_head(state) or (state.n_layers // 2, 0)
     image = state.first_image()
     if image is None:
         return ViewParams(layer=layer, head=head)
-    return ViewParams(image=image, token=state.image(image).default_token(), layer=layer, head=head)
+    meta = state.image(image)
+    token = meta.answer_step_token()  # where the answer word was chosen: what the asked object's box is about
+    return ViewParams(image=image, token=meta.default_token() if token is None else token, layer=layer, head=head)
 
 
 def content_tokens(meta) -> list[int]:
@@ -293,6 +297,12 @@ def _note(state: StoreState, params: ViewParams, share: float) -> str:
             f"{NEGLIGIBLE_SHARE:.0%}): it barely looks at the image, so the map is drawn faded in proportion, "
             "not stretched to full colour"
         )
+    chosen = meta.generated_next(params.token)
+    if chosen is not None:
+        return (
+            f"this row chose the answer word {quoted(chosen)} (a decoder picks each word from the row before "
+            "it): the attention the word was chosen with"
+        )
     return ""
 
 
@@ -357,7 +367,7 @@ def best_grounding_head(state: StoreState) -> tuple[int, int] | None:
 
     def make() -> tuple[int, int] | None:
         try:
-            ranked = ds.attn.grounding_heads(target=TARGET_OBJECT, images=range(GROUNDING_IMAGES))
+            ranked = ds.attn.grounding_heads(ANSWER_STEP, TARGET_OBJECT, images=range(GROUNDING_IMAGES))
         except AttnstoreError:
             return None
         return int(ranked["layer"].values[0]), int(ranked["head"].values[0])

@@ -371,6 +371,8 @@ def _train_rank(rank: int, args, port: int | None) -> None:
     model, processor = new_model(args)
     if args.tower:  # the vision stage's tower + connector
         model.load_state_dict(torch.load(args.tower), strict=False)
+    if args.init:  # a saved model's every weight: a second run (its own schedule) on top of a first
+        model.load_state_dict(type(model).from_pretrained(args.init).state_dict())
     model.train()
     lead = rank == 0
     if lead:
@@ -496,9 +498,11 @@ def model_card(n_params: int, figures: dict) -> str:
         grounding = f"""
 On {figures["scenes"]} held-out demo scenes of 2-4 objects (seed {figures["scene_seed"]}, one colour or
 shape question each, as `attnstore demo` asks), {figures["scene_accuracy"]:.0%} of its answers are right,
-and its best head (layer {layer}, head {head}) puts {figures["best_lift"]:.1f}x the chance share of the
-first answer token's image attention inside the asked object's box (chance: the box's share of the
-image). A twin with the same architecture and freshly initialised weights: best head
+and its best head (layer {layer}, head {head}) puts {figures["best_lift"]:.1f}x the chance share of its
+image attention inside the asked object's box (chance: the box's share of the image), on the row
+that generated the answer word (the prompt's last row, where a decoder chooses it; on the answer
+word's own row, which chooses what follows it, the best head is at {figures.get("answer_row_best_lift", 0):.1f}x).
+A twin with the same architecture and freshly initialised weights: best head
 {figures["twin_best_lift"]:.2f}x, mean over heads {figures["twin_mean_lift"]:.2f}x.
 """
     return f"""# attnstore demo model (a toy)
@@ -562,6 +566,7 @@ def eval_only(args) -> dict:
         scene_accuracy=trained["accuracy"],
         best_head=[trained["best_layer"], trained["best_head"]],
         best_lift=trained["best_lift"],
+        answer_row_best_lift=trained["answer_row_best_lift"],
         twin_best_lift=twin["best_lift"],
         twin_mean_lift=twin["mean_lift"],
     )
@@ -579,7 +584,8 @@ def eval_only(args) -> dict:
         print(f"  {kind:16s} {figures[kind]:.3f}")
     print(
         f"demo scenes ({args.scenes}, seed {args.scene_seed}): answers right {trained['right']}/{trained['judged']}; "
-        f"best head L{trained['best_layer']} H{trained['best_head']} in-box lift {trained['best_lift']:.2f}x; "
+        f"best head L{trained['best_layer']} H{trained['best_head']} in-box lift {trained['best_lift']:.2f}x "
+        f"(the answer word's own row: {trained['answer_row_best_lift']:.2f}x); "
         f"random twin: best {twin['best_lift']:.2f}x, mean {twin['mean_lift']:.2f}x"
     )
     return figures
@@ -615,6 +621,9 @@ def parse_args(argv=None):
         "--vision-steps", type=int, default=0, help="steps of the vision-only stage before the language model"
     )
     ap.add_argument("--vision-lr", type=float, default=2e-3)
+    ap.add_argument(
+        "--init", default="", metavar="MODEL_DIR", help="start every weight from this saved model (a run's best/)"
+    )
     ap.add_argument("--tower", default="", help="a vision stage's vision_stage.pt to start the tower + connector from")
     ap.add_argument(
         "--tower-lr-scale",

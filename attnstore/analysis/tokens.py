@@ -13,6 +13,10 @@ from attnstore.schema import TokenKind
 
 BPE_MARKERS = "ĠĊ▁"  # GPT-2 byte-level space/newline, SentencePiece space
 ANSWER = "@answer"  # names the answer's tokens (any image, whatever its words): occurrence 0 = the first
+# Names the rows that generated the answer's tokens: a decoder picks the token at position p from
+# the row at p - 1 (the first answer word from the prompt's last row), so that row's attention is
+# the one the word was chosen with; the answer token's own row chooses what comes after it.
+ANSWER_STEP = "@answer-step"
 
 
 class TokenNotFoundError(NotFound):
@@ -42,12 +46,14 @@ def strip_bpe(token: str) -> str:
 def token_occurrences(img: ImageVariables, text: str) -> list[int]:
     """Query rows whose token matches `text`: BPE-aware exact match, else case-insensitive.
 
-    `text` "@answer" matches every generated (answer) token, in order. `img`: one image
-    (`select_image`), or its variables as arrays by name (`scan.BatchArrays.image`)."""
+    `text` "@answer" matches every generated (answer) token, in order; "@answer-step" the rows that
+    generated them. `img`: one image (`select_image`), or its variables as arrays by name
+    (`scan.BatchArrays.image`)."""
     value = values_of(img)
     positions = value("query_position")
-    if text == ANSWER:
-        return [int(r) for r in np.flatnonzero(value("token_kind")[positions] == int(TokenKind.GENERATED))]
+    if text in (ANSWER, ANSWER_STEP):
+        answer = np.flatnonzero(value("token_kind")[positions] == int(TokenKind.GENERATED))
+        return answer.tolist() if text == ANSWER else generating_rows(positions, answer)
     tokens = _texts_at(positions, value("token_text"))
     wanted = strip_bpe(text)
     stripped = np.array([strip_bpe(t) for t in tokens], dtype=str)
@@ -57,6 +63,13 @@ def token_occurrences(img: ImageVariables, text: str) -> list[int]:
     return [int(r) for r in rows]
 
 
+def generating_rows(positions: np.ndarray, answer_rows: np.ndarray) -> list[int]:
+    """The stored rows at the positions just before the answer rows' positions (the rows that
+    generated those tokens); a token whose previous position has no stored row is skipped."""
+    row_at = {int(p): r for r, p in enumerate(np.asarray(positions))}
+    return [row_at[p - 1] for p in np.asarray(positions)[answer_rows].tolist() if p - 1 in row_at]
+
+
 def find_token(img: xr.Dataset, text: str, occurrence: int = 0) -> int:
     """Query row index of a token given by its text.
 
@@ -64,7 +77,9 @@ def find_token(img: xr.Dataset, text: str, occurrence: int = 0) -> int:
     ----------
     img : one image (`select_image`).
     text : e.g. "jacket"; matches "Ġjacket" / "▁jacket"; case-insensitive if no exact match;
-        "@answer" matches the answer's tokens (occurrence 0 = its first token).
+        "@answer" matches the answer's tokens (occurrence 0 = its first token), "@answer-step"
+        the rows that generated them (occurrence 0 = the prompt's last row, which chose the
+        first answer token).
     occurrence : which match (0 = first, -1 = last).
 
     Raises

@@ -163,18 +163,22 @@ def random_twin(model_dir: str | Path, folder: str | Path) -> Path:
 def scene_check(model_dir: str | Path, workdir: str | Path, n_scenes: int, seed: int) -> dict:
     """Answer and grounding figures of a model on held-out demo scenes (one colour or shape
     question each, as the demo asks): the share of right answers, and the best head's in-box lift
-    (its mean share of the answer token's image attention inside the asked object's box over the
-    box's mean area share; 1 = chance), with its layer and head."""
+    (its mean share of the image attention inside the asked object's box over the box's mean area
+    share; 1 = chance), with its layer and head. The lift is measured on the row that generated the
+    first answer word (`@answer-step`: the prompt's last row, where a decoder chooses that word),
+    and, for comparison, on the answer word's own row (`@answer`: it chooses what follows)."""
     import attnstore  # noqa: F401  (registers ds.attn)
     from attnstore.analysis.correctness import accuracy
     from attnstore.analysis.grounding import rank_heads, store_grounding
+    from attnstore.analysis.tokens import ANSWER, ANSWER_STEP
     from attnstore.store import open_dataset
 
     path = Path(workdir) / f"scenes-{Path(model_dir).name}.zarr"
     build_scene_store(str(path), model_dir, n_scenes, seed, show_progress=False)
     ds = open_dataset(str(path))
     right, judged = accuracy(ds.attn.answer_correct().values)
-    ranked = rank_heads(store_grounding(ds))
+    ranked = rank_heads(store_grounding(ds, token=ANSWER_STEP))
+    answer_row = rank_heads(store_grounding(ds, token=ANSWER))
     return {
         "store": str(path),
         "right": right,
@@ -184,4 +188,5 @@ def scene_check(model_dir: str | Path, workdir: str | Path, n_scenes: int, seed:
         "best_layer": int(ranked["layer"][0]),
         "best_head": int(ranked["head"][0]),
         "mean_lift": float(ranked["inbox_lift"].mean()),
+        "answer_row_best_lift": float(answer_row["inbox_lift"][0]),
     }

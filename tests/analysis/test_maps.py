@@ -64,3 +64,15 @@ def test_answer_alias_names_the_answer_tokens_in_order(ds):
     first = compute_map(ds, MapSpec(image=2, token="@answer"))
     third = compute_map(ds, MapSpec(image=2, token="@answer", occurrence=2))
     assert (first.row, third.row) == (answer_rows[0], answer_rows[2])
+
+
+def test_answer_step_names_the_rows_that_chose_the_answer_tokens(ds):
+    """A decoder picks the token at position p from the row at p - 1: "@answer-step" occurrence k is
+    the stored row one position before the k-th answer token (the prompt's last row for the first)."""
+    img = ds.attn.image(2)
+    positions = img["query_position"].values
+    answer_positions = positions[img["token_kind"].values[positions] == int(TokenKind.GENERATED)]
+    for k in (0, 2):
+        chose = compute_map(ds, MapSpec(image=2, token="@answer-step", occurrence=k))
+        assert positions[chose.row] == answer_positions[k] - 1
+    assert img["token_kind"].values[answer_positions[0] - 1] != int(TokenKind.GENERATED)  # the prompt's last token

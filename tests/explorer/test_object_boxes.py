@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from attnstore.analysis.tokens import ANSWER_STEP
 from attnstore.render.geometry import OBJECT_LINE, TARGET_LINE
+from attnstore.render.text import quoted
 from explorer import figures, views
 from explorer.panels import heatmap
 from explorer.state import StoreState
@@ -70,23 +72,26 @@ def test_the_gallery_sorts_the_layer_heads_by_their_in_box_lift(scenes):
         grounding = views.head_grounding(scenes, view)
         target = int(ds["target_object"].values[params.image])
         assert grounding.label == str(ds["object_label"].values[params.image, target])
-        # the library's store-wide scores of the answer token, the image's asked object
-        expected = ds.attn.grounding(images=[params.image])["inbox_lift"].sel(image=params.image, layer=layer)
+        # the library's store-wide scores of the row that chose the answer, the image's asked object
+        scores = ds.attn.grounding(ANSWER_STEP, images=[params.image])
+        expected = scores["inbox_lift"].sel(image=params.image, layer=layer)
         np.testing.assert_allclose(grounding.lift, expected.values, rtol=1e-5)
         order = figures.gallery_order(np.zeros(4), np.zeros(4), "grounding", grounding.lift)
         assert order == [int(h) for h in np.argsort(-expected.values, kind="stable")]
         assert list(grounding.lift[order]) == sorted(grounding.lift, reverse=True)
 
 
-def test_the_first_view_is_the_answer_token_on_the_best_localising_head(scene_store):
-    """Head (0, 3) is made to look only inside each asked object's box: the explorer opens on it."""
+def test_the_first_view_is_the_row_that_chose_the_answer_on_the_best_localising_head(scene_store):
+    """Head (0, 3) of the row that generated the first answer word (the prompt's last row) is made
+    to look only inside each asked object's box: the explorer opens on that row and head, and says
+    which word the row chose."""
     from attnstore.store import open_dataset
 
     ds = open_dataset(scene_store).load()
     attention = ds["attention"].values.copy()  # [image, layer, head, query, key]
     for i in range(ds.sizes["image"]):
         img = ds.isel(image=i)
-        row = int(np.flatnonzero(img["query_position"].values == scene_row(img))[0])
+        row = int(np.flatnonzero(img["query_position"].values == scene_row(img) - 1)[0])
         x0, y0, x1, y1 = img["object_box"].values[int(img["target_object"])]
         box = img["patch_box"].values  # [key, 4]
         cx, cy = (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2
@@ -97,9 +102,11 @@ def test_the_first_view_is_the_answer_token_on_the_best_localising_head(scene_st
     state = StoreState(ds)
     params = views.default_params(state)
     meta = state.image(params.image)
-    assert params.token == meta.default_token() == scene_row(meta.img)  # the first answer token
+    assert params.token == meta.default_token() - 1 == scene_row(meta.img) - 1  # it chose the first answer token
     assert (params.layer, params.head) == (0, 3)
     assert views.head_grounding(state, params).lift.argmax() == 3
+    answer_word = quoted(meta.display[scene_row(meta.img)])
+    assert f"chose the answer word {answer_word}" in views.heatmap(state, params).note
 
 
 def scene_row(img) -> int:
