@@ -21,6 +21,8 @@ from attnstore.analysis.kernels import key_runs
 from attnstore.store import open_dataset
 
 pytest.importorskip("numba", reason="numba is not installed (pip install attnstore[fast])")
+from support.probes import without
+
 from attnstore.analysis import fused  # noqa: E402  (after the skip: a broken kernel module must fail, not skip)
 
 RTOL, ENTROPY_ATOL = 1e-5, 1e-6
@@ -212,12 +214,7 @@ def test_aggregate_token_same_dataset_at_real_size(tmp_path, monkeypatch):
 def test_without_numba_aggregate_takes_the_numpy_path(synthetic_store):
     """numba hidden from the import system: the same aggregate, through numpy, without an error."""
     probe = (
-        "import json, sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'numba':\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+        without("numba") + "import json\n"
         "import attnstore.analysis as A\n"
         "from attnstore.store import open_dataset\n"
         "table = A.aggregate_token(open_dataset(sys.argv[1]), 'dog', num_workers=1)\n"

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+from support.probes import without
+
 HEAVY = ("torch", "transformers", "tokenizers", "safetensors")
 
 SCRIPT = """
@@ -57,12 +59,7 @@ def test_cli_commands_that_read_a_store_leave_torch_out(synthetic_store):
 def test_model_commands_without_the_model_side_say_what_to_install(tmp_path, tiny_model_path):
     """A light install (no torch) gets one line naming the extra, not a traceback."""
     probe = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'transformers'):\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+        without("torch", "transformers") +
         "from attnstore.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )

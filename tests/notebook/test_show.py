@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import requests
+from support.probes import without
 
 import attnstore
 from attnstore.analysis import MapSpec, compute_map, patch_grid
@@ -170,12 +171,7 @@ def test_the_light_core_needs_no_jupyter(synthetic_store):
     """Without IPython, nbclient or matplotlib installed, `show` still works; `import attnstore`
     builds no explorer and loads no plotly."""
     probe = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('IPython', 'ipykernel', 'nbclient', 'nbformat', 'matplotlib'):\n"
-        "            raise ModuleNotFoundError(name, name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+        without("IPython", "ipykernel", "nbclient", "nbformat", "matplotlib") +
         "import attnstore\n"
         "early = [m for m in ('plotly', 'explorer', 'dash') if m in sys.modules]\n"
         "ds = attnstore.open_dataset(sys.argv[1])\n"
