@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import requests
-from support.probes import without
+from support.probes import probe_output, without
 
 import attnstore
 from attnstore.analysis import MapSpec, compute_map, patch_grid
@@ -178,6 +178,4 @@ def test_the_light_core_needs_no_jupyter(synthetic_store):
         "fig = ds.attn.show('dog', image=0, layer=0, head=0)\n"
         "print('EARLY', early, type(fig).__name__, len(ds.attn._repr_html_()) > 100)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe, synthetic_store], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "EARLY [] Figure True" in proc.stdout
+    assert "EARLY [] Figure True" in probe_output(probe, synthetic_store)

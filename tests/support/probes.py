@@ -1,6 +1,10 @@
-"""Probes run as `python -c` in a child process: an install without some packages, imitated."""
+"""Probes run as `python -c` in a fresh interpreter: what a process loads, or an install without some
+packages, imitated."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 
 def without(*packages: str) -> str:
@@ -14,3 +18,10 @@ def without(*packages: str) -> str:
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
     )
+
+
+def probe_output(probe: str, *args: str, timeout: float = 120) -> str:
+    """Run `probe` (Python source) with `args` in a fresh interpreter; its stdout, once it exited 0."""
+    proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
