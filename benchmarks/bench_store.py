@@ -42,11 +42,10 @@ from common import (
 )
 from PIL import Image
 
-from attnstore.extraction.extract import Extraction, extend_layout, extract, query_positions
+from attnstore.extraction.extract import Extraction, extract, query_positions
 from attnstore.extraction.pipeline import store_attrs, store_shape_for
-from attnstore.extraction.synthetic import idefics3_tokens, synthetic_attention
+from attnstore.extraction.synthetic import idefics3_tokens, synthetic_attention, token_layout, tokens_extraction
 from attnstore.models import load_adapter
-from attnstore.models.idefics3_layout import parse_idefics3_layout
 from attnstore.schema import IMAGE_PATCH_KINDS, kind_mask
 from attnstore.store import AttnStore, open_dataset
 
@@ -91,7 +90,7 @@ def model_source(adapter, max_new_tokens: int) -> Source:
 def synthetic_source(n_layers: int, n_heads: int, n_answer: int, seed: int = 0) -> Source:
     """Synthetic attention on a real 3x4-tile token layout (the layout of a 4:3 picture) plus `n_answer` tokens."""
     tokens, n_prompt = idefics3_tokens(3, 4, n_answer)
-    layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=64), len(tokens) - n_prompt)
+    layout = token_layout(tokens, n_prompt)
     rows = np.arange(len(tokens), dtype=np.int32)
     image_keys = np.flatnonzero(layout.patch_tile >= 0)
     rng = np.random.default_rng(seed)
@@ -102,15 +101,7 @@ def synthetic_source(n_layers: int, n_heads: int, n_answer: int, seed: int = 0) 
         )
 
     seconds, attention = timed(make)
-    full = Extraction(
-        attention=attention,
-        query_position=rows,
-        token_id=np.arange(len(tokens), dtype=np.int32),
-        token_text=tokens,
-        layout=layout,
-        prompt=PROMPT,
-        answer="".join(tokens[n_prompt:]),
-    )
+    full = tokens_extraction(tokens, n_prompt, layout, rows, attention, PROMPT)
     return Source("synthetic", full, photo_like_image(640, 480, seed=1), seconds)
 
 

@@ -33,9 +33,7 @@ from PIL import Image
 
 import attnstore.analysis as A
 from attnstore.analysis.studies import ANALYSES, query_rows
-from attnstore.extraction.synthetic import idefics3_tokens, synthetic_attention
-from attnstore.models.idefics3_layout import parse_idefics3_layout
-from attnstore.records import Extraction, extend_layout
+from attnstore.extraction.synthetic import idefics3_tokens, synthetic_attention, token_layout, tokens_extraction
 from attnstore.schema import TokenKind
 from attnstore.store import AttnStore, StoreShape, open_dataset
 
@@ -55,7 +53,7 @@ def build_store(path: str, n_images: int, n_answer: int, n_layers: int = 30, n_h
     layouts = []
     for rows, cols in GRIDS:
         tokens, n_prompt = idefics3_tokens(rows, cols, n_answer)
-        layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=64), n_answer)
+        layout = token_layout(tokens, n_prompt)
         qpos = np.concatenate([[n_prompt - 1], np.flatnonzero(layout.kind == TokenKind.GENERATED)]).astype(np.int32)
         image_keys = np.flatnonzero(layout.patch_tile >= 0)
         pool = [synthetic_attention(n_layers, n_heads, qpos, len(tokens), image_keys, rng) for _ in range(POOL)]
@@ -68,15 +66,7 @@ def build_store(path: str, n_images: int, n_answer: int, n_layers: int = 30, n_h
     picture = Image.new("RGB", (640, 480), (120, 140, 160))
     for index in store.allocate(names, names):
         tokens, n_prompt, layout, qpos, pool = layouts[index % len(layouts)]
-        result = Extraction(
-            attention=pool[(index // len(layouts)) % POOL],
-            query_position=qpos,
-            token_id=np.arange(len(tokens), dtype=np.int32),
-            token_text=tokens,
-            layout=layout,
-            prompt="Can you describe this image?",
-            answer="".join(tokens[n_prompt:]),
-        )
+        result = tokens_extraction(tokens, n_prompt, layout, qpos, pool[(index // len(layouts)) % POOL])
         store.write_image(index, result, picture)
     return path
 

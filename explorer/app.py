@@ -15,7 +15,7 @@ import dash
 import flask
 import xarray as xr
 
-from explorer import api, layout
+from explorer import api, callbacks, layout
 from explorer.guard import guard
 from explorer.panels import compare as compare_panel
 from explorer.panels import (
@@ -99,10 +99,7 @@ def create_app(
         **dash_kwargs,
     )
 
-    def image_url(image: int) -> str:
-        return app.get_relative_path(f"/api/image/{image}.png")
-
-    app.layout = lambda: layout.page(state, image_url, panels, heatmap.draw_page)
+    app.layout = lambda: layout.page(state, callbacks.image_url(app), panels, heatmap.draw_page)
     for panel in panels:
         panel.register(app, state)
     api.register(app, state)

@@ -108,32 +108,16 @@ def extract(
 
         boxes_for_items(boxes_by_name, items)
     settings = ExtractSettings(max_new_tokens=max_new_tokens, queries=queries)
+    # What to extract and how to store it: the same for a serial and a distributed run.
+    run = dict(settings=settings, keep_bits=keep_bits, storage_options=options, show_progress=progress, storage=storage)
+    loading = dict(device=device, dtype=dtype, attn_kernel=attn_kernel)  # how the model is loaded
     if workers or scheduler:
         from attnstore.extraction.distributed import run_distributed
 
-        report = run_distributed(
-            model,
-            items,
-            out,
-            settings=settings,
-            keep_bits=keep_bits,
-            storage_options=options,
-            device=device,
-            dtype=dtype,
-            attn_kernel=attn_kernel,
-            workers=workers,
-            scheduler=scheduler,
-            show_progress=progress,
-            storage=storage,
-        )
-        summarise_run(report, out)
-        return
-    quiet_transformers()
-    adapter = load_adapter(model, device=device, dtype=dtype, attn_kernel=attn_kernel)
-    report = run_items(
-        adapter, items, out, settings=settings, keep_bits=keep_bits, storage_options=options, show_progress=progress,
-        batch_size=batch_size, storage=storage,
-    )  # fmt: skip
+        report = run_distributed(model, items, out, workers=workers, scheduler=scheduler, **loading, **run)
+    else:
+        quiet_transformers()
+        report = run_items(load_adapter(model, **loading), items, out, batch_size=batch_size, **run)
     summarise_run(report, out)
 
 

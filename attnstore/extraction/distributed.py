@@ -1,7 +1,7 @@
 """Distributed extraction on dask.distributed: many workers, one pre-sized store.
 
 The coordinator (this process) plans the run exactly like the serial pipeline
-(`pipeline.store_plan`, `plan_run`, `driver.RunStore`, `driver.RunDriver`): it opens
+(`pipeline.store_plan`, `pipeline.open_run`, `driver.RunDriver`): it opens
 the store if there is one, skips complete entries, checks every image decodes, then
 (only if something is left to write) creates or grows the store and reserves all slots
 at once (names written, incomplete slots of a killed run reused). Workers load the
@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from attnstore.errors import AttnstoreError, InputImageError, InvalidArgument
-from attnstore.extraction.driver import RunDriver, RunReport, RunStore
-from attnstore.extraction.pipeline import ExtractSettings, WorkItem, extract_item, plan_run, store_plan
+from attnstore.extraction.driver import RunDriver, RunReport
+from attnstore.extraction.pipeline import ExtractSettings, WorkItem, extract_item, open_run, store_plan
 from attnstore.inputs.images import load_image
 from attnstore.models.base import ModelAdapter
 from attnstore.store import AttnStore, CapacityError
@@ -183,9 +183,7 @@ def run_distributed(
         config = WorkerConfig(model, device, torch_threads or default_threads, dtype, attn_kernel)
         shape, attrs = _warm_up(cluster, config, sorted({it.prompt for it in items}), settings, keep_bits)
         attrs = {**attrs, **(storage or {})}  # no first image here: the codec is forced or the default
-        n_objects = max((len(it.objects) for it in items), default=0)
-        run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
-        plan = plan_run(run_store.store, items)
+        run_store, plan = open_run(out, items, shape, attrs, storage_options, extras)
         report = RunReport(skipped=plan.done)
         bad = _check_images(cluster, [it.path for it in plan.todo])
         report.failed.update({it.name: bad[it.path] for it in plan.todo if it.path in bad})

@@ -242,6 +242,22 @@ def run_extraction(
     )
 
 
+def open_run(
+    out: str,
+    items: list[WorkItem],
+    shape: StoreShape,
+    attrs: dict,
+    storage_options: dict | None = None,
+    extras: dict | None = None,
+) -> tuple[RunStore, RunPlan]:
+    """The run's store (`driver.RunStore`: checked now, created or changed only at a write) with room
+    for the items' object boxes, and its plan: which entries are done, which to do and in which slots.
+    Serial and distributed runs both start here, under the writer lock."""
+    n_objects = max((len(it.objects) for it in items), default=0)
+    run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
+    return run_store, plan_run(run_store.store, items)
+
+
 def run_items(
     adapter: ModelAdapter,
     items: list[WorkItem],
@@ -267,10 +283,8 @@ def run_items(
         raise InvalidArgument("batch_size", f"must be at least 1, got {batch_size}")
     shape, attrs = store_plan(adapter, [it.prompt for it in items], settings, keep_bits)
     attrs.update(storage or {})
-    n_objects = max((len(it.objects) for it in items), default=0)
     with writer_lock(out):  # one writer per store: a second run fails at once, naming this one
-        run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
-        plan = plan_run(run_store.store, items)
+        run_store, plan = open_run(out, items, shape, attrs, storage_options, extras)
         return _run_plan(adapter, run_store, plan, settings, show_progress, batch_size)
 
 

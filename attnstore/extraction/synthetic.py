@@ -8,13 +8,17 @@ image patches). Stores are labelled `model_id="synthetic"`, random_weights=True.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from PIL import Image
 
+from attnstore.geometry import ImageLayout
 from attnstore.models.idefics3_layout import FAKE_TOKEN, GLOBAL_TOKEN, IMAGE_TOKEN, parse_idefics3_layout
 from attnstore.records import Extraction, extend_layout, query_positions
 from attnstore.store import AttnStore, StoreShape
 
+PROMPT = "Can you describe this image?"
 PROMPT_WORDS = ["ĠCan", "Ġyou", "Ġdescribe", "Ġthis", "Ġimage", "?"]
 ANSWER_WORDS = (
     "A Ġman Ġin Ġa Ġred Ġjacket Ġwalks Ġa Ġdog Ġon Ġthe Ġbeach Ġnear Ġthe Ġwater . ĠThe Ġdog Ġis Ġbrown".split()
@@ -34,6 +38,29 @@ def idefics3_tokens(rows: int, cols: int, n_answer: int, seq: int = 64) -> tuple
     prompt = ["<|im_start|>", "User", ":"] + block + PROMPT_WORDS + ["<end_of_utterance>", "Ċ", "Assistant", ":"]
     answer = [ANSWER_WORDS[i % len(ANSWER_WORDS)] for i in range(n_answer)]
     return prompt + answer, len(prompt)
+
+
+def token_layout(tokens: list[str], n_prompt: int, seq: int = 64) -> ImageLayout:
+    """The real Idefics3 layout of `tokens` (as `idefics3_tokens` makes them): the first `n_prompt`
+    parsed as the prompt, the rest answer positions."""
+    return extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=seq), len(tokens) - n_prompt)
+
+
+def tokens_extraction(
+    tokens: list[str], n_prompt: int, layout: ImageLayout, rows: np.ndarray, attention: np.ndarray, prompt: str = PROMPT
+) -> Extraction:
+    """What the writer takes for `tokens` (the first `n_prompt` the prompt) with `attention`
+    # [layer, head, query, key] on the query `rows`: token ids are the positions, the answer is the
+    answer tokens as a tokenizer decodes them ("Ġ" a space)."""
+    return Extraction(
+        attention=attention,
+        query_position=rows,
+        token_id=np.arange(len(tokens), dtype=np.int32),
+        token_text=tokens,
+        layout=layout,
+        prompt=prompt,
+        answer="".join(tokens[n_prompt:]).replace("Ġ", " ").strip(),
+    )
 
 
 def synthetic_attention(
@@ -63,27 +90,19 @@ def synthetic_extraction(
     n_heads: int = 4,
     queries: str = "text",
     seq: int = 64,
-    prompt: str = "Can you describe this image?",
+    prompt: str = PROMPT,
 ) -> Extraction:
     """One image's Extraction: a real SmolVLM token layout for an R x C split (`grid`), an answer of
     `n_answer` tokens, and synthetic attention on the `queries` rows, drawn a layer at a time (keeps
     the fp32 logits small at real size)."""
     tokens, n_prompt = idefics3_tokens(*grid, n_answer, seq=seq)
-    layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=seq), len(tokens) - n_prompt)
+    layout = token_layout(tokens, n_prompt, seq)
     rows = query_positions(layout.kind, queries)
     image_keys = np.flatnonzero(layout.patch_tile >= 0)
     attention = np.concatenate(  # [layer, head, query, key]
         [synthetic_attention(1, n_heads, rows, len(tokens), image_keys, rng) for _ in range(n_layers)]
     )
-    return Extraction(
-        attention=attention,
-        query_position=rows,
-        token_id=np.arange(len(tokens), dtype=np.int32),
-        token_text=tokens,
-        layout=layout,
-        prompt=prompt,
-        answer="".join(tokens[n_prompt:]).replace("Ġ", " ").strip(),
-    )
+    return tokens_extraction(tokens, n_prompt, layout, rows, attention, prompt)
 
 
 def make_synthetic_store(
@@ -125,19 +144,12 @@ def make_synthetic_store(
     def image(index: int) -> Extraction:
         n_rows, n_cols = grids[index % len(grids)]
         tokens, n_prompt = idefics3_tokens(n_rows, n_cols, n_answer)
-        layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=64), len(tokens) - n_prompt)
+        layout = token_layout(tokens, n_prompt)
         qrows = query_positions(layout.kind, queries)
         image_keys = np.flatnonzero(layout.patch_tile >= 0)
         attention = attention_fn(n_layers, n_heads, qrows, len(tokens), image_keys, rng)
-        return Extraction(
-            attention=attention,
-            query_position=qrows,
-            token_id=np.array([abs(hash(t)) % 49000 for t in tokens], np.int32),
-            token_text=tokens,
-            layout=layout,
-            prompt="Can you describe this image?",
-            answer="".join(tokens[n_prompt:]).replace("Ġ", " ").strip(),
-        )
+        token_id = np.array([abs(hash(t)) % 49000 for t in tokens], np.int32)
+        return replace(tokens_extraction(tokens, n_prompt, layout, qrows, attention), token_id=token_id)
 
     first = image(0) if n_images else None
     store = AttnStore.create(path, shape, attrs, first=first if measure_codec else None)

@@ -13,15 +13,15 @@ from dataclasses import dataclass, replace
 
 import dash
 import numpy as np
-from dash import Input, Output
+from dash import Input
 
 from attnstore.analysis.studies import matched_rows, shared_images
 from attnstore.errors import NotFound
 from attnstore.render.scale import colourbar_title
 from attnstore.render.text import quoted
 from explorer import figures, ids, views
+from explorer.callbacks import follow_token, image_url, outputs
 from explorer.layout import Page, side_panel
-from explorer.panels.permalink import follow_token
 from explorer.state import StoreState
 from explorer.views import ViewParams
 
@@ -84,15 +84,13 @@ def layout(page: Page) -> list:
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
-    @app.callback(
-        Output(ids.COMPARE_FIGURE, "figure"),
-        Output(ids.COMPARE_CHART, "figure"),
-        Output(ids.COMPARE_INFO, "children"),
-        Input(ids.SETTLED, "data"),
-        prevent_initial_call=True,
-    )
+    targets = outputs((ids.COMPARE_FIGURE, "figure"), (ids.COMPARE_CHART, "figure"), (ids.COMPARE_INFO, "children"))
+    picture = image_url(app)
+
+    # Not `follows_view`: the panel reads the settled view's colour top (cmax) as well as its params.
+    @app.callback(*targets, Input(ids.SETTLED, "data"), prevent_initial_call=True)
     def compare_panel(view_json):
-        return follow_token(view_json, lambda params: _panel(app, state, params, view_json), _blank)
+        return follow_token(view_json, lambda params: _panel(state, params, view_json, picture), _blank)
 
 
 def _blank(reason: str) -> tuple:
@@ -100,13 +98,13 @@ def _blank(reason: str) -> tuple:
     return hint, hint, reason
 
 
-def _panel(app: dash.Dash, state: StoreState, params: ViewParams, view_json: str) -> tuple:
+def _panel(state: StoreState, params: ViewParams, view_json: str, image_url) -> tuple:
     """B's map on A's picture (one colour scale), the per-layer differences, and the line above them."""
     shown = compare_view(state, params)
     cmax = max(shown.data.cmax, json.loads(view_json).get("cmax") or 0.0)  # one colour scale for A and B
     geom = views.geometry(state.compare, shown.params.image)
     # The same picture as A's (matched by name): the browser has it already; B's geometry places B's cells.
-    picture = app.get_relative_path(f"/api/image/{params.image}.png")
+    picture = image_url(params.image)
     title = colourbar_title(shown.data.share, params.scale)
     figure = figures.overlay_figure(geom, picture, shown.data.tiles, shown.data.glob, cmax, height_px=FIGURE_PX,
                                     colourbar=title, compact=True)  # fmt: skip

@@ -10,6 +10,7 @@ from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html, no_up
 from attnstore.render import CMAPS
 from attnstore.render.scale import NEGLIGIBLE_SHARE
 from explorer import ids, views
+from explorer.callbacks import outputs
 from explorer.layout import Page
 from explorer.state import StoreState
 from explorer.views import OVERS
@@ -99,14 +100,9 @@ def layout(page: Page) -> list:
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
-    @app.callback(
-        Output(ids.LAYER, "disabled"),
-        Output(ids.HEAD, "disabled"),
-        Output(ids.OVER, "options"),
-        Output(ids.OVER, "value"),
-        Input(ids.MODE, "value"),
-        Input(ids.OVER, "value"),
-    )
+    greyed = outputs((ids.LAYER, "disabled"), (ids.HEAD, "disabled"), (ids.OVER, "options"), (ids.OVER, "value"))
+
+    @app.callback(*greyed, Input(ids.MODE, "value"), Input(ids.OVER, "value"))
     def relevant_controls(mode, over):
         """Grey out what the current map ignores (e.g. the head slider for a mean over heads); a method
         picked from the menu starts at its own reach (rollout: all layers). A permalink sets the mode and

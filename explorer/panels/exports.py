@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 import dash
-from dash import Input, Output, State, ctx, dcc, html, no_update
+from dash import Input, Output, ctx, dcc, html, no_update
 
 from attnstore.analysis import compute_map
 from attnstore.errors import AttnstoreError
 from attnstore.render import Style, export_map, file_name
-from explorer import ids
+from explorer import callbacks, ids
 from explorer.layout import Page
 from explorer.state import StoreState
 from explorer.views import ViewParams
@@ -46,16 +46,7 @@ def register(app: dash.Dash, state: StoreState) -> None:
         Output(ids.DOWNLOAD, "data"),
         Output(ids.MESSAGE, "children", allow_duplicate=True),
         *(Input(cid, "n_clicks") for cid in BUTTONS),
-        State(ids.IMAGE, "data"),
-        State(ids.TOKEN, "data"),
-        State(ids.LAYER, "value"),
-        State(ids.HEAD, "value"),
-        State(ids.MODE, "value"),
-        State(ids.OVER, "value"),
-        State(ids.NORM, "value"),
-        State(ids.CMAP, "value"),
-        State(ids.OPACITY, "value"),
-        State(ids.GRID, "value"),
+        *callbacks.states(*callbacks.VIEW_CONTROLS, (ids.CMAP, "value"), (ids.OPACITY, "value"), (ids.GRID, "value")),
         prevent_initial_call=True,
     )
     def export(_a, _b, _c, _d, image, token, layer, head, mode, over, norm, cmap, opacity, grid):

@@ -9,8 +9,8 @@ from dash import Input, Output, State, dcc, html
 
 from attnstore.render.scale import negligible
 from explorer import figures, ids, views
+from explorer.callbacks import follows_view
 from explorer.layout import Page, panel_head
-from explorer.panels.permalink import follow_token
 from explorer.state import StoreState
 
 COLUMN = "center"
@@ -27,17 +27,16 @@ def layout(page: Page) -> list:
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
-    @app.callback(
-        Output(ids.GALLERY, "children"),
-        Input(ids.SETTLED, "data"),
-        Input(ids.GALLERY_SORT, "value"),
-        State(ids.CMAP, "value"),
-        prevent_initial_call=True,
-    )
-    def gallery(view_json, sort, cmap):
-        blank = {"select a token": "select a token to see every head of the layer"}
-        return follow_token(view_json, lambda params: _items(state, params, sort, cmap),
-                            lambda reason: html.Div(blank.get(reason, reason), className="hint"))  # fmt: skip
+    own = [Input(ids.GALLERY_SORT, "value"), State(ids.CMAP, "value")]
+
+    @follows_view(app, [Output(ids.GALLERY, "children")], _blank, own)
+    def gallery(params, sort, cmap):
+        return _items(state, params, sort, cmap)
+
+
+def _blank(reason: str) -> html.Div:
+    blank = {"select a token": "select a token to see every head of the layer"}
+    return html.Div(blank.get(reason, reason), className="hint")
 
 
 def _items(state: StoreState, params, sort: str | None, cmap: str | None) -> list:

@@ -13,12 +13,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import dash
-from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
+from dash import Patch, State, ctx, dcc, html, no_update
 
 from attnstore.errors import AttnstoreError
 from attnstore.render.scale import colourbar_title, negligible, share_label
 from attnstore.render.text import quoted
-from explorer import figures, ids, views
+from explorer import callbacks, figures, ids, views
 from explorer.layout import Page
 from explorer.state import StoreState
 from explorer.views import ViewParams
@@ -141,27 +141,14 @@ def layout(page: Page) -> list:
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
-    def image_url(image: int) -> str:
-        return app.get_relative_path(f"/api/image/{image}.png")
+    image_url = callbacks.image_url(app)
+    drawn_by = ((ids.FIGURE, "figure"), (ids.DRAWN_IMAGE, "data"), (ids.VIEW_STATE, "children"),
+                (ids.STATUS, "children"), (ids.MESSAGE, "children"))  # fmt: skip
+    style_controls = [(cid, "value") for cid in STYLE_IDS.values()]
 
     @app.callback(
-        Output(ids.FIGURE, "figure"),
-        Output(ids.DRAWN_IMAGE, "data"),
-        Output(ids.VIEW_STATE, "children"),
-        Output(ids.STATUS, "children"),
-        Output(ids.MESSAGE, "children"),
-        Input(ids.IMAGE, "data"),
-        Input(ids.TOKEN, "data"),
-        Input(ids.LAYER, "value"),
-        Input(ids.HEAD, "value"),
-        Input(ids.MODE, "value"),
-        Input(ids.OVER, "value"),
-        Input(ids.NORM, "value"),
-        Input(ids.CMAP, "value"),
-        Input(ids.OPACITY, "value"),
-        Input(ids.GRID, "value"),
-        Input(ids.BOXES, "value"),
-        Input(ids.SCALE, "value"),
+        *callbacks.outputs(*drawn_by),
+        *callbacks.inputs(*callbacks.VIEW_CONTROLS, *style_controls, (ids.SCALE, "value")),
         State(ids.DRAWN_IMAGE, "data"),
         prevent_initial_call=True,  # the page arrives with its first view drawn
     )

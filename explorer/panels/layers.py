@@ -4,11 +4,11 @@ of image share or entropy; a matrix cell jumps to that layer and head."""
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, dcc, no_update
+from dash import Input, dcc, no_update
 
 from explorer import figures, ids, views
+from explorer.callbacks import follows_view, outputs
 from explorer.layout import Page, side_panel
-from explorer.panels.permalink import follow_token
 from explorer.state import StoreState
 
 COLUMN = "side"
@@ -25,30 +25,19 @@ def layout(page: Page) -> list:
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
-    @app.callback(
-        Output(ids.SHARE, "figure"),
-        Output(ids.MATRIX, "figure"),
-        Input(ids.SETTLED, "data"),
-        Input(ids.MATRIX_METRIC, "value"),
-        prevent_initial_call=True,  # runs once the main callback has produced the view
-    )
-    def layer_charts(view_json, metric):
-        def show(params) -> tuple:
-            stats = views.layer_head_stats(state, params)
-            return (
-                figures.share_figure(stats["share"], params.layer, params.head),
-                figures.matrix_figure(stats[metric or "share"], metric or "share", params.layer, params.head),
-            )
+    charts = outputs((ids.SHARE, "figure"), (ids.MATRIX, "figure"))
 
-        return follow_token(view_json, show, lambda reason: (figures.empty_figure(reason),) * 2)
+    @follows_view(app, charts, lambda reason: (figures.empty_figure(reason),) * 2, [Input(ids.MATRIX_METRIC, "value")])
+    def layer_charts(params, metric) -> tuple:
+        stats = views.layer_head_stats(state, params)
+        return (
+            figures.share_figure(stats["share"], params.layer, params.head),
+            figures.matrix_figure(stats[metric or "share"], metric or "share", params.layer, params.head),
+        )
 
-    @app.callback(
-        Output(ids.LAYER, "value", allow_duplicate=True),
-        Output(ids.HEAD, "value", allow_duplicate=True),
-        Output(ids.MODE, "value", allow_duplicate=True),
-        Input(ids.MATRIX, "clickData"),
-        prevent_initial_call=True,
-    )
+    cell = outputs((ids.LAYER, "value"), (ids.HEAD, "value"), (ids.MODE, "value"), duplicate=True)
+
+    @app.callback(*cell, Input(ids.MATRIX, "clickData"), prevent_initial_call=True)
     def jump_to_cell(click):
         """A cell of the layer x head matrix: show that layer and head alone."""
         if not click or not click.get("points"):

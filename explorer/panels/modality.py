@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dash
 import numpy as np
-from dash import Input, Output
 
 from attnstore.analysis.studies import token_allocation
 from attnstore.analysis.studies.modality import KEY_GROUPS
 from attnstore.schema import TokenKind
 from explorer import figures, ids
+from explorer.callbacks import follows_view, outputs
 from explorer.layout import Page, side_panel
-from explorer.panels.permalink import follow_token
 from explorer.state import StoreState
 from explorer.views import ViewParams, plural
 
@@ -60,17 +59,11 @@ def describe_mean(queries: str, used: int, complete: int) -> str:
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
-    @app.callback(
-        Output(ids.MODALITY_CHART, "figure"),
-        Output(ids.MODALITY_INFO, "children"),
-        Input(ids.SETTLED, "data"),
-        prevent_initial_call=True,
-    )
-    def modality_chart(view_json):
-        def show(params) -> tuple:
-            token, queries = allocation(state, params), queries_of(state, params)
-            mean, used, complete = dataset_mean(state, queries)
-            chart = figures.modality_figure(token, mean, list(KEY_GROUPS), params.layer)
-            return chart, describe_mean(queries, used, complete)
+    targets = outputs((ids.MODALITY_CHART, "figure"), (ids.MODALITY_INFO, "children"))
 
-        return follow_token(view_json, show, lambda reason: (figures.empty_figure(reason), reason))
+    @follows_view(app, targets, lambda reason: (figures.empty_figure(reason), reason))
+    def modality_chart(params) -> tuple:
+        token, queries = allocation(state, params), queries_of(state, params)
+        mean, used, complete = dataset_mean(state, queries)
+        chart = figures.modality_figure(token, mean, list(KEY_GROUPS), params.layer)
+        return chart, describe_mean(queries, used, complete)

@@ -7,13 +7,13 @@ explorer/patch_query.py; the callback only routes."""
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, dcc
+from dash import dcc
 
 from attnstore.errors import AttnstoreError
 from explorer import figures, ids
 from explorer import patch_query as pq
+from explorer.callbacks import image_url, inputs, outputs, settled_view
 from explorer.layout import Page, side_panel
-from explorer.panels.permalink import settled_view
 from explorer.state import StoreState
 
 COLUMN = "side"
@@ -62,17 +62,11 @@ def panel_content(state: StoreState, params, rev: dict | None, on: bool, image_u
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
-    def image_url(image: int) -> str:
-        return app.get_relative_path(f"/api/image/{image}.png")
+    picture = image_url(app)
+    shown = outputs((ids.PATCH_QUERY_MAP, "figure"), (ids.PATCH_QUERY_TEXT, "figure"),
+                    (ids.PATCH_QUERY_INFO, "children"))  # fmt: skip
+    chosen = inputs((ids.REVERSE, "data"), (ids.SETTLED, "data"), (ids.PATCH_QUERY_ON, "value"))
 
-    @app.callback(
-        Output(ids.PATCH_QUERY_MAP, "figure"),
-        Output(ids.PATCH_QUERY_TEXT, "figure"),
-        Output(ids.PATCH_QUERY_INFO, "children"),
-        Input(ids.REVERSE, "data"),
-        Input(ids.SETTLED, "data"),
-        Input(ids.PATCH_QUERY_ON, "value"),
-        prevent_initial_call=True,
-    )
+    @app.callback(*shown, *chosen, prevent_initial_call=True)
     def where_patch_looks(rev, view_json, on):
-        return panel_content(state, settled_view(view_json), rev, ON in (on or []), image_url)
+        return panel_content(state, settled_view(view_json), rev, ON in (on or []), picture)

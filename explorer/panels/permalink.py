@@ -6,43 +6,15 @@ once the view has settled, that they may follow it (`ids.SETTLED`).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from typing import TypeVar
-
 import dash
 from dash import ClientsideFunction, Input, Output, State, dcc, no_update
 
-from attnstore.errors import AttnstoreError
 from explorer import ids, views
+from explorer.callbacks import VIEW_CONTROLS, outputs, settled_view
 from explorer.layout import Page
 from explorer.state import StoreState
-from explorer.views import ViewParams
 
 COLUMN = "hidden"
-T = TypeVar("T")
-
-
-def settled_view(view_json: str | None) -> ViewParams | None:
-    """The view the main figure shows (from its view-state JSON). Side panels follow it once it has
-    settled, so the heatmap is computed and drawn first and rapid changes (arrow keys, layer play)
-    do not queue side-panel work."""
-    if not view_json:
-        return None
-    view = json.loads(view_json)
-    return ViewParams(**{k: view[k] for k in views.URL_KEYS if k in view})
-
-
-def follow_token(view_json: str | None, show: Callable[[ViewParams], T], blank: Callable[[str], T]) -> T:
-    """What a side panel shows for the settled view: `show(params)`, or `blank(reason)` when no token
-    is selected or the store refuses the view (the reason is the library's message)."""
-    params = settled_view(view_json)
-    if params is None or params.token is None:
-        return blank("select a token")
-    try:
-        return show(params)
-    except AttnstoreError as err:
-        return blank(str(err))
 
 
 def layout(page: Page) -> list:
@@ -51,15 +23,7 @@ def layout(page: Page) -> list:
 
 def register(app: dash.Dash, state: StoreState) -> None:
     @app.callback(
-        Output(ids.IMAGE, "data"),
-        Output(ids.TOKEN, "data"),
-        Output(ids.LAYER, "value"),
-        Output(ids.HEAD, "value"),
-        Output(ids.MODE, "value"),
-        Output(ids.OVER, "value"),
-        Output(ids.NORM, "value"),
-        Output(ids.SCALE, "value"),
-        Output(ids.NOTICE, "children"),
+        *outputs(*VIEW_CONTROLS, (ids.SCALE, "value"), (ids.NOTICE, "children")),
         Input(ids.URL, "search"),
         State(ids.VIEW_STATE, "children"),
         prevent_initial_call=True,  # dcc.Location sets `search` when it mounts, and on back/forward

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 import dash
-from dash import Input, Output, State, ctx, dcc, html, no_update
+from dash import Input, State, ctx, dcc, html, no_update
 
 from attnstore.errors import AttnstoreError
 from explorer import ids, views
+from explorer.callbacks import inputs, outputs, settled_view
 from explorer.layout import Page
-from explorer.panels.permalink import settled_view
 from explorer.state import StoreState
 from explorer.views import plural
 
@@ -50,14 +50,10 @@ def layout(page: Page) -> list:
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
-    @app.callback(
-        Output(ids.IMAGE, "data", allow_duplicate=True),
-        Output(ids.TOKEN, "data", allow_duplicate=True),
-        Output(ids.REVERSE, "data", allow_duplicate=True),
-        Output(ids.MESSAGE, "children", allow_duplicate=True),
-        Input(ids.PICKER_CLICK, "data"),
-        prevent_initial_call=True,
-    )
+    picked = outputs((ids.IMAGE, "data"), (ids.TOKEN, "data"), (ids.REVERSE, "data"), (ids.MESSAGE, "children"),
+                     duplicate=True)  # fmt: skip
+
+    @app.callback(*picked, Input(ids.PICKER_CLICK, "data"), prevent_initial_call=True)
     def pick_image(click):
         """A picker card was clicked: show that image at its first answer token."""
         try:
@@ -66,18 +62,12 @@ def register(app: dash.Dash, state: StoreState) -> None:
             return no_update, no_update, no_update, str(err)
         return meta.index, meta.default_token(), None, ""
 
-    @app.callback(
-        Output(ids.PICKER_LIST, "children"),
-        Output(ids.PICKER_INFO, "children"),
-        Output(ids.PICKER_PAGE, "data"),
-        Input(ids.PICKER_SEARCH, "value"),
-        Input(ids.PICKER_PREV, "n_clicks"),
-        Input(ids.PICKER_NEXT, "n_clicks"),
-        Input(ids.SETTLED, "data"),
-        Input(ids.PICKER_POLL, "n_intervals"),
-        State(ids.PICKER_PAGE, "data"),
-        prevent_initial_call=True,  # after the first heatmap: thumbnails must not slow the first draw
-    )
+    listed = outputs((ids.PICKER_LIST, "children"), (ids.PICKER_INFO, "children"), (ids.PICKER_PAGE, "data"))
+    asked = inputs((ids.PICKER_SEARCH, "value"), (ids.PICKER_PREV, "n_clicks"), (ids.PICKER_NEXT, "n_clicks"),
+                   (ids.SETTLED, "data"), (ids.PICKER_POLL, "n_intervals"))  # fmt: skip
+
+    # after the first heatmap: thumbnails must not slow the first draw
+    @app.callback(*listed, *asked, State(ids.PICKER_PAGE, "data"), prevent_initial_call=True)
     def picker_list(query, _prev, _next, view_json, _poll, shown):
         """One page of image cards."""
         current = settled_view(view_json)

@@ -10,8 +10,8 @@ from dash import Input, Output, State, ctx, dcc, no_update
 from attnstore.errors import AttnstoreError
 from attnstore.render.text import quoted
 from explorer import figures, ids, views
+from explorer.callbacks import outputs, settled_view
 from explorer.layout import Page, side_panel
-from explorer.panels.permalink import settled_view
 from explorer.state import StoreState
 
 COLUMN = "side"
@@ -27,12 +27,8 @@ def layout(page: Page) -> list:
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
-    @app.callback(
-        Output(ids.REVERSE, "data"),
-        Input(ids.FIGURE, "clickData"),
-        State(ids.IMAGE, "data"),
-        prevent_initial_call=True,
-    )
+    @app.callback(Output(ids.REVERSE, "data"), Input(ids.FIGURE, "clickData"), State(ids.IMAGE, "data"),
+                  prevent_initial_call=True)  # fmt: skip
     def patch_clicked(click, image):
         if not click or not click.get("points") or image is None:
             return no_update
@@ -40,16 +36,10 @@ def register(app: dash.Dash, state: StoreState) -> None:
         key = figures.key_at(views.geometry(state, image), float(point["x"]), float(point["y"]))
         return no_update if key is None else {"image": int(image), "key": key}
 
-    @app.callback(
-        Output(ids.REVERSE_CHART, "figure"),
-        Output(ids.REVERSE_DATA, "data"),
-        Output(ids.REVERSE_INFO, "children"),
-        Output(ids.FIGURE, "figure", allow_duplicate=True),
-        Input(ids.REVERSE, "data"),
-        Input(ids.SETTLED, "data"),
-        State(ids.REVERSE_DATA, "data"),
-        prevent_initial_call=True,
-    )
+    shown = outputs((ids.REVERSE_CHART, "figure"), (ids.REVERSE_DATA, "data"), (ids.REVERSE_INFO, "children"))
+    chosen = Input(ids.REVERSE, "data"), Input(ids.SETTLED, "data"), State(ids.REVERSE_DATA, "data")
+
+    @app.callback(*shown, Output(ids.FIGURE, "figure", allow_duplicate=True), *chosen, prevent_initial_call=True)
     def reverse_view(rev, view_json, shown):
         """Which text tokens attend most to the chosen patch, under the current layer/head selection."""
         params = settled_view(view_json)

@@ -11,8 +11,8 @@ from attnstore.analysis import sink_keys
 from attnstore.errors import AttnstoreError
 from attnstore.render.text import quoted
 from explorer import figures, ids, views
+from explorer.callbacks import settled_view
 from explorer.layout import Page, side_panel
-from explorer.panels.permalink import settled_view
 from explorer.state import StoreState
 from explorer.views import ViewParams
 
@@ -56,12 +56,11 @@ def describe(state: StoreState, params: ViewParams, keys: list[int], first: floa
 
 
 def register(app: dash.Dash, state: StoreState) -> None:
-    @app.callback(
-        Output(ids.SINKS_INFO, "children"),
-        Output(ids.FIGURE, "figure", allow_duplicate=True),
-        Input(ids.SETTLED, "data"),
-        prevent_initial_call=True,  # never on the click path: after the heatmap, once the view settles
-    )
+    # Not `follows_view`: without a token the panel still clears the crosses of the previous view.
+    targets = Output(ids.SINKS_INFO, "children"), Output(ids.FIGURE, "figure", allow_duplicate=True)
+
+    # never on the click path: after the heatmap, once the view settles
+    @app.callback(*targets, Input(ids.SETTLED, "data"), prevent_initial_call=True)
     def mark_sinks(view_json):
         params = settled_view(view_json)
         if params is None:

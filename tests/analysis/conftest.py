@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from attnstore.extraction.synthetic import idefics3_tokens
-from attnstore.models.idefics3_layout import parse_idefics3_layout
-from attnstore.records import extend_layout, query_positions
+from attnstore.extraction.synthetic import idefics3_tokens, token_layout
+from attnstore.records import query_positions
 
 
 def make_image(
@@ -23,7 +22,7 @@ def make_image(
 ) -> xr.Dataset:
     """One image: random softmax-like rows (not causal) over every key, real token layout."""
     tokens, n_prompt = idefics3_tokens(rows, cols, n_answer, seq=seq)
-    layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=seq), len(tokens) - n_prompt)
+    layout = token_layout(tokens, n_prompt, seq)
     qpos = query_positions(layout.kind, queries)
     n_key = len(tokens)
     logits = rng.standard_normal((n_layers, n_heads, qpos.size, n_key)).astype(np.float32) * 2

@@ -9,8 +9,6 @@ log S - sum(a log a) / S, which cancels for peaked rows): rtol 1e-5 + atol 1e-6.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +19,8 @@ from attnstore.analysis.kernels import key_runs
 from attnstore.store import open_dataset
 
 pytest.importorskip("numba", reason="numba is not installed (pip install attnstore[fast])")
+from support.probes import probe_output, without
+
 from attnstore.analysis import fused  # noqa: E402  (after the skip: a broken kernel module must fail, not skip)
 
 RTOL, ENTROPY_ATOL = 1e-5, 1e-6
@@ -212,21 +212,14 @@ def test_aggregate_token_same_dataset_at_real_size(tmp_path, monkeypatch):
 def test_without_numba_aggregate_takes_the_numpy_path(synthetic_store):
     """numba hidden from the import system: the same aggregate, through numpy, without an error."""
     probe = (
-        "import json, sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'numba':\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+        without("numba") + "import json\n"
         "import attnstore.analysis as A\n"
         "from attnstore.store import open_dataset\n"
         "table = A.aggregate_token(open_dataset(sys.argv[1]), 'dog', num_workers=1)\n"
         "print(json.dumps({'rows': int(table.sizes['occurrence']), 'entropy': table['entropy'].values.tolist(),\n"
         "                  'fused': 'attnstore.analysis.fused' in sys.modules}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe, synthetic_store], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    seen = json.loads(probe_output(probe, synthetic_store, timeout=300).strip().splitlines()[-1])
     want = A.aggregate_token(open_dataset(synthetic_store), "dog", num_workers=1)
     assert not seen["fused"] and seen["rows"] == want.sizes["occurrence"]
     np.testing.assert_allclose(seen["entropy"], want["entropy"].values, rtol=RTOL, atol=ENTROPY_ATOL)

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+from support.probes import probe_output, without
+
 HEAVY = ("torch", "transformers", "tokenizers", "safetensors")
 
 SCRIPT = """
@@ -35,9 +37,7 @@ print(json.dumps({
 
 
 def test_reading_analysing_and_serving_leave_torch_out(synthetic_store):
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, synthetic_store], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    seen = json.loads(probe_output(SCRIPT, synthetic_store, timeout=300).strip().splitlines()[-1])
     assert seen["heavy"] == [], f"imported by the light core: {seen['heavy']}"
     assert seen["grid"][0] > 0 and seen["png"] == "\x89PNG" and seen["rows"] == 3 and seen["status"] == 200
 
@@ -49,20 +49,13 @@ def test_cli_commands_that_read_a_store_leave_torch_out(synthetic_store):
         "from attnstore.cli import main; code = main(sys.argv[1:]);\n"
         f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules]); sys.exit(code)"
     )
-    proc = subprocess.run([sys.executable, "-c", probe, synthetic_store], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "HEAVY []" in proc.stdout
+    assert "HEAVY []" in probe_output(probe, synthetic_store)
 
 
 def test_model_commands_without_the_model_side_say_what_to_install(tmp_path, tiny_model_path):
     """A light install (no torch) gets one line naming the extra, not a traceback."""
     probe = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'transformers'):\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+        without("torch", "transformers") +
         "from attnstore.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
@@ -83,9 +76,7 @@ def test_model_commands_without_the_model_side_say_what_to_install(tmp_path, tin
 def test_importing_the_library_leaves_numba_out():
     """numba (the optional compiled aggregate kernel) loads on the kernel's first use, not on import."""
     probe = "import sys, attnstore, attnstore.analysis, attnstore.store; print('numba' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "False"
+    assert probe_output(probe).strip() == "False"
 
 
 def test_info_reads_no_attention_row_and_imports_no_tensorstore(synthetic_store):

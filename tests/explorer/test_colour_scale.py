@@ -19,8 +19,8 @@ from attnstore.render.geometry import ObjectBox
 from attnstore.render.scale import NEGLIGIBLE_SHARE, colour_top, colourbar_title, negligible, share_label
 from attnstore.store import AttnStore, StoreShape
 from explorer import figures, ids, layout, views
+from explorer.callbacks import follow_token
 from explorer.panels import gallery, heatmap
-from explorer.panels.permalink import follow_token
 from explorer.state import StoreState
 from explorer.views import ViewParams
 

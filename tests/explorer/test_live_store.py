@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attnstore.extraction.synthetic import idefics3_tokens, synthetic_attention
-from attnstore.models.idefics3_layout import parse_idefics3_layout
-from attnstore.records import Extraction, extend_layout, query_positions
+from attnstore.extraction.synthetic import idefics3_tokens, synthetic_attention, token_layout
+from attnstore.records import Extraction, query_positions
 from attnstore.store import AttnStore
 from explorer import create_app, ids
 from explorer.state import StoreState
@@ -20,7 +19,7 @@ from explorer.state import StoreState
 def extraction(rows: int, cols: int, n_layers: int, n_heads: int, seed: int) -> Extraction:
     """One synthetic image's extraction result (as the pipeline hands it to the writer)."""
     tokens, n_prompt = idefics3_tokens(rows, cols, 12)
-    layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=64), len(tokens) - n_prompt)
+    layout = token_layout(tokens, n_prompt)
     qrows = query_positions(layout.kind)
     attention = synthetic_attention(n_layers, n_heads, qrows, len(tokens), np.flatnonzero(layout.patch_tile >= 0),
                                     np.random.default_rng(seed))  # fmt: skip

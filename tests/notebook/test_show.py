@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import requests
+from support.probes import probe_output, without
 
 import attnstore
 from attnstore.analysis import MapSpec, compute_map, patch_grid
@@ -170,18 +171,11 @@ def test_the_light_core_needs_no_jupyter(synthetic_store):
     """Without IPython, nbclient or matplotlib installed, `show` still works; `import attnstore`
     builds no explorer and loads no plotly."""
     probe = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('IPython', 'ipykernel', 'nbclient', 'nbformat', 'matplotlib'):\n"
-        "            raise ModuleNotFoundError(name, name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+        without("IPython", "ipykernel", "nbclient", "nbformat", "matplotlib") +
         "import attnstore\n"
         "early = [m for m in ('plotly', 'explorer', 'dash') if m in sys.modules]\n"
         "ds = attnstore.open_dataset(sys.argv[1])\n"
         "fig = ds.attn.show('dog', image=0, layer=0, head=0)\n"
         "print('EARLY', early, type(fig).__name__, len(ds.attn._repr_html_()) > 100)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe, synthetic_store], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "EARLY [] Figure True" in proc.stdout
+    assert "EARLY [] Figure True" in probe_output(probe, synthetic_store)

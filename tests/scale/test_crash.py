@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import zarr
 
-from attnstore.extraction.pipeline import run_extraction
 from attnstore.store import open_dataset
 from attnstore.store.validation import check_image, row_sum_tolerance
 
-PROMPT = "Can you describe this image?"
 pytestmark = pytest.mark.slow
 
 
@@ -58,27 +56,14 @@ def assert_entry_equal(ds, i, ref, j):
 
 
 @pytest.fixture(scope="module")
-def crash_images(tmp_path_factory):
-    from attnstore.extraction.synthetic import _gradient_image
-
-    folder = tmp_path_factory.mktemp("crash-images")
-    for i, size in enumerate([(400, 100), (300, 120), (500, 130), (420, 110)]):
-        _gradient_image(*size, seed=i).save(folder / f"img{i}.png")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def reference(crash_images, tiny_adapter, tmp_path_factory):
+def reference(serial_store):
     """The uninterrupted run, in this process."""
-    out = str(tmp_path_factory.mktemp("ref") / "ref.zarr")
-    paths = sorted(crash_images.glob("*.png"))
-    run_extraction(tiny_adapter, paths, PROMPT, out, image_dir=str(crash_images), max_new_tokens=3, show_progress=False)
-    return open_dataset(out)
+    return open_dataset(serial_store)
 
 
-def test_sigkill_then_rerun_gives_the_uninterrupted_store(tmp_path, crash_images, tiny_model_path, reference):
+def test_sigkill_then_rerun_gives_the_uninterrupted_store(tmp_path, shared_images, tiny_model_path, reference):
     out = tmp_path / "s.zarr"
-    proc = start(crash_images, out, tiny_model_path)
+    proc = start(shared_images, out, tiny_model_path)
     wait_for_complete(proc, out, 2)
     time.sleep(0.3)  # somewhere inside the next image: model, attention write or metadata
     os.killpg(proc.pid, signal.SIGKILL)
@@ -92,7 +77,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_store(tmp_path, crash_images
         assert check_image(killed.isel(image=i), tol) == []
         assert_entry_equal(killed, i, reference, ref_index[str(killed.image_name.values[i])])
 
-    rerun = start(crash_images, out, tiny_model_path)
+    rerun = start(shared_images, out, tiny_model_path)
     stdout, stderr = rerun.communicate(timeout=180)
     assert rerun.returncode == 0, stderr
     assert f"{int(complete.sum())} already complete" in stdout
@@ -105,9 +90,9 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_store(tmp_path, crash_images
 
 
 @pytest.mark.parametrize("workers", [0, 1], ids=["serial", "dask-worker"])
-def test_ctrl_c_stops_after_the_current_images(tmp_path, crash_images, tiny_model_path, reference, workers):
+def test_ctrl_c_stops_after_the_current_images(tmp_path, shared_images, tiny_model_path, reference, workers):
     out = tmp_path / "s.zarr"
-    proc = start(crash_images, out, tiny_model_path, "--workers", str(workers))
+    proc = start(shared_images, out, tiny_model_path, "--workers", str(workers))
     wait_for_complete(proc, out, 1)
     os.killpg(proc.pid, signal.SIGINT)  # a terminal Ctrl-C: every process of the job gets it
     stdout, stderr = proc.communicate(timeout=120)
@@ -160,7 +145,7 @@ def run_cli_sequence(out, commands: dict[str, list[str]]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def bad_inputs(tmp_path_factory, crash_images):
+def bad_inputs(tmp_path_factory, shared_images):
     folder = tmp_path_factory.mktemp("bad")
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
     (folder / "empty.jpg").write_bytes(b"")
@@ -190,11 +175,11 @@ def failing_commands(bad, good_image, model, other_model) -> dict[str, list[str]
     }
 
 
-def test_failed_extract_leaves_the_store_byte_identical(tmp_path, crash_images, tiny_model_path, bad_inputs):
+def test_failed_extract_leaves_the_store_byte_identical(tmp_path, shared_images, tiny_model_path, bad_inputs):
     from attnstore.extraction.demo import tiny_model_dir
 
     out = tmp_path / "existing.zarr"
-    good, other = sorted(crash_images.glob("*.png"))[:2]
+    good, other = sorted(shared_images.glob("*.png"))[:2]
     commands = failing_commands(bad_inputs, other, tiny_model_path, tiny_model_dir("llava"))
     first = {"a good image": [str(good), "--model", str(tiny_model_path), "--max-new-tokens", "2", "--no-progress"]}
     results = run_cli_sequence(out, {**first, **commands})
@@ -206,11 +191,11 @@ def test_failed_extract_leaves_the_store_byte_identical(tmp_path, crash_images, 
         assert result["tree"] == results[0]["tree"], f"{result['what']} changed the store"
 
 
-def test_failed_extract_leaves_no_store_behind(tmp_path, crash_images, tiny_model_path, bad_inputs):
+def test_failed_extract_leaves_no_store_behind(tmp_path, shared_images, tiny_model_path, bad_inputs):
     from attnstore.extraction.demo import tiny_model_dir
 
     commands = failing_commands(
-        bad_inputs, sorted(crash_images.glob("*.png"))[0], tiny_model_path, tiny_model_dir("llava")
+        bad_inputs, sorted(shared_images.glob("*.png"))[0], tiny_model_path, tiny_model_dir("llava")
     )
     commands.pop("another model's store")  # there is no store to disagree with
     for result in run_cli_sequence(tmp_path / "new.zarr", commands):

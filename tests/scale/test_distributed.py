@@ -8,7 +8,7 @@ import pytest
 
 import attnstore.extraction.distributed as distributed
 from attnstore.cli import main
-from attnstore.extraction.pipeline import ExtractSettings, image_items, run_extraction
+from attnstore.extraction.pipeline import ExtractSettings, image_items
 from attnstore.extraction.pope import annotate
 from attnstore.store import AttnStore, StoreShape, open_dataset
 
@@ -46,47 +46,30 @@ def threaded_client():
             yield client
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    from attnstore.extraction.synthetic import _gradient_image
-
-    folder = tmp_path_factory.mktemp("images")
-    for i, size in enumerate([(400, 100), (300, 120), (500, 130), (420, 110)]):
-        _gradient_image(*size, seed=i).save(folder / f"img{i:02d}.png")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def ref(images, tiny_adapter, tmp_path_factory):
-    """The serial run (read-only)."""
-    out = str(tmp_path_factory.mktemp("serial") / "serial.zarr")
-    paths = sorted(images.glob("*.png"))
-    run_extraction(tiny_adapter, paths, PROMPT, out, image_dir=str(images), max_new_tokens=3, show_progress=False)
-    return out
-
-
 @pytest.mark.slow
-def test_two_worker_processes_match_serial_run(tmp_path, images, tiny_model_path, ref, capsys):
+def test_two_worker_processes_match_serial_run(tmp_path, shared_images, tiny_model_path, serial_store, capsys):
     out = str(tmp_path / "dist.zarr")
-    args = ["extract", "--image-dir", str(images), "--model", str(tiny_model_path), "--out", out]
+    args = ["extract", "--image-dir", str(shared_images), "--model", str(tiny_model_path), "--out", out]
     args += ["--max-new-tokens", "3", "--no-progress", "--workers", "2"]
     assert main(args) == 0
     assert "4 written" in capsys.readouterr().out
-    assert_same_store(ref, out)
+    assert_same_store(serial_store, out)
     names = lambda path: [str(n) for n in open_dataset(path).image_name.values]  # noqa: E731
-    assert names(out) == names(ref)  # same slots, too
+    assert names(out) == names(serial_store)  # same slots, too
     assert main(["validate", out]) == 0
 
 
-def test_resume_reuses_slots_and_skips_bad_images(tmp_path, images, tiny_model_path, ref, threaded_client):
+def test_resume_reuses_slots_and_skips_bad_images(
+    tmp_path, shared_images, tiny_model_path, serial_store, threaded_client
+):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not a png")  # a serial run fails it too, without a slot
     out = str(tmp_path / "dist.zarr")
-    shutil.copytree(ref, out)
+    shutil.copytree(serial_store, out)
     store = AttnStore.open(out)
     store.group["complete"][2] = 0  # as if killed while writing image 2
     store.allocate([""], [""])  # and an unnamed slot from a kill during allocation
-    items = image_items([*sorted(images.glob("*.png")), broken], PROMPT, str(images))
+    items = image_items([*sorted(shared_images.glob("*.png")), broken], PROMPT, str(shared_images))
     report = distributed.run_distributed(
         str(tiny_model_path),
         items,
@@ -99,11 +82,11 @@ def test_resume_reuses_slots_and_skips_bad_images(tmp_path, images, tiny_model_p
     assert list(report.failed) == ["broken.png"] and "cannot decode" in report.failed["broken.png"]
     ds = open_dataset(out)
     assert ds.sizes["image"] == 5 and int(ds.complete.values.sum()) == 4  # the orphan is left, nothing added
-    assert_same_store(ref, ds.isel(image=slice(0, 4)))
+    assert_same_store(serial_store, ds.isel(image=slice(0, 4)))
 
 
 def test_entry_too_big_is_resubmitted_after_the_coordinator_grows_the_store(
-    tmp_path, images, tiny_model_path, tiny_adapter, ref, threaded_client, monkeypatch
+    tmp_path, shared_images, tiny_model_path, tiny_adapter, serial_store, threaded_client, monkeypatch
 ):
     small = StoreShape(tiny_adapter.n_layers, tiny_adapter.n_heads, query_capacity=8, key_capacity=100)
     monkeypatch.setattr(distributed, "store_plan", lambda *a: (small, {"model_id": "tiny"}))  # runs in-process
@@ -115,7 +98,7 @@ def test_entry_too_big_is_resubmitted_after_the_coordinator_grows_the_store(
 
     monkeypatch.setattr(AttnStore, "ensure_capacity", recording)
     out = str(tmp_path / "dist.zarr")
-    items = image_items(sorted(images.glob("*.png")), PROMPT, str(images))
+    items = image_items(sorted(shared_images.glob("*.png")), PROMPT, str(shared_images))
     report = distributed.run_distributed(
         str(tiny_model_path), items, out, settings=ExtractSettings(max_new_tokens=3), client=threaded_client
     )
@@ -123,7 +106,7 @@ def test_entry_too_big_is_resubmitted_after_the_coordinator_grows_the_store(
     assert len(grown) == 1  # once, after the first round, for every entry that did not fit
     ds = open_dataset(out)
     assert ds.sizes["key"] >= int(ds.n_key.max()) > 100
-    assert_same_store(ref, out)
+    assert_same_store(serial_store, out)
 
 
 def test_settings_and_results_cross_process_boundaries():
@@ -133,10 +116,10 @@ def test_settings_and_results_cross_process_boundaries():
     assert pickle.loads(pickle.dumps(result)) == result
 
 
-def test_unreachable_scheduler_is_one_line(tmp_path, images, capsys):
+def test_unreachable_scheduler_is_one_line(tmp_path, shared_images, capsys):
     import dask
 
-    args = ["extract", "--image-dir", str(images), "--out", str(tmp_path / "s.zarr"), "--no-progress"]
+    args = ["extract", "--image-dir", str(shared_images), "--out", str(tmp_path / "s.zarr"), "--no-progress"]
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         assert main([*args, "--scheduler", "tcp://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attnstore.extraction.synthetic import ANSWER_WORDS, PROMPT_WORDS, idefics3_tokens
-from attnstore.models.idefics3_layout import parse_idefics3_layout
-from attnstore.records import Extraction, extend_layout, query_positions
+from attnstore.extraction.synthetic import ANSWER_WORDS, PROMPT_WORDS, idefics3_tokens, token_layout, tokens_extraction
+from attnstore.records import query_positions
 from attnstore.store import AttnStore, StoreShape
 
 # (tile rows, tile cols, answer tokens, has image tokens, pope_correct)
@@ -50,7 +49,7 @@ def write_store(
     layouts = []
     for rows, cols, n_answer, has_image, _ in images:
         tokens, n_prompt = tokens_of(rows, cols, n_answer, has_image)
-        layout = extend_layout(parse_idefics3_layout(tokens[:n_prompt], image_seq_len=SEQ), len(tokens) - n_prompt)
+        layout = token_layout(tokens, n_prompt, SEQ)
         layouts.append((tokens, n_prompt, layout, query_positions(layout.kind)))
     shape = StoreShape(
         n_layers,
@@ -66,15 +65,8 @@ def write_store(
     store.ensure_extras({"pope_correct": ("int32", "1 if correct"), "pope_label": ("str", "yes / no")})
     names = [f"{prefix}_{i}.png" for i in range(len(images))]
     for index, (tokens, n_prompt, layout, qpos) in zip(store.allocate(names, names), layouts):
-        result = Extraction(
-            attention=attention(rng, n_layers, n_heads, qpos.size, len(tokens)),
-            query_position=qpos,
-            token_id=np.arange(len(tokens), dtype=np.int32),
-            token_text=tokens,
-            layout=layout,
-            prompt="Is there a dog?",
-            answer="".join(tokens[n_prompt:]),
-        )
+        weights = attention(rng, n_layers, n_heads, qpos.size, len(tokens))
+        result = tokens_extraction(tokens, n_prompt, layout, qpos, weights, prompt="Is there a dog?")
         correct = images[index][4]
         extra = {"pope_correct": correct, "pope_label": "yes" if index % 2 else "no"}
         store.write_image(index, result, Image.new("RGB", (64, 48), (index * 30, 90, 160)), extra=extra)
