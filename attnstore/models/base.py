@@ -165,10 +165,6 @@ class ModelAdapter(ABC):
         return int(pad[0] if isinstance(pad, (list, tuple)) else pad)
 
     @abstractmethod
-    def attention_modules(self) -> list[torch.nn.Module]:
-        """The text decoder's self-attention modules, in layer order."""
-
-    @abstractmethod
     def layout(self, input_ids: np.ndarray, inputs: dict) -> ImageLayout:
         """Kinds and image geometry of the prompt positions, from what the processor produced."""
 

@@ -91,9 +91,6 @@ class Gemma3Adapter(ModelAdapter):
             out["token_type_ids"] = torch.cat([types, types.new_zeros((types.shape[0], n_new))], dim=-1)
         return out
 
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
-
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, BOI_TOKEN, EOI_TOKEN])
 

@@ -17,7 +17,6 @@ import functools
 import math
 
 import numpy as np
-import torch
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, global_view, place_view, tile_views
@@ -63,9 +62,6 @@ class InternVLAdapter(ModelAdapter):
         inputs = super().prepare(image, prompt)
         setattr(inputs, ORIGINAL_SIZE_ATTR, image.size)  # the tile grid depends on the aspect ratio
         return inputs
-
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
 
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, START_IMAGE, END_IMAGE, VIDEO_TOKEN])

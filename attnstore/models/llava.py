@@ -14,7 +14,6 @@ comes from those pixels and the vision tower's patch size, never from constants.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, place_view
@@ -61,9 +60,6 @@ class LlavaAdapter(ModelAdapter):
         # The crop/pad region depends on the original aspect ratio, which the processor output does not keep.
         setattr(inputs, ORIGINAL_SIZE_ATTR, image.size)
         return inputs
-
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
 
     def banned_token_ids(self) -> list[int]:
         return [self.image_token_id]

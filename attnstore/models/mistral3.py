@@ -16,7 +16,6 @@ import importlib.util
 import sys
 
 import numpy as np
-import torch
 
 from attnstore.errors import ModelLoadError
 from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, place_view
@@ -58,9 +57,6 @@ class Mistral3Adapter(ModelAdapter):
     def token_pixels(self) -> int:
         """Side of the square of processed pixels one image token covers (patch x merge)."""
         return int(self.processor.patch_size) * int(self.processor.spatial_merge_size)
-
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
 
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, BREAK_TOKEN, END_TOKEN])

@@ -63,9 +63,6 @@ class PaliGemmaAdapter(ModelAdapter):
             out["token_type_ids"] = torch.cat([types, types.new_ones((types.shape[0], n_new))], dim=-1)
         return out
 
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
-
     def banned_token_ids(self) -> list[int]:
         return [self.image_token_id]
 

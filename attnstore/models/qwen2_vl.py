@@ -99,9 +99,6 @@ class Qwen2VLAdapter(ModelAdapter):
             out["mm_token_type_ids"] = torch.cat([types, types.new_zeros((types.shape[0], n_new))], dim=-1)
         return out
 
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
-
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, *VISION_SPECIALS])
 
