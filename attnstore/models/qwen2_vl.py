@@ -52,8 +52,6 @@ QWEN2_VL_CHAT_TEMPLATE = (
 )
 
 
-
-
 class Qwen2VLAdapter(ModelAdapter):
     """Qwen2-VL and, by subclassing, the later Qwen-VL families with the same token layout
     (`qwen2_5_vl`, `qwen3_vl`): only the processor class and the module holding the layers differ."""
