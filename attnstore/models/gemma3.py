@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, global_view, place_view
+from attnstore.geometry import ImageLayout, View, finish_grids, global_view, place_view, text_layout
 from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
@@ -123,8 +123,7 @@ def parse_gemma3_layout(tokens: list[str], n_views: int, original_size: tuple[in
     n_views : images in `pixel_values` (the full view, then the pan-and-scan crops).
     original_size : (width, height) of the picture; needed only when there are crops.
     """
-    kinds = np.array([_text_kind(t) for t in tokens], dtype=np.int8)
-    layout = empty_layout(kinds)
+    layout = text_layout(tokens, CHAT_SPECIALS, (BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN))
     blocks = _image_blocks(tokens)  # [(first, last + 1)] of each run of image tokens
     if len(blocks) != n_views:
         raise RuntimeError(f"processor produced {n_views} image views but the prompt holds {len(blocks)} blocks")
@@ -171,11 +170,3 @@ def pan_and_scan_views(original_size: tuple[int, int], n_crops: int, side: int) 
         offset = (0, i * side) if across else (i * side, 0)
         views.append(View(TokenKind.IMAGE_TILE, region, side, side, tile=i, grid_offset=offset))
     return views
-
-
-def _text_kind(token: str) -> int:
-    if token in CHAT_SPECIALS:
-        return int(TokenKind.SPECIAL)
-    if token in (BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN):
-        return int(TokenKind.IMAGE_SPECIAL)
-    return int(TokenKind.PROMPT_TEXT)

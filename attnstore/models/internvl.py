@@ -19,7 +19,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, global_view, place_view, tile_views
+from attnstore.geometry import ImageLayout, View, finish_grids, global_view, place_view, text_layout, tile_views
 from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
@@ -73,8 +73,7 @@ class InternVLAdapter(ModelAdapter):
         n_views = int(inputs["pixel_values"].shape[0])
         views = internvl_views(self.processor.image_processor, size, n_views, self.processor.image_seq_length)
         tokens = self.token_strings(input_ids)
-        kinds = np.array([_text_kind(t) for t in tokens], dtype=np.int8)
-        layout = empty_layout(kinds)
+        layout = text_layout(tokens, CHAT_SPECIALS, (IMAGE_TOKEN, START_IMAGE, END_IMAGE, VIDEO_TOKEN))
         positions = np.flatnonzero(np.asarray(input_ids) == self.image_token_id)
         per_view = int(self.processor.image_seq_length)
         if positions.size != n_views * per_view:
@@ -134,11 +133,3 @@ def images_only_processor_class() -> type:
             return {**super().to_dict(), "processor_class": InternVLProcessor.__name__}
 
     return InternVLImagesProcessor
-
-
-def _text_kind(token: str) -> int:
-    if token in CHAT_SPECIALS:
-        return int(TokenKind.SPECIAL)
-    if token in (IMAGE_TOKEN, START_IMAGE, END_IMAGE, VIDEO_TOKEN):
-        return int(TokenKind.IMAGE_SPECIAL)
-    return int(TokenKind.PROMPT_TEXT)

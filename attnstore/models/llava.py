@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, place_view
+from attnstore.geometry import ImageLayout, View, finish_grids, place_view, text_layout
 from attnstore.models.base import FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
@@ -70,8 +70,7 @@ class LlavaAdapter(ModelAdapter):
             raise RuntimeError("LLaVA layout needs the inputs returned by LlavaAdapter.prepare (original image size)")
         pixel_h, pixel_w = (int(n) for n in inputs["pixel_values"].shape[-2:])
         view = llava_view(self.processor.image_processor, size, (pixel_h, pixel_w), self.patch_size)
-        kinds = np.array([_text_kind(t) for t in self.token_strings(input_ids)], dtype=np.int8)
-        layout = empty_layout(kinds)
+        layout = text_layout(self.token_strings(input_ids), CHAT_SPECIALS)
         positions = np.flatnonzero(np.asarray(input_ids) == self.image_token_id)
         place_view(layout, view, positions)  # raises if the token count does not match the pixel grid
         return finish_grids(layout)
@@ -92,12 +91,6 @@ class LlavaAdapter(ModelAdapter):
         # The CLIP tower has position embeddings for image_size only: its grid is the largest block.
         vision = self.model.config.vision_config
         return (int(vision.image_size) // self.patch_size) ** 2
-
-
-def _text_kind(token: str) -> int:
-    if token in CHAT_SPECIALS:
-        return int(TokenKind.SPECIAL)
-    return int(TokenKind.PROMPT_TEXT)
 
 
 # -- geometry -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, place_view
+from attnstore.geometry import ImageLayout, View, finish_grids, place_view, text_layout
 from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
@@ -71,8 +71,7 @@ class PaliGemmaAdapter(ModelAdapter):
         view = View(
             TokenKind.IMAGE_TILE, (0.0, 0.0, 1.0, 1.0), pixel_h // self.patch_size, pixel_w // self.patch_size, tile=0
         )
-        kinds = np.array([_text_kind(t) for t in self.token_strings(input_ids)], dtype=np.int8)
-        layout = empty_layout(kinds)
+        layout = text_layout(self.token_strings(input_ids), CHAT_SPECIALS)
         positions = np.flatnonzero(np.asarray(input_ids) == self.image_token_id)
         place_view(layout, view, positions)  # raises if the token count does not match the patch grid
         return finish_grids(layout)
@@ -86,9 +85,3 @@ class PaliGemmaAdapter(ModelAdapter):
 
     def max_image_tokens(self) -> int:
         return int(self.processor.image_seq_length) + 2  # + <bos> and the prefix's "\n"
-
-
-def _text_kind(token: str) -> int:
-    if token in CHAT_SPECIALS:
-        return int(TokenKind.SPECIAL)
-    return int(TokenKind.PROMPT_TEXT)

@@ -21,9 +21,8 @@ import functools
 import numpy as np
 import torch
 
-from attnstore.geometry import ImageLayout, empty_layout, finish_grids, place_view, tile_views
+from attnstore.geometry import ImageLayout, finish_grids, place_view, text_layout, tile_views
 from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
-from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
@@ -153,8 +152,7 @@ def parse_qwen2_vl_layout(tokens: list[str], grids: np.ndarray, merge_size: int)
     grids : # [image, 3] (t, h, w) in vision patches, as the processor returned them.
     merge_size : patches merged per token side (the vision tower's spatial_merge_size).
     """
-    kinds = np.array([_text_kind(t) for t in tokens], dtype=np.int8)
-    layout = empty_layout(kinds)
+    layout = text_layout(tokens, CHAT_SPECIALS, (IMAGE_TOKEN, *VISION_SPECIALS))
     starts = [p + 1 for p in range(len(tokens) - 1) if tokens[p] == VISION_START and tokens[p + 1] == IMAGE_TOKEN]
     if len(starts) != len(grids):
         raise RuntimeError(f"processor produced {len(grids)} image grids but the prompt holds {len(starts)} images")
@@ -168,11 +166,3 @@ def parse_qwen2_vl_layout(tokens: list[str], grids: np.ndarray, merge_size: int)
         raise ValueError(f"image block does not hold {positions.size} image tokens: the prompt was truncated")
     place_view(layout, view, positions)
     return finish_grids(layout)
-
-
-def _text_kind(token: str) -> int:
-    if token in CHAT_SPECIALS:
-        return int(TokenKind.SPECIAL)
-    if token == IMAGE_TOKEN or token in VISION_SPECIALS:
-        return int(TokenKind.IMAGE_SPECIAL)
-    return int(TokenKind.PROMPT_TEXT)

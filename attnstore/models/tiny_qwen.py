@@ -12,7 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnstore.models import qwen2_vl, qwen3_vl
-from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
+from attnstore.models.tiny_tokenizer import (
+    QWEN_NAMED,
+    build_bpe_tokenizer,
+    qwen_generation_ids,
+    qwen_text_config_kwargs,
+)
 
 QWEN_TINY_DIMS = dict(
     hidden=64,
@@ -61,9 +66,7 @@ def build_random_qwen(family: str, out_dir: str | Path, dims: dict | None = None
     from attnstore.models.tiny_save import save_random_model
 
     dims = {**QWEN_TINY_DIMS, **(dims or {})}
-    tokenizer = build_bpe_tokenizer(
-        list(QWEN_SPECIALS), eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
+    tokenizer = build_bpe_tokenizer(list(QWEN_SPECIALS), **QWEN_NAMED)
     patch = PATCH_SIZE[family]
     token_pixels = (2 * patch) ** 2  # pixels per image token (2 x 2 merge)
     image_processor = Qwen2VLImageProcessorPil(
@@ -86,13 +89,7 @@ def build_random_qwen(family: str, out_dir: str | Path, dims: dict | None = None
         vision_end_token_id=ids(qwen2_vl.VISION_END),
     )
     return save_random_model(
-        getattr(transformers, model_class),
-        config,
-        processor,
-        out_dir,
-        seed,
-        eos=[ids("<|im_end|>"), ids("<|endoftext|>")],
-        pad=ids("<|endoftext|>"),
+        getattr(transformers, model_class), config, processor, out_dir, seed, **qwen_generation_ids(tokenizer)
     )
 
 
@@ -116,7 +113,7 @@ def text_config(family: str, dims: dict, tokenizer) -> dict:
     mrope = [half - 2 * spatial, spatial, spatial]
     theta = extra.pop("rope_theta")
     return dict(
-        **text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>"),
+        **qwen_text_config_kwargs(dims, tokenizer),
         **extra,
         rope_parameters={"rope_type": "default", "rope_theta": theta, "mrope_section": mrope},
     )

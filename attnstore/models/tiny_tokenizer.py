@@ -65,3 +65,31 @@ def text_config_kwargs(dims: dict, tokenizer, bos: str, eos: str, pad: str, max_
         eos_token_id=ids(eos),
         pad_token_id=ids(pad),
     )
+
+
+def vision_config_kwargs(dims: dict, **family) -> dict:
+    """Keyword arguments of a random-weight builder's vision tower: width `dims["vision_hidden"]`, an MLP
+    twice as wide, `vision_layers` (1) blocks of `vision_heads` (2) heads; `family` adds the family's own."""
+    return dict(
+        hidden_size=dims["vision_hidden"],
+        intermediate_size=2 * dims["vision_hidden"],
+        num_hidden_layers=dims.get("vision_layers", 1),
+        num_attention_heads=dims.get("vision_heads", 2),
+        **family,
+    )
+
+
+# The special tokens' names of the two text-model lines most tiny builders use.
+LLAMA_NAMED = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")  # Llama, Mistral
+QWEN_NAMED = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>")  # Qwen2
+
+
+def qwen_generation_ids(tokenizer) -> dict:
+    """`save_random_model`'s eos / pad for a Qwen2 text model: a turn ends at <|im_end|> or <|endoftext|>."""
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(eos=[ids("<|im_end|>"), ids("<|endoftext|>")], pad=ids("<|endoftext|>"))
+
+
+def qwen_text_config_kwargs(dims: dict, tokenizer) -> dict:
+    """`text_config_kwargs` with the Qwen2 specials (<|endoftext|> as bos and pad, <|im_end|> as eos)."""
+    return text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>")
