@@ -10,16 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnstore.models import gemma3, internvl, mistral3, paligemma
+from attnstore.models.tiny_qwen import QWEN_NAMED, qwen_generation_ids, qwen_text_config_kwargs
 from attnstore.models.tiny_save import save_random_model
-from attnstore.models.tiny_tokenizer import (
-    LLAMA_NAMED,
-    QWEN_NAMED,
-    build_bpe_tokenizer,
-    qwen_generation_ids,
-    qwen_text_config_kwargs,
-    text_config_kwargs,
-    vision_config_kwargs,
-)
+from attnstore.models.tiny_tokenizer import LLAMA_NAMED, build_bpe_tokenizer, text_config_kwargs, vision_config_kwargs
 
 TEXT_DIMS = dict(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2)
 

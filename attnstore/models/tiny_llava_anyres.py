@@ -13,15 +13,9 @@ from pathlib import Path
 
 from attnstore.models import llava, llava_anyres
 from attnstore.models.tiny import LLAVA_PROCESSOR_KWARGS, LLAVA_VISION_FEATURES, llama_tokenizer
+from attnstore.models.tiny_qwen import QWEN_NAMED, qwen_generation_ids, qwen_text_config_kwargs
 from attnstore.models.tiny_save import save_random_model
-from attnstore.models.tiny_tokenizer import (
-    QWEN_NAMED,
-    build_bpe_tokenizer,
-    qwen_generation_ids,
-    qwen_text_config_kwargs,
-    text_config_kwargs,
-    vision_config_kwargs,
-)
+from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs, vision_config_kwargs
 
 ANYRES_TINY_DIMS = dict(
     hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vision_hidden=32, vision_layers=2, crop=56

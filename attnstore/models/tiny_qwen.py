@@ -12,12 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnstore.models import qwen2_vl, qwen3_vl
-from attnstore.models.tiny_tokenizer import (
-    QWEN_NAMED,
-    build_bpe_tokenizer,
-    qwen_generation_ids,
-    qwen_text_config_kwargs,
-)
+from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
 
 QWEN_TINY_DIMS = dict(
     hidden=64,
@@ -38,6 +33,21 @@ QWEN_SPECIALS = (
     qwen2_vl.IMAGE_TOKEN,
     qwen2_vl.VIDEO_TOKEN,
 )
+# The Qwen2 text model's specials, shared with the Qwen2-based builders (InternVL, LLaVA-OneVision).
+QWEN_NAMED = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>")  # Qwen2's specials
+
+
+def qwen_generation_ids(tokenizer) -> dict:
+    """`save_random_model`'s eos / pad for a Qwen2 text model: a turn ends at <|im_end|> or <|endoftext|>."""
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(eos=[ids("<|im_end|>"), ids("<|endoftext|>")], pad=ids("<|endoftext|>"))
+
+
+def qwen_text_config_kwargs(dims: dict, tokenizer) -> dict:
+    """`text_config_kwargs` with the Qwen2 specials (<|endoftext|> as bos and pad, <|im_end|> as eos)."""
+    return text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>")
+
+
 # What differs between the families at the LM's interface: patch size, rotary sections, template.
 PATCH_SIZE = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 CHAT_TEMPLATE = {

@@ -79,17 +79,5 @@ def vision_config_kwargs(dims: dict, **family) -> dict:
     )
 
 
-# The special tokens' names of the two text-model lines most tiny builders use.
-LLAMA_NAMED = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")  # Llama, Mistral
-QWEN_NAMED = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>")  # Qwen2
-
-
-def qwen_generation_ids(tokenizer) -> dict:
-    """`save_random_model`'s eos / pad for a Qwen2 text model: a turn ends at <|im_end|> or <|endoftext|>."""
-    ids = tokenizer.convert_tokens_to_ids
-    return dict(eos=[ids("<|im_end|>"), ids("<|endoftext|>")], pad=ids("<|endoftext|>"))
-
-
-def qwen_text_config_kwargs(dims: dict, tokenizer) -> dict:
-    """`text_config_kwargs` with the Qwen2 specials (<|endoftext|> as bos and pad, <|im_end|> as eos)."""
-    return text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>")
+# Llama's and Mistral's special tokens, by name (the builders of those text models share them).
+LLAMA_NAMED = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")

@@ -5,13 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from support.vlm_family_checks import (
-    COLOUR_TOLERANCE,
-    cell_colours,
-    expected_colours,
-    image_blocks,
-    unnormalise,
-)
+from support.vlm_family_checks import COLOUR_TOLERANCE, cell_colours, expected_colours, image_blocks, unnormalise
 
 from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter

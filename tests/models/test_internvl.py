@@ -7,12 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from support.vlm_family_checks import (
-    COLOUR_TOLERANCE,
-    cell_colours,
-    expected_colours,
-    unnormalise,
-)
+from support.vlm_family_checks import COLOUR_TOLERANCE, cell_colours, expected_colours, unnormalise
 
 from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter

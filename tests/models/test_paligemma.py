@@ -2,12 +2,7 @@
 
 import numpy as np
 import pytest
-from support.vlm_family_checks import (
-    COLOUR_TOLERANCE,
-    cell_colours,
-    expected_colours,
-    unnormalise,
-)
+from support.vlm_family_checks import COLOUR_TOLERANCE, cell_colours, expected_colours, unnormalise
 
 from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models.paligemma import IMAGE_TOKEN, PaliGemmaAdapter
