@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, finish_grids, global_view, place_view, text_layout
@@ -64,6 +63,7 @@ class Gemma3Adapter(ModelAdapter):
         tiny="attnstore.models.tiny_families:build_random_gemma3",
     )
     attention_mask = "image_blocks"  # store attr: each view's tokens see each other (validation's rule)
+    per_token_inputs = {"token_type_ids": 0}  # 1 marks the image tokens (bidirectional blocks); the answer is text
 
     def prepare(self, image: Image.Image, prompt: str) -> dict:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
@@ -80,16 +80,6 @@ class Gemma3Adapter(ModelAdapter):
         settings = {k: defaults[k] for k in PAN_AND_SCAN_KEYS if k in defaults}
         settings.update({k: getattr(ip, k) for k in PAN_AND_SCAN_KEYS if getattr(ip, k, None) is not None})
         return settings
-
-    def forward_inputs(self, inputs: dict, sequence: torch.Tensor) -> dict:
-        """Pixels, and `token_type_ids` (1 = image token: the bidirectional blocks) extended with
-        text over the answer, for one forward pass over prompt + answer  # sequence: [seq]."""
-        out = super().forward_inputs(inputs, sequence)
-        types = out.get("token_type_ids")
-        if types is not None:
-            n_new = int(sequence.shape[-1]) - int(types.shape[-1])
-            out["token_type_ids"] = torch.cat([types, types.new_zeros((types.shape[0], n_new))], dim=-1)
-        return out
 
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, BOI_TOKEN, EOI_TOKEN])

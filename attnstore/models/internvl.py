@@ -54,10 +54,6 @@ class InternVLAdapter(ModelAdapter):
         # InternVLProcessor loads a video processor, which needs torchvision; we only process images.
         return images_only_processor_class().from_pretrained(source, local_files_only=local_files_only)
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     def prepare(self, image: Image.Image, prompt: str) -> dict:
         inputs = super().prepare(image, prompt)
         setattr(inputs, ORIGINAL_SIZE_ATTR, image.size)  # the tile grid depends on the aspect ratio

@@ -51,10 +51,6 @@ class LlavaAdapter(ModelAdapter):
     def patch_size(self) -> int:
         return int(self.model.config.vision_config.patch_size)
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     def prepare(self, image: Image.Image, prompt: str) -> dict:
         inputs = super().prepare(image, prompt)
         # The crop/pad region depends on the original aspect ratio, which the processor output does not keep.

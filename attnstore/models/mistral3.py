@@ -50,10 +50,6 @@ class Mistral3Adapter(ModelAdapter):
         return pixtral_processor_class().from_pretrained(source, local_files_only=local_files_only)
 
     @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
     def token_pixels(self) -> int:
         """Side of the square of processed pixels one image token covers (patch x merge)."""
         return int(self.processor.patch_size) * int(self.processor.spatial_merge_size)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, finish_grids, place_view, text_layout
@@ -36,10 +35,7 @@ class PaliGemmaAdapter(ModelAdapter):
         tiny="attnstore.models.tiny_families:build_random_paligemma",
     )
     attention_mask = "prefix"  # store attr: the prompt's tokens see each other (validation's rule)
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
+    per_token_inputs = {"token_type_ids": 1}  # the answer is the causal suffix (1), as generate marks it
 
     @property
     def patch_size(self) -> int:
@@ -52,16 +48,6 @@ class PaliGemmaAdapter(ModelAdapter):
             inputs = self.processor(text=IMAGE_TOKEN + prompt, images=[image], return_tensors="pt")
         inputs.pop("labels", None)  # training targets (all -100 without a suffix); not a generate input
         return inputs
-
-    def forward_inputs(self, inputs: dict, sequence: torch.Tensor) -> dict:
-        """Pixels, and `token_type_ids` extended over the answer with 1 (the causal suffix, as
-        generate marks the tokens it produces)  # sequence: [seq]."""
-        out = super().forward_inputs(inputs, sequence)
-        types = out.get("token_type_ids")
-        if types is not None:
-            n_new = int(sequence.shape[-1]) - int(types.shape[-1])
-            out["token_type_ids"] = torch.cat([types, types.new_ones((types.shape[0], n_new))], dim=-1)
-        return out
 
     def banned_token_ids(self) -> list[int]:
         return [self.image_token_id]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import torch
 
 from attnstore.geometry import ImageLayout, finish_grids, place_view, text_layout, tile_views
 from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
@@ -63,6 +62,8 @@ class Qwen2VLAdapter(ModelAdapter):
         tiny="attnstore.models.tiny:build_random_qwen2_vl",
     )
     processor_class_name = "Qwen2VLProcessor"  # the family's processor in transformers
+    # mm_token_type_ids (1 = image) over the answer too, as text: M-RoPE positions are computed from it.
+    per_token_inputs = {"mm_token_type_ids": 0}
 
     @classmethod
     def _load_processor(cls, source: str, local_files_only: bool):
@@ -74,27 +75,6 @@ class Qwen2VLAdapter(ModelAdapter):
     @property
     def merge_size(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
-
-    def forward_inputs(self, inputs: dict, sequence: torch.Tensor) -> dict:
-        """Model kwargs besides input_ids / attention_mask for one forward pass over `sequence`.
-
-        Parameters
-        ----------
-        inputs : the output of `prepare` (prompt only).
-        sequence : prompt + generated answer ids  # [seq]
-
-        Returns
-        -------
-        dict
-            pixel inputs as prepared; `mm_token_type_ids` (0 = text, 1 = image) extended with
-            text for the answer, since M-RoPE positions are computed from it over the whole sequence.
-        """
-        out = super().forward_inputs(inputs, sequence)
-        types = out.get("mm_token_type_ids")
-        if types is not None:
-            n_new = int(sequence.shape[-1]) - int(types.shape[-1])
-            out["mm_token_type_ids"] = torch.cat([types, types.new_zeros((types.shape[0], n_new))], dim=-1)
-        return out
 
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, *VISION_SPECIALS])
