@@ -11,6 +11,7 @@ numbers: rows, cols and grid sizes always come from the processor's output.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +80,17 @@ def empty_layout(kinds: np.ndarray) -> ImageLayout:
         patch_col=np.full(n, -1, np.int16),
         patch_box=np.full((n, 4), np.nan, np.float32),
     )
+
+
+def text_layout(tokens: list[str], specials: Collection[str], image_markers: Collection[str] = ()) -> ImageLayout:
+    """A layout of `tokens` with no image geometry yet: the family's chat specials are SPECIAL, its image
+    markers (placeholders, begin / end / break tokens) IMAGE_SPECIAL, the rest PROMPT_TEXT; placing the
+    views then turns the placeholders into patches."""
+    kinds = [
+        TokenKind.SPECIAL if t in specials else TokenKind.IMAGE_SPECIAL if t in image_markers else TokenKind.PROMPT_TEXT
+        for t in tokens
+    ]
+    return empty_layout(np.array(kinds, dtype=np.int8))
 
 
 def view_boxes(view: View) -> np.ndarray:

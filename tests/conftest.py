@@ -38,6 +38,24 @@ def tiny_adapter(tiny_model_path):
     return load_adapter(str(tiny_model_path))
 
 
+@pytest.fixture(scope="session")
+def family_adapter(attnstore_cache):
+    """`(family, kernel="sdpa") -> adapter`: the family's tiny model (`tiny_model_dir`), loaded once per session."""
+    from attnstore.extraction.demo import tiny_model_dir
+    from attnstore.models import load_adapter
+    from attnstore.quiet import quiet_transformers
+
+    quiet_transformers()
+    loaded = {}
+
+    def get(family: str, kernel: str = "sdpa"):
+        if (family, kernel) not in loaded:
+            loaded[family, kernel] = load_adapter(str(tiny_model_dir(family)), attn_kernel=kernel)
+        return loaded[family, kernel]
+
+    return get
+
+
 @pytest.fixture
 def images(tmp_path):
     """Two small images (320x240, 200x300) in tmp_path/images (tests/scale has its own, wider ones)."""

@@ -56,6 +56,8 @@ class ModelAdapter(ABC):
     family: ClassVar[str]
     info: ClassVar[FamilyInfo | None] = None  # for `attnstore models`
     attn_kernel: str = "sdpa"  # set by `load`
+    # Processor outputs with one value per prompt token -> the value the answer's tokens get (forward_inputs).
+    per_token_inputs: ClassVar[dict[str, int]] = {}
 
     def __init__(self, model: torch.nn.Module, processor, model_id: str, revision: str | None = None):
         self.model = model.eval()
@@ -165,10 +167,6 @@ class ModelAdapter(ABC):
         return int(pad[0] if isinstance(pad, (list, tuple)) else pad)
 
     @abstractmethod
-    def attention_modules(self) -> list[torch.nn.Module]:
-        """The text decoder's self-attention modules, in layer order."""
-
-    @abstractmethod
     def layout(self, input_ids: np.ndarray, inputs: dict) -> ImageLayout:
         """Kinds and image geometry of the prompt positions, from what the processor produced."""
 
@@ -186,9 +184,21 @@ class ModelAdapter(ABC):
         """Model kwargs besides input_ids / attention_mask for one forward pass over `sequence`.
 
         `inputs` is `prepare`'s output (prompt only); `sequence` is prompt + answer ids  # [seq].
-        Adapters whose processor returns per-token inputs (Qwen2-VL's mm_token_type_ids) extend them here.
+        Per-token processor outputs named in `per_token_inputs` (Qwen2-VL's mm_token_type_ids, Gemma 3's
+        token_type_ids) are extended over the answer with the value declared there.
         """
-        return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        out = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        for key, fill in self.per_token_inputs.items():
+            values = out.get(key)  # [batch, prompt]
+            if values is not None:
+                n_new = int(sequence.shape[-1]) - int(values.shape[-1])
+                out[key] = torch.cat([values, values.new_full((values.shape[0], n_new), fill)], dim=-1)
+        return out
+
+    @property
+    def image_token_id(self) -> int:
+        """The image placeholder's token id (the model config's `image_token_id`)."""
+        return int(self.model.config.image_token_id)
 
     # -- shared behaviour -----------------------------------------------------------------
     @property

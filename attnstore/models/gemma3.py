@@ -21,10 +21,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from PIL import Image
 
-from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, global_view, place_view
+from attnstore.geometry import ImageLayout, View, finish_grids, global_view, place_view, text_layout
 from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
@@ -64,6 +63,7 @@ class Gemma3Adapter(ModelAdapter):
         tiny="attnstore.models.tiny_families:build_random_gemma3",
     )
     attention_mask = "image_blocks"  # store attr: each view's tokens see each other (validation's rule)
+    per_token_inputs = {"token_type_ids": 0}  # 1 marks the image tokens (bidirectional blocks); the answer is text
 
     def prepare(self, image: Image.Image, prompt: str) -> dict:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
@@ -80,19 +80,6 @@ class Gemma3Adapter(ModelAdapter):
         settings = {k: defaults[k] for k in PAN_AND_SCAN_KEYS if k in defaults}
         settings.update({k: getattr(ip, k) for k in PAN_AND_SCAN_KEYS if getattr(ip, k, None) is not None})
         return settings
-
-    def forward_inputs(self, inputs: dict, sequence: torch.Tensor) -> dict:
-        """Pixels, and `token_type_ids` (1 = image token: the bidirectional blocks) extended with
-        text over the answer, for one forward pass over prompt + answer  # sequence: [seq]."""
-        out = super().forward_inputs(inputs, sequence)
-        types = out.get("token_type_ids")
-        if types is not None:
-            n_new = int(sequence.shape[-1]) - int(types.shape[-1])
-            out["token_type_ids"] = torch.cat([types, types.new_zeros((types.shape[0], n_new))], dim=-1)
-        return out
-
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
 
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, BOI_TOKEN, EOI_TOKEN])
@@ -126,8 +113,7 @@ def parse_gemma3_layout(tokens: list[str], n_views: int, original_size: tuple[in
     n_views : images in `pixel_values` (the full view, then the pan-and-scan crops).
     original_size : (width, height) of the picture; needed only when there are crops.
     """
-    kinds = np.array([_text_kind(t) for t in tokens], dtype=np.int8)
-    layout = empty_layout(kinds)
+    layout = text_layout(tokens, CHAT_SPECIALS, (BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN))
     blocks = _image_blocks(tokens)  # [(first, last + 1)] of each run of image tokens
     if len(blocks) != n_views:
         raise RuntimeError(f"processor produced {n_views} image views but the prompt holds {len(blocks)} blocks")
@@ -174,11 +160,3 @@ def pan_and_scan_views(original_size: tuple[int, int], n_crops: int, side: int) 
         offset = (0, i * side) if across else (i * side, 0)
         views.append(View(TokenKind.IMAGE_TILE, region, side, side, tile=i, grid_offset=offset))
     return views
-
-
-def _text_kind(token: str) -> int:
-    if token in CHAT_SPECIALS:
-        return int(TokenKind.SPECIAL)
-    if token in (BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN):
-        return int(TokenKind.IMAGE_SPECIAL)
-    return int(TokenKind.PROMPT_TEXT)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from attnstore.geometry import ImageLayout
 from attnstore.models.base import FamilyInfo, ModelAdapter
@@ -26,9 +25,6 @@ class Idefics3Adapter(ModelAdapter):
         tests="pixel boxes per tile and thumbnail, rows vs eager (sdpa, eager), batch, generate",
         tiny="attnstore.models.tiny:build_random_idefics3",
     )
-
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.text_model.layers]
 
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, FAKE_TOKEN, GLOBAL_TOKEN, *ROW_COL_TOKENS])

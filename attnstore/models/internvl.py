@@ -17,10 +17,9 @@ import functools
 import math
 
 import numpy as np
-import torch
 from PIL import Image
 
-from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, global_view, place_view, tile_views
+from attnstore.geometry import ImageLayout, View, finish_grids, global_view, place_view, text_layout, tile_views
 from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
@@ -55,17 +54,10 @@ class InternVLAdapter(ModelAdapter):
         # InternVLProcessor loads a video processor, which needs torchvision; we only process images.
         return images_only_processor_class().from_pretrained(source, local_files_only=local_files_only)
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     def prepare(self, image: Image.Image, prompt: str) -> dict:
         inputs = super().prepare(image, prompt)
         setattr(inputs, ORIGINAL_SIZE_ATTR, image.size)  # the tile grid depends on the aspect ratio
         return inputs
-
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
 
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, START_IMAGE, END_IMAGE, VIDEO_TOKEN])
@@ -77,8 +69,7 @@ class InternVLAdapter(ModelAdapter):
         n_views = int(inputs["pixel_values"].shape[0])
         views = internvl_views(self.processor.image_processor, size, n_views, self.processor.image_seq_length)
         tokens = self.token_strings(input_ids)
-        kinds = np.array([_text_kind(t) for t in tokens], dtype=np.int8)
-        layout = empty_layout(kinds)
+        layout = text_layout(tokens, CHAT_SPECIALS, (IMAGE_TOKEN, START_IMAGE, END_IMAGE, VIDEO_TOKEN))
         positions = np.flatnonzero(np.asarray(input_ids) == self.image_token_id)
         per_view = int(self.processor.image_seq_length)
         if positions.size != n_views * per_view:
@@ -138,11 +129,3 @@ def images_only_processor_class() -> type:
             return {**super().to_dict(), "processor_class": InternVLProcessor.__name__}
 
     return InternVLImagesProcessor
-
-
-def _text_kind(token: str) -> int:
-    if token in CHAT_SPECIALS:
-        return int(TokenKind.SPECIAL)
-    if token in (IMAGE_TOKEN, START_IMAGE, END_IMAGE, VIDEO_TOKEN):
-        return int(TokenKind.IMAGE_SPECIAL)
-    return int(TokenKind.PROMPT_TEXT)

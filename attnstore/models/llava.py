@@ -14,10 +14,9 @@ comes from those pixels and the vision tower's patch size, never from constants.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
-from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, place_view
+from attnstore.geometry import ImageLayout, View, finish_grids, place_view, text_layout
 from attnstore.models.base import FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
@@ -52,18 +51,11 @@ class LlavaAdapter(ModelAdapter):
     def patch_size(self) -> int:
         return int(self.model.config.vision_config.patch_size)
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     def prepare(self, image: Image.Image, prompt: str) -> dict:
         inputs = super().prepare(image, prompt)
         # The crop/pad region depends on the original aspect ratio, which the processor output does not keep.
         setattr(inputs, ORIGINAL_SIZE_ATTR, image.size)
         return inputs
-
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
 
     def banned_token_ids(self) -> list[int]:
         return [self.image_token_id]
@@ -74,8 +66,7 @@ class LlavaAdapter(ModelAdapter):
             raise RuntimeError("LLaVA layout needs the inputs returned by LlavaAdapter.prepare (original image size)")
         pixel_h, pixel_w = (int(n) for n in inputs["pixel_values"].shape[-2:])
         view = llava_view(self.processor.image_processor, size, (pixel_h, pixel_w), self.patch_size)
-        kinds = np.array([_text_kind(t) for t in self.token_strings(input_ids)], dtype=np.int8)
-        layout = empty_layout(kinds)
+        layout = text_layout(self.token_strings(input_ids), CHAT_SPECIALS)
         positions = np.flatnonzero(np.asarray(input_ids) == self.image_token_id)
         place_view(layout, view, positions)  # raises if the token count does not match the pixel grid
         return finish_grids(layout)
@@ -96,12 +87,6 @@ class LlavaAdapter(ModelAdapter):
         # The CLIP tower has position embeddings for image_size only: its grid is the largest block.
         vision = self.model.config.vision_config
         return (int(vision.image_size) // self.patch_size) ** 2
-
-
-def _text_kind(token: str) -> int:
-    if token in CHAT_SPECIALS:
-        return int(TokenKind.SPECIAL)
-    return int(TokenKind.PROMPT_TEXT)
 
 
 # -- geometry -----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, global_view, place_view
+from attnstore.geometry import ImageLayout, View, finish_grids, global_view, place_view, text_layout
 from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.models.llava import IMAGE_TOKEN, LlavaAdapter
 from attnstore.schema import TokenKind
@@ -90,12 +90,8 @@ class LlavaNextAdapter(LlavaAdapter):
             max_crops=self.max_crops,
         )
         specials = set(self.tokenizer.all_special_tokens) - {IMAGE_TOKEN}
-        kinds = np.array(
-            [TokenKind.SPECIAL if t in specials else TokenKind.PROMPT_TEXT for t in self.token_strings(input_ids)],
-            dtype=np.int8,
-        )
         positions = np.flatnonzero(np.asarray(input_ids) == self.image_token_id)
-        return place_anyres(empty_layout(kinds), grid, positions)
+        return place_anyres(text_layout(self.token_strings(input_ids), specials), grid, positions)
 
     def processor_settings(self) -> dict:
         """Base provenance plus what chooses and cuts the crops."""

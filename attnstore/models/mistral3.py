@@ -16,10 +16,9 @@ import importlib.util
 import sys
 
 import numpy as np
-import torch
 
 from attnstore.errors import ModelLoadError
-from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, place_view
+from attnstore.geometry import ImageLayout, View, finish_grids, place_view, text_layout
 from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
@@ -51,16 +50,9 @@ class Mistral3Adapter(ModelAdapter):
         return pixtral_processor_class().from_pretrained(source, local_files_only=local_files_only)
 
     @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
     def token_pixels(self) -> int:
         """Side of the square of processed pixels one image token covers (patch x merge)."""
         return int(self.processor.patch_size) * int(self.processor.spatial_merge_size)
-
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
 
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, BREAK_TOKEN, END_TOKEN])
@@ -71,8 +63,7 @@ class Mistral3Adapter(ModelAdapter):
             raise ValueError(f"exactly one image per prompt is supported, not {len(sizes)}")
         rows, cols = (int(n) // self.token_pixels for n in sizes[0])
         tokens = self.token_strings(input_ids)
-        kinds = np.array([_text_kind(t) for t in tokens], dtype=np.int8)
-        layout = empty_layout(kinds)
+        layout = text_layout(tokens, CHAT_SPECIALS, (IMAGE_TOKEN, BREAK_TOKEN, END_TOKEN))
         positions = np.flatnonzero(np.asarray(input_ids) == self.image_token_id)
         # Row r's C tokens sit after r earlier rows of C tokens + one [IMG_BREAK] each.
         if positions.size != rows * cols or (positions.size and not _rows_end_in_breaks(tokens, positions, cols)):
@@ -118,11 +109,3 @@ def pixtral_processor_class() -> type:
     except ImportError as err:
         raise ModelLoadError(f"cannot import transformers' PixtralProcessor: {err}", param="model") from err
     return PixtralProcessor
-
-
-def _text_kind(token: str) -> int:
-    if token in CHAT_SPECIALS:
-        return int(TokenKind.SPECIAL)
-    if token in (IMAGE_TOKEN, BREAK_TOKEN, END_TOKEN):
-        return int(TokenKind.IMAGE_SPECIAL)
-    return int(TokenKind.PROMPT_TEXT)

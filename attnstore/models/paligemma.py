@@ -16,10 +16,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
 from PIL import Image
 
-from attnstore.geometry import ImageLayout, View, empty_layout, finish_grids, place_view
+from attnstore.geometry import ImageLayout, View, finish_grids, place_view, text_layout
 from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
 from attnstore.schema import TokenKind
 
@@ -36,10 +35,7 @@ class PaliGemmaAdapter(ModelAdapter):
         tiny="attnstore.models.tiny_families:build_random_paligemma",
     )
     attention_mask = "prefix"  # store attr: the prompt's tokens see each other (validation's rule)
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
+    per_token_inputs = {"token_type_ids": 1}  # the answer is the causal suffix (1), as generate marks it
 
     @property
     def patch_size(self) -> int:
@@ -53,19 +49,6 @@ class PaliGemmaAdapter(ModelAdapter):
         inputs.pop("labels", None)  # training targets (all -100 without a suffix); not a generate input
         return inputs
 
-    def forward_inputs(self, inputs: dict, sequence: torch.Tensor) -> dict:
-        """Pixels, and `token_type_ids` extended over the answer with 1 (the causal suffix, as
-        generate marks the tokens it produces)  # sequence: [seq]."""
-        out = super().forward_inputs(inputs, sequence)
-        types = out.get("token_type_ids")
-        if types is not None:
-            n_new = int(sequence.shape[-1]) - int(types.shape[-1])
-            out["token_type_ids"] = torch.cat([types, types.new_ones((types.shape[0], n_new))], dim=-1)
-        return out
-
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
-
     def banned_token_ids(self) -> list[int]:
         return [self.image_token_id]
 
@@ -74,8 +57,7 @@ class PaliGemmaAdapter(ModelAdapter):
         view = View(
             TokenKind.IMAGE_TILE, (0.0, 0.0, 1.0, 1.0), pixel_h // self.patch_size, pixel_w // self.patch_size, tile=0
         )
-        kinds = np.array([_text_kind(t) for t in self.token_strings(input_ids)], dtype=np.int8)
-        layout = empty_layout(kinds)
+        layout = text_layout(self.token_strings(input_ids), CHAT_SPECIALS)
         positions = np.flatnonzero(np.asarray(input_ids) == self.image_token_id)
         place_view(layout, view, positions)  # raises if the token count does not match the patch grid
         return finish_grids(layout)
@@ -89,9 +71,3 @@ class PaliGemmaAdapter(ModelAdapter):
 
     def max_image_tokens(self) -> int:
         return int(self.processor.image_seq_length) + 2  # + <bos> and the prefix's "\n"
-
-
-def _text_kind(token: str) -> int:
-    if token in CHAT_SPECIALS:
-        return int(TokenKind.SPECIAL)
-    return int(TokenKind.PROMPT_TEXT)

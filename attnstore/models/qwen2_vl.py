@@ -19,11 +19,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import torch
 
-from attnstore.geometry import ImageLayout, empty_layout, finish_grids, place_view, tile_views
+from attnstore.geometry import ImageLayout, finish_grids, place_view, text_layout, tile_views
 from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
-from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
@@ -52,8 +50,6 @@ QWEN2_VL_CHAT_TEMPLATE = (
 )
 
 
-
-
 class Qwen2VLAdapter(ModelAdapter):
     """Qwen2-VL and, by subclassing, the later Qwen-VL families with the same token layout
     (`qwen2_5_vl`, `qwen3_vl`): only the processor class and the module holding the layers differ."""
@@ -66,6 +62,8 @@ class Qwen2VLAdapter(ModelAdapter):
         tiny="attnstore.models.tiny:build_random_qwen2_vl",
     )
     processor_class_name = "Qwen2VLProcessor"  # the family's processor in transformers
+    # mm_token_type_ids (1 = image) over the answer too, as text: M-RoPE positions are computed from it.
+    per_token_inputs = {"mm_token_type_ids": 0}
 
     @classmethod
     def _load_processor(cls, source: str, local_files_only: bool):
@@ -77,30 +75,6 @@ class Qwen2VLAdapter(ModelAdapter):
     @property
     def merge_size(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
-
-    def forward_inputs(self, inputs: dict, sequence: torch.Tensor) -> dict:
-        """Model kwargs besides input_ids / attention_mask for one forward pass over `sequence`.
-
-        Parameters
-        ----------
-        inputs : the output of `prepare` (prompt only).
-        sequence : prompt + generated answer ids  # [seq]
-
-        Returns
-        -------
-        dict
-            pixel inputs as prepared; `mm_token_type_ids` (0 = text, 1 = image) extended with
-            text for the answer, since M-RoPE positions are computed from it over the whole sequence.
-        """
-        out = super().forward_inputs(inputs, sequence)
-        types = out.get("mm_token_type_ids")
-        if types is not None:
-            n_new = int(sequence.shape[-1]) - int(types.shape[-1])
-            out["mm_token_type_ids"] = torch.cat([types, types.new_zeros((types.shape[0], n_new))], dim=-1)
-        return out
-
-    def attention_modules(self) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
 
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, *VISION_SPECIALS])
@@ -158,8 +132,7 @@ def parse_qwen2_vl_layout(tokens: list[str], grids: np.ndarray, merge_size: int)
     grids : # [image, 3] (t, h, w) in vision patches, as the processor returned them.
     merge_size : patches merged per token side (the vision tower's spatial_merge_size).
     """
-    kinds = np.array([_text_kind(t) for t in tokens], dtype=np.int8)
-    layout = empty_layout(kinds)
+    layout = text_layout(tokens, CHAT_SPECIALS, (IMAGE_TOKEN, *VISION_SPECIALS))
     starts = [p + 1 for p in range(len(tokens) - 1) if tokens[p] == VISION_START and tokens[p + 1] == IMAGE_TOKEN]
     if len(starts) != len(grids):
         raise RuntimeError(f"processor produced {len(grids)} image grids but the prompt holds {len(starts)} images")
@@ -173,11 +146,3 @@ def parse_qwen2_vl_layout(tokens: list[str], grids: np.ndarray, merge_size: int)
         raise ValueError(f"image block does not hold {positions.size} image tokens: the prompt was truncated")
     place_view(layout, view, positions)
     return finish_grids(layout)
-
-
-def _text_kind(token: str) -> int:
-    if token in CHAT_SPECIALS:
-        return int(TokenKind.SPECIAL)
-    if token == IMAGE_TOKEN or token in VISION_SPECIALS:
-        return int(TokenKind.IMAGE_SPECIAL)
-    return int(TokenKind.PROMPT_TEXT)

@@ -12,7 +12,6 @@ and why, so nothing downstream draws a patch map it cannot know. Perceiver-style
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
 from attnstore.errors import ModelLoadError
@@ -69,15 +68,6 @@ class SequenceOnlyAdapter(ModelAdapter):
         if not getattr(self.processor, "chat_template", None):
             raise ModelLoadError(f"model type '{self.model_type}': its processor has no chat template for the prompt")
         return super().prepare(image, prompt)
-
-    def attention_modules(self) -> list[torch.nn.Module]:
-        """The decoder's attention modules: those with a layer index, in layer order."""
-        decoder = self.model.get_decoder()
-        found = [
-            m for m in decoder.modules()
-            if isinstance(getattr(m, "layer_idx", None), int) and "Attention" in type(m).__name__
-        ]  # fmt: skip
-        return sorted(found, key=lambda m: m.layer_idx)
 
     @property
     def special_token_ids(self) -> list[int]:

@@ -25,7 +25,7 @@ from attnstore.models.idefics3_layout import (
 )
 from attnstore.models.idefics3_layout import IMAGE_TOKEN as IDEFICS3_IMAGE_TOKEN
 from attnstore.models.tiny_save import save_random_model
-from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
+from attnstore.models.tiny_tokenizer import LLAMA_NAMED, build_bpe_tokenizer, text_config_kwargs, vision_config_kwargs
 
 # -- Idefics3 / SmolVLM ----------------------------------------------------------------------
 
@@ -127,14 +127,7 @@ def idefics3_config(dims: dict | None = None, geometry: dict | None = None, corp
     text_config = LlamaConfig(
         **text_config_kwargs(dims, tokenizer, "<|im_start|>", END_OF_UTTERANCE, "<|endoftext|>", max_positions=8192)
     )
-    vision_config = Idefics3VisionConfig(
-        hidden_size=dims["vision_hidden"],
-        intermediate_size=2 * dims["vision_hidden"],
-        num_hidden_layers=dims["vision_layers"],
-        num_attention_heads=dims.get("vision_heads", 2),
-        patch_size=geo["patch"],
-        image_size=geo["tile"],
-    )
+    vision_config = Idefics3VisionConfig(**vision_config_kwargs(dims, patch_size=geo["patch"], image_size=geo["tile"]))
     config = Idefics3Config(
         text_config=text_config,
         vision_config=vision_config,
@@ -145,6 +138,23 @@ def idefics3_config(dims: dict | None = None, geometry: dict | None = None, corp
 
 
 # -- LLaVA-1.5 -------------------------------------------------------------------------------
+
+
+# LLaVA-1.5's CLIP features, shared by LLaVA-NeXT: the CLS token dropped ("default"), the second-last layer.
+LLAVA_VISION_FEATURES = dict(vision_feature_select_strategy="default", vision_feature_layer=-2)
+LLAVA_PROCESSOR_KWARGS = dict(
+    vision_feature_select_strategy="default",
+    num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+    chat_template=llava.LLAVA_CHAT_TEMPLATE,
+)
+
+
+def llama_tokenizer(special_tokens: list[str]):
+    """A tiny BPE with Llama's special-token names that, like Llama's, starts every text with <s>."""
+    tokenizer = build_bpe_tokenizer(special_tokens, **LLAMA_NAMED)
+    tokenizer.add_bos_token = True
+    tokenizer.update_post_processor()
+    return tokenizer
 
 
 LLAVA_TINY_DIMS = dict(
@@ -169,43 +179,21 @@ def build_random_llava(out_dir: str | Path, dims: dict | None = None, seed: int 
     )
 
     dims = {**LLAVA_TINY_DIMS, **(dims or {})}
-    tokenizer = build_bpe_tokenizer(
-        [*llava.CHAT_SPECIALS, llava.IMAGE_TOKEN],
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-    )
-    tokenizer.add_bos_token = True  # Llama's tokenizer starts every text with <s>
-    tokenizer.update_post_processor()
+    tokenizer = llama_tokenizer([*llava.CHAT_SPECIALS, llava.IMAGE_TOKEN])
     side = dims["image_size"]
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
-    processor = LlavaProcessor(
-        image_processor,
-        tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-        chat_template=llava.LLAVA_CHAT_TEMPLATE,
-    )
+    processor = LlavaProcessor(image_processor, tokenizer, patch_size=14, **LLAVA_PROCESSOR_KWARGS)
     ids = tokenizer.convert_tokens_to_ids
     text_config = LlamaConfig(**text_config_kwargs(dims, tokenizer, "<s>", "</s>", "<pad>"))
     vision_config = CLIPVisionConfig(
-        hidden_size=dims["vision_hidden"],
-        intermediate_size=2 * dims["vision_hidden"],
-        num_hidden_layers=dims["vision_layers"],
-        num_attention_heads=2,
-        patch_size=14,
-        image_size=side,
-        projection_dim=dims["vision_hidden"],
+        **vision_config_kwargs(dims, patch_size=14, image_size=side, projection_dim=dims["vision_hidden"])
     )
     config = LlavaConfig(
         text_config=text_config,
         vision_config=vision_config,
         image_token_index=ids(llava.IMAGE_TOKEN),
         image_seq_length=(side // 14) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
+        **LLAVA_VISION_FEATURES,
     )
     return save_random_model(
         LlavaForConditionalGeneration, config, processor, out_dir, seed, eos=ids("</s>"), pad=ids("<pad>")

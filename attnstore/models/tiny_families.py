@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnstore.models import gemma3, internvl, mistral3, paligemma
+from attnstore.models.tiny_qwen import QWEN_NAMED, qwen_generation_ids, qwen_text_config_kwargs
 from attnstore.models.tiny_save import save_random_model
-from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
+from attnstore.models.tiny_tokenizer import LLAMA_NAMED, build_bpe_tokenizer, text_config_kwargs, vision_config_kwargs
 
 TEXT_DIMS = dict(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2)
 
@@ -76,15 +77,8 @@ def build_random_gemma3(out_dir: str | Path, dims: dict | None = None, seed: int
         layer_types=["sliding_attention", "full_attention"][: dims["layers"]]
         + ["full_attention"] * max(0, dims["layers"] - 2),
     )
-    vision_config = dict(
-        model_type="siglip_vision_model",
-        hidden_size=dims["vision_hidden"],
-        intermediate_size=2 * dims["vision_hidden"],
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=side,
-        patch_size=dims["patch"],
-        vision_use_head=False,
+    vision_config = vision_config_kwargs(
+        dims, model_type="siglip_vision_model", image_size=side, patch_size=dims["patch"], vision_use_head=False
     )
     config = Gemma3Config(
         text_config=text_config,
@@ -145,15 +139,8 @@ def build_random_paligemma(out_dir: str | Path, dims: dict | None = None, seed: 
         **text_config_kwargs(dims, tokenizer, "<bos>", "<eos>", "<pad>"), model_type="gemma", head_dim=head_dim
     )
     text_config["vocab_size"] = len(tokenizer)
-    vision_config = dict(
-        model_type="siglip_vision_model",
-        hidden_size=dims["vision_hidden"],
-        intermediate_size=2 * dims["vision_hidden"],
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=side,
-        patch_size=dims["patch"],
-        projection_dim=dims["hidden"],
+    vision_config = vision_config_kwargs(
+        dims, model_type="siglip_vision_model", image_size=side, patch_size=dims["patch"], projection_dim=dims["hidden"]
     )
     config = PaliGemmaConfig(
         text_config=text_config,
@@ -185,9 +172,7 @@ def build_random_internvl(out_dir: str | Path, dims: dict | None = None, seed: i
     dims = {**INTERNVL_TINY, **(dims or {})}
     tokenizer = build_bpe_tokenizer(
         [*internvl.CHAT_SPECIALS, internvl.START_IMAGE, internvl.END_IMAGE, internvl.IMAGE_TOKEN, internvl.VIDEO_TOKEN],
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
+        **QWEN_NAMED,
         start_image_token=internvl.START_IMAGE,
         end_image_token=internvl.END_IMAGE,
         context_image_token=internvl.IMAGE_TOKEN,
@@ -207,17 +192,8 @@ def build_random_internvl(out_dir: str | Path, dims: dict | None = None, seed: i
         image_processor, tokenizer, image_seq_length=tokens_per_view, chat_template=internvl.INTERNVL_CHAT_TEMPLATE
     )
     ids = tokenizer.convert_tokens_to_ids
-    text_config = dict(
-        **text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>"), model_type="qwen2"
-    )
-    vision_config = dict(
-        hidden_size=dims["vision_hidden"],
-        intermediate_size=2 * dims["vision_hidden"],
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=[tile, tile],
-        patch_size=[dims["patch"], dims["patch"]],
-    )
+    text_config = dict(**qwen_text_config_kwargs(dims, tokenizer), model_type="qwen2")
+    vision_config = vision_config_kwargs(dims, image_size=[tile, tile], patch_size=[dims["patch"], dims["patch"]])
     config = InternVLConfig(
         text_config=text_config,
         vision_config=vision_config,
@@ -226,13 +202,7 @@ def build_random_internvl(out_dir: str | Path, dims: dict | None = None, seed: i
         downsample_ratio=0.5,
     )
     return save_random_model(
-        InternVLForConditionalGeneration,
-        config,
-        processor,
-        out_dir,
-        seed,
-        eos=[ids("<|im_end|>"), ids("<|endoftext|>")],
-        pad=ids("<|endoftext|>"),
+        InternVLForConditionalGeneration, config, processor, out_dir, seed, **qwen_generation_ids(tokenizer)
     )
 
 
@@ -253,11 +223,7 @@ def build_random_mistral3(out_dir: str | Path, dims: dict | None = None, seed: i
 
     dims = {**MISTRAL3_TINY, **(dims or {})}
     tokenizer = build_bpe_tokenizer(
-        [*mistral3.CHAT_SPECIALS, mistral3.IMAGE_TOKEN, mistral3.BREAK_TOKEN, mistral3.END_TOKEN],
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
+        [*mistral3.CHAT_SPECIALS, mistral3.IMAGE_TOKEN, mistral3.BREAK_TOKEN, mistral3.END_TOKEN], **LLAMA_NAMED
     )
     image_processor = PixtralImageProcessorPil(
         size={"longest_edge": dims["longest_edge"]},
@@ -274,14 +240,8 @@ def build_random_mistral3(out_dir: str | Path, dims: dict | None = None, seed: i
     )
     ids = tokenizer.convert_tokens_to_ids
     text_config = dict(**text_config_kwargs(dims, tokenizer, "<s>", "</s>", "<pad>"), model_type="mistral")
-    vision_config = dict(
-        model_type="pixtral",
-        hidden_size=dims["vision_hidden"],
-        intermediate_size=2 * dims["vision_hidden"],
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=dims["longest_edge"],
-        patch_size=dims["patch"],
+    vision_config = vision_config_kwargs(
+        dims, model_type="pixtral", image_size=dims["longest_edge"], patch_size=dims["patch"]
     )
     config = Mistral3Config(
         text_config=text_config,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
+from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs, vision_config_kwargs
 
 IDEFICS2_TINY_DIMS = dict(
     hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vision_hidden=32, vision_layers=1, latents=16
@@ -51,10 +51,7 @@ def build_random_idefics2(out_dir: str | Path, dims: dict | None = None, seed: i
     )
     ids = tokenizer.convert_tokens_to_ids
     text_config = MistralConfig(**text_config_kwargs(dims, tokenizer, "<s>", "</s>", "<unk>"))
-    vision_config = dict(
-        hidden_size=dims["vision_hidden"], intermediate_size=2 * dims["vision_hidden"],
-        num_hidden_layers=dims["vision_layers"], num_attention_heads=2, patch_size=14, image_size=224,
-    )  # fmt: skip
+    vision_config = vision_config_kwargs(dims, patch_size=14, image_size=224)
     perceiver_config = dict(
         hidden_size=dims["hidden"], resampler_n_latents=dims["latents"], resampler_depth=1,
         resampler_n_heads=2, resampler_head_dim=16, num_key_value_heads=1,

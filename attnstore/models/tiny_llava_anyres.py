@@ -12,8 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnstore.models import llava, llava_anyres
+from attnstore.models.tiny import LLAVA_PROCESSOR_KWARGS, LLAVA_VISION_FEATURES, llama_tokenizer
+from attnstore.models.tiny_qwen import QWEN_NAMED, qwen_generation_ids, qwen_text_config_kwargs
 from attnstore.models.tiny_save import save_random_model
-from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs
+from attnstore.models.tiny_tokenizer import build_bpe_tokenizer, text_config_kwargs, vision_config_kwargs
 
 ANYRES_TINY_DIMS = dict(
     hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vision_hidden=32, vision_layers=2, crop=56
@@ -44,44 +46,22 @@ def build_random_llava_next(out_dir: str | Path, dims: dict | None = None, seed:
 
     dims = {**ANYRES_TINY_DIMS, **(dims or {})}
     side = dims["crop"]
-    tokenizer = build_bpe_tokenizer(
-        [*llava.CHAT_SPECIALS, llava.IMAGE_TOKEN],
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-    )
-    tokenizer.add_bos_token = True  # Llama's tokenizer starts every text with <s>
-    tokenizer.update_post_processor()
+    tokenizer = llama_tokenizer([*llava.CHAT_SPECIALS, llava.IMAGE_TOKEN])
     pinpoints = scaled_pinpoints(LLAVA_NEXT_PINPOINTS, 336, side)
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": side}, crop_size={"height": side, "width": side}, image_grid_pinpoints=pinpoints
     )
-    processor = LlavaNextProcessor(
-        image_processor,
-        tokenizer,
-        patch_size=PATCH,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-        chat_template=llava.LLAVA_CHAT_TEMPLATE,
-    )
+    processor = LlavaNextProcessor(image_processor, tokenizer, patch_size=PATCH, **LLAVA_PROCESSOR_KWARGS)
     ids = tokenizer.convert_tokens_to_ids
     vision_config = CLIPVisionConfig(
-        hidden_size=dims["vision_hidden"],
-        intermediate_size=2 * dims["vision_hidden"],
-        num_hidden_layers=dims["vision_layers"],
-        num_attention_heads=2,
-        patch_size=PATCH,
-        image_size=side,
-        projection_dim=dims["vision_hidden"],
+        **vision_config_kwargs(dims, patch_size=PATCH, image_size=side, projection_dim=dims["vision_hidden"])
     )
     config = LlavaNextConfig(
         text_config=LlamaConfig(**text_config_kwargs(dims, tokenizer, "<s>", "</s>", "<pad>")),
         vision_config=vision_config,
         image_token_index=ids(llava.IMAGE_TOKEN),
         image_grid_pinpoints=pinpoints,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
+        **LLAVA_VISION_FEATURES,
     )
     return save_random_model(
         LlavaNextForConditionalGeneration, config, processor, out_dir, seed, eos=ids("</s>"), pad=ids("<pad>")
@@ -101,12 +81,7 @@ def build_random_llava_onevision(out_dir: str | Path, dims: dict | None = None, 
     dims = {**ANYRES_TINY_DIMS, **(dims or {})}
     side = dims["crop"]
     a = llava_anyres
-    tokenizer = build_bpe_tokenizer(
-        [*a.QWEN2_CHAT_SPECIALS, a.IMAGE_TOKEN, a.VIDEO_TOKEN],
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
+    tokenizer = build_bpe_tokenizer([*a.QWEN2_CHAT_SPECIALS, a.IMAGE_TOKEN, a.VIDEO_TOKEN], **QWEN_NAMED)
     pinpoints = scaled_pinpoints(LLAVA_ONEVISION_PINPOINTS, 384, side)
     image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": side, "width": side}, image_grid_pinpoints=pinpoints, image_mean=[0.5] * 3, image_std=[0.5] * 3
@@ -120,16 +95,9 @@ def build_random_llava_onevision(out_dir: str | Path, dims: dict | None = None, 
         chat_template=a.ONEVISION_CHAT_TEMPLATE,
     )
     ids = tokenizer.convert_tokens_to_ids
-    vision_config = SiglipVisionConfig(
-        hidden_size=dims["vision_hidden"],
-        intermediate_size=2 * dims["vision_hidden"],
-        num_hidden_layers=dims["vision_layers"],
-        num_attention_heads=2,
-        patch_size=PATCH,
-        image_size=side,
-    )
+    vision_config = SiglipVisionConfig(**vision_config_kwargs(dims, patch_size=PATCH, image_size=side))
     config = LlavaOnevisionConfig(
-        text_config=Qwen2Config(**text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>")),
+        text_config=Qwen2Config(**qwen_text_config_kwargs(dims, tokenizer)),
         vision_config=vision_config,
         image_token_index=ids(a.IMAGE_TOKEN),
         video_token_index=ids(a.VIDEO_TOKEN),
@@ -139,11 +107,5 @@ def build_random_llava_onevision(out_dir: str | Path, dims: dict | None = None, 
         vision_feature_layer=-1,
     )
     return save_random_model(
-        LlavaOnevisionForConditionalGeneration,
-        config,
-        processor,
-        out_dir,
-        seed,
-        eos=[ids("<|im_end|>"), ids("<|endoftext|>")],
-        pad=ids("<|endoftext|>"),
+        LlavaOnevisionForConditionalGeneration, config, processor, out_dir, seed, **qwen_generation_ids(tokenizer)
     )

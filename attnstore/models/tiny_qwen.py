@@ -33,6 +33,21 @@ QWEN_SPECIALS = (
     qwen2_vl.IMAGE_TOKEN,
     qwen2_vl.VIDEO_TOKEN,
 )
+# The Qwen2 text model's specials, shared with the Qwen2-based builders (InternVL, LLaVA-OneVision).
+QWEN_NAMED = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>")  # Qwen2's specials
+
+
+def qwen_generation_ids(tokenizer) -> dict:
+    """`save_random_model`'s eos / pad for a Qwen2 text model: a turn ends at <|im_end|> or <|endoftext|>."""
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(eos=[ids("<|im_end|>"), ids("<|endoftext|>")], pad=ids("<|endoftext|>"))
+
+
+def qwen_text_config_kwargs(dims: dict, tokenizer) -> dict:
+    """`text_config_kwargs` with the Qwen2 specials (<|endoftext|> as bos and pad, <|im_end|> as eos)."""
+    return text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>")
+
+
 # What differs between the families at the LM's interface: patch size, rotary sections, template.
 PATCH_SIZE = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 CHAT_TEMPLATE = {
@@ -61,9 +76,7 @@ def build_random_qwen(family: str, out_dir: str | Path, dims: dict | None = None
     from attnstore.models.tiny_save import save_random_model
 
     dims = {**QWEN_TINY_DIMS, **(dims or {})}
-    tokenizer = build_bpe_tokenizer(
-        list(QWEN_SPECIALS), eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
+    tokenizer = build_bpe_tokenizer(list(QWEN_SPECIALS), **QWEN_NAMED)
     patch = PATCH_SIZE[family]
     token_pixels = (2 * patch) ** 2  # pixels per image token (2 x 2 merge)
     image_processor = Qwen2VLImageProcessorPil(
@@ -86,13 +99,7 @@ def build_random_qwen(family: str, out_dir: str | Path, dims: dict | None = None
         vision_end_token_id=ids(qwen2_vl.VISION_END),
     )
     return save_random_model(
-        getattr(transformers, model_class),
-        config,
-        processor,
-        out_dir,
-        seed,
-        eos=[ids("<|im_end|>"), ids("<|endoftext|>")],
-        pad=ids("<|endoftext|>"),
+        getattr(transformers, model_class), config, processor, out_dir, seed, **qwen_generation_ids(tokenizer)
     )
 
 
@@ -116,7 +123,7 @@ def text_config(family: str, dims: dict, tokenizer) -> dict:
     mrope = [half - 2 * spatial, spatial, spatial]
     theta = extra.pop("rope_theta")
     return dict(
-        **text_config_kwargs(dims, tokenizer, "<|endoftext|>", "<|im_end|>", "<|endoftext|>"),
+        **qwen_text_config_kwargs(dims, tokenizer),
         **extra,
         rope_parameters={"rope_type": "default", "rope_theta": theta, "mrope_section": mrope},
     )

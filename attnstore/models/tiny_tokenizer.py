@@ -65,3 +65,19 @@ def text_config_kwargs(dims: dict, tokenizer, bos: str, eos: str, pad: str, max_
         eos_token_id=ids(eos),
         pad_token_id=ids(pad),
     )
+
+
+def vision_config_kwargs(dims: dict, **family) -> dict:
+    """Keyword arguments of a random-weight builder's vision tower: width `dims["vision_hidden"]`, an MLP
+    twice as wide, `vision_layers` (1) blocks of `vision_heads` (2) heads; `family` adds the family's own."""
+    return dict(
+        hidden_size=dims["vision_hidden"],
+        intermediate_size=2 * dims["vision_hidden"],
+        num_hidden_layers=dims.get("vision_layers", 1),
+        num_attention_heads=dims.get("vision_heads", 2),
+        **family,
+    )
+
+
+# Llama's and Mistral's special tokens, by name (the builders of those text models share them).
+LLAMA_NAMED = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")

@@ -13,7 +13,7 @@ from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import FAMILIES as REGISTERED
 from attnstore.models import capture, load_adapter, tiny_builder
 from attnstore.models.base import resolve_device, resolve_dtype
-from attnstore.schema import TEXT_KINDS, TokenKind, kind_mask
+from attnstore.schema import IMAGE_PATCH_KINDS, TEXT_KINDS, TokenKind, kind_mask
 from attnstore.store.validation import bidirectional_keys
 
 FAMILIES = tuple(f for f in REGISTERED if tiny_builder(f) is not None)  # every family with a tiny model
@@ -26,30 +26,14 @@ ATOL = 2e-3  # fp16 rounding of values in [0, 1]
 
 
 @pytest.fixture(scope="module")
-def adapters(attnstore_cache):
-    from attnstore.extraction.demo import tiny_model_dir
-    from attnstore.quiet import quiet_transformers
-
-    quiet_transformers()
-    loaded = {}
-
-    def get(family: str, kernel: str):
-        if (family, kernel) not in loaded:
-            loaded[family, kernel] = load_adapter(str(tiny_model_dir(family)), attn_kernel=kernel)
-        return loaded[family, kernel]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def runs(adapters):
+def runs(family_adapter):
     """Batch-of-3 and one-by-one results, per (family, kernel)."""
     cache = {}
 
     def get(family: str, kernel: str, batch_size: int):
         key = (family, kernel, batch_size)
         if key not in cache:
-            adapter = adapters(family, kernel)
+            adapter = family_adapter(family, kernel)
             images = [_gradient_image(w, h, seed=i) for i, (w, h) in enumerate(IMAGES)]
             if batch_size == 1:
                 results = [extract(adapter, im, p, max_new_tokens=NEW_TOKENS) for im, p in zip(images, PROMPTS)]
@@ -92,6 +76,13 @@ def test_rows_sum_to_one_are_causal_and_cover_the_answer(runs, family, batch_siz
         n_generated = int((kinds == TokenKind.GENERATED).sum())
         assert 1 <= n_generated <= NEW_TOKENS and (kinds[-n_generated:] == TokenKind.GENERATED).all()
         assert result.query_position[-1] == result.n_key - 1  # the last answer token's row is there too
+        # Every row after the image block gives its patches some attention (the rows reach the image),
+        # in every layer that sees all earlier keys (Gemma 3's sliding layer does not).
+        image = kind_mask(kinds, IMAGE_PATCH_KINDS)
+        later = result.query_position > np.flatnonzero(image)[-1]
+        types = getattr(adapter.text_config, "layer_types", None) or ["full_attention"] * adapter.n_layers
+        full = [i for i, t in enumerate(types) if t != "sliding_attention"]
+        assert later.sum() >= n_generated and rows[full][:, :, later][..., image].sum(-1).min() > 0
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
@@ -112,6 +103,7 @@ def test_batch_equals_batch_of_one(runs, family):
     _, _, batched = runs(family, "sdpa", 3)
     for one, many in zip(single, batched):
         assert np.array_equal(one.token_id, many.token_id) and np.array_equal(one.query_position, many.query_position)
+        np.testing.assert_array_equal(one.layout.patch_box, many.layout.patch_box)
         np.testing.assert_allclose(many.attention.astype(np.float32), one.attention.astype(np.float32), atol=ATOL)
 
 
@@ -178,9 +170,9 @@ def _answers_and_stopping_token(adapter, images):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_entries_ending_at_different_steps(adapters, transformers_reference, family, monkeypatch):
+def test_entries_ending_at_different_steps(family_adapter, transformers_reference, family, monkeypatch):
     """An end token stops its entry (its own row kept, the others padded on) while the batch goes on."""
-    adapter = adapters(family, "sdpa")
+    adapter = family_adapter(family)
     images = [_gradient_image(w, h, seed=i) for i, (w, h) in enumerate(IMAGES)]
     answers, end = _answers_and_stopping_token(adapter, images)
     banned = list(adapter.banned_token_ids())

@@ -1,45 +1,24 @@
-"""Gemma 3 adapter: capture against transformers, the bidirectional image mask, pixel geometry
+"""Gemma 3 adapter: the bidirectional image mask, pixel geometry
 with and without pan-and-scan, token kinds, loading."""
 
 import json
 
 import numpy as np
 import pytest
-from support.vlm_family_checks import (
-    COLOUR_TOLERANCE,
-    FamilyRuns,
-    causal,
-    cell_colours,
-    check_answer_is_plain_generate,
-    check_batch_equals_one,
-    check_mask,
-    check_rows_equal_eager,
-    check_store_validates,
-    expected_colours,
-    image_blocks,
-    unnormalise,
-)
+from support.vlm_family_checks import COLOUR_TOLERANCE, cell_colours, expected_colours, image_blocks, unnormalise
 
 from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
-from attnstore.models.gemma3 import BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN, Gemma3Adapter
-from attnstore.models.tiny_families import build_random_gemma3
+from attnstore.models.gemma3 import BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN
 from attnstore.schema import TokenKind
 
-# wide (3 pan-and-scan crops), tall (2 crops), near-square (no crop: one view)
-IMAGES = [(200, 80), (80, 170), (100, 90)]
+
+@pytest.fixture(scope="module")
+def gemma3_runs(family_runs):
+    return family_runs("gemma3")  # pan-and-scan on
 
 
-@pytest.fixture(scope="session")
-def gemma3_runs(tmp_path_factory):
-    from attnstore.quiet import quiet_transformers
-
-    quiet_transformers()
-    path = build_random_gemma3(tmp_path_factory.mktemp("models") / "tiny-gemma3", pan_and_scan=True)
-    return FamilyRuns(path, IMAGES)
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def plain_adapter(gemma3_runs):
     """The same model with pan-and-scan off (the processor's default): one view per image."""
     adapter = load_adapter(gemma3_runs.path)
@@ -47,41 +26,12 @@ def plain_adapter(gemma3_runs):
     return adapter
 
 
-# -- capture ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kernel,batch_size", [("sdpa", 1), ("sdpa", 3), ("eager", 1), ("eager", 3)])
-def test_rows_equal_eager_output_attentions(gemma3_runs, transformers_reference, kernel, batch_size):
-    check_rows_equal_eager(gemma3_runs, transformers_reference, kernel, batch_size)
-
-
-def test_batch_equals_batch_of_one(gemma3_runs):
-    check_batch_equals_one(gemma3_runs)
-
-
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_answer_is_plain_greedy_generate(gemma3_runs, transformers_reference, batch_size):
-    check_answer_is_plain_generate(gemma3_runs, transformers_reference, batch_size)
+# -- the image-block mask (capture, batch, generate, the mask rule, store: test_families.py) --
 
 
 def test_image_blocks_are_bidirectional_in_the_captured_rows(gemma3_runs):
-    """Gemma 3's mask: causal, OR within one image block (each view its own block); the sliding layer
-    also drops keys a window or more behind the query. Every allowed entry is > 0, every other 0."""
+    """Several image blocks, each really bidirectional (the whole rule: test_families.py)."""
     config = gemma3_runs.adapter().model.config
-    text = config.get_text_config()
-
-    def allowed_of(result, layer):
-        n = result.n_key
-        block = np.full(n, -1)
-        for i, positions in enumerate(image_blocks(result.token_id, config.image_token_id)):
-            block[positions] = i
-        allowed = causal(n) | ((block[:, None] == block[None, :]) & (block[:, None] >= 0))
-        if text.layer_types[layer] == "sliding_attention":
-            q, k = np.indices((n, n))
-            allowed &= k > q - text.sliding_window
-        return allowed
-
-    check_mask(gemma3_runs, allowed_of)
     first = gemma3_runs.results()[0]
     blocks = image_blocks(first.token_id, config.image_token_id)
     assert len(blocks) == 4  # the full view and 3 crops: a real test of several blocks
@@ -203,12 +153,8 @@ def test_crops_need_the_original_size(gemma3_runs):
         adapter.layout(inputs["input_ids"][0].numpy()[:-40], inputs)
 
 
-def test_load_adapter_picks_gemma3(gemma3_runs):
-    adapter = gemma3_runs.adapter()
-    assert isinstance(adapter, Gemma3Adapter) and adapter.family == "gemma3" and adapter.random_weights
-    with open(f"{gemma3_runs.path}/config.json") as f:
-        assert json.load(f)["model_type"] == "gemma3"
-    settings = json.loads(json.dumps(adapter.processor_settings()))
+def test_pan_and_scan_settings_are_provenance(gemma3_runs):
+    settings = json.loads(json.dumps(gemma3_runs.adapter().processor_settings()))
     assert settings["do_pan_and_scan"] is True and settings["image_seq_length"] == 16
     assert settings["pan_and_scan_max_num_crops"] == 4 and settings["pan_and_scan_min_crop_size"] == 32
 
@@ -227,7 +173,3 @@ def test_pan_and_scan_on_with_the_processor_defaults(gemma3_runs):
     ip.do_pan_and_scan = None
     assert adapter.processor_settings()["do_pan_and_scan"] is False
     assert adapter.max_image_tokens() == 16 + 2 + 4  # one block: "\n\n", <start_of_image>, 16, <end_of_image>, "\n\n"
-
-
-def test_store_records_the_mask_and_validates(gemma3_runs, tmp_path):
-    check_store_validates(gemma3_runs, tmp_path, "image_blocks")

@@ -1,4 +1,4 @@
-"""InternVL adapter: capture against transformers, tile + thumbnail geometry against the processor's
+"""InternVL adapter: tile + thumbnail geometry against the processor's
 pixels and the model's pixel-shuffle order, kinds, loading without torchvision."""
 
 import json
@@ -7,59 +7,20 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from support.vlm_family_checks import (
-    COLOUR_TOLERANCE,
-    FamilyRuns,
-    causal,
-    cell_colours,
-    check_answer_is_plain_generate,
-    check_batch_equals_one,
-    check_mask,
-    check_rows_equal_eager,
-    check_store_validates,
-    expected_colours,
-    unnormalise,
-)
+from support.vlm_family_checks import COLOUR_TOLERANCE, cell_colours, expected_colours, unnormalise
 
 from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
 from attnstore.models.internvl import END_IMAGE, IMAGE_TOKEN, START_IMAGE, InternVLAdapter
-from attnstore.models.tiny_families import build_random_internvl
 from attnstore.schema import TokenKind
 
-IMAGES = [(200, 80), (80, 170), (64, 64)]  # wide (3 x 1 tiles), tall (1 x 2), square (one view)
+
+@pytest.fixture(scope="module")
+def internvl_runs(family_runs):
+    return family_runs("internvl")
 
 
-@pytest.fixture(scope="session")
-def internvl_runs(tmp_path_factory):
-    from attnstore.quiet import quiet_transformers
-
-    quiet_transformers()
-    return FamilyRuns(build_random_internvl(tmp_path_factory.mktemp("models") / "tiny-internvl"), IMAGES)
-
-
-# -- capture ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kernel,batch_size", [("sdpa", 1), ("sdpa", 3), ("eager", 1), ("eager", 3)])
-def test_rows_equal_eager_output_attentions(internvl_runs, transformers_reference, kernel, batch_size):
-    check_rows_equal_eager(internvl_runs, transformers_reference, kernel, batch_size)
-
-
-def test_batch_equals_batch_of_one(internvl_runs):
-    check_batch_equals_one(internvl_runs)
-
-
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_answer_is_plain_greedy_generate(internvl_runs, transformers_reference, batch_size):
-    check_answer_is_plain_generate(internvl_runs, transformers_reference, batch_size)
-
-
-def test_rows_are_causal(internvl_runs):
-    check_mask(internvl_runs, lambda result, layer: causal(result.n_key))
-
-
-# -- geometry -----------------------------------------------------------------------------------
+# -- geometry (capture, batch, generate, mask, store: test_families.py) ----------------------
 
 
 def test_pixel_shuffle_keeps_row_major_order(internvl_runs):
@@ -168,7 +129,3 @@ def test_loads_without_torchvision_from_a_checkpoint_layout(internvl_runs, tmp_p
     assert json.loads((folder / "processor_config.json").read_text())["processor_class"] == "InternVLProcessor"
     settings = json.loads(json.dumps(adapter.processor_settings()))
     assert (settings["max_patches"], settings["image_seq_length"]) == (6, 16)
-
-
-def test_store_validates(internvl_runs, tmp_path):
-    check_store_validates(internvl_runs, tmp_path, "causal")

@@ -1,36 +1,25 @@
-"""LLaVA-1.5 adapter: geometry against the processor's own pixels, capture against output_attentions, loading."""
+"""LLaVA-1.5 adapter: geometry against the processor's own pixels, kinds, refusals (loading: test_families.py)."""
 
 import json
 
 import numpy as np
 import pytest
+from support.vlm_family_checks import expected_colours, run_layout
 
 from attnstore.errors import ModelLoadError
-from attnstore.extraction.synthetic import _gradient_image
 from attnstore.geometry import View, view_boxes
 from attnstore.models import load_adapter
-from attnstore.models.capture import implementation_name
 from attnstore.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
-from attnstore.models.tiny import build_random_llava
 from attnstore.schema import TokenKind
 
 # (width, height): square, wide, tall, tiny, large
 SHAPES = [(336, 336), (640, 360), (300, 700), (20, 12), (1500, 700)]
 TOLERANCE = 0.015  # max |colour error| as a fraction of the colour range (measured <= 0.007)
-PROMPT = "Can you describe this image?"
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    from attnstore.quiet import quiet_transformers
-
-    quiet_transformers()
-    return build_random_llava(tmp_path_factory.mktemp("models") / "tiny-llava")
-
-
-@pytest.fixture(scope="module")
-def adapter(model_path):
-    return load_adapter(str(model_path))
+def adapter(family_adapter):
+    return family_adapter("llava")
 
 
 def with_image_processor(adapter: LlavaAdapter, image_processor) -> LlavaAdapter:
@@ -71,19 +60,6 @@ def token_colours(adapter: LlavaAdapter, inputs, layout) -> np.ndarray:
     cells = rgb[:2, : rows * p, : cols * p].reshape(2, rows, p, cols, p).mean((2, 4))  # [rg, row, col]
     pos = np.flatnonzero(layout.kind == TokenKind.IMAGE_TILE)
     return cells[:, layout.patch_row[pos], layout.patch_col[pos]].T
-
-
-def expected_colours(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(red, green) of the gradient image at each box centre  # [token, 2]."""
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # normalised (x, y)
-    size = np.array([width, height])
-    # _gradient_image: pixel i of n has value i / (n - 1); normalised u falls on pixel u * n - 0.5.
-    return np.clip((centre * size - 0.5) / (size - 1), 0, 1)
-
-
-def run_layout(adapter: LlavaAdapter, width: int, height: int):
-    inputs = adapter.prepare(_gradient_image(width, height), PROMPT)
-    return inputs, adapter.layout(inputs["input_ids"][0].numpy(), inputs)
 
 
 def full_cells(layout) -> np.ndarray:
@@ -183,15 +159,6 @@ def test_layout_needs_prepare_output(adapter):
 
 
 # -- loading ------------------------------------------------------------------------------------
-
-
-def test_load_adapter_picks_llava(adapter, model_path):
-    assert isinstance(adapter, LlavaAdapter) and adapter.family == "llava"
-    assert adapter.random_weights
-    assert json.loads((model_path / "config.json").read_text())["model_type"] == "llava"
-    assert adapter.model.config.get_text_config()._attn_implementation == implementation_name("sdpa")
-    settings = json.loads(json.dumps(adapter.processor_settings()))  # JSON-serialisable provenance
-    assert settings["crop_size"] == [112, 112] and settings["patch_size"] == 14
 
 
 def test_unsupported_model_type_is_a_clear_error(tmp_path):

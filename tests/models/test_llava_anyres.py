@@ -1,5 +1,5 @@
 """LLaVA-NeXT and LLaVA-OneVision (any-resolution): geometry against the processor's own pixels arranged by
-transformers' own `pack_image_features`, capture against output_attentions, answers against generate, loading."""
+transformers' own `pack_image_features`, stores, loading (capture and generate: tests/extraction/test_extract.py)."""
 
 import json
 from types import SimpleNamespace
@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from support.vlm_family_checks import expected_colours
+from support.vlm_family_checks import run_layout as shared_run_layout
 
 from attnstore.cli import main
-from attnstore.extraction.extract import extract, extract_batch
 from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
 from attnstore.models.llava_anyres import (
@@ -27,28 +28,11 @@ ADAPTERS = {"llava_next": LlavaNextAdapter, "llava_onevision": LlavaOnevisionAda
 # (width, height): square, wide, tall, tiny, large
 SHAPES = [(336, 336), (640, 360), (300, 700), (20, 12), (1500, 700)]
 TOLERANCE = 0.015  # max |colour error| as a fraction of the colour range
-PROMPT = "Can you describe this image?"
-ATOL = 2e-3  # fp16 rounding of attention values in [0, 1]
-NEW_TOKENS = 4
-IMAGES = [(640, 480), (300, 700), (1200, 300)]  # different crop grids (and OneVision resampling) in one batch
-PROMPTS = ["Can you describe this image?", "What?", "Is there a dog on the left side of the picture, near the tree?"]
 
 
-@pytest.fixture(scope="session")
-def anyres_adapters(attnstore_cache):
-    """Loaded tiny models per (family, kernel), built once per session (`tiny_model_dir`)."""
-    from attnstore.extraction.demo import tiny_model_dir
-    from attnstore.quiet import quiet_transformers
-
-    quiet_transformers()
-    loaded = {}
-
-    def get(family: str, kernel: str = "sdpa"):
-        if (family, kernel) not in loaded:
-            loaded[family, kernel] = load_adapter(str(tiny_model_dir(family)), attn_kernel=kernel)
-        return loaded[family, kernel]
-
-    return get
+@pytest.fixture(scope="module")
+def anyres_adapters(family_adapter):
+    return family_adapter  # (family, kernel) -> the tiny model, loaded once per session
 
 
 # -- geometry -----------------------------------------------------------------------------------
@@ -107,18 +91,10 @@ def packed_colours(adapter, inputs, vision_aspect_ratio: str | None = None) -> n
     return packed[0].numpy()
 
 
-def expected_colours(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(red, green) of the gradient image at each box centre  # [token, 2]."""
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # normalised (x, y)
-    size = np.array([width, height])
-    # _gradient_image: pixel i of n has value i / (n - 1); normalised u falls on pixel u * n - 0.5.
-    return np.clip((centre * size - 0.5) / (size - 1), 0, 1)
-
-
 def run_layout(adapter, width: int, height: int):
-    inputs = adapter.prepare(_gradient_image(width, height), PROMPT)
-    ids = inputs["input_ids"][0].numpy()
-    return inputs, adapter.layout(ids, inputs), np.flatnonzero(ids == adapter.image_token_id)
+    """(inputs, layout, the image placeholder's positions)."""
+    inputs, layout = shared_run_layout(adapter, width, height)
+    return inputs, layout, np.flatnonzero(inputs["input_ids"][0].numpy() == adapter.image_token_id)
 
 
 def nominal_cells(boxes: np.ndarray) -> tuple[float, float]:
@@ -266,68 +242,6 @@ def test_outputs_the_geometry_cannot_explain_are_refused(anyres_adapters, family
         ip.size, ip.crop_size, ip.do_center_crop = saved
 
 
-# -- capture ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def anyres_runs(anyres_adapters):
-    """Batch-of-3 and one-by-one results per (family, kernel)."""
-    cache = {}
-
-    def get(family: str, kernel: str, batch_size: int):
-        key = (family, kernel, batch_size)
-        if key not in cache:
-            adapter = anyres_adapters(family, kernel)
-            images = [_gradient_image(w, h, seed=i) for i, (w, h) in enumerate(IMAGES)]
-            if batch_size == 1:
-                results = [extract(adapter, im, p, max_new_tokens=NEW_TOKENS) for im, p in zip(images, PROMPTS)]
-            else:
-                results = extract_batch(adapter, images, PROMPTS, max_new_tokens=NEW_TOKENS)
-            cache[key] = (adapter, images, results)
-        return cache[key]
-
-    return get
-
-
-@pytest.mark.parametrize("batch_size", [1, 3])
-@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_rows_equal_eager_output_attentions(anyres_runs, transformers_reference, family, kernel, batch_size):
-    adapter, images, results = anyres_runs(family, kernel, batch_size)
-    for image, prompt, result in zip(images, PROMPTS, results):
-        reference = transformers_reference.attention(adapter, image, prompt, result.token_id)
-        assert result.attention.shape == (adapter.n_layers, adapter.n_heads, result.n_query, result.n_key)
-        expected = reference[:, :, result.query_position]
-        np.testing.assert_allclose(result.attention.astype(np.float32), expected, rtol=0, atol=ATOL)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_batch_of_three_equals_one_by_one(anyres_runs, family):
-    _, _, single = anyres_runs(family, "sdpa", 1)
-    _, _, batched = anyres_runs(family, "sdpa", 3)
-    for one, many in zip(single, batched):
-        assert np.array_equal(one.token_id, many.token_id) and np.array_equal(one.query_position, many.query_position)
-        np.testing.assert_array_equal(one.layout.patch_box, many.layout.patch_box)
-        np.testing.assert_allclose(many.attention.astype(np.float32), one.attention.astype(np.float32), atol=ATOL)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_answer_is_plain_greedy_generate_rows_sum_to_one_and_are_causal(anyres_runs, transformers_reference, family):
-    adapter, images, results = anyres_runs(family, "sdpa", 3)
-    for image, prompt, result in zip(images, PROMPTS, results):
-        plain = transformers_reference.generate(adapter, image, prompt, NEW_TOKENS)
-        generated = result.token_id[result.layout.kind == TokenKind.GENERATED]
-        assert generated.tolist() == plain.tolist() and result.answer == adapter.decode(plain)
-        rows = result.attention.astype(np.float32)
-        np.testing.assert_allclose(rows.sum(-1), 1.0, atol=5e-3)
-        after = np.arange(result.n_key)[None, :] > result.query_position[:, None]
-        assert rows[:, :, after].max() == 0
-        # Every row after the image block gives its patches some attention (the rows reach the image).
-        image = np.isin(result.layout.kind, [TokenKind.IMAGE_GLOBAL, TokenKind.IMAGE_TILE])
-        later = result.query_position > np.flatnonzero(image)[-1]
-        assert later.sum() >= NEW_TOKENS and rows[:, :, later][..., image].sum(-1).min() > 0
-
-
 # -- store and loading -------------------------------------------------------------------------
 
 
@@ -351,17 +265,11 @@ def test_extracts_into_a_valid_store(family, anyres_adapters, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_load_adapter_picks_the_family(anyres_adapters, family):
-    from attnstore.extraction.demo import tiny_model_dir
-
+def test_processor_and_model_share_the_pinpoints(anyres_adapters, family):
     adapter = anyres_adapters(family)
-    path = tiny_model_dir(family)
-    assert type(adapter) is ADAPTERS[family] and adapter.family == family and adapter.random_weights
-    assert json.loads((path / "config.json").read_text())["model_type"] == family
     assert adapter.processor.image_processor.image_grid_pinpoints == adapter.model.config.image_grid_pinpoints
     settings = json.loads(json.dumps(adapter.processor_settings()))  # JSON-serialisable provenance
-    assert settings["patch_size"] == 14 and settings["image_grid_pinpoints"][0][0] % 56 == 0
-    assert ADAPTERS[family].info.tiny.endswith(f"build_random_{family}")  # its tiny model, declared
+    assert settings["image_grid_pinpoints"][0][0] % 56 == 0
 
 
 def test_onevision_loads_without_torchvision(anyres_adapters, tmp_path):

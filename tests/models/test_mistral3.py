@@ -1,64 +1,23 @@
-"""Mistral 3 adapter: capture against transformers, variable-resolution geometry against the processor's
+"""Mistral 3 adapter: variable-resolution geometry against the processor's
 pixels and the model's patch-merge order, [IMG_BREAK] / [IMG_END] kinds, loading without torchvision."""
-
-import json
 
 import numpy as np
 import pytest
 import torch
-from support.vlm_family_checks import (
-    COLOUR_TOLERANCE,
-    FamilyRuns,
-    causal,
-    cell_colours,
-    check_answer_is_plain_generate,
-    check_batch_equals_one,
-    check_mask,
-    check_rows_equal_eager,
-    check_store_validates,
-    expected_colours,
-    unnormalise,
-)
+from support.vlm_family_checks import COLOUR_TOLERANCE, cell_colours, expected_colours, unnormalise
 
 from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models import load_adapter
-from attnstore.models.mistral3 import BREAK_TOKEN, END_TOKEN, IMAGE_TOKEN, Mistral3Adapter
-from attnstore.models.tiny_families import build_random_mistral3
+from attnstore.models.mistral3 import BREAK_TOKEN, END_TOKEN, IMAGE_TOKEN
 from attnstore.schema import TokenKind
 
-IMAGES = [(200, 80), (80, 170), (100, 90)]  # wide, tall, near-square: three grid shapes in one batch
+
+@pytest.fixture(scope="module")
+def mistral3_runs(family_runs):
+    return family_runs("mistral3")
 
 
-@pytest.fixture(scope="session")
-def mistral3_runs(tmp_path_factory):
-    from attnstore.quiet import quiet_transformers
-
-    quiet_transformers()
-    return FamilyRuns(build_random_mistral3(tmp_path_factory.mktemp("models") / "tiny-mistral3"), IMAGES)
-
-
-# -- capture ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kernel,batch_size", [("sdpa", 1), ("sdpa", 3), ("eager", 1), ("eager", 3)])
-def test_rows_equal_eager_output_attentions(mistral3_runs, transformers_reference, kernel, batch_size):
-    check_rows_equal_eager(mistral3_runs, transformers_reference, kernel, batch_size)
-
-
-def test_batch_equals_batch_of_one(mistral3_runs):
-    check_batch_equals_one(mistral3_runs)
-
-
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_answer_is_plain_greedy_generate(mistral3_runs, transformers_reference, batch_size):
-    check_answer_is_plain_generate(mistral3_runs, transformers_reference, batch_size)
-
-
-def test_rows_are_causal(mistral3_runs):
-    check_mask(mistral3_runs, lambda result, layer: causal(result.n_key))
-
-
-# -- geometry -----------------------------------------------------------------------------------
+# -- geometry (capture, batch, generate, mask, store: test_families.py) ----------------------
 
 
 def test_patch_merger_keeps_row_major_order(mistral3_runs):
@@ -149,17 +108,3 @@ def test_layout_kinds(mistral3_runs):
     assert image.size + 4 <= adapter.max_image_tokens()
     with pytest.raises(ValueError, match="4 x 8 image block"):
         adapter.layout(ids[: image[-1]], inputs)
-
-
-def test_load_adapter_picks_mistral3(mistral3_runs):
-    adapter = mistral3_runs.adapter()
-    assert isinstance(adapter, Mistral3Adapter) and adapter.family == "mistral3" and adapter.random_weights
-    assert type(adapter.processor).__name__ == "PixtralProcessor"  # the real class, without torchvision here
-    with open(f"{mistral3_runs.path}/config.json") as f:
-        assert json.load(f)["model_type"] == "mistral3"
-    settings = json.loads(json.dumps(adapter.processor_settings()))
-    assert (settings["patch_size"], settings["spatial_merge_size"]) == (8, 2)
-
-
-def test_store_validates(mistral3_runs, tmp_path):
-    check_store_validates(mistral3_runs, tmp_path, "causal")

@@ -1,73 +1,29 @@
-"""PaliGemma adapter: capture against transformers, the bidirectional prefix, pixel geometry, kinds, loading."""
-
-import json
+"""PaliGemma adapter: the bidirectional prefix, pixel geometry, kinds, loading."""
 
 import numpy as np
 import pytest
-from support.vlm_family_checks import (
-    COLOUR_TOLERANCE,
-    FamilyRuns,
-    causal,
-    cell_colours,
-    check_answer_is_plain_generate,
-    check_batch_equals_one,
-    check_mask,
-    check_rows_equal_eager,
-    check_store_validates,
-    expected_colours,
-    unnormalise,
-)
+from support.vlm_family_checks import COLOUR_TOLERANCE, cell_colours, expected_colours, unnormalise
 
 from attnstore.extraction.synthetic import _gradient_image
 from attnstore.models.paligemma import IMAGE_TOKEN, PaliGemmaAdapter
-from attnstore.models.tiny_families import build_random_paligemma
 from attnstore.schema import TokenKind
 
-IMAGES = [(200, 80), (80, 170), (100, 90)]  # wide, tall, near-square
+
+@pytest.fixture(scope="module")
+def paligemma_runs(family_runs):
+    return family_runs("paligemma")
 
 
-@pytest.fixture(scope="session")
-def paligemma_runs(tmp_path_factory):
-    from attnstore.quiet import quiet_transformers
-
-    quiet_transformers()
-    return FamilyRuns(build_random_paligemma(tmp_path_factory.mktemp("models") / "tiny-paligemma"), IMAGES)
-
-
-# -- capture ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kernel,batch_size", [("sdpa", 1), ("sdpa", 3), ("eager", 1), ("eager", 3)])
-def test_rows_equal_eager_output_attentions(paligemma_runs, transformers_reference, kernel, batch_size):
-    check_rows_equal_eager(paligemma_runs, transformers_reference, kernel, batch_size)
-
-
-def test_batch_equals_batch_of_one(paligemma_runs):
-    check_batch_equals_one(paligemma_runs)
-
-
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_answer_is_plain_greedy_generate(paligemma_runs, transformers_reference, batch_size):
-    check_answer_is_plain_generate(paligemma_runs, transformers_reference, batch_size)
+# -- the prefix mask (capture, batch, generate, the mask rule, store: test_families.py) -----
 
 
 def test_prefix_is_bidirectional_in_the_captured_rows(paligemma_runs):
-    """PaliGemma's mask: the prompt (image tokens, <bos>, prompt, "\\n") sees itself whole; the answer is causal."""
-
-    def allowed_of(result, layer):
-        prompt = result.layout.kind != TokenKind.GENERATED
-        return causal(result.n_key) | (prompt[:, None] & prompt[None, :])
-
-    check_mask(paligemma_runs, allowed_of)
+    """The prefix is really bidirectional (the whole rule: test_families.py)."""
     result = paligemma_runs.results()[0]
     rows = result.attention.astype(np.float32)
     n_prompt = int((result.layout.kind != TokenKind.GENERATED).sum())
     assert rows[:, :, 0, 1:n_prompt].min() > 0  # the first image token sees the prompt's last token
     assert rows[:, :, :n_prompt, n_prompt:].max() == 0  # and no answer token
-
-
-def test_store_records_the_mask_and_validates(paligemma_runs, tmp_path):
-    check_store_validates(paligemma_runs, tmp_path, "prefix")
 
 
 # -- geometry -----------------------------------------------------------------------------------
@@ -132,12 +88,3 @@ def test_layout_kinds(paligemma_runs):
     assert not inputs["token_type_ids"].any()  # the whole prompt is the bidirectional prefix
     assert image.size <= adapter.max_image_tokens()
     assert adapter.banned_token_ids() == [adapter.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)]
-
-
-def test_load_adapter_picks_paligemma(paligemma_runs):
-    adapter = paligemma_runs.adapter()
-    assert isinstance(adapter, PaliGemmaAdapter) and adapter.family == "paligemma" and adapter.random_weights
-    with open(f"{paligemma_runs.path}/config.json") as f:
-        assert json.load(f)["model_type"] == "paligemma"
-    settings = json.loads(json.dumps(adapter.processor_settings()))
-    assert (settings["image_seq_length"], settings["patch_size"]) == (64, 8)

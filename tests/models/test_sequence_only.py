@@ -55,7 +55,6 @@ def test_kinds_come_from_the_processors_image_token_id(adapter):
     assert np.isnan(layout.patch_box).all() and (layout.patch_row == -1).all()
     assert layout.grid_rows == layout.grid_cols == layout.global_rows == 0
     assert adapter.max_image_tokens() >= image.size
-    assert len(adapter.attention_modules()) == adapter.n_layers  # the decoder's, not the perceiver's
 
 
 def test_store_says_geometry_none_and_why(store, capsys):

@@ -1,4 +1,4 @@
-"""Checks shared by the tests of the newer VLM families (Gemma 3, PaliGemma, InternVL, Mistral 3).
+"""Checks shared by the per-family tests (tests/models/test_*.py and test_families.py).
 
 Capture is checked against plain transformers (eager `output_attentions`, greedy `generate`),
 geometry against the pixels the processor produced for a colour-coded picture, the mask
@@ -18,6 +18,15 @@ PROMPTS = ["Can you describe this image?", "What?", "Is there a dog on the left 
 NEW_TOKENS = 4
 ATOL = 2e-3  # fp16 rounding of values in [0, 1]
 COLOUR_TOLERANCE = 0.02  # max |colour error| as a fraction of the colour range
+
+# (width, height) of the pictures each family's capture runs use, one per prompt
+RUN_IMAGES = {
+    "gemma3": [(200, 80), (80, 170), (100, 90)],  # wide (3 pan-and-scan crops), tall (2 crops), near-square (one view)
+    "paligemma": [(200, 80), (80, 170), (100, 90)],  # wide, tall, near-square
+    "internvl": [(200, 80), (80, 170), (64, 64)],  # wide (3 x 1 tiles), tall (1 x 2), square (one view)
+    "mistral3": [(200, 80), (80, 170), (100, 90)],  # wide, tall, near-square: three grid shapes in one batch
+}
+BUILD_OPTIONS = {"gemma3": {"pan_and_scan": True}}  # the tiny builder's options, where not its defaults
 
 
 class FamilyRuns:
@@ -144,3 +153,37 @@ def check_store_validates(runs: FamilyRuns, folder, mask: str) -> None:
     tol = row_sum_tolerance(ds.attrs["keep_bits"])
     as_causal = check_image(ds.isel(image=0), tol, mask="causal")
     assert ("attention on positions after the query token (not causal)" in as_causal) == (mask != "causal")
+
+
+def run_layout(adapter, width: int, height: int, prompt: str = PROMPTS[0]):
+    """(the processor's inputs, the adapter's layout) for a `_gradient_image` of that size."""
+    inputs = adapter.prepare(_gradient_image(width, height), prompt)
+    return inputs, adapter.layout(inputs["input_ids"][0].numpy(), inputs)
+
+
+def qwen_token_colours(adapter, inputs, layout) -> np.ndarray:
+    """Mean (red, green) of the processed pixels under each image token's merged patch  # [token, 2].
+
+    The picture is rebuilt from the Qwen-VL processor's flat patches, independently of the adapter.
+    """
+    ip = adapter.processor.image_processor
+    p, m, t_patch = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+    _, h, w = inputs["image_grid_thw"][0].tolist()
+    # The image processor's patchify order: (h/m, w/m, m, m) patches, each (channel, time, p, p).
+    flat = inputs["pixel_values"].numpy().reshape(h // m, w // m, m, m, 3, t_patch, p, p)[..., 0, :, :]
+    rgb = unnormalise(flat.transpose(4, 0, 2, 5, 1, 3, 6).reshape(3, h * p, w * p), ip)  # [rgb, y, x]
+    rows, cols = layout.grid_rows, layout.grid_cols
+    cells = rgb[:2].reshape(2, rows, rgb.shape[1] // rows, cols, rgb.shape[2] // cols).mean((2, 4))  # [rg, row, col]
+    pos = np.flatnonzero(layout.kind == TokenKind.IMAGE_TILE)
+    return cells[:, layout.patch_row[pos], layout.patch_col[pos]].T
+
+
+def check_wrong_grid_mappings_fail(colours: np.ndarray, layout, width: int, height: int, tolerance: float) -> None:
+    """The colour check is tight: a transposed grid or one cell of offset is caught (one-view layouts)."""
+    rows, cols = layout.grid_rows, layout.grid_cols
+    boxes = layout.patch_box[layout.kind == TokenKind.IMAGE_TILE]
+    col, row = np.divmod(np.arange(rows * cols), rows)  # tokens read column-major
+    transposed = np.stack([col / cols, row / rows, (col + 1) / cols, (row + 1) / rows], axis=1)
+    shifted = boxes + [1 / cols, 0, 1 / cols, 0]
+    for wrong in (transposed, shifted):
+        assert np.abs(colours - expected_colours(wrong, width, height)).max() > 2 * tolerance

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from attnstore.extraction.synthetic import _gradient_image, idefics3_tokens
-from attnstore.geometry import View, box_to_pixels, tile_views, view_boxes
+from attnstore.geometry import View, box_to_pixels, text_layout, tile_views, view_boxes
 from attnstore.models.idefics3_layout import parse_idefics3_layout
 from attnstore.schema import TokenKind
 
@@ -23,6 +23,14 @@ def test_view_boxes_clip_padding_outside_image():
     boxes = view_boxes(view)
     assert boxes.min() >= 0 and boxes.max() <= 1
     np.testing.assert_allclose(boxes[0, [0, 2]], [0.0, 0.25])
+
+
+def test_text_layout_kinds_before_any_view():
+    """Chat specials first (a token both special and marker is special), then image markers, else prompt text."""
+    layout = text_layout(["<s>", "<img>", "Hi", "<brk>", "<s>"], {"<s>"}, image_markers=("<img>", "<brk>", "<s>"))
+    special, marker, text = TokenKind.SPECIAL, TokenKind.IMAGE_SPECIAL, TokenKind.PROMPT_TEXT
+    assert layout.kind.tolist() == [special, marker, text, marker, special] and layout.kind.dtype == np.int8
+    assert np.isnan(layout.patch_box).all() and (layout.patch_row == -1).all() and layout.views == []
 
 
 def test_tile_views_offsets_on_stitched_grid():
