@@ -12,7 +12,7 @@ from rich.table import Table
 from attnstore.analysis.correctness import EXPECTED_ANSWER, RIGHT, WRONG, accuracy, has_correctness
 from attnstore.cli import app
 from attnstore.store import open_dataset
-from attnstore.store.summary import store_size_bytes, store_summary  # noqa: F401  (re-exported)
+from attnstore.store.summary import store_summary
 
 MAX_ROWS = 50
 

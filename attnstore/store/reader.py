@@ -11,10 +11,11 @@ import zarr
 from attnstore._version import __version__
 from attnstore.errors import StoreError
 from attnstore.schema import FORMAT_NAME, SCHEMA_VERSION
-from attnstore.store.backend import attach, choose_backend, dataset_reader
+from attnstore.store.readers.choice import choose_backend
+from attnstore.store.readers.lazy import dataset_reader
 from attnstore.store.remote import is_url, is_zip, store_like
 from attnstore.store.safety import check_declared, store_declared
-from attnstore.store.threads import read_concurrently  # noqa: F401  (its old home: callers import it from here)
+from attnstore.store.xarray_glue import attach
 
 # What zarr raises for a damaged, empty or deeply nested zarr.json (json's errors are ValueErrors)
 METADATA_ERRORS = (ValueError, TypeError, KeyError, RecursionError, AttributeError)
@@ -91,7 +92,7 @@ def open_dataset(
     chunks for out-of-core analysis (attention then gets one task per image shard,
     or per row block if `chunks` sets a `query` size).
 
-    The attention array reads through `attnstore.store.backend` (tensorstore when it can
+    The attention array reads through `attnstore.store.readers` (tensorstore when it can
     open the store, zarr-python otherwise; `read_backend` or ATTNSTORE_READ_BACKEND force one).
     """
     choose_backend(read_backend)  # a bad name fails before any read

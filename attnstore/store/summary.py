@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 from PIL import Image
 
-from attnstore.store.backend import reader_name
+from attnstore.store.xarray_glue import reader_name
 
 THUMB_SIDE = 64  # pixels of a summary thumbnail's longer side
 

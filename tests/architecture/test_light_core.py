@@ -97,7 +97,7 @@ def test_info_reads_no_attention_row_and_imports_no_tensorstore(synthetic_store)
         "code = main(['info', sys.argv[1]])\n"
         "print('AFTER_INFO', 'tensorstore' in sys.modules)\n"
         "import attnstore\n"
-        "from attnstore.store.backend import reader_name\n"
+        "from attnstore.store.xarray_glue import reader_name\n"
         "ds = attnstore.open_dataset(sys.argv[1])\n"
         "ds['attention'].isel(image=0, query=0).values\n"
         "print('AFTER_READ', 'tensorstore' in sys.modules, reader_name(ds))\n"
