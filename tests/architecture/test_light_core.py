@@ -113,12 +113,12 @@ def test_info_reads_no_attention_row_and_imports_no_tensorstore(synthetic_store)
     assert "AFTER_READ True tensorstore (file kvstore), " in proc.stdout and "decoded by numcodecs" in proc.stdout
 
 
-INFO_HEAVY = ("dask", "tensorstore", "numba", "matplotlib", "plotly", "dash", "scipy", *HEAVY)
+INFO_HEAVY = ("dask", "tensorstore", "numba", "matplotlib", "plotly", "dash", "scipy", "PIL", *HEAVY)
 
 
 def test_info_imports_no_heavy_module(synthetic_store):
     """`attnstore info` reads no attention row and computes nothing, so it starts without dask (xarray's
-    own default indexes imported it on open), tensorstore, numba, plotting libraries or a model stack."""
+    own default indexes imported it on open), tensorstore, numba, plotting or imaging libraries or a model stack."""
     probe = (
         "import sys\n"
         "from attnstore.cli import main\n"
