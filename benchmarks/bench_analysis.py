@@ -24,7 +24,8 @@ import numpy as np
 import attnstore.analysis as A
 from attnstore.extraction.synthetic import make_synthetic_store
 from attnstore.store import open_dataset
-from attnstore.store.backend import BACKENDS, reader_name
+from attnstore.store.readers.choice import BACKENDS
+from attnstore.store.xarray_glue import reader_name
 
 TOKEN = "dog"
 

@@ -7,7 +7,7 @@ Real-size synthetic store (30 layers x 9 heads, 95 text rows x 957 keys, ~49 MB 
 names: the decode work is the same, the disk and page cache hold 20 images, not 200).
 
 (1) One image, every row (a whole shard), and one row (a click: the first one in an image also
-    reads the shard index), p50 / p95, GB/s of fp16 decoded; per backend (`attnstore.store.backend`:
+    reads the shard index), p50 / p95, GB/s of fp16 decoded; per backend (`attnstore.store.readers`:
     tensorstore I/O + numcodecs decode, zarr-python), tensorstore's own zarr3 driver (its decoder),
     and the raw codec: numcodecs blosc decode of the same chunk bytes held in memory (1 and 2 threads).
 (2) `aggregate_token` over every image on 2 threads, per backend, against reading the same rows with
@@ -38,7 +38,9 @@ import numpy as np
 import attnstore.analysis as A
 from attnstore.extraction.synthetic import make_synthetic_store
 from attnstore.store import AttnStore, open_dataset
-from attnstore.store.backend import ATTENTION, MISSING, ShardLayout, open_reader
+from attnstore.store.readers.base import ATTENTION
+from attnstore.store.readers.choice import open_reader
+from attnstore.store.readers.tensorstore_reader import MISSING, ShardLayout
 
 TOKEN = "dog"
 BACKENDS = ("tensorstore", "zarr")
@@ -208,7 +210,7 @@ def scan_read_and_kernel(ds, rows: dict[int, list[int]], runs: dict) -> int:
     the aggregate without the token matching and the per-occurrence summaries."""
     from attnstore.analysis.aggregate import _SMALL_VARS, _all_head_stats
     from attnstore.analysis.scan import scan_batches
-    from attnstore.store.backend import reader_of
+    from attnstore.store.xarray_glue import reader_of
 
     reader = reader_of(ds)
 

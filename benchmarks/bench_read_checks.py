@@ -19,7 +19,8 @@ import numpy as np
 
 from attnstore.extraction.synthetic import make_synthetic_store
 from attnstore.store import open_dataset
-from attnstore.store.backend import open_reader, reader_of
+from attnstore.store.readers.choice import open_reader
+from attnstore.store.xarray_glue import reader_of
 
 
 def clicks(read, picks, repeats: int = 3) -> np.ndarray:

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from attnstore.analysis import notebook
 from attnstore.analysis.cache import LRU
 from attnstore.analysis.correctness import answer_correct
 from attnstore.analysis.grounding import rank_heads, store_grounding
@@ -128,7 +127,8 @@ class AttnAccessor:
             return (int(sel),)
         return tuple(int(i) for i in sel)
 
-    # -- figures (the explorer's, in a notebook: `attnstore.analysis.notebook`) ---------------------
+    # -- figures (the explorer's, in a notebook: `attnstore.analysis.notebook`, imported on first use:
+    # it brings attnstore.render, which `import attnstore` and `attnstore info` do without) ----------
     def show(self, token: str | int, image: int | str = 0, layer: int | None = None, head: int | None = None,
              method: str | None = None, normalise: str = "raw", **options):  # fmt: skip
         """The explorer's map of `token` over the image, as a plotly Figure (renders in Jupyter).
@@ -136,19 +136,27 @@ class AttnAccessor:
         One head when `layer` and `head` are given; else `method` (default "entropy_topk") over the
         heads of `layer`, the layers of `head`, or all. Options: k, occurrence, scale ("own" |
         "shared"), cmap, opacity, grid_lines, boxes."""
+        from attnstore.analysis import notebook
+
         return notebook.show(self._ds, token, image, layer, head, method, normalise, **options)
 
     def show_heads(self, token: str | int, image: int | str = 0, layer: int = 0, **options):
         """The explorer's gallery: every head of `layer` for `token` (a plotly Figure)."""
+        from attnstore.analysis import notebook
+
         return notebook.show_heads(self._ds, token, image, layer, **options)
 
     def show_layers(self, token: str | int, image: int | str = 0, layer: int = 0, head: int = 0, **options):
         """The explorer's layer panel: image share per layer and the layer x head chart (two figures)."""
+        from attnstore.analysis import notebook
+
         return notebook.show_layers(self._ds, token, image, layer, head, **options)
 
     def plot_overlay(self, token: str | int, image: int | str = 0, layer: int | None = None,
                      head: int | None = None, method: str | None = None, ax=None, **options):  # fmt: skip
         """The map of `show` as a static matplotlib figure on `ax` (papers); returns the Axes."""
+        from attnstore.analysis import notebook
+
         return notebook.plot_overlay(self._ds, token, image, layer, head, method, ax=ax, **options)
 
     def summary(self, max_rows: int = 20):

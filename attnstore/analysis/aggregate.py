@@ -27,7 +27,7 @@ from attnstore.analysis.select import ImageVariables, read_rows_fp16, select_lay
 from attnstore.analysis.tokens import TokenNotFoundError, token_occurrences
 from attnstore.errors import InvalidArgument, check_output_file
 from attnstore.schema import BOX_CORNERS, IMAGE_PATCH_KINDS, KEY, TokenKind, kind_mask
-from attnstore.store.backend import reader_of
+from attnstore.store.xarray_glue import reader_of
 
 AGGREGATE_GRID = 32  # side of the common normalised grid the per-occurrence maps are averaged on
 

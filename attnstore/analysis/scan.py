@@ -23,7 +23,7 @@ import xarray as xr
 from attnstore.analysis.select import ImageVariables, require_stored, select_image
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY, QUERY
-from attnstore.store.backend import load_variables
+from attnstore.store.xarray_glue import load_variables
 
 ROW_VARS = ("query_position", "token_kind", "n_query", "n_key")  # what finding query rows needs
 TEXT_VARS = (*ROW_VARS, "token_text")

@@ -1,7 +1,7 @@
 """Selecting what to read: one image at its valid extents, one token's rows, layers and heads.
 
 A Dataset from `attnstore.store.open_dataset` reads attention through the store's read backend
-(`attnstore.store.backend`): a clicked token reads one stored chunk, several rows of one image are
+(`attnstore.store.readers`): a clicked token reads one stored chunk, several rows of one image are
 one reader call (each row its own chunk, decoded concurrently).
 """
 
@@ -16,9 +16,9 @@ import xarray as xr
 from attnstore.analysis.kernels import fp16_to_fp32
 from attnstore.errors import InvalidArgument
 from attnstore.schema import KEY, QUERY, REQUIRED_PER_IMAGE, is_fill
-from attnstore.store.backend import reader_name
 from attnstore.store.integrity import missing_chunk_error
 from attnstore.store.threads import read_concurrently
+from attnstore.store.xarray_glue import reader_name
 
 _SMALL_VARS = (
     "query_position",

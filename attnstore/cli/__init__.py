@@ -2,9 +2,11 @@
 
 User mistakes (AttnstoreError) end as one line on stderr and exit code 1, never
 a traceback. Each `attnstore.cli.<module>` registers its commands on `app`.
-"""
 
-from __future__ import annotations
+Start-up: typer reads every command's signature on each run, so command modules keep real
+annotations (no `from __future__ import annotations`: strings would be compiled again on every run),
+and import what only one command needs inside that command.
+"""
 
 import sys
 

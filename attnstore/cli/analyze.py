@@ -1,7 +1,5 @@
 """`attnstore heatmap` (one token -> PNG / overlay / CSV) and `attnstore aggregate` (one token across a store)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """`attnstore demo-model DIR`: write the trained demo model as a save_pretrained folder."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

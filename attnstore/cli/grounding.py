@@ -1,7 +1,5 @@
 """`attnstore grounding`: does a token's attention land on an object's box? (stores with boxes)"""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

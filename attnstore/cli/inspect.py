@@ -1,7 +1,5 @@
 """`attnstore info` and `attnstore validate`."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
@@ -12,7 +10,7 @@ from rich.table import Table
 from attnstore.analysis.correctness import EXPECTED_ANSWER, RIGHT, WRONG, accuracy, has_correctness
 from attnstore.cli import app
 from attnstore.store import open_dataset
-from attnstore.store.summary import store_size_bytes, store_summary  # noqa: F401  (re-exported)
+from attnstore.store.summary import store_summary
 
 MAX_ROWS = 50
 
@@ -43,7 +41,7 @@ def storage_lines(attrs: dict) -> list[str]:
 def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     ds = open_dataset(path)
     summary = store_summary(ds, path, max_rows)  # the same summary as ds.attn.summary() in a notebook
-    console = Console()
+    console = Console(highlight=False)  # no automatic colouring of numbers: its regexes cost ~20 ms a run
     a = summary.attrs
     sizes = ", ".join(f"{d}={n}" for d, n in summary.sizes.items())
     console.print(f"[bold]{path}[/bold]  schema v{a['schema_version']}, attnstore {a['attnstore_version']}")

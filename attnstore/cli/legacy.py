@@ -1,7 +1,5 @@
 """`attnstore import-legacy` and `attnstore export-legacy`: the seed prototypes' npy/npz folders."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """`attnstore models`: the model families, their geometry and what the tests check."""
 
-from __future__ import annotations
-
 from rich.console import Console
 from rich.table import Table
 

@@ -1,7 +1,5 @@
 """`attnstore pack`: a single-file (zip) copy of a finished store."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

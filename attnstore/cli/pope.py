@@ -1,7 +1,5 @@
 """`attnstore pope`: the POPE benchmark with every question's attention stored (seed `benchmark.py`)."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated

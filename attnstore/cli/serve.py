@@ -10,8 +10,6 @@ chose uvicorn over waitress for the single process (same property, 2.4x fewer cl
 Every request passes `explorer.guard` (Host/Origin allow-list, body bound) in both modes.
 """
 
-from __future__ import annotations
-
 import errno
 import os
 import resource

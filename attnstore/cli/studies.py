@@ -1,7 +1,5 @@
 """`attnstore analyze NAME STORE`: a registered dataset-level analysis -> a tidy table and a figure."""
 
-from __future__ import annotations
-
 import inspect
 from pathlib import Path
 from typing import Annotated

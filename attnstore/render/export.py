@@ -18,7 +18,6 @@ from typing import NamedTuple
 from xml.sax.saxutils import escape
 
 import numpy as np
-from PIL import Image
 
 from attnstore.analysis.grid import grid_boxes
 from attnstore.analysis.maps import MapResult
@@ -239,6 +238,8 @@ def layer_png(grid: np.ndarray, boxes: np.ndarray, size: tuple[int, int], cmap: 
     """`heatmap_image(grid, boxes=boxes, size=size)`'s pixels as PNG bytes  # grid [row, col]. A map
     has at most 256 colours plus transparent, so it is written as a palette PNG when it can: a
     quarter of RGBA's bytes to compress."""
+    from PIL import Image
+
     rgba = colorize(grid, cmap, 0.0, vmax)  # [grid_row, grid_col, 4]
     flat = np.concatenate([np.zeros((1, 4), np.uint8), rgba.reshape(-1, 4)])  # transparent first: sorts to 0
     colours, inverse = np.unique(flat, axis=0, return_inverse=True)  # [n_colours, 4], [1 + cells]

@@ -8,13 +8,16 @@ thumbnail) lands where the model saw it.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from attnstore.analysis.grid import lattice_cells
 from attnstore.errors import InvalidArgument
 from attnstore.render.colors import colorize
+
+if TYPE_CHECKING:  # PIL is imported where a picture is made: `import attnstore` stays lighter
+    from PIL import Image
 
 
 def uniform_boxes(rows: int, cols: int) -> np.ndarray:
@@ -54,6 +57,8 @@ def heatmap_image(
     grid : # [rows, cols] float. By default every cell is `cell_px` square; with `boxes` and
     `size=(width, height)` cells are placed by geometry on a canvas of that size.
     """
+    from PIL import Image
+
     grid = np.asarray(grid)
     rgba = colorize(grid, cmap, vmin, vmax)
     if boxes is None or size is None:
@@ -80,6 +85,8 @@ def overlay(
     boxes : # [rows, cols, 4] normalised cell boxes; default a regular grid over the image.
     alpha : opacity of the heatmap, 0..1.
     """
+    from PIL import Image
+
     if not 0.0 <= alpha <= 1.0:
         raise InvalidArgument("overlay_alpha", f"must be between 0 and 1, got {alpha}")
     pixels = np.asarray(pixels, np.uint8)
@@ -94,6 +101,8 @@ def overlay(
 
 def png_bytes(image: Image.Image | np.ndarray, compress_level: int = 6) -> bytes:
     """Encode an image (PIL or uint8 array) as PNG (`compress_level` 1 = fastest, 9 = smallest)."""
+    from PIL import Image
+
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     buf = io.BytesIO()

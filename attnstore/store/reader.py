@@ -5,16 +5,19 @@ from __future__ import annotations
 import re
 import warnings
 
+import pandas as pd
 import xarray as xr
 import zarr
+from xarray.indexes import PandasIndex
 
 from attnstore._version import __version__
 from attnstore.errors import StoreError
 from attnstore.schema import FORMAT_NAME, SCHEMA_VERSION
-from attnstore.store.backend import attach, choose_backend, dataset_reader
+from attnstore.store.readers.choice import choose_backend
+from attnstore.store.readers.lazy import dataset_reader
 from attnstore.store.remote import is_url, is_zip, store_like
 from attnstore.store.safety import check_declared, store_declared
-from attnstore.store.threads import read_concurrently  # noqa: F401  (its old home: callers import it from here)
+from attnstore.store.xarray_glue import attach
 
 # What zarr raises for a damaged, empty or deeply nested zarr.json (json's errors are ValueErrors)
 METADATA_ERRORS = (ValueError, TypeError, KeyError, RecursionError, AttributeError)
@@ -81,6 +84,16 @@ def metadata_error(path: str, err: BaseException) -> StoreError:
     return StoreError(f"store '{path}' is damaged: its metadata (zarr.json) cannot be read ({why})")
 
 
+def with_dimension_indexes(ds: xr.Dataset) -> xr.Dataset:
+    """`ds` with the pandas index of each dimension coordinate (layer, head, box) that xarray's open makes.
+
+    Made here from the loaded values: xarray's own default indexes ask dask whether the lazy values
+    are a dask array, which imports dask (~0.3 s of CPU) on commands that never compute with it."""
+    coords = {name: var.load() for name, var in ds.variables.items() if var.dims == (name,)}
+    indexes = {name: PandasIndex(pd.Index(var.values, name=name), name) for name, var in coords.items()}
+    return ds.assign_coords(xr.Coordinates(coords, indexes=indexes))
+
+
 def open_dataset(
     path: str, storage_options: dict | None = None, chunks=None, read_backend: str | None = None
 ) -> xr.Dataset:
@@ -91,7 +104,7 @@ def open_dataset(
     chunks for out-of-core analysis (attention then gets one task per image shard,
     or per row block if `chunks` sets a `query` size).
 
-    The attention array reads through `attnstore.store.backend` (tensorstore when it can
+    The attention array reads through `attnstore.store.readers` (tensorstore when it can
     open the store, zarr-python otherwise; `read_backend` or ATTNSTORE_READ_BACKEND force one).
     """
     choose_backend(read_backend)  # a bad name fails before any read
@@ -102,7 +115,9 @@ def open_dataset(
         with warnings.catch_warnings():  # attention's dask chunks are replaced below (`attach`)
             warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)
             warnings.filterwarnings("ignore", "Numcodecs codecs are not in the Zarr", UserWarning)  # store/codecs.py
-            ds = xr.open_zarr(target, chunks=chunks, storage_options=options, zarr_format=3)
+            ds = xr.open_zarr(target, chunks=chunks, storage_options=options, zarr_format=3,
+                              create_default_indexes=False)  # fmt: skip
+        ds = with_dimension_indexes(ds)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
         raise StoreError(f"no attnstore store at '{path}'") from err
     except (RecursionError, TypeError) as err:

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 import fsspec
 import numpy as np
 import xarray as xr
-from PIL import Image
 
-from attnstore.store.backend import reader_name
+from attnstore.store.xarray_glue import reader_name
 
 THUMB_SIDE = 64  # pixels of a summary thumbnail's longer side
 
@@ -130,6 +129,8 @@ def _size(path: str) -> int | None:
 
 def _thumbnail(ds: xr.Dataset, index: int) -> bytes:
     """A small PNG of image `index` (its own size, not the padded pixel array)."""
+    from PIL import Image
+
     h, w = (int(ds[v].values[index]) for v in ("image_height", "image_width"))
     pixels = np.asarray(ds["pixels"].isel(image=index, pixel_y=slice(0, h), pixel_x=slice(0, w)).values)
     picture = Image.fromarray(pixels)

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
-from PIL import Image
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import FsspecStore, LocalStore
 
@@ -58,6 +58,9 @@ from attnstore.store.journal import JournalStore, write_errors
 from attnstore.store.lossy import MAP_ERROR_ATTR, map_quantise
 from attnstore.store.reader import check_attrs, check_target, exists
 from attnstore.store.remote import is_url, store_like
+
+if TYPE_CHECKING:  # PIL is imported where a picture is made: `import attnstore` stays lighter
+    from PIL import Image
 
 MAX_DISPLAY_SIDE = 1024  # the store keeps a display copy of each image, longest edge at most this
 DEFAULT_KEEP_BITS = 10  # lossless fp16; see README "Storage" for the measured trade-off
@@ -114,6 +117,8 @@ def round_mantissa(values: np.ndarray, keep_bits: int) -> np.ndarray:
 
 def display_pixels(image: Image.Image) -> np.ndarray:
     """RGB display copy with longest edge <= MAX_DISPLAY_SIDE.  # [y, x, rgb] uint8"""
+    from PIL import Image
+
     image = image.convert("RGB")
     scale = MAX_DISPLAY_SIDE / max(image.size)
     if scale < 1:

@@ -13,7 +13,7 @@ from attnstore.analysis import scan as S
 from attnstore.analysis.grid import place_on_grid
 from attnstore.errors import InvalidArgument
 from attnstore.store import AttnStore, open_dataset
-from attnstore.store.backend import reader_of
+from attnstore.store.xarray_glue import reader_of
 
 
 def test_scan_batches_hand_each_image_its_selection_in_order(synthetic_store):

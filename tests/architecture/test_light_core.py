@@ -88,7 +88,7 @@ def test_info_reads_no_attention_row_and_imports_no_tensorstore(synthetic_store)
         "code = main(['info', sys.argv[1]])\n"
         "print('AFTER_INFO', 'tensorstore' in sys.modules)\n"
         "import attnstore\n"
-        "from attnstore.store.backend import reader_name\n"
+        "from attnstore.store.xarray_glue import reader_name\n"
         "ds = attnstore.open_dataset(sys.argv[1])\n"
         "ds['attention'].isel(image=0, query=0).values\n"
         "print('AFTER_READ', 'tensorstore' in sys.modules, reader_name(ds))\n"
@@ -102,3 +102,25 @@ def test_info_reads_no_attention_row_and_imports_no_tensorstore(synthetic_store)
     assert "AFTER_INFO False" in proc.stdout
     assert "read backend: tensorstore (file kvstore)" in " ".join(proc.stdout.split())  # what a read will use
     assert "AFTER_READ True tensorstore (file kvstore), " in proc.stdout and "decoded by numcodecs" in proc.stdout
+
+
+INFO_HEAVY = ("dask", "tensorstore", "numba", "matplotlib", "plotly", "dash", "scipy", "PIL", *HEAVY)
+
+
+def test_info_imports_no_heavy_module(synthetic_store):
+    """`attnstore info` reads no attention row and computes nothing, so it starts without dask (xarray's
+    own default indexes imported it on open), tensorstore, numba, plotting or imaging libraries or a model stack."""
+    probe = (
+        "import sys\n"
+        "from attnstore.cli import main\n"
+        "code = main(['info', sys.argv[1]])\n"
+        f"print('HEAVY', sorted({{m.split('.')[0] for m in sys.modules}} & set({INFO_HEAVY!r})))\n"
+        "sys.exit(code)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ATTNSTORE_READ_BACKEND"}
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, synthetic_store], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "synthetic_00000.png" in proc.stdout  # it did print the store's images
+    assert "HEAVY []" in proc.stdout, proc.stdout[-300:]

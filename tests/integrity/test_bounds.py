@@ -15,7 +15,7 @@ import pytest
 from support.damage import declare_size
 
 from attnstore.cli import main
-from attnstore.store.backend import BACKEND_ENV
+from attnstore.store.readers.choice import BACKEND_ENV
 
 MEMORY_LIMIT = 3 * 2**30  # bytes of address space the CLI gets: a read of 1e9 keys needs 2-15 GB
 CLI_UNDER_LIMIT = f"""

@@ -18,8 +18,9 @@ import attnstore.analysis  # noqa: F401  (registers ds.attn)
 from attnstore.cli import main
 from attnstore.errors import StoreError
 from attnstore.store import open_dataset
-from attnstore.store.backend import BACKEND_ENV, read_image_rows, read_rows
+from attnstore.store.readers.choice import BACKEND_ENV
 from attnstore.store.validation import validate_store
+from attnstore.store.xarray_glue import read_image_rows, read_rows
 
 IMAGE_1 = r"image 1 \(synthetic_00001.png\) is damaged"
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from attnstore.extraction.capture import implementation_name
+from attnstore.models.capture import implementation_name
 from support.vlm_family_checks import (
     RUN_IMAGES,
     causal,

@@ -20,8 +20,10 @@ from attnstore.errors import AttnstoreError, InvalidArgument, StoreError
 from attnstore.extraction.synthetic import _gradient_image, make_synthetic_store, synthetic_extraction
 from attnstore.records import Extraction
 from attnstore.store import AttnStore, StoreShape, open_dataset
-from attnstore.store.backend import BACKEND_ENV, open_reader, read_image_rows, read_rows, reader_name, reader_of
 from attnstore.store.pack import pack_store
+from attnstore.store.readers.choice import BACKEND_ENV, open_reader
+from attnstore.store.readers.lazy import LazyReader
+from attnstore.store.xarray_glue import read_image_rows, read_rows, reader_name, reader_of
 
 
 def extraction(grid: tuple[int, int], queries: str, n_answer: int, rng, n_layers: int = 2, n_heads: int = 3):
@@ -153,6 +155,26 @@ def test_zarr_reads_what_tensorstore_cannot_open(stores, monkeypatch):
         open_reader(path, backend="tensorstore")
 
 
+@pytest.mark.parametrize("tensorstore", [True, False], ids=["tensorstore", "zarr"])
+def test_a_missing_row_read_lazily_names_the_image(synthetic_store, tmp_path, monkeypatch, tensorstore):
+    """The "auto" reader opens the real one on the first attention read: `attach`'s missing-row checks
+    reach it, so a deleted shard of a complete image is an error naming the image, never a zero map."""
+    path = Path(shutil.copytree(synthetic_store, tmp_path / "s.zarr"))
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    if not tensorstore:
+        monkeypatch.setitem(sys.modules, "tensorstore", None)  # "auto" falls back to zarr-python
+    (path / "attention" / "c" / "1" / "0" / "0" / "0" / "0").unlink()
+    ds = open_dataset(str(path))
+    reader = reader_of(ds)
+    assert isinstance(reader, LazyReader) and reader.name == "auto"  # not opened yet
+    damaged = r"image 1 \(synthetic_00001.png\) is damaged"
+    with pytest.raises(StoreError, match=damaged + r": its 'attention' chunk for query row\(s\) 3 is missing"):
+        read_rows(ds, 1, [3])
+    assert reader.name == ("tensorstore" if tensorstore else "zarr")  # the opened reader read it
+    with pytest.raises(StoreError, match=damaged):
+        np.asarray(ds["attention"].isel(image=1))  # a whole image through xarray
+
+
 def test_s3_client_options_tensorstore_lacks_fall_back_to_zarr(s3_endpoint, stores, monkeypatch):
     import s3fs
 
@@ -282,7 +304,7 @@ SMALL = ("token_kind", "query_position", "patch_box", "n_key", "tile_rows", "tok
 def test_small_variables_load_alike_through_the_reader(stores, shape, backend):
     """`load_variables` (the analyses' batch loads) gives what xarray loads, for slices of the store
     (read by tensorstore when it can) and for any other selection (xarray's own path)."""
-    from attnstore.store.backend import load_variables, reader_of
+    from attnstore.store.xarray_glue import load_variables, reader_of
 
     ds = open_dataset(stores[shape], read_backend=backend)
     n = ds.sizes["image"]
@@ -306,8 +328,8 @@ def test_small_variables_load_alike_through_the_reader(stores, shape, backend):
 def test_a_damaged_small_chunk_is_still_zarrs_checksum_error(stores, tmp_path, name):
     """A small variable's chunk that tensorstore cannot read (or whose crc32c fails) is read again by
     zarr-python, whose checksum error the integrity guard names."""
-    from attnstore.store.backend import load_variables
     from attnstore.store.validation import is_checksum_error
+    from attnstore.store.xarray_glue import load_variables
 
     path = tmp_path / "flipped.zarr"
     shutil.copytree(stores["padded"], path)
@@ -325,7 +347,7 @@ def test_a_damaged_small_chunk_is_still_zarrs_checksum_error(stores, tmp_path, n
 
 def test_strings_never_written_are_the_fill_value(tmp_path):
     """An image slot allocated but not written yet: its token texts are the fill value, as zarr reads them."""
-    from attnstore.store.backend import reader_of
+    from attnstore.store.xarray_glue import reader_of
 
     path = tmp_path / "slots.zarr"
     make_synthetic_store(str(path), n_images=2)
