@@ -43,6 +43,7 @@ class Shot:
     click_patch: bool = True
     answered: str = "#token-strip .tok.rev"
     clip: tuple[str, ...] = ()
+    faint_layer: bool = False  # open the layer where most heads have a negligible image share (marked)
 
 
 SHOTS = {
@@ -52,7 +53,11 @@ SHOTS = {
         clip=(f"#{ids.PATCH_QUERY_ON}", f"#{ids.PATCH_QUERY_TEXT}"),
     ),
     "shared-scale": Shot(
-        query="scale=shared", click_patch=False, answered=f"#{ids.GALLERY} .gallery-item", clip=(f"#{ids.GALLERY}",)
+        query="scale=shared",
+        click_patch=False,
+        answered=f"#{ids.GALLERY} .gallery-item",
+        clip=(f"#{ids.GALLERY}",),
+        faint_layer=True,
     ),
 }
 
@@ -75,7 +80,12 @@ def take(store: str, out: str, query: str = "", width: int = 1500, height: int =
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(f"http://127.0.0.1:{server.server_port}/?{'&'.join(q for q in (query, look.query) if q)}")
+            if look.faint_layer and "layer=" not in query:
+                query = "&".join(q for q in (query, _faint_layer(app.attnstore_state, query)) if q)
+            page.goto(
+                f"http://127.0.0.1:{server.server_port}/?{'&'.join(q for q in (query, look.query) if q)}",
+                timeout=120_000,
+            )
             page.wait_for_function("() => (window.__attnRenders || 0) > 0", timeout=30_000)
             image = int(page.evaluate("JSON.parse(document.getElementById('view-state').textContent).image"))
             geom = views.geometry(app.attnstore_state, image)
@@ -95,6 +105,19 @@ def take(store: str, out: str, query: str = "", width: int = 1500, height: int =
             browser.close()
     finally:
         server.shutdown()
+
+
+def _faint_layer(state, query: str) -> str:
+    """ "layer=N" of the view's token where most heads give the image a negligible share ("" if none does)."""
+    import numpy as np
+
+    from attnstore.render.scale import negligible
+    from explorer import views
+
+    params, _ = views.parse_query(query, state)
+    share = views.layer_head_stats(state, params)["share"]  # [layer, head]
+    faint = np.vectorize(negligible)(share).sum(axis=1)  # [layer]
+    return f"layer={int(faint.argmax())}" if faint.max() > 0 else ""
 
 
 def _around(page, selectors: tuple[str, ...], margin: int = 8) -> dict:
