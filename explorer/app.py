@@ -1,7 +1,8 @@
 """`create_app(store)`: the explorer as a Dash app, composed of its panels, with no module-level state.
 
 Each call opens its own `StoreState` (lazy store access; caches on the Dataset's `ds.attn`), sets a
-layout built per visit (the panels of `PANELS`, with the URL's view already drawn), and registers
+layout built per visit (the panels of `PANELS`, with the URL's view already drawn; served from a
+cache of serialised pages per store snapshot and URL: `serve_cached_layout`), and registers
 each panel's callbacks and the REST routes on a fresh `dash.Dash`, so tests, `attnstore serve` and
 WSGI hosts (gunicorn: ``create_app("store.zarr").server``) can mount as many apps as they like.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import dash
 import flask
 import xarray as xr
+from plotly.io.json import to_json_plotly
 
 from explorer import api, callbacks, layout
 from explorer.guard import guard
@@ -36,6 +38,17 @@ from explorer.panels import (
 from explorer.state import StoreState
 
 ASSETS = Path(__file__).parent / "assets"
+PAGES_CACHED = 8  # serialised pages kept per store snapshot: the default view and recent permalinks
+# What Dash's page fetches only once its scripts have run (the layout, the callback graph, and the
+# lazily loaded dcc chunks of the components the explorer shows), fetched at once instead, beside
+# the scripts: `<link rel=preload>` in the page's index (the renderer's fetch reuses the response).
+PRELOADS = (
+    ("_dash-layout", 'as="fetch" crossorigin'),
+    ("_dash-dependencies", 'as="fetch" crossorigin'),
+    ("_dash-component-suites/dash/dcc/async-graph.js", 'as="script"'),
+    ("_dash-component-suites/dash/dcc/async-slider.js", 'as="script"'),
+    ("_dash-component-suites/dash/dcc/async-dropdown.js", 'as="script"'),
+)
 
 # In page order within each panel's column (explorer.layout.COLUMNS).
 PANELS = (
@@ -100,6 +113,8 @@ def create_app(
     )
 
     app.layout = lambda: layout.page(state, callbacks.image_url(app), panels, heatmap.draw_page)
+    serve_cached_layout(app, state)
+    preload(app)
     for panel in panels:
         panel.register(app, state)
     api.register(app, state)
@@ -115,13 +130,40 @@ def _no_such_script(_err) -> flask.Response:
     return flask.Response("no such file\n", 404, mimetype="text/plain")
 
 
+def serve_cached_layout(app: dash.Dash, state: StoreState) -> None:
+    """Serve Dash's layout request from a cache of serialised pages, keyed by the page's URL query
+    (the permalink) and held by the store snapshot (`StoreState.cached`: a reopened store, e.g. an
+    extraction that added images, starts afresh). A page is a pure function of the two; building
+    and serialising it costs 20-300 ms of every visit otherwise."""
+    endpoint = app.config.routes_pathname_prefix + "_dash-layout"
+
+    def serve() -> flask.Response:
+        key = (layout.page_query(), _compare_snapshot(state))
+        body = state.cached("page-json", lambda: to_json_plotly(app.get_layout()), key=key, maxsize=PAGES_CACHED)
+        return flask.Response(body, mimetype="application/json")
+
+    app.server.view_functions[endpoint] = serve
+
+
+def _compare_snapshot(state: StoreState) -> int | None:
+    """The compare store's current Dataset (its pages change when it is reopened)."""
+    return None if state.compare is None else id(state.compare.ds)
+
+
+def preload(app: dash.Dash) -> None:
+    """Add `PRELOADS` to the page's index: fetched beside the scripts, not after them."""
+    prefix = app.config.requests_pathname_prefix
+    links = "".join(f'<link rel="preload" href="{prefix}{path}" {kind}>' for path, kind in PRELOADS)
+    app.index_string = app.index_string.replace("{%css%}", "{%css%}\n        " + links, 1)
+
+
 def warm_up(app: dash.Dash) -> None:
-    """Draw the default view once, so the first visitor does not pay for first-use work
-    (imports, the first image's geometry, its picture)."""
+    """Request the default view's page once, so the first visitor does not pay for first-use work
+    (Dash's first-request set-up, imports, the first image's geometry, its picture, the page itself)."""
     state: StoreState = app.attnstore_state
     image = state.first_image()
     if image is not None:
-        layout.page(state, lambda i: f"/api/image/{i}.png", PANELS, heatmap.draw_page)
+        app.server.test_client().get(app.config.routes_pathname_prefix + "_dash-layout")
         state.picture_png(image)
 
 

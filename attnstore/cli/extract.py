@@ -8,7 +8,7 @@ import typer
 from attnstore.cli import app
 from attnstore.cli.runs import BATCH_HELP, DEVICE_HELP, DTYPE_HELP, KERNEL_HELP, summarise_run
 from attnstore.cli.serve import ALLOW_HOST_OPTION, allowed_hosts, check_port, serve_store
-from attnstore.errors import AttnstoreError
+from attnstore.errors import AttnstoreError, InvalidArgument
 
 
 @app.command()
@@ -129,20 +129,26 @@ def demo(
         bool, typer.Option("--random", help="Use the random-weight tiny model on the sample images (geometry only).")
     ] = False,
     allow_host: ALLOW_HOST_OPTION = None,
+    queries: Annotated[
+        str, typer.Option(help="Rows kept, as extract's --queries ('text+image': where each image patch looks too).")
+    ] = "text",
 ) -> None:
     """Build a demo store offline (the shipped demo model on synthetic scenes if this installation
     has it, else the tiny random-weight model), then explore it."""
     from attnstore.cli.inspect import print_info
     from attnstore.extraction.demo import RANDOM_WEIGHTS_NOTICE, build_demo_store, has_trained_model, trained_notice
     from attnstore.quiet import quiet_transformers
+    from attnstore.records import QUERY_MODES
 
     if serve:  # before minutes of building: a wildcard host without --allow-host, or a busy port, fails at once
         allowed_hosts(host, tuple(allow_host or ()))
         check_port(host, port)
+    if queries not in QUERY_MODES:  # before minutes of building
+        raise InvalidArgument("queries", f"must be one of {', '.join(QUERY_MODES)}, not '{queries}'")
     quiet_transformers()
     model = "random" if random or not has_trained_model() else "trained"
     typer.secho(RANDOM_WEIGHTS_NOTICE if model == "random" else trained_notice(), fg="yellow")
-    report = build_demo_store(out, model=model)
+    report = build_demo_store(out, model=model, queries=queries)
     summarise_run(report, out)
     print_info(out)
     if serve:

@@ -105,13 +105,14 @@ def has_trained_model() -> bool:
     return (DEMO_MODEL_DIR / "config.json").is_file()
 
 
-def build_demo_store(out: str, show_progress: bool = True, model: str | None = None):
+def build_demo_store(out: str, show_progress: bool = True, model: str | None = None, queries: str = "text"):
     """Build the demo store at `out` (skips what is already there).
 
     Parameters
     ----------
     model : "trained" (the shipped demo model on held-out scenes, with object boxes), "random"
         (the tiny random-weight model on the sample images), or None: trained if shipped.
+    queries : the rows kept (`attnstore.records.QUERY_MODES`).
     """
     model = model or ("trained" if has_trained_model() else "random")
     from attnstore.extraction.pipeline import run_extraction
@@ -120,18 +121,30 @@ def build_demo_store(out: str, show_progress: bool = True, model: str | None = N
     if model == "random":
         adapter = load_adapter(str(tiny_model_dir()))
         return run_extraction(
-            adapter, sample_images(), DEMO_PROMPT, out, max_new_tokens=DEMO_MAX_NEW_TOKENS, show_progress=show_progress
+            adapter,
+            sample_images(),
+            DEMO_PROMPT,
+            out,
+            max_new_tokens=DEMO_MAX_NEW_TOKENS,
+            show_progress=show_progress,
+            queries=queries,
         )
     if model != "trained":
         raise InvalidArgument("model", f"must be 'trained' or 'random', not '{model}'")
-    return build_scene_store(out, trained_model_dir(), show_progress=show_progress)
+    return build_scene_store(out, trained_model_dir(), show_progress=show_progress, queries=queries)
 
 
 def build_scene_store(
-    out: str, model_dir: str | Path, n_scenes: int = DEMO_SCENES, seed: int = DEMO_SEED, show_progress: bool = True
+    out: str,
+    model_dir: str | Path,
+    n_scenes: int = DEMO_SCENES,
+    seed: int = DEMO_SEED,
+    show_progress: bool = True,
+    queries: str = "text",
 ):
     """Extract held-out scenes (one colour or shape question each, object boxes, the target object
-    and the expected answer as extra variables) with the model at `model_dir` into `out`."""
+    and the expected answer as extra variables) with the model at `model_dir` into `out`;
+    `queries="text+image"` keeps the image patches' rows too (explorer/screenshot.py's patch view)."""
     from attnstore.extraction.pipeline import ExtractSettings, run_items
     from attnstore.models import load_adapter
 
@@ -141,7 +154,7 @@ def build_scene_store(
         adapter,
         items,
         out,
-        settings=ExtractSettings(max_new_tokens=DEMO_ANSWER_TOKENS),
+        settings=ExtractSettings(max_new_tokens=DEMO_ANSWER_TOKENS, queries=queries),
         extras=DEMO_EXTRAS,
         show_progress=show_progress,
     )
