@@ -8,7 +8,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from attnstore.models.capture import implementation_name
 from support.vlm_family_checks import (
     RUN_IMAGES,
     causal,
@@ -22,6 +21,7 @@ from support.vlm_family_checks import (
 
 from attnstore.extraction.demo import tiny_model_dir
 from attnstore.models import FAMILIES, adapter_class
+from attnstore.models.capture import implementation_name
 from attnstore.schema import TokenKind
 
 ALL_ROWS = tuple(RUN_IMAGES)  # the families whose every row is checked here
