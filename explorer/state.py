@@ -79,11 +79,13 @@ class ImageMeta:
         """True for a token that comes before every image patch (causal attention cannot see them)."""
         return key < self.first_image_key
 
-    def generated_next(self, position: int) -> str | None:
-        """The answer token at `position + 1`, which this position's row chose (a decoder picks each
-        token from the row before it), or None when the next token is not part of the answer."""
+    def chose_the_answer(self, position: int) -> str | None:
+        """The first answer token when `position` is the prompt's last token, whose row chose it (a
+        decoder picks each token from the row before it), else None. Answer tokens are not named:
+        their rows are read as the token's own attention, as every other token's."""
         kinds = self.img["token_kind"].values
-        if position + 1 < len(kinds) and kinds[position + 1] == TokenKind.GENERATED:
+        generated = TokenKind.GENERATED
+        if position + 1 < len(kinds) and kinds[position] != generated and kinds[position + 1] == generated:
             return self.display[position + 1]
         return None
 

@@ -297,7 +297,7 @@ def _note(state: StoreState, params: ViewParams, share: float) -> str:
             f"{NEGLIGIBLE_SHARE:.0%}): it barely looks at the image, so the map is drawn faded in proportion, "
             "not stretched to full colour"
         )
-    chosen = meta.generated_next(params.token)
+    chosen = meta.chose_the_answer(params.token)
     if chosen is not None:
         return (
             f"this row chose the answer word {quoted(chosen)} (a decoder picks each word from the row before "

@@ -10,6 +10,7 @@ import pytest
 from attnstore import analysis
 from attnstore.analysis import METHODS, NORMALISATIONS, MapSpec, compute_map
 from attnstore.errors import AttnstoreError
+from attnstore.render.text import quoted
 from attnstore.schema import TEXT_KINDS, TokenKind
 from explorer import views
 from explorer.views import ViewParams
@@ -126,7 +127,18 @@ def test_a_token_before_the_image_says_why_its_map_is_blank(state):
     data = views.heatmap(state, ViewParams(image=0, token=before[0], layer=1, head=0))
     assert np.nanmax(data.tiles) == 0.0 and data.vmax == 0.0  # causal: nothing on the image
     assert "comes before the image: causal attention cannot see image patches" in data.note
-    assert views.heatmap(state, ViewParams(image=0, token=_answer_token(state, 0), layer=1)).note == ""
+    last = _answer_token(state, 0, nth=-1)  # the answer's last token chose nothing that was kept
+    assert views.heatmap(state, ViewParams(image=0, token=last, layer=1)).note == ""
+
+
+def test_the_row_that_chose_the_answer_says_so(state):
+    """A decoder picks each word from the row before it: the prompt's last row, which chose the
+    first answer word, says so in its note; answer tokens' own rows read as any token's."""
+    meta = state.image(0)
+    first = _answer_token(state, 0)
+    note = views.heatmap(state, ViewParams(image=0, token=first - 1, layer=1)).note
+    assert note.startswith(f"this row chose the answer word {quoted(meta.display[first])}"), note
+    assert "chose" not in views.heatmap(state, ViewParams(image=0, token=first, layer=1)).note
 
 
 def test_menus_read_the_registries():
