@@ -56,6 +56,9 @@ def trained_model_dir() -> Path:
     return DEMO_MODEL_DIR
 
 
+SHIPPED_MODEL_ID = "attnstore/data/demo_model"  # stores of the shipped model name it by its place in the package
+
+
 def trained_notice() -> str:
     """The demo's banner for the trained model, with its held-out accuracy (from its model folder)."""
     import json
@@ -149,6 +152,8 @@ def build_scene_store(
     from attnstore.models import load_adapter
 
     adapter = load_adapter(str(model_dir))
+    if Path(model_dir).resolve() == DEMO_MODEL_DIR.resolve():  # the same name on every machine, not a local path
+        adapter.model_id = SHIPPED_MODEL_ID
     items = demo_scene_items(cache_dir() / f"demo-scenes-{seed}-{n_scenes}", n_scenes, seed)
     return run_items(
         adapter,

@@ -41,6 +41,34 @@ def test_a_few_training_steps_save_a_loadable_model(tmp_path):
 
 
 @pytest.mark.slow
+def test_init_continues_from_every_weight_of_a_saved_model():
+    """--init starts a run from a saved model's weights (the shipped model was trained in five runs,
+    each from the last one's best): with a zero learning rate the saved checkpoint is the same
+    model, and a fresh run (no --init) is not."""
+    import tempfile
+
+    from safetensors.numpy import load_file
+
+    from attnstore.extraction.demo import DEMO_MODEL_DIR
+
+    if not (DEMO_MODEL_DIR / "model.safetensors").is_file():
+        pytest.skip("no trained demo model shipped")
+    shipped = load_file(DEMO_MODEL_DIR / "model.safetensors")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, str(SCRIPT), "--steps", "1", "--batch", "2", "--eval-every", "1", "--eval-size", "2"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in (("continued", ["--init", str(DEMO_MODEL_DIR)]), ("fresh", [])):
+            done = subprocess.run([*args, *extra, "--lr", "0", "--out", f"{tmp}/{name}"],
+                                  capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-2000:]
+        continued = load_file(f"{tmp}/continued/best/model.safetensors")
+        fresh = load_file(f"{tmp}/fresh/best/model.safetensors")
+    assert continued.keys() == shipped.keys()
+    assert all((continued[k] == shipped[k]).all() for k in shipped)
+    assert not all((fresh[k] == shipped[k]).all() for k in shipped)
+
+
+@pytest.mark.slow
 def test_a_vision_stage_then_the_language_model_on_a_frozen_tower(tmp_path):
     """--vision-steps trains the tower + connector alone first (its own curve), then the language
     model starts from that tower; with --tower-lr-scale 0 the saved tower is exactly the stage's."""
