@@ -43,6 +43,14 @@ def has_correctness(ds: xr.Dataset) -> bool:
 def answer_correct(ds: xr.Dataset) -> xr.DataArray:
     """Per image: 1 right, 0 wrong, -1 unknown (no expected answer, or the image is not complete)
     # [image] int8. A store without expected answers gives -1 everywhere."""
+    attrs = {"long_name": "the answer is right", "flag_values": [UNKNOWN, WRONG, RIGHT],
+             "flag_meanings": "unknown wrong right"}  # fmt: skip
+    return xr.DataArray(correctness_values(ds), dims=("image",), name=ANSWER_CORRECT, attrs=attrs)
+
+
+def correctness_values(ds: xr.Dataset) -> np.ndarray:
+    """`answer_correct` as plain numpy  # [image] int8: building a DataArray makes xarray import dask
+    (its duck-array check), which a command that only prints a summary (`attnstore info`) avoids."""
     n = ds.sizes["image"]
     complete = np.asarray(ds["complete"].values).astype(bool)
     if POPE_CORRECT in ds:
@@ -52,10 +60,7 @@ def answer_correct(ds: xr.Dataset) -> xr.DataArray:
         values = np.array([is_right(str(a), str(e)) for a, e in pairs], np.int8)
     else:
         values = np.full(n, UNKNOWN, np.int8)
-    values = np.where(complete, values, UNKNOWN).astype(np.int8)
-    attrs = {"long_name": "the answer is right", "flag_values": [UNKNOWN, WRONG, RIGHT],
-             "flag_meanings": "unknown wrong right"}  # fmt: skip
-    return xr.DataArray(values, dims=("image",), name=ANSWER_CORRECT, attrs=attrs)
+    return np.where(complete, values, UNKNOWN).astype(np.int8)
 
 
 def accuracy(correct: np.ndarray) -> tuple[int, int]:

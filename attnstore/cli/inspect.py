@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from attnstore.analysis.correctness import EXPECTED_ANSWER, RIGHT, WRONG, accuracy, has_correctness
+from attnstore.analysis.correctness import EXPECTED_ANSWER, RIGHT, WRONG, accuracy, correctness_values, has_correctness
 from attnstore.cli import app
 from attnstore.store import open_dataset
 from attnstore.store.summary import store_summary
@@ -55,8 +55,9 @@ def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
     for line in storage_lines(a):
         console.print(escape(line))
     judged = has_correctness(ds)
+    verdicts = correctness_values(ds) if judged else None  # [image]; numpy: no DataArray, no dask
     if judged:  # reads every answer: a store with expected answers says how many are right
-        right, known = accuracy(ds.attn.answer_correct().values)
+        right, known = accuracy(verdicts)
         share = f" ({right / known:.0%})" if known else ""
         console.print(f"answers: {right} of {known} right{share} (against expected_answer / pope_correct)")
     expected = ["expected", "right"] if judged else []
@@ -68,7 +69,7 @@ def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
             r.tiles,
             str(r.n_key),
             escape(r.answer[:60]),
-            *(_judgement(ds, r.index) if judged else []),
+            *(_judgement(ds, r.index, int(verdicts[r.index])) if judged else []),
             "yes" if r.complete else "[red]no[/red]",
         )
     console.print(table)
@@ -76,9 +77,8 @@ def print_info(path: str, max_rows: int = MAX_ROWS) -> None:
         console.print(f"... {summary.n_images - max_rows} more images")
 
 
-def _judgement(ds, i: int) -> list[str]:
+def _judgement(ds, i: int, verdict: int) -> list[str]:
     """The expected answer of image `i` and whether its answer is right (table cells)."""
-    verdict = int(ds.attn.answer_correct().values[i])
     expected = str(ds[EXPECTED_ANSWER].values[i]) if EXPECTED_ANSWER in ds else ""
     mark = {RIGHT: "[green]right[/green]", WRONG: "[red]wrong[/red]"}.get(verdict, "?")
     return [escape(expected[:30]), mark]

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from support.probes import probe_output, without
 
 HEAVY = ("torch", "transformers", "tokenizers", "safetensors")
@@ -107,9 +108,12 @@ def test_info_reads_no_attention_row_and_imports_no_tensorstore(synthetic_store)
 INFO_HEAVY = ("dask", "tensorstore", "numba", "matplotlib", "plotly", "dash", "scipy", "PIL", *HEAVY)
 
 
-def test_info_imports_no_heavy_module(synthetic_store):
+@pytest.mark.parametrize("which", ["synthetic_store", "scene_store"])
+def test_info_imports_no_heavy_module(which, request):
     """`attnstore info` reads no attention row and computes nothing, so it starts without dask (xarray's
-    own default indexes imported it on open), tensorstore, numba, plotting or imaging libraries or a model stack."""
+    own default indexes imported it on open, and so does building any DataArray: the scene store's
+    right/wrong column), tensorstore, numba, plotting or imaging libraries or a model stack."""
+    store = request.getfixturevalue(which)
     probe = (
         "import sys\n"
         "from attnstore.cli import main\n"
@@ -119,8 +123,8 @@ def test_info_imports_no_heavy_module(synthetic_store):
     )
     env = {k: v for k, v in os.environ.items() if k != "ATTNSTORE_READ_BACKEND"}
     proc = subprocess.run(
-        [sys.executable, "-c", probe, synthetic_store], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-c", probe, store], capture_output=True, text=True, timeout=120, env=env
     )
     assert proc.returncode == 0, proc.stderr
-    assert "synthetic_00000.png" in proc.stdout  # it did print the store's images
+    assert ("synthetic_00000.png" if which == "synthetic_store" else "answers:") in proc.stdout  # it printed
     assert "HEAVY []" in proc.stdout, proc.stdout[-300:]
