@@ -35,10 +35,12 @@ def test_boxes_toggle_and_gallery_sorts_by_grounding(ui, live):
     ui.page.get_by_text("on the object's box").click()
     params = views.ViewParams(image=v["image"], token=v["token"], layer=v["layer"], head=v["head"])
     lift = views.head_grounding(state, params).lift  # [head]
-    best = int(np.argmax(lift))
+    expected = [int(h) for h in np.argsort(-lift, kind="stable")]
+    # wait for the whole order (the best head may also be first by index: the unsorted gallery)
     ui.page.wait_for_function(
-        f"() => document.querySelector('#gallery .gallery-item')?.dataset.head === '{best}'"
+        f"() => Array.from(document.querySelectorAll('#gallery .gallery-item')).map(e => +e.dataset.head).join() "
+        f"=== '{','.join(map(str, expected))}'"
         " && document.querySelector('#gallery .gallery-item .gallery-meta').textContent.includes('box')"
     )
     heads = ui.page.eval_on_selector_all("#gallery .gallery-item", "els => els.map(e => +e.dataset.head)")
-    assert heads == [int(h) for h in np.argsort(-lift, kind="stable")]
+    assert heads == expected
