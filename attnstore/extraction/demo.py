@@ -19,6 +19,7 @@ TINY_MODEL_VERSION = "1"  # bump when the builder changes, so caches are rebuilt
 RANDOM_WEIGHTS_NOTICE = "RANDOM-WEIGHT DEMO MODEL: answers and attention are meaningless, geometry is real"
 TRAINED_NOTICE = "DEMO MODEL: a toy Idefics3 trained on synthetic shapes ({accuracy}); see its MODEL_CARD.md"
 DEMO_MODEL_DIR = DATA_DIR / "demo_model"
+SHIPPED_MODEL_ID = "attnstore/data/demo_model"  # stores of the shipped model name it by its place in the package
 DEMO_SCENES = 8
 DEMO_LONGEST = 256  # scene size in pixels (the processor rescales it)
 DEMO_ANSWER_TOKENS = 3  # one word and the end of the utterance
@@ -54,9 +55,6 @@ def trained_model_dir() -> Path:
     if not has_trained_model():
         raise ModelLoadError(f"the trained demo model is not in this installation ({DEMO_MODEL_DIR})", param="model")
     return DEMO_MODEL_DIR
-
-
-SHIPPED_MODEL_ID = "attnstore/data/demo_model"  # stores of the shipped model name it by its place in the package
 
 
 def trained_notice() -> str:
