@@ -116,11 +116,34 @@ BUILT_SCRIPT = """document.addEventListener('DOMContentLoaded', () => { const se
   seen.observe(document.body, {childList: true, subtree: true}); });"""
 
 
-def measure_loads(browser, url: str, n: int) -> tuple[list[float], list[list[float]]]:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process `pid` has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def wait_server_idle(pid: int, quiet_s: float = 0.5, timeout_s: float = 30.0) -> None:
+    """Wait until the server has used < 2% of a core for `quiet_s`: a closed page's side panels (sent
+    before it closed) are computed by then, as they would be before a person opened the next page."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(quiet_s)
+        if cpu_seconds(pid) - before < 0.02 * quiet_s:
+            return
+
+
+def measure_loads(browser, url: str, n: int, server_pid: int | None = None) -> tuple[list[float], list[list[float]]]:
     """Navigation start -> first heatmap drawn, each in a fresh context (nothing cached), with the
-    moments of `LOAD_STEPS` per load."""
+    moments of `LOAD_STEPS` per load. With `server_pid`, each load starts on a server at rest (else
+    they follow each other at once, and a load may share the CPU with the previous page's panels)."""
     times, steps = [], []
     for _ in range(n):
+        if server_pid is not None:
+            wait_server_idle(server_pid)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.add_init_script(INIT_SCRIPT + BUILT_SCRIPT)
         page.goto(url, wait_until="commit")
@@ -227,7 +250,8 @@ def main() -> None:
         try:
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                loads, load_steps = measure_loads(browser, url, args.loads)
+                loads, load_steps = measure_loads(browser, url, args.loads, server_pid=server.pid)
+                back_to_back, _ = measure_loads(browser, url, args.loads)
                 page = browser.new_page(viewport={"width": 1500, "height": 1000})
                 page.add_init_script(INIT_SCRIPT)
                 page.goto(url)
@@ -248,9 +272,10 @@ def main() -> None:
         f"\nexplorer benchmark: store {'(synthetic real-size)' if not args.store else args.store}, "
         f"chromium headless, {os.cpu_count()} cores"
     )
-    print(report("page load", loads) + f"   (first load, cold server: {loads[0]:.0f} ms)")
+    print(report("page load", loads) + f"   (server at rest before each; first load: {loads[0]:.0f} ms)")
     for step, values in zip(LOAD_STEPS, zip(*load_steps)):
         print(report(f"  {step} at", list(values)))
+    print(report("page load, back-to-back", back_to_back) + "   (each right after the previous page closed)")
     print(report("click -> heatmap", clicks["drawn"]))
     for step, values in zip(BREAKDOWN_STEPS, zip(*clicks["parts"])):
         print(report(f"  {step}", list(values)))

@@ -98,7 +98,7 @@ def extract(
         boxes_by_name = load_boxes(boxes)  # a bad file fails before any model work
     if not (workers or scheduler):
         read_model_type(model)  # a missing model fails here, before transformers or torch are imported
-    from attnstore.extraction.pipeline import ExtractSettings, image_items, run_items
+    from attnstore.extraction.pipeline import ExtractSettings, WriteOptions, image_items, run_items
 
     items = image_items(paths, prompt, str(image_dir) if image_dir else None)
     if boxes_by_name is not None:
@@ -107,7 +107,8 @@ def extract(
         boxes_for_items(boxes_by_name, items)
     settings = ExtractSettings(max_new_tokens=max_new_tokens, queries=queries)
     # What to extract and how to store it: the same for a serial and a distributed run.
-    run = dict(settings=settings, keep_bits=keep_bits, storage_options=options, show_progress=progress, storage=storage)
+    write = WriteOptions(storage_options=options, keep_bits=keep_bits, storage=storage)
+    run = dict(settings=settings, write=write, show_progress=progress)
     loading = dict(device=device, dtype=dtype, attn_kernel=attn_kernel)  # how the model is loaded
     if workers or scheduler:
         from attnstore.extraction.distributed import run_distributed

@@ -44,7 +44,7 @@ def pope(
 ) -> None:
     """Ask every POPE question with its image; report accuracy, precision, recall, F1, yes-ratio per split."""
     from attnstore.extraction import pope as bench
-    from attnstore.extraction.pipeline import ExtractSettings
+    from attnstore.extraction.pipeline import ExtractSettings, WriteOptions
     from attnstore.store import open_dataset
     from attnstore.store.remote import parse_storage_options
 
@@ -55,7 +55,8 @@ def pope(
     items = bench.question_items(bench.read_questions(questions, limit), image_dir, prompt_template)
     options = parse_storage_options(storage_options)
     settings = ExtractSettings(max_new_tokens=max_new_tokens, queries="text", annotate=bench.annotate)
-    common = dict(settings=settings, keep_bits=keep_bits, storage_options=options, extras=bench.EXTRAS)
+    write = WriteOptions(storage_options=options, extras=bench.EXTRAS, keep_bits=keep_bits)
+    common = dict(settings=settings, write=write)
     loading = dict(device=device, dtype=dtype, attn_kernel=attn_kernel)
     run = _run(model, items, out, common, loading, batch_size, workers, scheduler, progress)
     ds = open_dataset(out, storage_options=options)

@@ -146,7 +146,7 @@ def build_scene_store(
     """Extract held-out scenes (one colour or shape question each, object boxes, the target object
     and the expected answer as extra variables) with the model at `model_dir` into `out`;
     `queries="text+image"` keeps the image patches' rows too (explorer/screenshot.py's patch view)."""
-    from attnstore.extraction.pipeline import ExtractSettings, run_items
+    from attnstore.extraction.pipeline import ExtractSettings, WriteOptions, run_items
     from attnstore.models import load_adapter
 
     adapter = load_adapter(str(model_dir))
@@ -158,7 +158,7 @@ def build_scene_store(
         items,
         out,
         settings=ExtractSettings(max_new_tokens=DEMO_ANSWER_TOKENS, queries=queries),
-        extras=DEMO_EXTRAS,
+        write=WriteOptions(extras=DEMO_EXTRAS),
         show_progress=show_progress,
     )
 

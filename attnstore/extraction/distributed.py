@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from attnstore.errors import AttnstoreError, InputImageError, InvalidArgument
 from attnstore.extraction.driver import RunDriver, RunReport
-from attnstore.extraction.pipeline import ExtractSettings, WorkItem, extract_item, open_run, store_plan
+from attnstore.extraction.pipeline import ExtractSettings, WorkItem, WriteOptions, extract_item, open_run, store_plan
 from attnstore.inputs.images import load_image
 from attnstore.models.base import ModelAdapter
 from attnstore.store import AttnStore, CapacityError
@@ -148,9 +148,7 @@ def run_distributed(
     out: str,
     *,
     settings: ExtractSettings = ExtractSettings(),
-    keep_bits: int | None = None,
-    storage_options: dict | None = None,
-    extras: dict | None = None,
+    write: WriteOptions = WriteOptions(),
     device: str = "cpu",
     dtype: str | None = None,
     attn_kernel: str = "sdpa",
@@ -159,13 +157,13 @@ def run_distributed(
     client=None,
     torch_threads: int | None = None,
     show_progress: bool = True,
-    storage: dict | None = None,
 ) -> RunReport:
     """Extract `items` into the store at `out` on a dask cluster; same result as `pipeline.run_items`.
 
     Parameters
     ----------
     model : hub id or local folder; every worker loads it once.
+    write : how the store is written (`pipeline.WriteOptions`), as in a serial run.
     items : entries to extract (`pipeline.image_items` for one prompt over many images).
     workers : size of the LocalCluster (processes, one thread each, torch threads = cores / workers),
         used when neither `scheduler` nor `client` is given.
@@ -181,9 +179,9 @@ def run_distributed(
     # One writer per store: the coordinator holds the lock for its workers (only it creates, grows or flags).
     with writer_lock(out), dask_client(workers, scheduler, client) as (cluster, default_threads):
         config = WorkerConfig(model, device, torch_threads or default_threads, dtype, attn_kernel)
-        shape, attrs = _warm_up(cluster, config, sorted({it.prompt for it in items}), settings, keep_bits)
-        attrs = {**attrs, **(storage or {})}  # no first image here: the codec is forced or the default
-        run_store, plan = open_run(out, items, shape, attrs, storage_options, extras)
+        shape, attrs = _warm_up(cluster, config, sorted({it.prompt for it in items}), settings, write.keep_bits)
+        attrs = {**attrs, **(write.storage or {})}  # no first image here: the codec is forced or the default
+        run_store, plan = open_run(out, items, shape, attrs, write)
         report = RunReport(skipped=plan.done)
         bad = _check_images(cluster, [it.path for it in plan.todo])
         report.failed.update({it.name: bad[it.path] for it in plan.todo if it.path in bad})
@@ -195,7 +193,8 @@ def run_distributed(
             run_store.fit(shape.query_capacity, shape.key_capacity)
             slots = plan.reserve(store, todo)
         with write_errors(out):
-            _extract_all(cluster, config, store, out, storage_options, todo, slots, settings, report, show_progress)
+            options = write.storage_options
+            _extract_all(cluster, config, store, out, options, todo, slots, settings, report, show_progress)
     return report
 
 

@@ -96,6 +96,23 @@ class ExtractSettings:
     annotate: Callable[[WorkItem, Extraction], dict] | None = None
 
 
+@dataclass(frozen=True)
+class WriteOptions:
+    """How a run writes its store, the same for a serial and a distributed run.
+
+    storage_options : fsspec options of a remote store (s3://...).
+    extras : extra per-image variables (name -> (kind, description)); see `AttnStore.ensure_extras`.
+    keep_bits : fp16 mantissa bits kept (default `DEFAULT_KEEP_BITS`).
+    storage : codec, rounding and map-faithful lossy mode of a new store (`storage_settings`;
+        checked against an existing one).
+    """
+
+    storage_options: dict | None = None
+    extras: dict | None = None
+    keep_bits: int | None = None
+    storage: dict | None = None
+
+
 @dataclass
 class RunPlan:
     """Where each entry goes: its existing slot by name, else an orphan slot (unnamed and
@@ -221,9 +238,8 @@ def run_extraction(
     *,
     image_dir: str | None = None,
     max_new_tokens: int = 32,
-    keep_bits: int | None = None,
     queries: str = "text",
-    storage_options: dict | None = None,
+    write: WriteOptions = WriteOptions(),
     show_progress: bool = True,
     batch_size: int = 1,
 ) -> RunReport:
@@ -235,8 +251,7 @@ def run_extraction(
         image_items(image_paths, prompt, image_dir),
         out,
         settings=ExtractSettings(max_new_tokens=max_new_tokens, queries=queries),
-        keep_bits=keep_bits,
-        storage_options=storage_options,
+        write=write,
         show_progress=show_progress,
         batch_size=batch_size,
     )
@@ -247,14 +262,13 @@ def open_run(
     items: list[WorkItem],
     shape: StoreShape,
     attrs: dict,
-    storage_options: dict | None = None,
-    extras: dict | None = None,
+    write: WriteOptions = WriteOptions(),
 ) -> tuple[RunStore, RunPlan]:
     """The run's store (`driver.RunStore`: checked now, created or changed only at a write) with room
     for the items' object boxes, and its plan: which entries are done, which to do and in which slots.
     Serial and distributed runs both start here, under the writer lock."""
     n_objects = max((len(it.objects) for it in items), default=0)
-    run_store = RunStore(out, shape, attrs, storage_options, extras, n_objects)
+    run_store = RunStore(out, shape, attrs, write.storage_options, write.extras, n_objects)
     return run_store, plan_run(run_store.store, items)
 
 
@@ -264,27 +278,23 @@ def run_items(
     out: str,
     *,
     settings: ExtractSettings = ExtractSettings(),
-    keep_bits: int | None = None,
-    storage_options: dict | None = None,
-    extras: dict | None = None,
+    write: WriteOptions = WriteOptions(),
     show_progress: bool = True,
     batch_size: int = 1,
-    storage: dict | None = None,
 ) -> RunReport:
     """Extract every entry into the store at `out` in this process; skip complete ones.
 
     The store is created, grown or given new variables only once an image is ready to be written:
     a run that writes nothing leaves an existing store byte-identical and creates none.
-    `extras` (name -> (kind, description)) adds extra per-image variables; see AttnStore.ensure_extras.
-    `batch_size` entries run through the model in one generate. `storage` (`storage_settings`): codec,
-    rounding and map-faithful lossy mode of a new store (checked against an existing one).
+    `write` says how the store is written (`WriteOptions`); `batch_size` entries run through the model in one
+    generate.
     """
     if batch_size < 1:
         raise InvalidArgument("batch_size", f"must be at least 1, got {batch_size}")
-    shape, attrs = store_plan(adapter, [it.prompt for it in items], settings, keep_bits)
-    attrs.update(storage or {})
+    shape, attrs = store_plan(adapter, [it.prompt for it in items], settings, write.keep_bits)
+    attrs.update(write.storage or {})
     with writer_lock(out):  # one writer per store: a second run fails at once, naming this one
-        run_store, plan = open_run(out, items, shape, attrs, storage_options, extras)
+        run_store, plan = open_run(out, items, shape, attrs, write)
         return _run_plan(adapter, run_store, plan, settings, show_progress, batch_size)
 
 

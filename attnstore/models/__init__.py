@@ -1,14 +1,18 @@
 """Model adapters: one module per VLM family, found through a lazy registry.
 
-`FAMILIES` maps a family name to its adapter ("module:Class") and the config `model_type`s it
-handles, so nothing here imports torch or transformers until a model is loaded (like xarray's
-backend entrypoints). To add a family, write a `ModelAdapter` subclass (see `base.py`,
-`idefics3.py`, docs/adding-a-model.md) and add one line to `FAMILIES`.
+`FAMILIES` maps a family name to its adapter ("module:Class"), the config `model_type`s it
+handles and what `attnstore models` says of it, read from the catalogue `families.toml`, so nothing
+here imports torch or transformers until a model is loaded (like xarray's backend entry points).
+To add a family, write a `ModelAdapter` subclass (see `base.py`, `idefics3.py`,
+docs/adding-a-model.md) and add its table to `families.toml`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import tomllib
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from attnstore.errors import ModelLoadError
@@ -18,32 +22,56 @@ if TYPE_CHECKING:
     from attnstore.models.base import ModelAdapter
 
 
+@dataclasses.dataclass(frozen=True)
+class FamilyInfo:
+    """What `attnstore models` says about a family.
+
+    Parameters
+    ----------
+    name : the models people know it by ("Qwen2.5-VL").
+    geometry : how image tokens map to the picture ("dynamic grid, 2 x 2 merge"), or "none".
+    tests : what the tests check for it.
+    tiny : "module:function" building its tiny random-weight model (tests, demo, device check), or "".
+    """
+
+    name: str
+    geometry: str
+    tests: str
+    tiny: str = ""
+
+
 class Family(NamedTuple):
     adapter: str  # "module:Class"
     model_types: tuple[str, ...]  # config.model_type values this adapter handles
+    info: FamilyInfo
 
 
-SEQUENCE_ONLY = "sequence_only"
-FAMILIES: dict[str, Family] = {
-    "idefics3": Family("attnstore.models.idefics3:Idefics3Adapter", ("idefics3",)),
-    "llava": Family("attnstore.models.llava:LlavaAdapter", ("llava",)),
-    "llava_next": Family("attnstore.models.llava_anyres:LlavaNextAdapter", ("llava_next",)),
-    "llava_onevision": Family("attnstore.models.llava_anyres:LlavaOnevisionAdapter", ("llava_onevision",)),
-    "qwen2_vl": Family("attnstore.models.qwen2_vl:Qwen2VLAdapter", ("qwen2_vl",)),
-    "gemma3": Family("attnstore.models.gemma3:Gemma3Adapter", ("gemma3",)),
-    "paligemma": Family("attnstore.models.paligemma:PaliGemmaAdapter", ("paligemma",)),
-    "internvl": Family("attnstore.models.internvl:InternVLAdapter", ("internvl",)),
-    "mistral3": Family("attnstore.models.mistral3:Mistral3Adapter", ("mistral3",)),
-    "qwen2_5_vl": Family("attnstore.models.qwen2_5_vl:Qwen2_5_VLAdapter", ("qwen2_5_vl",)),
-    "qwen3_vl": Family("attnstore.models.qwen3_vl:Qwen3VLAdapter", ("qwen3_vl",)),
-    "smolvlm": Family("attnstore.models.smolvlm:SmolVLMAdapter", ("smolvlm",)),
-    # Every other type AutoModelForImageTextToText loads: rows and token kinds, no patch geometry.
-    SEQUENCE_ONLY: Family("attnstore.models.sequence_only:SequenceOnlyAdapter", ()),
-}
+SEQUENCE_ONLY = "sequence_only"  # every other type AutoModelForImageTextToText loads: rows and token kinds, no patches
+CATALOGUE = Path(__file__).with_name("families.toml")
+
+
+def read_families(path: Path = CATALOGUE) -> dict[str, Family]:
+    """The family catalogue at `path`, in its order (sequence-only mode last)."""
+    with path.open("rb") as f:
+        tables = tomllib.load(f)
+    return {
+        name: Family(t["adapter"], tuple(t["model_types"]), FamilyInfo(t["name"], t["geometry"], t["tests"], t["tiny"]))
+        for name, t in tables.items()
+    }
+
+
+FAMILIES: dict[str, Family] = read_families()
 
 
 def supported_model_types() -> list[str]:
     return sorted(t for family in FAMILIES.values() for t in family.model_types)
+
+
+def image_text_to_text_model_types() -> set[str]:
+    """The config model_types `AutoModelForImageTextToText` loads (sequence-only mode takes them)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
 
 
 def adapter_class(family: str) -> type[ModelAdapter]:
@@ -57,8 +85,6 @@ def adapter_for_model_type(model_type: str) -> type[ModelAdapter]:
     for name, family in FAMILIES.items():
         if model_type in family.model_types:
             return adapter_class(name)
-    from attnstore.models.sequence_only import image_text_to_text_model_types
-
     if model_type in image_text_to_text_model_types():
         return adapter_class(SEQUENCE_ONLY)
     raise ModelLoadError(
@@ -72,11 +98,11 @@ def adapter_for_model_type(model_type: str) -> type[ModelAdapter]:
 
 def tiny_builder(family: str):
     """The function building `family`'s tiny random-weight model (`out_dir -> Path`), or None
-    (declared by the adapter: `FamilyInfo.tiny`)."""
-    info = adapter_class(family).info
-    if info is None or not info.tiny:
+    (the catalogue's `tiny`)."""
+    tiny = FAMILIES[family].info.tiny
+    if not tiny:
         return None
-    module, _, name = info.tiny.partition(":")
+    module, _, name = tiny.partition(":")
     return getattr(importlib.import_module(module), name)
 
 

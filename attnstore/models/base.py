@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -29,33 +30,28 @@ from attnstore.models.hub import (  # noqa: F401  (hub_offline: re-exported for 
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class FamilyInfo:
-    """What `attnstore models` says about a family (declared on its adapter class).
+class SavesAsParent:
+    """Mixin of a processor subclass that leaves out a sub-processor (the video processor, which needs
+    torchvision): it saves as, and so loads from, a standard folder of its parent class."""
 
-    Parameters
-    ----------
-    name : the models people know it by ("Qwen2.5-VL").
-    geometry : how image tokens map to the picture ("dynamic grid, 2 x 2 merge"), or "none".
-    tests : what the tests check for it.
-    tiny : "module:function" building its tiny random-weight model (tests, demo, device check), or "".
-    """
-
-    name: str
-    geometry: str
-    tests: str
-    tiny: str = ""
+    def to_dict(self) -> dict:
+        parent = next(c for c in type(self).__mro__[1:] if c is not SavesAsParent)
+        return {**super().to_dict(), "processor_class": parent.__name__}
 
 
-CAPTURE_TESTS = "rows vs eager (sdpa, eager), batch 3 = 1, generate"  # what every family's capture tests check
+def auto_processor_class() -> type:
+    from transformers import AutoProcessor
+
+    return AutoProcessor
 
 
 class ModelAdapter(ABC):
     """One VLM family. Instances hold a loaded model and its processor."""
 
     family: ClassVar[str]
-    info: ClassVar[FamilyInfo | None] = None  # for `attnstore models`
     attn_kernel: str = "sdpa"  # set by `load`
+    # The processor's class, from a function: transformers is imported when a model loads, not with the module.
+    processor_class: ClassVar[Callable[[], type]] = staticmethod(auto_processor_class)
     # Processor outputs with one value per prompt token -> the value the answer's tokens get (forward_inputs).
     per_token_inputs: ClassVar[dict[str, int]] = {}
 
@@ -124,9 +120,7 @@ class ModelAdapter(ABC):
 
     @classmethod
     def _load_processor(cls, source: str, local_files_only: bool):
-        from transformers import AutoProcessor
-
-        return AutoProcessor.from_pretrained(source, local_files_only=local_files_only)
+        return cls.processor_class().from_pretrained(source, local_files_only=local_files_only)
 
     # -- what extraction asks -------------------------------------------------------------
     def prepare(self, image: Image.Image, prompt: str) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, finish_grids, global_view, place_view, text_layout
-from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
+from attnstore.models.base import ModelAdapter
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<image_soft_token>"
@@ -56,12 +56,6 @@ GEMMA3_CHAT_TEMPLATE = (
 
 class Gemma3Adapter(ModelAdapter):
     family = "gemma3"
-    info = FamilyInfo(
-        name="Gemma 3",
-        geometry="fixed square, pooled n x n token grid; pan-and-scan crops as tiles; bidirectional image blocks",
-        tests="pixel boxes (wide, tall, pan-and-scan), the real image-block mask; " + CAPTURE_TESTS,
-        tiny="attnstore.models.tiny_families:build_random_gemma3",
-    )
     attention_mask = "image_blocks"  # store attr: each view's tokens see each other (validation's rule)
     per_token_inputs = {"token_type_ids": 0}  # 1 marks the image tokens (bidirectional blocks); the answer is text
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from attnstore.geometry import ImageLayout
-from attnstore.models.base import FamilyInfo, ModelAdapter
+from attnstore.models.base import ModelAdapter
 from attnstore.models.idefics3_layout import (  # noqa: F401  (re-exported for adapters' users)
     FAKE_TOKEN,
     GLOBAL_TOKEN,
@@ -19,12 +19,6 @@ from attnstore.models.idefics3_layout import (  # noqa: F401  (re-exported for a
 
 class Idefics3Adapter(ModelAdapter):
     family = "idefics3"
-    info = FamilyInfo(
-        name="Idefics3, SmolVLM",
-        geometry="R x C tiles + a global thumbnail, from the <row_r_col_c> markers",
-        tests="pixel boxes per tile and thumbnail, rows vs eager (sdpa, eager), batch, generate",
-        tiny="attnstore.models.tiny:build_random_idefics3",
-    )
 
     def banned_token_ids(self) -> list[int]:
         return self.known_token_ids([IMAGE_TOKEN, FAKE_TOKEN, GLOBAL_TOKEN, *ROW_COL_TOKENS])

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, finish_grids, global_view, place_view, text_layout, tile_views
-from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
+from attnstore.models.base import ModelAdapter, SavesAsParent
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<IMG_CONTEXT>"
@@ -40,19 +40,22 @@ INTERNVL_CHAT_TEMPLATE = (
 )
 
 
+@functools.cache
+def images_only_processor_class() -> type:
+    """`InternVLProcessor` without its video processor (which needs torchvision); saves and loads as one."""
+    from transformers import InternVLProcessor
+
+    class InternVLImagesProcessor(SavesAsParent, InternVLProcessor):
+        # The sub-processors ProcessorMixin loads come from this signature: no video_processor.
+        def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kw):
+            super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template=chat_template, **kw)
+
+    return InternVLImagesProcessor
+
+
 class InternVLAdapter(ModelAdapter):
     family = "internvl"
-    info = FamilyInfo(
-        name="InternVL",
-        geometry="dynamic C x R tiles + thumbnail, pixel-shuffled n x n tokens per view",
-        tests="pixel boxes per tile and thumbnail, pixel-shuffle order; " + CAPTURE_TESTS,
-        tiny="attnstore.models.tiny_families:build_random_internvl",
-    )
-
-    @classmethod
-    def _load_processor(cls, source: str, local_files_only: bool):
-        # InternVLProcessor loads a video processor, which needs torchvision; we only process images.
-        return images_only_processor_class().from_pretrained(source, local_files_only=local_files_only)
+    processor_class = staticmethod(images_only_processor_class)  # its video processor needs torchvision
 
     def prepare(self, image: Image.Image, prompt: str) -> dict:
         inputs = super().prepare(image, prompt)
@@ -113,19 +116,3 @@ def internvl_views(image_processor, original_size: tuple[int, int], n_views: int
     if cols * rows + 1 != n_views:
         raise RuntimeError(f"processor produced {n_views} views, not {cols} x {rows} tiles + a thumbnail")
     return [*tile_views(rows, cols, side, side), global_view(side, side)]
-
-
-@functools.cache
-def images_only_processor_class() -> type:
-    """`InternVLProcessor` without its video processor (which needs torchvision); saves and loads as one."""
-    from transformers import InternVLProcessor
-
-    class InternVLImagesProcessor(InternVLProcessor):
-        # The sub-processors ProcessorMixin loads come from this signature: no video_processor.
-        def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kw):
-            super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template=chat_template, **kw)
-
-        def to_dict(self) -> dict:
-            return {**super().to_dict(), "processor_class": InternVLProcessor.__name__}
-
-    return InternVLImagesProcessor

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, finish_grids, place_view, text_layout
-from attnstore.models.base import FamilyInfo, ModelAdapter
+from attnstore.models.base import ModelAdapter
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<image>"
@@ -40,12 +40,6 @@ LLAVA_CHAT_TEMPLATE = (
 
 class LlavaAdapter(ModelAdapter):
     family = "llava"
-    info = FamilyInfo(
-        name="LLaVA-1.5",
-        geometry="one N x N square: CLIP centre crop, or padded to a square (do_pad)",
-        tests="pixel boxes for crop and pad, rows vs eager (sdpa, eager), batch, generate",
-        tiny="attnstore.models.tiny:build_random_llava",
-    )
 
     @property
     def patch_size(self) -> int:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnstore.geometry import ImageLayout, View, finish_grids, global_view, place_view, text_layout
-from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
+from attnstore.models.base import ModelAdapter, SavesAsParent
 from attnstore.models.llava import IMAGE_TOKEN, LlavaAdapter
 from attnstore.schema import TokenKind
 
@@ -56,12 +56,6 @@ class LlavaNextAdapter(LlavaAdapter):
     """LLaVA-NeXT (LLaVA-1.6): CLIP crops, unpadded crop grid with a newline token per row."""
 
     family = "llava_next"
-    info = FamilyInfo(
-        name="LLaVA-NeXT",
-        geometry="any-resolution: base view + unpadded crop grid, a newline token per row",
-        tests="pixel boxes on 5 shapes (tiny and real settings), token counts; " + CAPTURE_TESTS,
-        tiny="attnstore.models.tiny_llava_anyres:build_random_llava_next",
-    )
 
     def prepare(self, image, prompt: str) -> dict:
         # `image_sizes` keeps the original size: no need for LLaVA-1.5's attribute.
@@ -114,34 +108,12 @@ class LlavaNextAdapter(LlavaAdapter):
         return n * n + max(_max_crop_tokens(rows, cols, n, self.max_crops) for rows, cols in grids)
 
 
-class LlavaOnevisionAdapter(LlavaNextAdapter):
-    """LLaVA-OneVision: SigLIP crops, unpadded grid resampled down to about nine crops, newline per row."""
-
-    family = "llava_onevision"
-    info = FamilyInfo(
-        name="LLaVA-OneVision",
-        geometry="any-resolution: base view + unpadded (resampled) crop grid, a newline token per row",
-        tests="pixel boxes on 5 shapes (tiny and real settings), token counts; " + CAPTURE_TESTS,
-        tiny="attnstore.models.tiny_llava_anyres:build_random_llava_onevision",
-    )
-
-    @classmethod
-    def _load_processor(cls, source: str, local_files_only: bool):
-        # LlavaOnevisionProcessor also loads a video processor, which needs torchvision; images are all we use.
-        return onevision_images_processor_class().from_pretrained(source, local_files_only=local_files_only)
-
-    @property
-    def max_crops(self) -> int | None:
-        ratio = getattr(self.processor, "vision_aspect_ratio", None) or self.model.config.vision_aspect_ratio
-        return int(ratio.removeprefix("anyres_max_"))
-
-
 @functools.cache
 def onevision_images_processor_class() -> type:
     """`LlavaOnevisionProcessor` without its video processor (torchvision); saves and loads as the real one."""
     from transformers import LlavaOnevisionProcessor
 
-    class LlavaOnevisionImagesProcessor(LlavaOnevisionProcessor):
+    class LlavaOnevisionImagesProcessor(SavesAsParent, LlavaOnevisionProcessor):
         # ProcessorMixin loads and checks the sub-processors named in this signature: no video_processor.
         def __init__(
             self,
@@ -165,10 +137,19 @@ def onevision_images_processor_class() -> type:
                 **kwargs,
             )
 
-        def to_dict(self) -> dict:
-            return {**super().to_dict(), "processor_class": LlavaOnevisionProcessor.__name__}
-
     return LlavaOnevisionImagesProcessor
+
+
+class LlavaOnevisionAdapter(LlavaNextAdapter):
+    """LLaVA-OneVision: SigLIP crops, unpadded grid resampled down to about nine crops, newline per row."""
+
+    family = "llava_onevision"
+    processor_class = staticmethod(onevision_images_processor_class)  # its video processor needs torchvision
+
+    @property
+    def max_crops(self) -> int | None:
+        ratio = getattr(self.processor, "vision_aspect_ratio", None) or self.model.config.vision_aspect_ratio
+        return int(ratio.removeprefix("anyres_max_"))
 
 
 # -- geometry -----------------------------------------------------------------------------

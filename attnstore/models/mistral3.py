@@ -19,7 +19,7 @@ import numpy as np
 
 from attnstore.errors import ModelLoadError
 from attnstore.geometry import ImageLayout, View, finish_grids, place_view, text_layout
-from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
+from attnstore.models.base import ModelAdapter
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN, BREAK_TOKEN, END_TOKEN = "[IMG]", "[IMG_BREAK]", "[IMG_END]"
@@ -36,18 +36,30 @@ MISTRAL3_CHAT_TEMPLATE = (
 )
 
 
+@functools.cache
+def pixtral_processor_class() -> type:
+    """transformers' `PixtralProcessor`, also where torchvision is not installed.
+
+    Its module imports the torchvision image processor's module for one helper
+    (`get_resize_output_image_size`, used only to count tokens ahead); the PIL image processor's
+    module defines the same helper, so without torchvision that module stands in for it.
+    Images are processed by `PixtralImageProcessorPil` either way.
+    """
+    name = "transformers.models.pixtral.image_processing_pixtral"
+    if importlib.util.find_spec("torchvision") is None and name not in sys.modules:
+        from transformers.models.pixtral import image_processing_pil_pixtral
+
+        sys.modules[name] = image_processing_pil_pixtral
+    try:
+        from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+    except ImportError as err:
+        raise ModelLoadError(f"cannot import transformers' PixtralProcessor: {err}", param="model") from err
+    return PixtralProcessor
+
+
 class Mistral3Adapter(ModelAdapter):
     family = "mistral3"
-    info = FamilyInfo(
-        name="Mistral 3 / Pixtral",
-        geometry="variable resolution, m x m merged R x C grid, [IMG_BREAK] per row",
-        tests="pixel boxes, patch-merger order, break tokens; " + CAPTURE_TESTS,
-        tiny="attnstore.models.tiny_families:build_random_mistral3",
-    )
-
-    @classmethod
-    def _load_processor(cls, source: str, local_files_only: bool):
-        return pixtral_processor_class().from_pretrained(source, local_files_only=local_files_only)
+    processor_class = staticmethod(pixtral_processor_class)  # loads without torchvision too
 
     @property
     def token_pixels(self) -> int:
@@ -88,24 +100,3 @@ def _rows_end_in_breaks(tokens: list[str], positions: np.ndarray, cols: int) -> 
     ends = positions.reshape(-1, cols)[:, -1] + 1  # the token after each row
     closers = [tokens[p] if p < len(tokens) else "" for p in ends]
     return closers[:-1] == [BREAK_TOKEN] * (len(closers) - 1) and closers[-1] == END_TOKEN
-
-
-@functools.cache
-def pixtral_processor_class() -> type:
-    """transformers' `PixtralProcessor`, also where torchvision is not installed.
-
-    Its module imports the torchvision image processor's module for one helper
-    (`get_resize_output_image_size`, used only to count tokens ahead); the PIL image processor's
-    module defines the same helper, so without torchvision that module stands in for it.
-    Images are processed by `PixtralImageProcessorPil` either way.
-    """
-    name = "transformers.models.pixtral.image_processing_pixtral"
-    if importlib.util.find_spec("torchvision") is None and name not in sys.modules:
-        from transformers.models.pixtral import image_processing_pil_pixtral
-
-        sys.modules[name] = image_processing_pil_pixtral
-    try:
-        from transformers.models.pixtral.processing_pixtral import PixtralProcessor
-    except ImportError as err:
-        raise ModelLoadError(f"cannot import transformers' PixtralProcessor: {err}", param="model") from err
-    return PixtralProcessor

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from attnstore.geometry import ImageLayout, View, finish_grids, place_view, text_layout
-from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
+from attnstore.models.base import ModelAdapter
 from attnstore.schema import TokenKind
 
 IMAGE_TOKEN = "<image>"
@@ -28,12 +28,6 @@ CHAT_SPECIALS = ("<bos>", "<eos>", "<pad>", "<unk>")
 
 class PaliGemmaAdapter(ModelAdapter):
     family = "paligemma"
-    info = FamilyInfo(
-        name="PaliGemma",
-        geometry="fixed square, P x P SigLIP patch grid; bidirectional prefix (image + prompt)",
-        tests="pixel boxes, the real prefix mask; " + CAPTURE_TESTS,
-        tiny="attnstore.models.tiny_families:build_random_paligemma",
-    )
     attention_mask = "prefix"  # store attr: the prompt's tokens see each other (validation's rule)
     per_token_inputs = {"token_type_ids": 1}  # the answer is the causal suffix (1), as generate marks it
 

@@ -9,7 +9,6 @@ template are Qwen2-VL's; only the processor class differs.
 
 from __future__ import annotations
 
-from attnstore.models.base import CAPTURE_TESTS, FamilyInfo
 from attnstore.models.qwen2_vl import QWEN2_VL_CHAT_TEMPLATE, Qwen2VLAdapter
 
 QWEN2_5_VL_CHAT_TEMPLATE = QWEN2_VL_CHAT_TEMPLATE  # Qwen/Qwen2.5-VL-*-Instruct use Qwen2-VL's
@@ -17,10 +16,4 @@ QWEN2_5_VL_CHAT_TEMPLATE = QWEN2_VL_CHAT_TEMPLATE  # Qwen/Qwen2.5-VL-*-Instruct 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):  # noqa: N801  (transformers' spelling)
     family = "qwen2_5_vl"
-    info = FamilyInfo(
-        name="Qwen2.5-VL",
-        geometry="dynamic resolution: one grid over the whole image, m x m patches merged per token",
-        tests="pixel boxes on wide, tall, tiny images (window attention in the tower); " + CAPTURE_TESTS,
-        tiny="attnstore.models.tiny_qwen:build_random_qwen2_5_vl",
-    )
     processor_class_name = "Qwen2_5_VLProcessor"

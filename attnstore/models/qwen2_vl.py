@@ -21,7 +21,7 @@ import functools
 import numpy as np
 
 from attnstore.geometry import ImageLayout, finish_grids, place_view, text_layout, tile_views
-from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
+from attnstore.models.base import ModelAdapter, SavesAsParent
 
 IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
@@ -55,12 +55,6 @@ class Qwen2VLAdapter(ModelAdapter):
     (`qwen2_5_vl`, `qwen3_vl`): only the processor class and the module holding the layers differ."""
 
     family = "qwen2_vl"
-    info = FamilyInfo(
-        name="Qwen2-VL",
-        geometry="dynamic resolution: one grid over the whole image, m x m patches merged per token",
-        tests="pixel boxes on 5 shapes (tiny and real pixel budget); " + CAPTURE_TESTS,
-        tiny="attnstore.models.tiny:build_random_qwen2_vl",
-    )
     processor_class_name = "Qwen2VLProcessor"  # the family's processor in transformers
     # mm_token_type_ids (1 = image) over the answer too, as text: M-RoPE positions are computed from it.
     per_token_inputs = {"mm_token_type_ids": 0}
@@ -110,13 +104,10 @@ def images_only_processor_class(base_name: str = "Qwen2VLProcessor") -> type:
 
     base = getattr(transformers, base_name)
 
-    class ImagesOnlyProcessor(base):
+    class ImagesOnlyProcessor(SavesAsParent, base):
         # The sub-processors ProcessorMixin loads and checks come from this signature: no video_processor.
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-        def to_dict(self) -> dict:
-            return {**super().to_dict(), "processor_class": base_name}
 
     name = base_name.removesuffix("Processor") + "ImagesProcessor"  # e.g. Qwen2VLImagesProcessor
     ImagesOnlyProcessor.__name__ = ImagesOnlyProcessor.__qualname__ = name

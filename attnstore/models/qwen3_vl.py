@@ -9,7 +9,6 @@ geometry is Qwen2-VL's. The chat template has no default system turn.
 
 from __future__ import annotations
 
-from attnstore.models.base import CAPTURE_TESTS, FamilyInfo
 from attnstore.models.qwen2_vl import Qwen2VLAdapter
 
 # Qwen/Qwen3-VL-*-Instruct chat template, images and text only (no tools, no reasoning blocks).
@@ -27,10 +26,4 @@ QWEN3_VL_CHAT_TEMPLATE = (
 
 class Qwen3VLAdapter(Qwen2VLAdapter):
     family = "qwen3_vl"
-    info = FamilyInfo(
-        name="Qwen3-VL",
-        geometry="dynamic resolution: one grid over the whole image, m x m patches merged per token",
-        tests="pixel boxes on wide, tall, tiny images (DeepStack, interleaved M-RoPE); " + CAPTURE_TESTS,
-        tiny="attnstore.models.tiny_qwen:build_random_qwen3_vl",
-    )
     processor_class_name = "Qwen3VLProcessor"

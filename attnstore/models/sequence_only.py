@@ -16,7 +16,7 @@ from PIL import Image
 
 from attnstore.errors import ModelLoadError
 from attnstore.geometry import ImageLayout, empty_layout
-from attnstore.models.base import CAPTURE_TESTS, FamilyInfo, ModelAdapter
+from attnstore.models.base import ModelAdapter
 from attnstore.schema import TokenKind
 
 # Families whose image tokens are not image regions at all (the note says so instead of "no adapter yet").
@@ -29,13 +29,6 @@ NOT_PATCHES = {
 PROBE_SIZE = (1024, 1024)  # the image whose token count sizes the store's key axis (it grows if needed)
 
 
-def image_text_to_text_model_types() -> set[str]:
-    """The config model_types `AutoModelForImageTextToText` loads."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-    return set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
-
-
 def geometry_note(model_type: str) -> str:
     """Why a store of this model type has no patch map."""
     reason = NOT_PATCHES.get(model_type, "attnstore has no geometry adapter for it (docs/adding-a-model.md)")
@@ -44,12 +37,6 @@ def geometry_note(model_type: str) -> str:
 
 class SequenceOnlyAdapter(ModelAdapter):
     family = "sequence_only"
-    info = FamilyInfo(
-        name="any other image-text-to-text model",
-        geometry="none: rows, tokens and token kinds; patch_box NaN, the store says why",
-        tests="idefics2 (perceiver): " + CAPTURE_TESTS + "; image kinds by token id; no patch map drawn",
-        tiny="attnstore.models.tiny_idefics2:build_random_idefics2",
-    )
 
     @property
     def model_type(self) -> str:

@@ -12,22 +12,8 @@ from __future__ import annotations
 
 import functools
 
-from attnstore.models.base import CAPTURE_TESTS, FamilyInfo
+from attnstore.models.base import SavesAsParent
 from attnstore.models.idefics3 import Idefics3Adapter
-
-
-class SmolVLMAdapter(Idefics3Adapter):
-    family = "smolvlm"
-    info = FamilyInfo(
-        name="SmolVLM2",
-        geometry="R x C tiles + a global thumbnail, from the <row_r_col_c> markers",
-        tests="pixel boxes per tile and thumbnail; " + CAPTURE_TESTS + "; loads without torchvision",
-        tiny="attnstore.models.tiny_smolvlm:build_random_smolvlm",
-    )
-
-    @classmethod
-    def _load_processor(cls, source: str, local_files_only: bool):
-        return images_only_processor_class().from_pretrained(source, local_files_only=local_files_only)
 
 
 @functools.cache
@@ -36,7 +22,7 @@ def images_only_processor_class() -> type:
     from transformers import SmolVLMProcessor
     from transformers.processing_utils import ProcessorMixin
 
-    class SmolVLMImagesProcessor(SmolVLMProcessor):
+    class SmolVLMImagesProcessor(SavesAsParent, SmolVLMProcessor):
         # ProcessorMixin loads the sub-processors named in this signature: no video_processor.
         def __init__(self, image_processor=None, tokenizer=None, image_seq_len=169, chat_template=None, **kwargs):
             # SmolVLMProcessor.__init__ sets these, then stops if num2words (video prompts only) is missing.
@@ -53,7 +39,9 @@ def images_only_processor_class() -> type:
             # SmolVLMProcessor's own adds the video processor's frame settings; images need none.
             return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 
-        def to_dict(self) -> dict:
-            return {**super().to_dict(), "processor_class": SmolVLMProcessor.__name__}
-
     return SmolVLMImagesProcessor
+
+
+class SmolVLMAdapter(Idefics3Adapter):
+    family = "smolvlm"
+    processor_class = staticmethod(images_only_processor_class)  # its video processor needs torchvision

@@ -1,14 +1,14 @@
-"""The family table `attnstore models` prints, generated from the adapter registry.
+"""The family table `attnstore models` prints, generated from the family catalogue.
 
-Each row comes from an adapter class's declarative `info` (`FamilyInfo`) and its registry line,
-so a family added with one module and one registry line appears here without more work.
+Each row comes from the family catalogue (`families.toml`), so a family added with one module and
+one catalogue table appears here without more work, and no adapter is imported to print it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnstore.models import FAMILIES, SEQUENCE_ONLY, adapter_class
+from attnstore.models import FAMILIES, SEQUENCE_ONLY, image_text_to_text_model_types
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,9 @@ def family_rows() -> list[FamilyRow]:
 
 
 def _row(family: str) -> FamilyRow:
-    adapter = adapter_class(family)
-    info = adapter.info
+    info = FAMILIES[family].info
     types = ", ".join(FAMILIES[family].model_types)
     if family == SEQUENCE_ONLY:
-        from attnstore.models.sequence_only import image_text_to_text_model_types
-
         handled = {t for f in FAMILIES.values() for t in f.model_types}
         types = f"the {len(image_text_to_text_model_types() - handled)} other image-text-to-text types"
-    if info is None:  # an adapter that does not describe itself yet
-        return FamilyRow(family, adapter.__name__, types, "?", "?")
     return FamilyRow(family, info.name, types, info.geometry, info.tests)

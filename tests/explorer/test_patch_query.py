@@ -17,17 +17,15 @@ from explorer.views import ViewParams
 
 
 @pytest.fixture(scope="module")
-def rows_state(image_rows_store):
-    from explorer.state import StoreState
+def rows_app(image_rows_store):
+    from explorer import create_app
 
-    return StoreState(image_rows_store)
+    return create_app(image_rows_store)
 
 
 @pytest.fixture(scope="module")
-def rows_app(rows_state):
-    from explorer import create_app
-
-    return create_app(rows_state)
+def rows_state(rows_app):
+    return rows_app.attnstore_state
 
 
 def stored(state, image: int, layer: int, head: int, position: int) -> np.ndarray:

@@ -132,4 +132,4 @@ def test_loads_as_its_family(family_adapter, family):
         assert type(adapter.processor).__name__ == expected.loaded_processor
     if expected.model_class:
         assert type(adapter.model).__name__ == expected.model_class
-    assert adapter.info.tiny.endswith(f":build_random_{family}")
+    assert FAMILIES[family].info.tiny.endswith(f":build_random_{family}")

@@ -1,18 +1,19 @@
-"""`attnstore models`: the family table is generated from the adapter registry."""
+"""`attnstore models`: the family table is generated from the family catalogue (families.toml)."""
+
+import subprocess
+import sys
 
 import pytest
 
 from attnstore import models
 from attnstore.cli import main
-from attnstore.models import FAMILIES, Family
-from attnstore.models.base import FamilyInfo
+from attnstore.models import FAMILIES, Family, FamilyInfo, read_families
 from attnstore.models.qwen2_vl import Qwen2VLAdapter
 from attnstore.models.table import family_rows
 
 
 class _NewAdapter(Qwen2VLAdapter):
     family = "newvl"
-    info = FamilyInfo(name="NewVL-7B", geometry="a test grid", tests="none yet")
 
 
 def test_every_registered_family_is_listed(capsys):
@@ -27,8 +28,20 @@ def test_every_registered_family_is_listed(capsys):
     assert list(rows)[-1] == "sequence_only"  # the fallback comes last
 
 
-def test_a_family_added_by_one_registry_line_appears(monkeypatch, capsys):
-    monkeypatch.setitem(FAMILIES, "newvl", Family(f"{__name__}:_NewAdapter", ("newvl", "newvl_moe")))
+def test_a_family_added_by_one_catalogue_table_appears(monkeypatch, capsys, tmp_path):
+    catalogue = tmp_path / "families.toml"
+    catalogue.write_text(
+        f'[newvl]\nadapter = "{__name__}:_NewAdapter"\nmodel_types = ["newvl", "newvl_moe"]\n'
+        'name = "NewVL-7B"\ngeometry = "a test grid"\ntests = "none yet"\ntiny = ""\n'
+    )
+    (added,) = read_families(catalogue).items()
+    assert added == (
+        "newvl",
+        Family(
+            f"{__name__}:_NewAdapter", ("newvl", "newvl_moe"), FamilyInfo("NewVL-7B", "a test grid", "none yet", "")
+        ),
+    )
+    monkeypatch.setitem(FAMILIES, *added)
     assert models.adapter_for_model_type("newvl_moe") is _NewAdapter
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -36,6 +49,17 @@ def test_a_family_added_by_one_registry_line_appears(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES])
-def test_each_family_describes_itself(family):
-    info = models.adapter_class(family).info
-    assert info is not None and info.name and info.geometry and info.tests
+def test_each_catalogue_entry_names_its_adapter_and_describes_it(family):
+    info = FAMILIES[family].info
+    assert info.name and info.geometry and info.tests
+    assert models.adapter_class(family).family == family  # the table's name is the adapter's store attr
+
+
+def test_the_table_imports_no_adapter():
+    """The catalogue is data: listing the families loads none of their modules (each imports torch)."""
+    code = (
+        "import sys\nfrom attnstore.models import FAMILIES\nfrom attnstore.models.table import family_rows\n"
+        "family_rows()\nprint(sorted({f.adapter.partition(':')[0] for f in FAMILIES.values()} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -13,7 +13,7 @@ from support.servers import BUCKET
 
 from attnstore.cli import main
 from attnstore.errors import AttnstoreError, StoreError
-from attnstore.extraction.pipeline import ExtractSettings, image_items, run_extraction
+from attnstore.extraction.pipeline import ExtractSettings, WriteOptions, image_items, run_extraction
 from attnstore.store import AttnStore, open_dataset
 from attnstore.store.remote import STORAGE_OPTIONS_ENV, parse_storage_options, resolve_storage_options
 
@@ -54,7 +54,7 @@ def test_s3_with_storage_options_and_distributed_writers(tmp_path, images, tiny_
                 items,
                 url,
                 settings=ExtractSettings(max_new_tokens=2),
-                storage_options={"endpoint_url": s3_endpoint},
+                write=WriteOptions(storage_options={"endpoint_url": s3_endpoint}),
                 client=client,
                 show_progress=False,
             )

@@ -199,6 +199,7 @@ def test_map_error_mode_is_smaller_and_recorded(tmp_path):
     ex = small_seed_style(decimals=None)
     lossless = write_store(tmp_path / "a.zarr", ex)
     lossy = write_store(tmp_path / "b.zarr", ex, **storage_settings(map_error=0.01))
+
     def size(store):
         codec = dict(store.group.attrs)[C.CODEC_ATTR]
         return codec["candidates"][codec["name"]]["bytes"]
@@ -213,13 +214,14 @@ def test_map_error_mode_is_smaller_and_recorded(tmp_path):
 def test_extraction_records_codec_and_lossy_map_errors(tmp_path, tiny_adapter):
     """A run with --map-error: the codec measured on its first image, every method x normalisation's
     error measured and recorded, and `info` prints both."""
-    from attnstore.extraction.pipeline import image_items, run_items
+    from attnstore.extraction.pipeline import WriteOptions, image_items, run_items
     from attnstore.extraction.synthetic import _gradient_image
 
     _gradient_image(300, 200).save(tmp_path / "a.png")
     out = str(tmp_path / "s.zarr")
     items = image_items([tmp_path / "a.png"], "Describe.")
-    run_items(tiny_adapter, items, out, show_progress=False, storage=storage_settings(map_error=0.01))
+    write = WriteOptions(storage=storage_settings(map_error=0.01))
+    run_items(tiny_adapter, items, out, show_progress=False, write=write)
     attrs = dict(AttnStore.open(out).group.attrs)
     assert attrs[C.CODEC_ATTR]["chosen_by"].startswith("measured") and attrs["map_error"] == 0.01
     measured = attrs["map_error_measured"]
