@@ -89,3 +89,14 @@ def test_the_index_preloads_what_exists(synthetic_store, base):
     assert hrefs == [base + path for path, _ in PRELOADS]
     for href in hrefs:
         assert client.get(href).status_code == 200, href
+
+
+def test_the_index_leaves_out_the_polyfill_and_defines_the_generator_runtime_first(synthetic_store):
+    """Dash's polyfill is not sent; the generator runtime the renderer calls is, before the renderer."""
+    client = create_app(StoreState(synthetic_store)).server.test_client()
+    scripts = re.findall(r'<script src="([^"]+)"', client.get("/").get_data(as_text=True))
+    assert not [s for s in scripts if "polyfill" in s]
+    (runtime,) = [i for i, s in enumerate(scripts) if "/assets/regenerator-runtime-" in s]
+    (renderer,) = [i for i, s in enumerate(scripts) if "dash_renderer" in s]
+    assert runtime < renderer
+    assert b"regeneratorRuntime=runtime" in client.get(scripts[runtime]).get_data()
