@@ -194,6 +194,32 @@ def measure_clicks(page, n: int, rng: random.Random) -> dict[str, list]:
     return out
 
 
+def measure_first_clicks(browser, store: str, servers: int = 2, clicks: int = 3) -> list[float]:
+    """Click -> heatmap for the first clicks on a page opened as soon as a fresh server answers (the
+    store's first-use work may still be running: `explorer.app.warm_panels`), `servers` times."""
+    out = []
+    for _ in range(servers):
+        port = free_port()
+        server = start_server(store, port)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.add_init_script(INIT_SCRIPT)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("() => (window.__attnRenders || 0) > 0", timeout=30_000)
+            page.wait_for_timeout(500)  # the side panels of the first view have been asked for
+            tokens = page.locator("#token-strip .tok.clickable")
+            for i in range(clicks):
+                before = renders(page)
+                tokens.nth(3 + 4 * i).click()
+                out.append(wait_render(page, before))
+                page.wait_for_timeout(300)  # a person looks, without waiting for the page to rest
+            page.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    return out
+
+
 def _last_main_request(page) -> float:
     """Duration of the slowest-to-finish main-callback request since the previous call (ms)."""
     value = page.evaluate(
@@ -264,6 +290,7 @@ def main() -> None:
                 page.locator("#over").get_by_text("all layers and heads").click()
                 page.wait_for_timeout(500)
                 agg = measure_clicks(page, min(20, args.clicks), rng)
+                first = measure_first_clicks(browser, store)
                 browser.close()
         finally:
             server.terminate()
@@ -285,6 +312,7 @@ def main() -> None:
     print(report("server callback (function)", clicks["server"] + layer_server))
     print(report("server callback (HTTP round trip)", clicks["rtt"]))
     print(report("click, entropy top-k all L x H", agg["drawn"]) + f"   server p50 {pct(agg['server'])[0]:.1f} ms")
+    print(report("first clicks, fresh server", first) + "   (page opened as soon as the server answers)")
 
 
 if __name__ == "__main__":

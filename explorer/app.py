@@ -9,7 +9,10 @@ WSGI hosts (gunicorn: ``create_app("store.zarr").server``) can mount as many app
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -130,6 +133,7 @@ def create_app(
     guard(app.server, allowed_hosts)
     pin_per_request(app.server, [s for s in (state, state.compare) if s is not None])
     app.attnstore_state = state
+    app.attnstore_panels = tuple(panels)
     return app
 
 
@@ -174,14 +178,49 @@ def leave_out_polyfill(app: dash.Dash) -> None:
     app.interpolate_index = interpolate_index
 
 
-def warm_up(app: dash.Dash) -> None:
+def warm_up(app: dash.Dash) -> threading.Thread:
     """Request the default view's page once, so the first visitor does not pay for first-use work
-    (Dash's first-request set-up, imports, the first image's geometry, its picture, the page itself)."""
+    (Dash's first-request set-up, imports, the first image's geometry, its picture, the page itself),
+    then start the panels' store-level first-use work (`warm_panels`) in the background; returns
+    that thread (daemon: it never holds the server up)."""
     state: StoreState = app.attnstore_state
     image = state.first_image()
     if image is not None:
         app.server.test_client().get(app.config.routes_pathname_prefix + "_dash-layout")
         state.picture_png(image)
+    thread = threading.Thread(target=warm_panels, args=(app,), name="attnstore-warm-panels", daemon=True)
+    thread.start()
+    return thread
+
+
+def warm_panels(app: dash.Dash) -> None:
+    """Each panel's `warm(state)` (e.g. the modality panel's dataset mean: seconds of reading on a
+    real store), at the lowest CPU priority, so the first visitor's clicks are not the ones that wait
+    for it and do not share the CPU with it. A request that needs a value being made waits for it
+    (`ds.attn.cached` makes a value once)."""
+    lowest_cpu_priority()
+    state: StoreState = app.attnstore_state
+    state.pin()  # one snapshot of the store for all of it
+    try:
+        for panel in app.attnstore_panels:
+            warm = getattr(panel, "warm", None)
+            if warm is not None:
+                try:
+                    warm(state)
+                except Exception:  # the panel makes it again on use, and reports its error then
+                    pass
+    finally:
+        state.unpin()
+
+
+def lowest_cpu_priority() -> None:
+    """Give the calling thread the lowest CPU priority (nice 19). Linux only: there a thread is a task
+    of its own; elsewhere the call would apply to the whole process (or to another one), so nothing."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass
 
 
 def pin_per_request(server, states: list[StoreState]) -> None:

@@ -58,6 +58,12 @@ def describe_mean(queries: str, used: int, complete: int) -> str:
     return f"solid: this token · dotted: mean over the {rows} of {where}"
 
 
+def warm(state: StoreState) -> None:
+    """Both dataset means, made before a first view asks (`explorer.app.warm_panels`)."""
+    for queries in ("generated", "prompt"):
+        dataset_mean(state, queries)
+
+
 def register(app: dash.Dash, state: StoreState) -> None:
     targets = outputs((ids.MODALITY_CHART, "figure"), (ids.MODALITY_INFO, "children"))
 

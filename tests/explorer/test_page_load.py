@@ -3,8 +3,11 @@ snapshot and URL, and the page's index asks for the layout and the lazily loaded
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import sys
+import threading
 
 import pytest
 
@@ -100,3 +103,32 @@ def test_the_index_leaves_out_the_polyfill_and_defines_the_generator_runtime_fir
     (renderer,) = [i for i, s in enumerate(scripts) if "dash_renderer" in s]
     assert runtime < renderer
     assert b"regeneratorRuntime=runtime" in client.get(scripts[runtime]).get_data()
+
+
+def test_warm_up_makes_the_panels_store_level_values_in_a_low_priority_thread(synthetic_store, monkeypatch):
+    """`attnstore serve` starts the dataset means the modality panel needs before anyone asks, at the
+    lowest CPU priority; the first view then reads them (made once, not again)."""
+    from explorer import app as app_module
+    from explorer.panels import modality
+
+    priorities: list[int] = []
+    lowest = app_module.lowest_cpu_priority
+
+    def recorded() -> None:
+        lowest()
+        if sys.platform.startswith("linux"):
+            priorities.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    monkeypatch.setattr(app_module, "lowest_cpu_priority", recorded)
+    app = create_app(StoreState(synthetic_store))
+    made: list[str] = []
+    mean = modality.dataset_mean
+    monkeypatch.setattr(modality, "dataset_mean", lambda state, q: made.append(q) or mean(state, q))
+    warm_up(app).join(timeout=60)
+    assert made == ["generated", "prompt"]
+    if sys.platform.startswith("linux"):
+        assert priorities == [19] and os.getpriority(os.PRIO_PROCESS, 0) != 19  # the thread only
+    cache = app.attnstore_state.ds.attn._caches["explorer-modality-mean"]
+    misses = cache.misses
+    mean(app.attnstore_state, "generated")
+    assert cache.misses == misses  # read, not made again
