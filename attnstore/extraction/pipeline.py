@@ -286,8 +286,8 @@ def run_items(
 
     The store is created, grown or given new variables only once an image is ready to be written:
     a run that writes nothing leaves an existing store byte-identical and creates none.
-    `write` says how the store is written (`WriteOptions`); `batch_size` entries run through the model in one
-    generate.
+    `write` says how the store is written (`WriteOptions`); `batch_size` entries run through the
+    model in one generate.
     """
     if batch_size < 1:
         raise InvalidArgument("batch_size", f"must be at least 1, got {batch_size}")

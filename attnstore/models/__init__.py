@@ -54,10 +54,12 @@ def read_families(path: Path = CATALOGUE) -> dict[str, Family]:
     """The family catalogue at `path`, in its order (sequence-only mode last)."""
     with path.open("rb") as f:
         tables = tomllib.load(f)
-    return {
-        name: Family(t["adapter"], tuple(t["model_types"]), FamilyInfo(t["name"], t["geometry"], t["tests"], t["tiny"]))
-        for name, t in tables.items()
-    }
+    return {name: _family(table) for name, table in tables.items()}
+
+
+def _family(t: dict) -> Family:
+    info = FamilyInfo(t["name"], t["geometry"], t["tests"], t.get("tiny", ""))
+    return Family(t["adapter"], tuple(t["model_types"]), info)
 
 
 FAMILIES: dict[str, Family] = read_families()
