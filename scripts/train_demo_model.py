@@ -446,6 +446,9 @@ def _train_rank(rank: int, args, port: int | None) -> None:
     if lead:
         log.close()
     if world > 1:
+        # Tear down together: a rank that closes its connections while the other's transport thread
+        # still uses them aborts the process ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
