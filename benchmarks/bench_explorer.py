@@ -136,6 +136,16 @@ def wait_server_idle(pid: int, quiet_s: float = 0.5, timeout_s: float = 30.0) ->
             return
 
 
+def open_page(browser, url: str, script: str = INIT_SCRIPT, wait_until: str = "load"):
+    """A fresh context's tab on the explorer at `url` (`script` added before the page's own), once
+    its first heatmap is drawn."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.add_init_script(script)
+    page.goto(url, wait_until=wait_until)
+    page.wait_for_function("() => (window.__attnRenders || 0) > 0", timeout=30_000)
+    return page
+
+
 def measure_loads(browser, url: str, n: int, server_pid: int | None = None) -> tuple[list[float], list[list[float]]]:
     """Navigation start -> first heatmap drawn, each in a fresh context (nothing cached), with the
     moments of `LOAD_STEPS` per load. With `server_pid`, each load starts on a server at rest (else
@@ -144,10 +154,7 @@ def measure_loads(browser, url: str, n: int, server_pid: int | None = None) -> t
     for _ in range(n):
         if server_pid is not None:
             wait_server_idle(server_pid)
-        page = browser.new_page(viewport={"width": 1500, "height": 1000})
-        page.add_init_script(INIT_SCRIPT + BUILT_SCRIPT)
-        page.goto(url, wait_until="commit")
-        page.wait_for_function("() => (window.__attnRenders || 0) > 0", timeout=30_000)
+        page = open_page(browser, url, INIT_SCRIPT + BUILT_SCRIPT, wait_until="commit")
         times.append(float(page.evaluate("window.__attnLastRender.frame")))  # performance.now() counts from navigation
         steps.append([float(v) for v in page.evaluate(LOAD_MILESTONES)])
         page.close()
@@ -202,10 +209,7 @@ def measure_first_clicks(browser, store: str, servers: int = 2, clicks: int = 3)
         port = free_port()
         server = start_server(store, port)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.add_init_script(INIT_SCRIPT)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_function("() => (window.__attnRenders || 0) > 0", timeout=30_000)
+            page = open_page(browser, f"http://127.0.0.1:{port}/")
             page.wait_for_timeout(500)  # the side panels of the first view have been asked for
             tokens = page.locator("#token-strip .tok.clickable")
             for i in range(clicks):
@@ -278,10 +282,7 @@ def main() -> None:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 loads, load_steps = measure_loads(browser, url, args.loads, server_pid=server.pid)
                 back_to_back, _ = measure_loads(browser, url, args.loads)
-                page = browser.new_page(viewport={"width": 1500, "height": 1000})
-                page.add_init_script(INIT_SCRIPT)
-                page.goto(url)
-                page.wait_for_function("() => (window.__attnRenders || 0) > 0", timeout=30_000)
+                page = open_page(browser, url)
                 rng = random.Random(0)
                 clicks = measure_clicks(page, args.clicks, rng)
                 layers, layer_server = measure_layers(page, args.clicks)
